@@ -1,0 +1,1 @@
+"""Shared layer under both stages: config validation, errors, data sources, run tracking."""

@@ -1,0 +1,141 @@
+"""Where data come from: a local file (or glob) or a dataset on the Hugging Face Hub.
+
+Both stages name a source by one string, as `datasets.load_dataset` does: an existing local path or
+glob is read with the builder its extension calls for; anything else is a Hub dataset id. Offline, a
+Hub id fails at once with a message naming the local alternative instead of retrying for half a minute.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from common.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# extension (after stripping .gz/.bz2/...) -> datasets builder
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".txt": "text", ".csv": "csv", ".tsv": "csv"}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+
+
+def local_files(source: str) -> list[str]:
+    """The local files `source` names (a file, a glob or a directory), or [] if it names none."""
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        return sorted(str(p) for p in path.iterdir() if p.is_file() and builder_for(str(p), strict=False))
+    if path.is_file():
+        return [str(path)]
+    if any(ch in source for ch in "*?["):
+        return sorted(glob.glob(os.path.expanduser(source)))
+    return []
+
+
+def looks_local(source: str) -> bool:
+    """A path the user meant as a file (absolute, ./, ../, or with a known extension)."""
+    return source.startswith(("/", "./", "../", "~")) or builder_for(source, strict=False) is not None
+
+
+def builder_for(path: str, strict: bool = True) -> str | None:
+    name = path.lower()
+    for comp in _COMPRESSIONS:
+        if name.endswith(comp):
+            name = name[: -len(comp)]
+    ext = os.path.splitext(name)[1]
+    builder = _BUILDERS.get(ext)
+    if builder is None and strict:
+        raise DataError(
+            f"{path}: unsupported file type '{ext or name}' (use one of {', '.join(sorted(_BUILDERS))}, optionally .gz)"
+        )
+    return builder
+
+
+def check_readable(path: str) -> None:
+    """Fail with one line on a missing, empty or truncated compressed file before datasets sees it."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: file is empty")
+    if path.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        except (EOFError, OSError, gzip.BadGzipFile) as err:
+            raise DataError(f"{path}: not a complete gzip file ({err})") from None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
+        "HF_DATASETS_OFFLINE", ""
+    ).lower() in ("1", "true", "yes"):
+        return False
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    port = urlparse(endpoint).port or 443
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub(dataset: str, local_hint: str) -> None:
+    """Raise a one-line DataError if the Hub cannot be reached for `dataset`."""
+    if not hub_reachable():
+        raise DataError(
+            f"'{dataset}' is not a local file and the Hugging Face Hub is unreachable (offline?); "
+            f"point the source at a local file instead, e.g. {local_hint}"
+        )
+
+
+def load_source(
+    source: str,
+    *,
+    split: str = "train",
+    config_name: str | None = None,
+    revision: str | None = None,
+    streaming: bool = False,
+    local_hint: str = "a .jsonl.gz file under ${BERT_DATA_DIR}",
+):
+    """Open `source` as a `datasets` Dataset (or IterableDataset when streaming).
+
+    Local files are checked first (missing, empty, truncated gzip → one-line DataError); a Hub id is
+    loaded with the real Hub code, after a quick reachability check so offline use fails fast.
+    """
+    import datasets
+
+    files = local_files(source)
+    if files:
+        builders = {builder_for(f) for f in files}
+        if len(builders) > 1:
+            raise DataError(f"{source}: mixes file types {sorted(builders)}; use one type per source")
+        for f in files:
+            check_readable(f)
+        builder = builders.pop()
+        kwargs = {"delimiter": "\t"} if any(f.lower().rstrip(".gz").endswith(".tsv") for f in files) else {}
+        try:
+            return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
+        except datasets.exceptions.DatasetGenerationError as err:
+            cause = err.__cause__ or err
+            raise DataError(f"{source}: could not be read as {builder}: {str(cause).splitlines()[0]}") from None
+    if looks_local(source):
+        raise DataError(f"{source}: no such file")
+    require_hub(source, local_hint)
+    log.info(
+        "loading %s (config=%s, split=%s, revision=%s, streaming=%s) from the Hub",
+        source,
+        config_name,
+        split,
+        revision,
+        streaming,
+    )
+    try:
+        return datasets.load_dataset(source, config_name, split=split, revision=revision, streaming=streaming)
+    except (ConnectionError, OSError) as err:
+        raise DataError(f"'{source}' could not be loaded from the Hub: {str(err).splitlines()[0]}") from None

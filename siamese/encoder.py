@@ -1,0 +1,123 @@
+"""The one inference path: load a trained sentence encoder with its NLI head, embed, and predict.
+
+Evaluation and the Streamlit app both use `NLIEncoder`; nothing else holds inference code.
+The NLI head is the SoftmaxLoss classifier over (u, v, |u - v|); sentence-transformers does not save
+it, so it lives beside the model as safetensors plus a JSON label map.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from common.errors import UserError
+
+# GLUE / Hub convention for MNLI and SNLI.
+LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
+HEAD_FILE = "nli_head.safetensors"
+LABELS_FILE = "nli_labels.json"
+
+
+def head_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SoftmaxLoss's default classifier input: (u, v, |u - v|), so the head sees 3·d features."""
+    return torch.cat([u, v, torch.abs(u - v)], dim=-1)
+
+
+def save_head(classifier: torch.nn.Linear, model_dir: str | Path, labels: tuple[str, ...] = LABELS) -> None:
+    model_dir = Path(model_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in classifier.state_dict().items()}
+    save_file(state, str(model_dir / HEAD_FILE))
+    (model_dir / LABELS_FILE).write_text(json.dumps({"labels": list(labels), "features": "u,v,|u-v|"}, indent=2))
+
+
+def load_head(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Linear, tuple[str, ...]]:
+    model_dir = Path(model_dir)
+    state = load_file(str(model_dir / HEAD_FILE), device=str(device))
+    labels = tuple(json.loads((model_dir / LABELS_FILE).read_text())["labels"])
+    out_features, in_features = state["weight"].shape
+    if out_features != len(labels):
+        raise UserError(
+            f"{model_dir / HEAD_FILE}: head has {out_features} outputs but {LABELS_FILE} names {len(labels)} labels"
+        )
+    head = torch.nn.Linear(in_features, out_features, device=device)
+    head.load_state_dict(state)
+    return head.eval(), labels
+
+
+@dataclass
+class Prediction:
+    cosine: np.ndarray  # (n,) cosine similarity of the two embeddings
+    probs: np.ndarray | None  # (n, num_labels) softmax over the NLI head, None without a head
+    labels: tuple[str, ...]
+    truncated: np.ndarray  # (n,) True where either text was cut to max_seq_length
+
+    @property
+    def predicted(self) -> list[str]:
+        if self.probs is None:
+            return []
+        return [self.labels[i] for i in self.probs.argmax(axis=1)]
+
+
+class NLIEncoder:
+    """A SentenceTransformer plus (optionally) its NLI head, loaded from one self-describing folder."""
+
+    def __init__(self, model, head: torch.nn.Linear | None = None, labels: tuple[str, ...] = LABELS) -> None:
+        self.model = model
+        self.head = head
+        self.labels = labels
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | None = None) -> NLIEncoder:
+        from sentence_transformers import SentenceTransformer
+
+        path = Path(path)
+        if not path.is_dir():
+            raise UserError(f"model path {path} is not a directory")
+        if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+            raise UserError(f"model path {path} holds no model (no modules.json or config.json)")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        except Exception as err:  # a broken folder: say which, in one line
+            raise UserError(f"model path {path} could not be loaded: {str(err).splitlines()[0]}") from None
+        model.eval()
+        head, labels = (None, LABELS)
+        if (path / HEAD_FILE).is_file():
+            head, labels = load_head(path, device=device)
+            dim = model.get_embedding_dimension()
+            if head.in_features != 3 * dim:
+                raise UserError(f"{path / HEAD_FILE}: head expects {head.in_features} features, model gives 3×{dim}")
+        return cls(model, head, labels)
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.model.max_seq_length)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens per text including [CLS]/[SEP], before truncation."""
+        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        return self.model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+
+    @torch.inference_mode()
+    def predict(self, premises: list[str], hypotheses: list[str], batch_size: int = 64) -> Prediction:
+        if len(premises) != len(hypotheses):
+            raise UserError(f"got {len(premises)} premises but {len(hypotheses)} hypotheses")
+        u = self.embed(list(premises), batch_size)
+        v = self.embed(list(hypotheses), batch_size)
+        cosine = torch.nn.functional.cosine_similarity(u, v, dim=-1).float().cpu().numpy()
+        probs = None
+        if self.head is not None:
+            logits = self.head(head_features(u, v).to(self.head.weight.dtype))
+            probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        limit = self.max_seq_length
+        lengths = np.array([self.token_counts(list(premises)), self.token_counts(list(hypotheses))])
+        truncated = (lengths > limit).any(axis=0) if len(premises) else np.zeros(0, dtype=bool)
+        return Prediction(cosine=cosine, probs=probs, labels=self.labels, truncated=truncated)

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from common.config import load_config, require
+from common.errors import ConfigError
+
+
+@dataclass
+class Model:
+    hidden_size: int = 64
+    num_attention_heads: int = 4
+    dropout: float = 0.1
+
+    def check(self) -> None:
+        require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", "must divide hidden_size")
+        require(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class Train:
+    lr: float = 1.0e-3
+    steps: int = 10
+    name: str | None = None
+    kind: Literal["a", "b"] = "a"
+    tags: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        require(self.lr > 0, "lr", "must be positive")
+
+
+@dataclass
+class Root:
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    flag: bool = False
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  hidden_size: 128\ntrain:\n  lr: 3e-4\n")  # PyYAML reads 3e-4 as a string
+    cfg = load_config(Root, path, ["train.steps=7", "flag=true", "train.tags=[x, y]", "train.name=run1"])
+    assert cfg.model.hidden_size == 128 and cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.train.steps == 7 and cfg.flag is True and cfg.train.tags == ["x", "y"] and cfg.train.name == "run1"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["train.bogus=1"], "unknown config key 'train.bogus'"),
+        (["train.steps=ten"], "config key 'train.steps': expected an integer"),
+        (["train.lr=-1"], "config key 'train.lr': must be positive"),
+        (["model.num_attention_heads=5"], "config key 'model.num_attention_heads': must divide hidden_size"),
+        (["train.kind=c"], "config key 'train.kind'"),
+        (["noequals"], "not of the form key=value"),
+        (["flag.x=1"], "config key 'flag'"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(overrides, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(Root, None, overrides)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(Root, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Root, bad)
