@@ -1,0 +1,5 @@
+"""The Streamlit app: explore a trained siamese encoder's similarity and NLI predictions.
+
+`streamlit_app.py` is the UI only; the logic it needs (finding models, reading their card, loading
+examples, checking uploaded CSVs, predicting) lives in the small modules beside it so tests can call it.
+"""

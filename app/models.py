@@ -1,0 +1,96 @@
+"""Which model the app shows, and what its folder says about itself (the sidebar's model card)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.config import REPO_ROOT
+from siamese.encoder import HEAD_FILE
+
+OUTPUTS_ENV = "APP_OUTPUTS_DIR"
+MODEL_ENV = "APP_MODEL_DIR"
+# What a newcomer runs to get a model the app can show (the CPU debug recipe of the siamese stage).
+TRAIN_COMMAND = "python -m siamese --config configs/siamese/debug.yaml"
+
+
+def outputs_root(env: Mapping[str, str] = os.environ) -> Path:
+    return Path(env.get(OUTPUTS_ENV) or REPO_ROOT / "outputs").expanduser()
+
+
+def discover_models(root: Path) -> list[Path]:
+    """`<root>/*/model` folders holding an NLI head, newest first (by the head's write time)."""
+    found = [p.parent for p in root.glob(f"*/model/{HEAD_FILE}") if p.is_file()]
+    return sorted(found, key=lambda d: (d / HEAD_FILE).stat().st_mtime, reverse=True)
+
+
+def requested_model(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Path | None:
+    """A model named on the command line (`streamlit run app/streamlit_app.py -- --model DIR`) or in $APP_MODEL_DIR."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--model", default=None)
+    args, _ = parser.parse_known_args(list(argv))
+    chosen = args.model or env.get(MODEL_ENV)
+    return Path(chosen).expanduser() if chosen else None
+
+
+def model_choices(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> list[Path]:
+    """The requested model first (if any), then the trained runs under the outputs folder."""
+    requested = requested_model(argv, env)
+    found = discover_models(outputs_root(env))
+    if requested is None:
+        return found
+    return [requested, *[p for p in found if p.resolve() != requested.resolve()]]
+
+
+def model_label(path: Path, root: Path) -> str:
+    """`<run_name>` for a run under the outputs folder, the full path otherwise."""
+    try:
+        rel = path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return str(path)
+    return rel.parts[0] if len(rel.parts) == 2 and rel.parts[1] == "model" else str(rel)
+
+
+@dataclass
+class ModelCard:
+    path: Path
+    has_head: bool
+    base_model: str | None = None
+    report: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def metric(self, section: str, key: str) -> float | None:
+        value = ((self.report or {}).get(section) or {}).get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _read_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
+    if not path.is_file():
+        notes.append(f"no {path.name} in this folder")
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        notes.append(f"{path.name} could not be read: {str(err).splitlines()[0]}")
+        return None
+    if not isinstance(data, dict):
+        notes.append(f"{path.name} is not a JSON object")
+        return None
+    return data
+
+
+def read_model_card(model_dir: Path) -> ModelCard:
+    """Read run_info.json and report.json; anything missing or broken becomes a note, never an error."""
+    notes: list[str] = []
+    run_info = _read_json(model_dir / "run_info.json", notes)
+    report = _read_json(model_dir / "report.json", notes)
+    base = (run_info or {}).get("base_model")
+    has_head = (model_dir / HEAD_FILE).is_file()
+    if not has_head:
+        notes.append(f"no NLI head ({HEAD_FILE}): only cosine similarity is available")
+    return ModelCard(model_dir, has_head, str(base) if base is not None else None, report, notes)

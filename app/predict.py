@@ -1,0 +1,80 @@
+"""What the app shows for one pair or a table of pairs, computed through `NLIEncoder.predict` only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from siamese.encoder import NLIEncoder
+
+
+@dataclass(frozen=True)
+class EmptyInput:
+    """The signal for "nothing to predict": which inputs were empty or whitespace only."""
+
+    fields: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        return f"Please enter a {' and a '.join(self.fields)} (empty or whitespace-only text cannot be compared)."
+
+
+@dataclass(frozen=True)
+class PairResult:
+    cosine: float
+    probs: dict[str, float] | None  # label -> probability; None when the model has no NLI head
+    label: str | None
+    truncated: bool
+    max_seq_length: int
+
+
+def is_blank(text: str) -> bool:
+    return not text.strip()
+
+
+def predict_pair(encoder: NLIEncoder, premise: str, hypothesis: str) -> PairResult | EmptyInput:
+    empty = tuple(name for name, text in (("premise", premise), ("hypothesis", hypothesis)) if is_blank(text))
+    if empty:
+        return EmptyInput(empty)
+    pred = encoder.predict([premise], [hypothesis])
+    probs = (
+        None if pred.probs is None else {label: float(p) for label, p in zip(pred.labels, pred.probs[0], strict=True)}
+    )
+    label = pred.predicted[0] if pred.probs is not None else None
+    return PairResult(float(pred.cosine[0]), probs, label, bool(pred.truncated[0]), encoder.max_seq_length)
+
+
+def predict_table(
+    encoder: NLIEncoder,
+    premises: Sequence[str],
+    hypotheses: Sequence[str],
+    batch_size: int = 32,
+    progress: Callable[[float], None] | None = None,
+) -> pd.DataFrame:
+    """One row per pair: texts, cosine, label, p_<label> and truncated; blank pairs get no prediction."""
+    n = len(premises)
+    has_head = encoder.head is not None
+    cosine = np.full(n, np.nan)
+    probs = np.full((n, len(encoder.labels)), np.nan)
+    truncated = np.zeros(n, dtype=bool)
+    todo = [i for i in range(n) if not (is_blank(premises[i]) or is_blank(hypotheses[i]))]
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        pred = encoder.predict([premises[i] for i in idx], [hypotheses[i] for i in idx], batch_size=batch_size)
+        cosine[idx] = pred.cosine
+        truncated[idx] = pred.truncated
+        if pred.probs is not None:
+            probs[idx] = pred.probs
+        if progress is not None:
+            progress(min(start + batch_size, len(todo)) / len(todo))
+    table = pd.DataFrame({"premise": list(premises), "hypothesis": list(hypotheses), "cosine": cosine})
+    if has_head:
+        done = ~np.isnan(probs).any(axis=1)
+        table["label"] = [encoder.labels[j] if ok else "" for j, ok in zip(probs.argmax(axis=1), done, strict=True)]
+        for j, label in enumerate(encoder.labels):
+            table[f"p_{label}"] = probs[:, j]
+    table["truncated"] = truncated
+    return table

@@ -1,0 +1,189 @@
+"""Streamlit UI: `streamlit run app/streamlit_app.py [-- --model DIR]`.
+
+UI only: every decision worth testing lives in app/models.py, app/examples.py, app/batch.py and
+app/predict.py. User text is shown with text/metric/dataframe elements, never as HTML.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run` puts app/ on sys.path, not the repository root that holds the stage packages.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import pandas as pd  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload  # noqa: E402
+from app.examples import Example, example_sources, first_available  # noqa: E402
+from app.models import TRAIN_COMMAND, model_choices, model_label, outputs_root, read_model_card  # noqa: E402
+from app.predict import EmptyInput, predict_pair, predict_table  # noqa: E402
+from common.errors import UserError  # noqa: E402
+from siamese.encoder import NLIEncoder  # noqa: E402
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def load_encoder(path: str) -> NLIEncoder:
+    return NLIEncoder.load(path, device="cpu")
+
+
+@st.cache_data(show_spinner=False)
+def load_examples(sources: tuple[str, ...]) -> tuple[list[Example], list[str]]:
+    return first_available(list(sources))
+
+
+def use_example() -> None:
+    """Picker callback: runs before the next rerun, so it may fill the text widgets."""
+    index = st.session_state.get("example")
+    if index is None:
+        return
+    example = st.session_state["examples"][index]
+    st.session_state["premise"], st.session_state["hypothesis"] = example.premise, example.hypothesis
+    st.session_state["last_pair"] = (example.premise, example.hypothesis)
+    st.session_state["gold"] = (example.premise, example.hypothesis, example.gold)
+
+
+def sidebar_model() -> NLIEncoder:
+    root = outputs_root()
+    choices = model_choices(sys.argv[1:])
+    if not choices:
+        st.error(f"No trained model found under {root}. Train the small CPU model first, then reload this page:")
+        st.code(TRAIN_COMMAND, language="bash")
+        st.caption(
+            "Or point the app at a model folder: APP_MODEL_DIR=DIR, or `streamlit run app/streamlit_app.py -- --model DIR`."
+        )
+        st.stop()
+    path = st.sidebar.selectbox("Model", choices, format_func=lambda p: model_label(p, root), key="model")
+    try:
+        encoder = load_encoder(str(path))
+    except UserError as err:
+        st.error(str(err))
+        st.stop()
+    card = read_model_card(path)
+    st.sidebar.subheader("Model card")
+    st.sidebar.text(f"folder: {path}")
+    st.sidebar.text(f"pretrained from: {card.base_model or 'unknown'}")
+    st.sidebar.text(f"max length: {encoder.max_seq_length} tokens")
+    for title, section, key in (
+        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy"),
+        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy"),
+        ("STS-B test Spearman", "stsb_test", "spearman"),
+    ):
+        value = card.metric(section, key)
+        if value is not None:
+            st.sidebar.metric(title, f"{value:.3f}")
+    for note in card.notes:
+        st.sidebar.caption(note.replace("_", "\\_"))
+    return encoder
+
+
+def pair_tab(encoder: NLIEncoder) -> None:
+    examples, problems = load_examples(tuple(example_sources()))
+    st.session_state["examples"] = examples
+    if examples:
+        st.selectbox(
+            "Load an example pair from MNLI dev matched",
+            range(len(examples)),
+            index=None,
+            format_func=lambda i: f"{i + 1}. {examples[i].premise[:90]}",
+            placeholder="Choose an example…",
+            key="example",
+            on_change=use_example,
+        )
+    else:
+        st.caption("No example pairs available (the MNLI dev file was not found and the Hub is unreachable).")
+    with st.form("pair_form"):
+        premise = st.text_area("Premise", key="premise", height=90)
+        hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90)
+        if st.form_submit_button("Predict", key="predict", type="primary"):
+            st.session_state["last_pair"] = (premise, hypothesis)
+    if "last_pair" not in st.session_state:
+        return
+    premise, hypothesis = st.session_state["last_pair"]
+    result = predict_pair(encoder, premise, hypothesis)
+    if isinstance(result, EmptyInput):
+        st.warning(result.message)
+        return
+    gold_pair = st.session_state.get("gold")
+    gold = gold_pair[2] if gold_pair and gold_pair[:2] == (premise, hypothesis) else None
+    cols = st.columns(3)
+    cols[0].metric("Predicted label", result.label or "—")
+    cols[1].metric("Cosine similarity", f"{result.cosine:.3f}")
+    if gold:
+        cols[2].metric("Gold label (MNLI)", gold)
+    if result.truncated:
+        st.warning(
+            f"The input is longer than the model's maximum of {result.max_seq_length} tokens: "
+            "it was truncated, and the prediction only sees the beginning."
+        )
+    if result.probs is None:
+        st.info("This model has no NLI head, so only the cosine similarity is shown.")
+        return
+    probs = pd.DataFrame({"label": list(result.probs), "probability": list(result.probs.values())})
+    st.bar_chart(probs, x="label", y="probability", horizontal=True, height=180)
+    st.dataframe(probs, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.3f")})
+
+
+def batch_tab(encoder: NLIEncoder) -> None:
+    try:
+        limits = UploadLimits.from_env()
+    except UserError as err:
+        st.error(str(err))
+        return
+    upload = st.file_uploader(
+        f"CSV with two sentence columns (UTF-8, up to {limits.max_bytes / 1e6:g} MB and {limits.max_rows:,} rows)",
+        type=["csv"],
+        key="csv",
+        max_upload_size=max(1, -(-limits.max_bytes // 1_000_000)),
+    )
+    if upload is None:
+        return
+    try:
+        table = read_csv_upload(upload.getvalue(), upload.name, limits)
+    except UserError as err:
+        st.error(str(err))
+        return
+    columns = [str(c) for c in table.columns]
+    first, second = default_columns(columns)
+    left, right = st.columns(2)
+    first = left.selectbox("Premise column", columns, index=columns.index(first), key="col_premise")
+    second = right.selectbox("Hypothesis column", columns, index=columns.index(second), key="col_hypothesis")
+    signature = (upload.file_id, first, second)
+    if st.button("Predict all pairs", key="predict_batch", type="primary"):
+        try:
+            check_columns(table, first, second)
+        except UserError as err:
+            st.error(str(err))
+            return
+        bar = st.progress(0.0, text=f"Predicting {len(table):,} pairs…")
+        result = predict_table(encoder, table[first].tolist(), table[second].tolist(), progress=bar.progress)
+        bar.empty()
+        st.session_state["batch"] = (signature, result)
+    stored = st.session_state.get("batch")
+    if stored and stored[0] == signature:
+        result = stored[1]
+        st.dataframe(result, hide_index=True)
+        st.download_button(
+            "Download predictions (CSV)",
+            result.to_csv(index=False).encode("utf-8"),
+            file_name="predictions.csv",
+            mime="text/csv",
+            on_click="ignore",
+            key="download",
+        )
+
+
+def main() -> None:
+    st.set_page_config(page_title="Siamese BERT: similarity and NLI", layout="wide")
+    st.title("Sentence pairs: similarity and NLI")
+    st.caption("Cosine similarity of the two sentence embeddings, and the NLI head's prediction.")
+    encoder = sidebar_model()
+    pair, batch = st.tabs(["Sentence pair", "Batch (CSV)"])
+    with pair:
+        pair_tab(encoder)
+    with batch:
+        batch_tab(encoder)
+
+
+main()
