@@ -65,14 +65,14 @@ def sidebar_model() -> NLIEncoder:
     st.sidebar.text(f"folder: {path}")
     st.sidebar.text(f"pretrained from: {card.base_model or 'unknown'}")
     st.sidebar.text(f"max length: {encoder.max_seq_length} tokens")
-    for title, section, key in (
-        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy"),
-        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy"),
-        ("STS-B test Spearman", "stsb_test", "spearman"),
+    for title, section, key, fmt in (
+        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy", "{:.1%}"),
+        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy", "{:.1%}"),
+        ("STS-B test Spearman", "stsb_test", "spearman", "{:.3f}"),
     ):
         value = card.metric(section, key)
         if value is not None:
-            st.sidebar.metric(title, f"{value:.3f}")
+            st.sidebar.metric(title, fmt.format(value))
     for note in card.notes:
         st.sidebar.caption(note.replace("_", "\\_"))
     return encoder
@@ -92,15 +92,19 @@ def pair_tab(encoder: NLIEncoder) -> None:
             on_change=use_example,
         )
     else:
-        st.caption("No example pairs available (the MNLI dev file was not found and the Hub is unreachable).")
+        st.caption("No example pairs available: the MNLI dev file was not found and the Hub is unreachable.")
+        with st.expander("details"):
+            st.text("\n".join(problems))
     with st.form("pair_form"):
         premise = st.text_area("Premise", key="premise", height=90)
         hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90)
         if st.form_submit_button("Predict", key="predict", type="primary"):
             st.session_state["last_pair"] = (premise, hypothesis)
-    if "last_pair" not in st.session_state:
-        return
-    premise, hypothesis = st.session_state["last_pair"]
+    if "last_pair" in st.session_state:
+        show_prediction(encoder, *st.session_state["last_pair"])
+
+
+def show_prediction(encoder: NLIEncoder, premise: str, hypothesis: str) -> None:
     result = predict_pair(encoder, premise, hypothesis)
     if isinstance(result, EmptyInput):
         st.warning(result.message)
@@ -121,8 +125,9 @@ def pair_tab(encoder: NLIEncoder) -> None:
         st.info("This model has no NLI head, so only the cosine similarity is shown.")
         return
     probs = pd.DataFrame({"label": list(result.probs), "probability": list(result.probs.values())})
-    st.bar_chart(probs, x="label", y="probability", horizontal=True, height=180)
-    st.dataframe(probs, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.3f")})
+    chart, table = st.columns([3, 2], gap="large")
+    chart.bar_chart(probs, x="label", y="probability", horizontal=True, sort=False, height=160)
+    table.dataframe(probs, hide_index=True, column_config={"probability": st.column_config.NumberColumn(format="%.3f")})
 
 
 def batch_tab(encoder: NLIEncoder) -> None:

@@ -1,0 +1,47 @@
+"""A tiny trained siamese model for the app tests, built once per session into a tmp outputs folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from siamese.encoder import HEAD_FILE, LABELS_FILE, NLIEncoder
+from tests.app.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_outputs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    root = tmp_path_factory.mktemp("outputs")
+    build_tiny_model(data_dir, root, run_name="tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_outputs: Path) -> Path:
+    return tiny_outputs / "tiny" / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_model_dir: Path) -> NLIEncoder:
+    return NLIEncoder.load(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def headless_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model as a plain SentenceTransformer folder: no NLI head, no run_info/report."""
+    target = tmp_path_factory.mktemp("plain") / "model"
+    shutil.copytree(tiny_model_dir, target)
+    for name in (HEAD_FILE, LABELS_FILE, "run_info.json", "report.json"):
+        (target / name).unlink()
+    return target
+
+
+@pytest.fixture
+def app_env(monkeypatch: pytest.MonkeyPatch, tiny_outputs: Path) -> Path:
+    """Point the app at the tiny outputs folder and forget any model the caller's shell names."""
+    monkeypatch.setenv("APP_OUTPUTS_DIR", str(tiny_outputs))
+    for name in ("APP_MODEL_DIR", "APP_EXAMPLES", "APP_MAX_UPLOAD_MB", "APP_MAX_ROWS"):
+        monkeypatch.delenv(name, raising=False)
+    return tiny_outputs

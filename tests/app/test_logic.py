@@ -1,0 +1,149 @@
+"""The app's non-UI logic: model discovery, model card, examples, CSV checks, batch prediction."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload
+from app.examples import LOCAL_DEFAULT, example_sources, first_available, load_examples
+from app.models import discover_models, model_choices, model_label, read_model_card, requested_model
+from app.predict import EmptyInput, PairResult, predict_pair, predict_table
+from common.errors import DataError, UserError
+from siamese.encoder import HEAD_FILE, LABELS
+
+
+def _fake_run(root: Path, name: str, head: bool = True) -> Path:
+    model = root / name / "model"
+    model.mkdir(parents=True)
+    if head:
+        (model / HEAD_FILE).write_bytes(b"")
+    return model
+
+
+def test_discovery_newest_first_and_only_with_head(tmp_path):
+    old, new = _fake_run(tmp_path, "old"), _fake_run(tmp_path, "new")
+    _fake_run(tmp_path, "pretrain_only", head=False)
+    os.utime(old / HEAD_FILE, (time.time() - 100, time.time() - 100))
+    assert discover_models(tmp_path) == [new, old]
+    assert discover_models(tmp_path / "missing") == []
+    assert model_label(new, tmp_path) == "new"
+    assert model_label(Path("/elsewhere/model"), tmp_path) == "/elsewhere/model"
+
+
+def test_requested_model_from_argv_or_env(tmp_path):
+    found = _fake_run(tmp_path, "run")
+    env = {"APP_OUTPUTS_DIR": str(tmp_path)}
+    assert requested_model(["--model", "/m"], env) == Path("/m")
+    assert requested_model(["--other", "x"], {"APP_MODEL_DIR": "/e"}) == Path("/e")
+    assert requested_model([], {}) is None
+    assert model_choices(["--model", "/m"], env) == [Path("/m"), found]
+    assert model_choices(["--model", str(found)], env) == [found]  # not listed twice
+    assert model_choices([], env) == [found]
+
+
+def test_model_card_reads_report_and_run_info(tiny_model_dir):
+    card = read_model_card(tiny_model_dir)
+    assert card.has_head and card.base_model and card.base_model.endswith("backbone")
+    assert card.metric("mnli_validation_matched", "accuracy") == pytest.approx(0.41)
+    assert card.metric("stsb_test", "spearman") == pytest.approx(0.12)
+    assert card.metric("baseline", "accuracy") is None  # baseline is null
+    assert card.notes == []
+
+
+def test_model_card_notes_missing_or_broken_files(tmp_path):
+    model = _fake_run(tmp_path, "run", head=False)
+    (model / "report.json").write_text("{not json")
+    card = read_model_card(model)
+    assert card.report is None and card.base_model is None and not card.has_head
+    assert any("run_info.json" in n for n in card.notes)
+    assert any("report.json could not be read" in n for n in card.notes)
+    assert any("no NLI head" in n for n in card.notes)
+    (model / "report.json").write_text(json.dumps([1, 2]))
+    assert any("not a JSON object" in n for n in read_model_card(model).notes)
+
+
+def test_examples_come_from_local_mnli_dev(data_dir):
+    assert example_sources({})[-1] == os.path.expandvars(LOCAL_DEFAULT)
+    examples = load_examples(str(data_dir / "mnli" / "validation_matched.jsonl.gz"), limit=5)
+    assert len(examples) == 5 and all(e.premise and e.hypothesis and e.gold in LABELS for e in examples)
+
+
+def test_examples_fall_back_and_report_each_failure(tmp_path, data_dir):
+    local = str(data_dir / "mnli" / "validation_matched.jsonl.gz")
+    examples, problems = first_available(["nyu-mll/glue", local], limit=3)  # Hub unreachable in tests
+    assert len(examples) == 3 and len(problems) == 1 and "unreachable" in problems[0]
+    examples, problems = first_available([str(tmp_path / "none.jsonl.gz")])
+    assert examples == [] and len(problems) == 1 and "none.jsonl.gz" in problems[0]
+
+
+def test_examples_reject_wrong_columns(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"a": "x", "b": "y"}\n')
+    examples, problems = first_available([str(path)])
+    assert examples == [] and "premise" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"premise,hypothesis\n", "no rows"),
+        ("premise,hypothesis\ncaf\xe9,x\n".encode("latin-1"), "not UTF-8"),
+        (b"only\n1\n", "two columns"),
+        (b"a,b\n" + b"x,y\n" * 11, "more than 10 rows"),
+        (b"a,b\n" + b"x" * 200 + b",y\n", "upload limit"),
+        (b'a,b\n"unclosed,y\n', "not a valid CSV"),
+    ],
+)
+def test_bad_csv_is_one_line_error(data, message):
+    with pytest.raises(DataError, match=message) as err:
+        read_csv_upload(data, "up.csv", UploadLimits(max_bytes=100, max_rows=10))
+    assert "\n" not in str(err.value) and "up.csv" in str(err.value)
+
+
+def test_csv_columns_and_limits_from_env():
+    table = read_csv_upload("\ufeffsentence1,sentence2,x\n1,é,z\n".encode(), "ok.csv", UploadLimits())
+    assert list(table.columns) == ["sentence1", "sentence2", "x"] and table.iloc[0, 0] == "1"  # text stays text
+    assert default_columns(["x", "premise", "hypothesis"]) == ("premise", "hypothesis")
+    assert default_columns(["a", "b", "c"]) == ("a", "b")
+    with pytest.raises(DataError, match="'nope' not in the file"):
+        check_columns(table, "nope", "x")
+    with pytest.raises(DataError, match="two different"):
+        check_columns(table, "x", "x")
+    assert UploadLimits.from_env({"APP_MAX_UPLOAD_MB": "0.5", "APP_MAX_ROWS": "7"}) == UploadLimits(500_000, 7)
+    with pytest.raises(UserError, match="APP_MAX"):
+        UploadLimits.from_env({"APP_MAX_ROWS": "many"})
+
+
+def test_predict_pair_and_table_agree(tiny_encoder):
+    result = predict_pair(tiny_encoder, "A man is eating.", "Someone eats food.")
+    assert isinstance(result, PairResult) and result.label in LABELS and not result.truncated
+    assert sum(result.probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert predict_pair(tiny_encoder, " \n", "x") == EmptyInput(("premise",))
+    assert "premise and a hypothesis" in EmptyInput(("premise", "hypothesis")).message
+    premises = ["A man is eating.", "", "word " * 100] * 5
+    hypotheses = ["Someone eats food.", "x", "y"] * 5
+    seen = []
+    table = predict_table(tiny_encoder, premises, hypotheses, batch_size=4, progress=seen.append)
+    assert len(table) == 15 and seen[-1] == pytest.approx(1.0)
+    assert table.loc[0, "label"] == result.label and table.loc[0, "cosine"] == pytest.approx(result.cosine, abs=1e-5)
+    assert table.loc[1, "label"] == "" and np.isnan(table.loc[1, "cosine"])  # blank premise: no prediction
+    assert bool(table.loc[2, "truncated"]) and not bool(table.loc[0, "truncated"])
+    probs = table[[f"p_{label}" for label in LABELS]].dropna().to_numpy()
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_predict_without_head_gives_cosine_only(headless_model_dir):
+    from siamese.encoder import NLIEncoder
+
+    encoder = NLIEncoder.load(headless_model_dir, device="cpu")
+    result = predict_pair(encoder, "A man is eating.", "Someone eats.")
+    assert result.probs is None and result.label is None and -1.0 <= result.cosine <= 1.0
+    table = predict_table(encoder, ["a"], ["b"])
+    assert list(table.columns) == ["premise", "hypothesis", "cosine", "truncated"]

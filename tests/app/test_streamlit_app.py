@@ -1,0 +1,137 @@
+"""The app as a user drives it, through Streamlit's AppTest (same process, no browser)."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.models import TRAIN_COMMAND
+from siamese.encoder import LABELS
+
+APP = "app/streamlit_app.py"
+
+
+@pytest.fixture
+def app(app_env, repo_root) -> AppTest:
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def submit(at: AppTest, premise: str, hypothesis: str) -> AppTest:
+    at.text_area(key="premise").input(premise)
+    at.text_area(key="hypothesis").input(hypothesis)
+    return at.button(key="predict").click().run()
+
+
+def test_pair_shows_label_probabilities_and_cosine(app):
+    submit(app, "A man is playing a guitar on stage.", "A man is performing music.")
+    assert not app.exception and not app.warning
+    shown = metrics(app)
+    assert shown["Predicted label"] in LABELS
+    assert -1.0 <= float(shown["Cosine similarity"]) <= 1.0
+    probs = app.dataframe[0].value
+    assert list(probs["label"]) == list(LABELS) and probs["probability"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert shown["Predicted label"] == probs.loc[probs["probability"].idxmax(), "label"]
+    assert shown["MNLI dev matched accuracy"] == "41.0%"  # model card from report.json
+
+
+@pytest.mark.parametrize(("premise", "hypothesis"), [("", "Someone eats."), ("A man eats.", " \t\n ")])
+def test_empty_or_whitespace_input_warns_and_predicts_nothing(app, premise, hypothesis):
+    submit(app, premise, hypothesis)
+    assert not app.exception
+    assert len(app.warning) == 1 and "Please enter" in app.warning[0].value
+    assert "Predicted label" not in metrics(app) and not app.dataframe
+
+
+def test_long_input_shows_truncation_notice(app):
+    submit(app, "a very long premise " * 200, "short")
+    assert "Predicted label" in metrics(app)
+    assert any("truncated" in w.value for w in app.warning)
+
+
+def test_example_picker_fills_inputs_and_shows_gold(app):
+    app.selectbox(key="example").select_index(2).run()
+    assert not app.exception
+    examples = app.session_state["examples"]
+    assert app.text_area(key="premise").value == examples[2].premise
+    assert app.text_area(key="hypothesis").value == examples[2].hypothesis
+    shown = metrics(app)
+    assert shown["Gold label (MNLI)"] == examples[2].gold and shown["Predicted label"] in LABELS
+
+
+def test_batch_csv_gives_one_row_per_pair(app):
+    csv = 'premise,hypothesis\nA dog runs.,An animal moves.\n"Two, with comma",x\nA cat sleeps.,A cat is awake.\n'
+    app.file_uploader(key="csv").set_value(("pairs.csv", csv.encode(), "text/csv")).run()
+    assert app.selectbox(key="col_premise").value == "premise"
+    app.button(key="predict_batch").click().run()
+    assert not app.exception and not app.error
+    table = app.dataframe[-1].value
+    assert len(table) == 3 and list(table["premise"])[1] == "Two, with comma"
+    assert set(table["label"]) <= set(LABELS)
+    assert {"cosine", "p_entailment", "p_neutral", "p_contradiction", "truncated"} <= set(table.columns)
+    assert app.get("download_button")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [("é,x\n".encode("latin-1"), "not UTF-8"), (b"premise,hypothesis\n", "no rows"), (b"", "empty")],
+)
+def test_bad_csv_is_one_error_line(app, data, message):
+    app.file_uploader(key="csv").set_value(("bad.csv", data, "text/csv")).run()
+    assert not app.exception
+    assert len(app.error) == 1 and message in app.error[0].value and "\n" not in app.error[0].value
+
+
+def test_csv_over_row_limit_is_refused(app, monkeypatch):
+    monkeypatch.setenv("APP_MAX_ROWS", "2")
+    app.file_uploader(key="csv").set_value(("big.csv", b"a,b\n1,2\n3,4\n5,6\n", "text/csv")).run()
+    assert "more than 2 rows" in app.error[0].value
+
+
+def test_no_model_found_shows_the_command(app_env, monkeypatch, tmp_path, repo_root):
+    monkeypatch.setenv("APP_OUTPUTS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception
+    assert "No trained model found" in at.error[0].value
+    assert at.code[0].value == TRAIN_COMMAND
+
+
+def test_broken_model_path_is_one_line_error(app_env, monkeypatch, tmp_path, repo_root):
+    monkeypatch.setenv("APP_MODEL_DIR", str(tmp_path))  # a folder, but no model in it
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception and "holds no model" in at.error[0].value
+
+
+def test_model_without_head_gives_cosine_and_a_note(app_env, monkeypatch, headless_model_dir, repo_root):
+    monkeypatch.setenv("APP_MODEL_DIR", str(headless_model_dir))
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    submit(at, "A man eats.", "Someone eats.")
+    assert not at.exception
+    assert "Cosine similarity" in metrics(at) and metrics(at)["Predicted label"] == "—"
+    assert any("no NLI head" in i.value for i in at.info)
+    assert any("no report.json" in c.value for c in at.caption)
+
+
+def test_no_examples_hides_the_picker(app_env, monkeypatch, tmp_path, repo_root):
+    monkeypatch.setenv("BERT_DATA_DIR", str(tmp_path))
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception
+    assert [s for s in at.selectbox if s.key == "example"] == []
+    assert any("No example pairs" in c.value for c in at.caption)
+
+
+def test_user_text_is_never_rendered_as_html(app):
+    submit(app, "<b>bold</b> <script>alert(1)</script>", "<img src=x onerror=alert(1)>")
+    assert not app.exception
+    assert all(not getattr(m.proto, "allow_html", False) for m in app.markdown)
+    assert all("<script>" not in m.value for m in app.markdown)
+
+
+def test_app_code_never_allows_html(repo_root):
+    for path in (repo_root / "app").glob("*.py"):
+        assert "unsafe_allow_html" not in path.read_text(), path
