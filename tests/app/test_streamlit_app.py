@@ -135,3 +135,20 @@ def test_user_text_is_never_rendered_as_html(app):
 def test_app_code_never_allows_html(repo_root):
     for path in (repo_root / "app").glob("*.py"):
         assert "unsafe_allow_html" not in path.read_text(), path
+
+
+def test_model_loads_once_across_reruns(app_env, monkeypatch, repo_root):
+    import streamlit as st
+
+    from siamese.encoder import NLIEncoder
+
+    calls = []
+    real_load = NLIEncoder.load.__func__
+    monkeypatch.setattr(
+        NLIEncoder, "load", classmethod(lambda cls, *a, **k: calls.append(a) or real_load(cls, *a, **k))
+    )
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    submit(at, "A man eats.", "Someone eats.")
+    submit(at, "A dog runs.", "An animal moves.")
+    assert not at.exception and len(calls) == 1
