@@ -19,6 +19,7 @@ from app.batch import UploadLimits, check_columns, default_columns, read_csv_upl
 from app.examples import Example, example_sources, first_available  # noqa: E402
 from app.models import TRAIN_COMMAND, model_choices, model_label, outputs_root, read_model_card  # noqa: E402
 from app.predict import EmptyInput, predict_pair, predict_table  # noqa: E402
+from app.safe_text import md_escape  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from siamese.encoder import NLIEncoder  # noqa: E402
 
@@ -48,7 +49,9 @@ def sidebar_model() -> NLIEncoder:
     root = outputs_root()
     choices = model_choices(sys.argv[1:])
     if not choices:
-        st.error(f"No trained model found under {root}. Train the small CPU model first, then reload this page:")
+        st.error(
+            f"No trained model found under {md_escape(str(root))}. Train the small CPU model first, then reload this page:"
+        )
         st.code(TRAIN_COMMAND, language="bash")
         st.caption(
             "Or point the app at a model folder: APP_MODEL_DIR=DIR, or `streamlit run app/streamlit_app.py -- --model DIR`."
@@ -58,7 +61,7 @@ def sidebar_model() -> NLIEncoder:
     try:
         encoder = load_encoder(str(path))
     except UserError as err:
-        st.error(str(err))
+        st.error(md_escape(str(err)))
         st.stop()
     card = read_model_card(path)
     st.sidebar.subheader("Model card")
@@ -74,7 +77,7 @@ def sidebar_model() -> NLIEncoder:
         if value is not None:
             st.sidebar.metric(title, fmt.format(value))
     for note in card.notes:
-        st.sidebar.caption(note.replace("_", "\\_"))
+        st.sidebar.caption(md_escape(note))
     return encoder
 
 
@@ -134,7 +137,7 @@ def batch_tab(encoder: NLIEncoder) -> None:
     try:
         limits = UploadLimits.from_env()
     except UserError as err:
-        st.error(str(err))
+        st.error(md_escape(str(err)))
         return
     upload = st.file_uploader(
         f"CSV with two sentence columns (UTF-8, up to {limits.max_bytes / 1e6:g} MB and {limits.max_rows:,} rows)",
@@ -147,7 +150,7 @@ def batch_tab(encoder: NLIEncoder) -> None:
     try:
         table = read_csv_upload(upload.getvalue(), upload.name, limits)
     except UserError as err:
-        st.error(str(err))
+        st.error(md_escape(str(err)))
         return
     columns = [str(c) for c in table.columns]
     first, second = default_columns(columns)
@@ -159,7 +162,7 @@ def batch_tab(encoder: NLIEncoder) -> None:
         try:
             check_columns(table, first, second)
         except UserError as err:
-            st.error(str(err))
+            st.error(md_escape(str(err)))
             return
         bar = st.progress(0.0, text=f"Predicting {len(table):,} pairs…")
         result = predict_table(encoder, table[first].tolist(), table[second].tolist(), progress=bar.progress)

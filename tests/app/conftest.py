@@ -45,3 +45,15 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tiny_outputs: Path) -> Path:
     for name in ("APP_MODEL_DIR", "APP_EXAMPLES", "APP_MAX_UPLOAD_MB", "APP_MAX_ROWS"):
         monkeypatch.delenv(name, raising=False)
     return tiny_outputs
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Batch-1 inference of a tiny model gains nothing from threads, and on a busy 2-core machine
+    OpenMP's spinning threads make it many times slower; restore the setting for other test folders."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

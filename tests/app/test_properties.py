@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 
 from app.batch import UploadLimits, read_csv_upload
 from app.predict import EmptyInput, PairResult, predict_pair
+from app.safe_text import md_escape
 from common.errors import DataError
 
 texts = st.one_of(
@@ -17,7 +19,7 @@ texts = st.one_of(
     st.text(alphabet=st.sampled_from(" \t\n\r\x0b\x0c\u00a0\u2003\u3000"), max_size=20),  # whitespace only
     st.text(min_size=2000, max_size=4000),  # far past the model's max length
 )
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @SETTINGS
@@ -45,3 +47,10 @@ def test_csv_reader_only_raises_data_errors(data):
         assert "\n" not in str(err)
     else:
         assert 1 <= len(table) <= 20 and len(table.columns) >= 2
+
+
+@given(text=st.text())
+def test_md_escape_hides_every_markdown_character(text):
+    escaped = md_escape(text)
+    assert re.sub(r"\\(.)", r"\1", escaped, flags=re.S) == text  # nothing lost, nothing added
+    assert not re.search(r"(?<!\\)(\\\\)*[`*_\[\]<>$|~]", escaped.replace("\\\\", ""))
