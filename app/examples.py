@@ -7,6 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import common.config  # noqa: F401  (gives ${BERT_DATA_DIR} its default: ../shared/data beside the checkout)
 from common.errors import UserError
 from common.sources import load_source
 from siamese.encoder import LABELS

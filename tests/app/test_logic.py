@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -147,3 +149,11 @@ def test_predict_without_head_gives_cosine_only(headless_model_dir):
     assert result.probs is None and result.label is None and -1.0 <= result.cosine <= 1.0
     table = predict_table(encoder, ["a"], ["b"])
     assert list(table.columns) == ["premise", "hypothesis", "cosine", "truncated"]
+
+
+def test_example_source_has_a_default_data_dir_on_a_fresh_import(repo_root):
+    env = {k: v for k, v in os.environ.items() if k != "BERT_DATA_DIR"}
+    code = "from app.examples import example_sources; print(example_sources({})[0])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(repo_root.parent / "shared" / "data" / "mnli" / "validation_matched.jsonl.gz")
