@@ -31,7 +31,7 @@ def discover_models(root: Path) -> list[Path]:
 
 def requested_model(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Path | None:
     """A model named on the command line (`streamlit run app/streamlit_app.py -- --model DIR`) or in $APP_MODEL_DIR."""
-    parser = argparse.ArgumentParser(add_help=False)
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--model", default=None)
     args, _ = parser.parse_known_args(list(argv))
     chosen = args.model or env.get(MODEL_ENV)
