@@ -15,8 +15,12 @@ from siamese.encoder import HEAD_FILE
 
 OUTPUTS_ENV = "APP_OUTPUTS_DIR"
 MODEL_ENV = "APP_MODEL_DIR"
-# What a newcomer runs to get a model the app can show (the CPU debug recipe of the siamese stage).
-TRAIN_COMMAND = "python -m siamese --config configs/siamese/debug.yaml"
+# What a newcomer runs to get a model the app can show: the CPU-small recipes of both stages, then evaluation
+# (which writes the report.json the model card reads).
+TRAIN_COMMAND = """python -m pretrain --config configs/pretrain/cpu-small.yaml
+python -m siamese --config configs/siamese/cpu-small.yaml
+python -m siamese.evaluate --model outputs/siamese-cpu-small/model --baseline
+# or, in seconds, a debug model: the same first two commands with configs/*/debug.yaml"""
 
 
 def outputs_root(env: Mapping[str, str] = os.environ) -> Path:
