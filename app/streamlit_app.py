@@ -26,7 +26,7 @@ from siamese.encoder import NLIEncoder  # noqa: E402
 
 @st.cache_resource(show_spinner="Loading the model…")
 def load_encoder(path: str) -> NLIEncoder:
-    return NLIEncoder.load(path, device="cpu")
+    return NLIEncoder.load(path)
 
 
 @st.cache_data(show_spinner=False)
@@ -62,6 +62,10 @@ def sidebar_model() -> NLIEncoder:
         encoder = load_encoder(str(path))
     except UserError as err:
         st.error(md_escape(str(err)))
+        st.stop()
+    except Exception as err:  # e.g. a damaged safetensors file: still one line, no traceback
+        first = (str(err).strip().splitlines() or [""])[0]
+        st.error(md_escape(f"model {path} could not be loaded: {type(err).__name__}: {first}"))
         st.stop()
     card = read_model_card(path)
     st.sidebar.subheader("Model card")

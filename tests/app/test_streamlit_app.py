@@ -152,3 +152,14 @@ def test_model_loads_once_across_reruns(app_env, monkeypatch, repo_root):
     submit(at, "A man eats.", "Someone eats.")
     submit(at, "A dog runs.", "An animal moves.")
     assert not at.exception and len(calls) == 1
+
+
+def test_damaged_head_file_is_one_line_error(app_env, monkeypatch, tiny_model_dir, tmp_path, repo_root):
+    import shutil
+
+    broken = tmp_path / "broken" / "model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "nli_head.safetensors").write_bytes(b"\x00" * 10)
+    monkeypatch.setenv("APP_MODEL_DIR", str(broken))
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception and "could not be loaded" in at.error[0].value and "\n" not in at.error[0].value
