@@ -60,6 +60,15 @@ def model_label(path: Path, root: Path) -> str:
     return rel.parts[0] if len(rel.parts) == 2 and rel.parts[1] == "model" else str(rel)
 
 
+def model_stamp(path: Path) -> str:
+    """Changes when a run is retrained in place (atomic_dir renames a new folder in), so caches reload it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_ino}-{st.st_mtime_ns}"
+
+
 @dataclass
 class ModelCard:
     path: Path

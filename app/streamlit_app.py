@@ -17,16 +17,23 @@ import streamlit as st  # noqa: E402
 
 from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload  # noqa: E402
 from app.examples import Example, example_sources, first_available  # noqa: E402
-from app.models import TRAIN_COMMAND, model_choices, model_label, outputs_root, read_model_card  # noqa: E402
-from app.predict import EmptyInput, predict_pair, predict_table  # noqa: E402
+from app.models import TRAIN_COMMAND, model_choices, model_label, model_stamp, outputs_root, read_model_card  # noqa: E402
+from app.predict import EmptyInput, PairResult, predict_pair, predict_table  # noqa: E402
 from app.safe_text import md_escape  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from siamese.encoder import NLIEncoder  # noqa: E402
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_encoder(path: str) -> NLIEncoder:
+def load_encoder(path: str, stamp: str) -> NLIEncoder:
+    """`stamp` is only a cache key: a model retrained into the same folder is loaded afresh."""
     return NLIEncoder.load(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def cached_prediction(model_path: str, stamp: str, premise: str, hypothesis: str) -> PairResult | EmptyInput:
+    """Reruns (any widget change) reuse the result instead of running the model again."""
+    return predict_pair(load_encoder(model_path, stamp), premise, hypothesis)
 
 
 @st.cache_data(show_spinner=False)
@@ -45,7 +52,7 @@ def use_example() -> None:
     st.session_state["gold"] = (example.premise, example.hypothesis, example.gold)
 
 
-def sidebar_model() -> NLIEncoder:
+def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
     root = outputs_root()
     choices = model_choices(sys.argv[1:])
     if not choices:
@@ -59,7 +66,8 @@ def sidebar_model() -> NLIEncoder:
         st.stop()
     path = st.sidebar.selectbox("Model", choices, format_func=lambda p: model_label(p, root), key="model")
     try:
-        encoder = load_encoder(str(path))
+        stamp = model_stamp(path)
+        encoder = load_encoder(str(path), stamp)
     except UserError as err:
         st.error(md_escape(str(err)))
         st.stop()
@@ -82,10 +90,10 @@ def sidebar_model() -> NLIEncoder:
             st.sidebar.metric(title, fmt.format(value))
     for note in card.notes:
         st.sidebar.caption(md_escape(note))
-    return encoder
+    return (str(path), stamp), encoder
 
 
-def pair_tab(encoder: NLIEncoder) -> None:
+def pair_tab(model: tuple[str, str]) -> None:
     examples, problems = load_examples(tuple(example_sources()))
     st.session_state["examples"] = examples
     if examples:
@@ -108,11 +116,11 @@ def pair_tab(encoder: NLIEncoder) -> None:
         if st.form_submit_button("Predict", key="predict", type="primary"):
             st.session_state["last_pair"] = (premise, hypothesis)
     if "last_pair" in st.session_state:
-        show_prediction(encoder, *st.session_state["last_pair"])
+        pair = st.session_state["last_pair"]
+        show_prediction(cached_prediction(*model, *pair), *pair)
 
 
-def show_prediction(encoder: NLIEncoder, premise: str, hypothesis: str) -> None:
-    result = predict_pair(encoder, premise, hypothesis)
+def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: str) -> None:
     if isinstance(result, EmptyInput):
         st.warning(result.message)
         return
@@ -190,10 +198,10 @@ def main() -> None:
     st.set_page_config(page_title="Siamese BERT: similarity and NLI", layout="wide")
     st.title("Sentence pairs: similarity and NLI")
     st.caption("Cosine similarity of the two sentence embeddings, and the NLI head's prediction.")
-    encoder = sidebar_model()
+    model, encoder = sidebar_model()
     pair, batch = st.tabs(["Sentence pair", "Batch (CSV)"])
     with pair:
-        pair_tab(encoder)
+        pair_tab(model)
     with batch:
         batch_tab(encoder)
 

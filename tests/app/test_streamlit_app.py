@@ -137,11 +137,19 @@ def test_app_code_never_allows_html(repo_root):
         assert "unsafe_allow_html" not in path.read_text(), path
 
 
-def test_model_loads_once_across_reruns(app_env, monkeypatch, repo_root):
+def test_model_loads_once_across_reruns_and_again_when_retrained(
+    app_env, monkeypatch, tiny_model_dir, tmp_path, repo_root
+):
+    import os
+    import shutil
+
     import streamlit as st
 
     from siamese.encoder import NLIEncoder
 
+    model = tmp_path / "run" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    monkeypatch.setenv("APP_MODEL_DIR", str(model))
     calls = []
     real_load = NLIEncoder.load.__func__
     monkeypatch.setattr(
@@ -152,6 +160,12 @@ def test_model_loads_once_across_reruns(app_env, monkeypatch, repo_root):
     submit(at, "A man eats.", "Someone eats.")
     submit(at, "A dog runs.", "An animal moves.")
     assert not at.exception and len(calls) == 1
+    # a retrained run replaces the folder in one rename (common.atomic.atomic_dir): the app must reload it
+    shutil.copytree(tiny_model_dir, tmp_path / "run" / "new")
+    shutil.rmtree(model)
+    os.replace(tmp_path / "run" / "new", model)
+    submit(at, "A dog runs.", "An animal moves.")
+    assert not at.exception and len(calls) == 2
 
 
 def test_damaged_head_file_is_one_line_error(app_env, monkeypatch, tiny_model_dir, tmp_path, repo_root):
