@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from common.errors import UserError
 from siamese.encoder import NLIEncoder
+
+THREADS_ENV = "APP_TORCH_THREADS"
+
+
+def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
+    """Torch CPU threads for the app: $APP_TORCH_THREADS, default 1.
+
+    One sentence pair at a time gains little from more threads, and on a busy CPU (a shared 2-core
+    machine, measured) OpenMP's spinning threads made each pair 7-20x slower than one thread.
+    """
+    value = env.get(THREADS_ENV, "1")
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import streamlit as st  # noqa: E402
 from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload  # noqa: E402
 from app.examples import Example, example_sources, first_available  # noqa: E402
 from app.models import TRAIN_COMMAND, model_choices, model_label, model_stamp, outputs_root, read_model_card  # noqa: E402
-from app.predict import EmptyInput, PairResult, predict_pair, predict_table  # noqa: E402
+from app.predict import EmptyInput, PairResult, cpu_threads, predict_pair, predict_table  # noqa: E402
 from app.safe_text import md_escape  # noqa: E402
 from common.errors import UserError  # noqa: E402
 from siamese.encoder import NLIEncoder  # noqa: E402
@@ -27,6 +27,9 @@ from siamese.encoder import NLIEncoder  # noqa: E402
 @st.cache_resource(show_spinner="Loading the model…")
 def load_encoder(path: str, stamp: str) -> NLIEncoder:
     """`stamp` is only a cache key: a model retrained into the same folder is loaded afresh."""
+    import torch
+
+    torch.set_num_threads(cpu_threads())
     return NLIEncoder.load(path)
 
 

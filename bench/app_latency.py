@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from app.examples import example_sources, first_available  # noqa: E402
 from app.models import TRAIN_COMMAND, discover_models, outputs_root  # noqa: E402
-from app.predict import PairResult, predict_pair, predict_table  # noqa: E402
+from app.predict import PairResult, cpu_threads, predict_pair, predict_table  # noqa: E402
 from common.cli import run_cli  # noqa: E402
 from common.errors import UserError  # noqa: E402
 
@@ -53,9 +53,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("model", nargs="?", type=Path, help="model folder (default: newest under outputs/)")
     parser.add_argument("--pairs", type=int, default=100, help="timed pairs (at least 50)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed pairs first")
-    parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is faster on a busy machine)"
-    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: as the app, $APP_TORCH_THREADS or 1)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.pairs < 50:
@@ -65,8 +63,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from siamese.encoder import NLIEncoder
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or cpu_threads())
 
     model_dir = args.model
     if model_dir is None:

@@ -18,7 +18,7 @@ def test_prediction_in_headless_chromium(tiny_model_dir, tmp_path):
             pytest.fail(f"browser test cannot run in CI: {reason}")
         pytest.skip(reason)
     with (
-        streamlit_server(tiny_model_dir, env={"APP_OUTPUTS_DIR": str(tmp_path), "OMP_NUM_THREADS": "1"}) as url,
+        streamlit_server(tiny_model_dir, env={"APP_OUTPUTS_DIR": str(tmp_path)}) as url,
         chromium() as driver,
     ):
         label = predict_in_browser(driver, url, "A man is playing a guitar on stage.", "A man is performing music.")

@@ -157,3 +157,12 @@ def test_example_source_has_a_default_data_dir_on_a_fresh_import(repo_root):
     out = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(repo_root.parent / "shared" / "data" / "mnli" / "validation_matched.jsonl.gz")
+
+
+def test_cpu_threads_default_and_validation():
+    from app.predict import cpu_threads
+
+    assert cpu_threads({}) == 1 and cpu_threads({"APP_TORCH_THREADS": "4"}) == 4
+    for bad in ("0", "-1", "two", ""):
+        with pytest.raises(UserError, match="APP_TORCH_THREADS"):
+            cpu_threads({"APP_TORCH_THREADS": bad})
