@@ -37,6 +37,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """The loop state of a checkpoint, read before any weights so a mismatch fails fast."""
+    try:
+        return json.loads((path / STATE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"checkpoint {path} cannot be resumed: {err}") from None
+
+
 def save_checkpoint(
     root: Path,
     step: int,
@@ -69,10 +77,9 @@ def load_checkpoint(
             )
         optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location=device, weights_only=True))
         rng = load_file(str(path / RNG_FILE))
-        state = json.loads((path / STATE_FILE).read_text())
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise UserError(f"checkpoint {path} cannot be resumed: {str(err).splitlines()[0]}") from None
-    return state, rng
+    return read_state(path), rng
 
 
 def export_model(target: Path, model: torch.nn.Module, tokenizer: Any, config: Any, metrics: dict[str, Any]) -> None:

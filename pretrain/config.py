@@ -107,6 +107,7 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     max_steps: int | None = 20_000  # null: num_train_epochs passes over the training blocks
     num_train_epochs: float = 1.0
+    max_train_minutes: float | None = None  # also stop (with a checkpoint) once training took this long
     mlm_probability: float = 0.15
     logging_steps: int = 50
     eval_steps: int = 500
@@ -131,6 +132,9 @@ class TrainConfig:
             require(getattr(self, key) >= 1, key, "must be at least 1")
         require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive or null")
         require(self.num_train_epochs > 0, "num_train_epochs", "must be positive")
+        require(
+            self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0 or null"
+        )
         require(0.0 < self.mlm_probability < 1.0, "mlm_probability", "must be in (0, 1)")
         for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
             require(getattr(self, key) >= 1, key, "must be at least 1")

@@ -22,7 +22,7 @@ from common.config import to_dict
 from common.errors import ConfigError, DataError, UserError
 from common.tracking import start_tracking
 from pretrain.blocks import PackedData
-from pretrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.engine import MLMEngine, build_training
 from pretrain.model import count_parameters
@@ -63,7 +63,9 @@ class LoopState:
     best_val_loss: float = math.inf
     bad_evals: int = 0  # evaluations since the validation loss last improved (early stopping)
     history: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0
+    train_seconds: float = 0.0  # optimizer steps only (for tokens/s)
+    elapsed_seconds: float = 0.0  # the whole loop, evaluation and checkpoints included (for the time budget)
+    stop_reason: str = ""
 
 
 def total_steps(cfg: PretrainConfig, sampler: BlockSampler) -> int:
@@ -77,12 +79,13 @@ def _resume(cfg: PretrainConfig, engine: MLMEngine, data: PackedData, ckpt_root:
     if path is None:
         log.warning("--resume: no checkpoint under %s; starting from step 0", ckpt_root)
         return LoopState()
-    state, rng = load_checkpoint(path, engine.model, engine.optimizer, engine.device)
+    state = read_state(path)
     if state["model"] != dataclasses.asdict(cfg.model):
         changed = [k for k, v in dataclasses.asdict(cfg.model).items() if state["model"].get(k) != v]
         raise ConfigError(f"config key 'model.{changed[0]}': differs from checkpoint {path}; cannot resume")
     if state["cache_key"] != data.stats["cache_key"]:
         raise ConfigError(f"config key 'data': the packed data differ from those of checkpoint {path}; cannot resume")
+    state, rng = load_checkpoint(path, engine.model, engine.optimizer, engine.device)
     engine.schedule.load_state_dict(state["schedule"])
     engine.set_rng_state(rng)
     engine.step = state["loop"]["step"]
@@ -142,7 +145,8 @@ def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[
     window_sum, window_steps, window_start = torch.zeros((), device=engine.device), 0, loop.step
     stop = False
     bar = tqdm(total=steps, initial=loop.step, desc="training", unit="step", dynamic_ncols=True)
-    clock = time.perf_counter()
+    clock = loop_start = time.perf_counter()
+    elapsed_before = loop.elapsed_seconds
     try:
         while loop.step < steps and not stop:
             micro = [sampler.micro_batch(loop.step * accum + i) for i in range(accum)]
@@ -169,9 +173,13 @@ def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[
                 )
                 window_sum, window_steps, window_start = torch.zeros((), device=engine.device), 0, loop.step
                 clock = time.perf_counter()
+            loop.elapsed_seconds = elapsed_before + time.perf_counter() - loop_start
+            if train_cfg.max_train_minutes and loop.elapsed_seconds > 60 * train_cfg.max_train_minutes:
+                loop.stop_reason = f"time budget train.max_train_minutes={train_cfg.max_train_minutes}"
+                stop = True
             if loop.step % train_cfg.eval_steps == 0:
                 guard()
-                stop = _evaluate(engine, val_batches, loop, cfg, tracker, entropy)
+                stop = _evaluate(engine, val_batches, loop, cfg, tracker, entropy) or stop
                 clock = time.perf_counter()
             if loop.step % train_cfg.save_steps == 0 or stop or loop.step == steps:
                 guard()
@@ -201,8 +209,10 @@ def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[
         tokens_seen=loop.step * tokens_per_step,
         train_seconds=loop.train_seconds,
         tokens_per_s=loop.step * tokens_per_step / max(loop.train_seconds, 1e-9),
-        early_stopped=stop,
+        stop_reason=loop.stop_reason or "max_steps",
     )
+    if loop.stop_reason:
+        log.info("stopped at step %d: %s", loop.step, loop.stop_reason)
     tracker.summary({f"final/{k}": v for k, v in final.items()})
     tracker.finish()
     return engine, loop, final
@@ -224,6 +234,6 @@ def _evaluate(engine: MLMEngine, val_batches, loop: LoopState, cfg: PretrainConf
     )
     patience = cfg.train.early_stopping_patience
     if patience is not None and loop.bad_evals >= patience:
-        log.info("early stop: no validation improvement in %d evaluations", patience)
+        loop.stop_reason = f"early stop: no validation improvement in {patience} evaluations"
         return True
     return False
