@@ -11,6 +11,7 @@ import logging
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from pretrain.config import ImplConfig, PretrainConfig, TrainConfig
@@ -157,7 +158,7 @@ class MLMEngine:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = torch.zeros((), device=self.device, dtype=torch.long)
-        for input_ids, labels in batches:
+        for input_ids, labels in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=len(batches) < 4):
             input_ids, labels = self.to_device(input_ids, labels)
             loss, batch_correct, batch_count = self.loss(input_ids, labels)
             loss_sum += loss.double() * batch_count

@@ -64,7 +64,13 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_path):
     # Patience 0 makes the plateau schedule cut the lr after the restart too, so its state must survive.
-    common = ("train.eval_steps=4", "train.save_steps=5", "train.plateau_patience=0", "train.warmup_steps=2")
+    common = (
+        "train.eval_steps=4",
+        "train.save_steps=5",
+        "train.plateau_patience=0",
+        "train.warmup_steps=2",
+        "train.per_device_train_batch_size=8",
+    )
     main(tiny_args("train.max_steps=12", *common, out=tmp_path / "straight"))
     main(tiny_args("train.max_steps=5", *common, out=tmp_path / "split"))
     assert [p.name for p in checkpoint_dirs(tmp_path / "split/pretrain-debug/checkpoints")] == ["step-0000005"]
@@ -76,7 +82,13 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_pa
 
 
 def test_resume_after_sigkill(tiny_args, tmp_path, cache_dir):
-    common = ("train.max_steps=300", "train.save_steps=10", "train.eval_steps=20", "train.logging_steps=10")
+    common = (
+        "train.max_steps=80",
+        "train.per_device_train_batch_size=4",
+        "train.save_steps=5",
+        "train.eval_steps=20",
+        "train.logging_steps=10",
+    )
     main(tiny_args(*common, out=tmp_path / "straight"))  # also builds the packed data the subprocess reuses
     args = tiny_args(*common, out=tmp_path / "killed")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -109,7 +121,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(engine_module, "mlm_loss", poisoned)
     with pytest.raises(TrainingDiverged) as err:
-        main(tiny_args("train.max_steps=30", "train.save_steps=10", "train.logging_steps=5"))
+        main(tiny_args("train.max_steps=20", "train.save_steps=10", "train.logging_steps=5"))
     message = str(err.value)
     assert "NaN/inf" in message and "step-0000010" in message and "\n" not in message
     ckpts = checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")
