@@ -143,3 +143,18 @@ def test_fill_mask_refuses_a_folder_that_is_not_a_model(tmp_path):
 
     with pytest.raises(UserError, match="is not a saved model"):
         fill_mask_main(["--model", str(tmp_path), "a [MASK] b"])
+
+
+def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(tiny_args, tmp_path, monkeypatch):
+    from common.errors import UserError
+
+    def out_of_memory(self, micro_batches):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(engine_module.MLMEngine, "train_step", out_of_memory)
+    with pytest.raises(UserError) as err:
+        main(tiny_args("train.max_steps=5"))
+    message = str(err.value)
+    assert "out of memory" in message and "per_device_train_batch_size=16" in message
+    assert "gradient_accumulation_steps" in message and "\n" not in message
+    assert not (tmp_path / "pretrain-debug/model").exists()
