@@ -1,0 +1,1 @@
+"""MLM pretraining stage: corpus → tokenizer → packed blocks → BertForMaskedLM → outputs/<run>/model."""

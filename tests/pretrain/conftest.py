@@ -1,0 +1,45 @@
+"""Tiny runs of the real entry point on a slice of the shared IMDB stand-in corpus."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import REPO_ROOT, load_config
+from pretrain.config import PretrainConfig
+
+DEBUG_CONFIG = REPO_ROOT / "configs" / "pretrain" / "debug.yaml"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One packed-data cache for the whole session: the corpus slice is tokenized and packed once."""
+    return tmp_path_factory.mktemp("pretrain-cache")
+
+
+@pytest.fixture
+def tiny_args(tmp_path: Path, cache_dir: Path, data_dir: Path):
+    """argv for `pretrain.__main__.main`: the debug config, outputs in tmp_path, plus extra overrides."""
+
+    def make(*overrides: str, out: Path | None = None) -> list[str]:
+        return [
+            "--config",
+            str(DEBUG_CONFIG),
+            f"output_dir={out or tmp_path}",
+            f"data.cache_dir={cache_dir}",
+            f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
+            "data.max_documents=300",
+            *overrides,
+        ]
+
+    return make
+
+
+@pytest.fixture
+def tiny_config(tiny_args):
+    def make(*overrides: str) -> PretrainConfig:
+        args = tiny_args(*overrides)
+        return load_config(PretrainConfig, args[1], args[2:])
+
+    return make

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.cli import run_cli
+from common.config import REPO_ROOT, load_config
+from common.errors import ConfigError
+from pretrain.__main__ import main
+from pretrain.config import PretrainConfig
+
+CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
+
+
+def test_the_three_recipes_exist():
+    assert {p.name for p in CONFIGS} >= {"bert-medium.yaml", "cpu-small.yaml", "debug.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_yaml_loads_and_validates(path: Path):
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.model.num_hidden_layers >= 1 and cfg.model.vocab_size % 64 == 0
+
+
+def test_recipes_ask_for_what_the_issue_asks():
+    medium = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml")
+    assert (medium.model.num_hidden_layers, medium.model.hidden_size, medium.model.num_attention_heads) == (8, 512, 8)
+    assert medium.model.intermediate_size == 2048 and medium.data.max_documents == 100_000
+    assert medium.data.source == "Skylion007/openwebtext" and medium.impl.bf16 and medium.impl.compile
+    small = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/cpu-small.yaml")
+    assert small.model.num_hidden_layers == 8 and small.run_name == "pretrain-cpu-small"
+    assert not small.impl.bf16 and not small.impl.compile
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.bogus=1", "unknown config key 'train.bogus'"),
+        ("train.learning_rate=-1", "config key 'train.learning_rate': must be positive"),
+        ("train.max_steps=ten", "config key 'train.max_steps': expected an integer"),
+        ("model.num_attention_heads=3", "config key 'model.num_attention_heads': must divide hidden_size"),
+        ("model.vocab_size=1000", "config key 'model.vocab_size': must be a multiple of 64"),
+        ("model.hidden_dropout_prob=1.5", "config key 'model.hidden_dropout_prob'"),
+        ("data.block_size=256", "config key 'model.max_position_embeddings': must be >= data.block_size"),
+        ("impl.device=tpu", "config key 'impl.device'"),
+        ("train.min_lr=1", "config key 'train.min_lr'"),
+    ],
+)
+def test_bad_values_are_one_line_errors_naming_the_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/debug.yaml", [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_rejects_a_bad_override_before_any_work(tmp_path, capsys):
+    status = run_cli(
+        main,
+        [
+            "--config",
+            str(REPO_ROOT / "configs/pretrain/debug.yaml"),
+            f"output_dir={tmp_path}",
+            "train.learning_rate=-1",
+        ],
+    )
+    err = capsys.readouterr().err.strip()
+    assert status == 2
+    assert err.startswith("error: config key 'train.learning_rate'") and "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_help_lists_the_flags(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "--resume" in out and "key=value" in out
