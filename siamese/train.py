@@ -101,13 +101,7 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     if resume and not last:
         log.warning("--resume: no checkpoint under %s yet; starting from the beginning", checkpoints)
 
-    device = siamese_model.resolve_device(cfg.impl)
-    torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
-    model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss)
-    classifier = siamese_model.loss_classifier(loss)
-    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
-
+    # Data first: an unreachable or malformed source fails before any time goes into loading a model.
     counts = RowCounts()
     train = train_stream(
         cfg.data,
@@ -119,6 +113,13 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         pairs=pairs,
     )
     eval_pairs, eval_set = eval_data(cfg, counts)
+    device = siamese_model.resolve_device(cfg.impl)
+    torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
+    model = siamese_model.build_model(cfg.model, cfg.impl)
+    loss = siamese_model.build_loss(model, cfg.loss)
+    classifier = siamese_model.loss_classifier(loss)
+    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
+
     first = next(iter(train.take(1)))
     log.info("first training row: %s", first)
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
