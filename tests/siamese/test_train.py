@@ -89,3 +89,29 @@ def test_hub_source_offline_is_a_one_line_error_from_the_command_line(repo_root,
     assert err.startswith("error: ")
     assert "nyu-mll/glue" in err and "unreachable" in err
     assert not (tmp_path / "siamese-debug" / "model").exists()
+
+
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    args = ("train.max_steps=6", "data.eval_pairs=0", "model.hidden_dropout_prob=0.1")  # dropout: RNG state matters
+    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "a", *args))
+
+    original = trainer_module.SentenceTransformerTrainer.compute_loss
+
+    def dies_after_checkpoint_4(self, *a, **kw):
+        if self.state.global_step == 5:
+            raise RuntimeError("simulated kill")
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", dies_after_checkpoint_4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args))
+    assert not (tmp_path / "b" / "siamese-debug" / "model").exists()
+    monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", original)
+    resumed = main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args, "--resume"))
+
+    a, b = NLIEncoder.load(straight, device="cpu"), NLIEncoder.load(resumed, device="cpu")
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(a.head.weight, b.head.weight, rtol=0, atol=1e-6)
