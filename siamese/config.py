@@ -141,12 +141,16 @@ class ImplConfig:
     length_bucket_batches: int = 32
     dataloader_num_workers: int = 0
     dataloader_pin_memory: bool = False
+    # CPU threads for torch (null: torch's default, one per core). On a CPU shared with other jobs, 1 can be
+    # several times faster than 2: OpenMP threads that are descheduled make every barrier wait.
+    num_threads: int | None = None
     # Raise at once when the loss turns NaN/inf, so the last good checkpoint stays the newest one.
     stop_on_nonfinite_loss: bool = True
 
     def check(self) -> None:
         require(self.length_bucket_batches >= 0, "length_bucket_batches", "must be >= 0")
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
 
 
 @dataclass

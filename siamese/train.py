@@ -114,6 +114,8 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     )
     eval_pairs, eval_set = eval_data(cfg, counts)
     device = siamese_model.resolve_device(cfg.impl)
+    if cfg.impl.num_threads is not None:
+        torch.set_num_threads(cfg.impl.num_threads)
     torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
     model = siamese_model.build_model(cfg.model, cfg.impl)
     loss = siamese_model.build_loss(model, cfg.loss)
