@@ -115,3 +115,22 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, ti
     for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
     torch.testing.assert_close(a.head.weight, b.head.weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "head"), [("both", True), ("mnrl", False)])
+def test_other_objectives_train_end_to_end(repo_root, tiny_bert, tmp_path, loss, head):
+    extra = ["data.max_train_pairs=null"] + (["data.eval_pairs=600"] if loss == "mnrl" else [])
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", *extra))
+    assert (model_dir / "nli_head.safetensors").is_file() == head
+    assert (NLIEncoder.load(model_dir, device="cpu").head is not None) == head
+    if loss == "mnrl":
+        counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]
+        assert counts["triplets"]["triplets"] >= 4 * 8
+
+
+def test_plateau_schedule_gets_a_warmup(repo_root, tiny_bert, tmp_path):
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.lr_scheduler=reduce_lr_on_plateau",
+                                "train.warmup_steps=3", "train.logging_steps=1", "train.eval_steps=2"))  # fmt: skip
+    state = json.loads((model_dir.parent / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    lrs = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
+    assert lrs[:3] == pytest.approx([1.0e-3 / 3, 2.0e-3 / 3, 1.0e-3])  # linear warmup, then the plateau's own lr
