@@ -28,7 +28,7 @@ from common.tracking import resolve_mode, start_tracking
 from siamese import model as siamese_model
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
-from siamese.nli_data import RowCounts, _Triplets, read_pairs, source_name, train_stream
+from siamese.nli_data import RowCounts, _Triplets, read_pairs, reading, source_name, train_stream
 from siamese.trainer import NLIAccuracyEvaluator, PlateauWarmup, SiameseTrainer, TimeBudget
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,9 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     classifier = siamese_model.loss_classifier(loss)
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
 
-    first = next(iter(train.take(1)))
+    where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
+    with reading(where):
+        first = next(iter(train.take(1)))
     log.info("first training row: %s", first)
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     log.info(
@@ -155,7 +157,8 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         stop_on_nonfinite=cfg.impl.stop_on_nonfinite_loss,
     )
     try:
-        result = trainer.train(resume_from_checkpoint=last if resume else None)
+        with reading(where):
+            result = trainer.train(resume_from_checkpoint=last if resume else None)
     except torch.cuda.OutOfMemoryError:
         raise UserError(
             f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size and raise "

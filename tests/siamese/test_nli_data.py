@@ -141,3 +141,16 @@ def test_stream_is_lazy():
     assert len(PRODUCED) <= 1  # building the pipeline peeks at most one row (to learn the columns)
     first = [row for _, row in zip(range(16), stream, strict=False)]
     assert len(first) == 16 and len(PRODUCED) < 2_000  # a bounded look-ahead, not the whole source
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b'{"premise": "a", "hypothesis": "b", "label": 0}\n{"premise": "a", "hyp\n', "malformed"),
+     ('{"premise": "caf\u00e9", "hypothesis": "b", "label": 0}\n'.encode("latin-1"), "latin-1")],
+)  # fmt: skip
+def test_malformed_or_non_utf8_file_is_a_one_line_error(tmp_path, content, problem):
+    path = tmp_path / f"{problem}.jsonl.gz"
+    path.write_bytes(gzip.compress(content))
+    with pytest.raises(DataError, match=f"{problem}.jsonl.gz: could not be read") as err:
+        read_pairs(SourceConfig(path=str(path), config_name=None), None)
+    assert "\n" not in str(err.value)
