@@ -150,7 +150,8 @@ def clean_pairs(raw: IterableDataset, where: str, counts: RowCounts) -> Iterable
     columns = raw.column_names
     if columns is None:  # json streams learn their columns from the first row
         try:
-            columns = list(next(iter(raw)).keys())
+            with reading(where):
+                columns = list(next(iter(raw)).keys())
         except StopIteration:
             raise DataError(f"{where}: holds no rows") from None
     mapping = _resolve_columns(list(columns), where)
