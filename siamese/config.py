@@ -137,6 +137,8 @@ class ImplConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = False  # CUDA only; this CPU has no fast bf16
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # Embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding).
+    merge_pair_forward: bool = False
     # Sort pairs by length inside windows of this many batches so each batch pads little (0: off).
     length_bucket_batches: int = 32
     dataloader_num_workers: int = 0

@@ -109,6 +109,23 @@ def describe(model: SentenceTransformer) -> str:
     )
 
 
+class PairSoftmaxLoss(SoftmaxLoss):
+    """SoftmaxLoss whose two columns can share one forward pass (`impl.merge_pair_forward`).
+
+    One forward over 2·B rows padded to the longer column launches half the kernels of two forwards:
+    faster on a GPU; on a CPU the extra padding usually costs more than it saves. Same loss either way.
+    """
+
+    def __init__(self, model: SentenceTransformer, merge_pair_forward: bool = False) -> None:
+        super().__init__(model, model.get_embedding_dimension(), num_labels=len(LABELS))
+        self.merge_pair_forward = merge_pair_forward
+
+    def forward(self, features, labels: torch.Tensor) -> torch.Tensor:
+        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
+        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
+        return self.loss_fct(logits, labels.view(-1))
+
+
 class SoftmaxRankingLoss(torch.nn.Module):
     """SoftmaxLoss and an in-batch ranking loss from one forward pass over a pair batch.
 
@@ -117,18 +134,19 @@ class SoftmaxRankingLoss(torch.nn.Module):
     whenever a premise's contradiction lands in the same batch). Neutral pairs feed only the classifier.
     """
 
-    def __init__(self, model: SentenceTransformer, cfg: LossConfig) -> None:
+    def __init__(self, model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> None:
         super().__init__()
         self.model = model
         self.softmax = SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=len(LABELS))
         self.softmax_weight, self.mnrl_weight, self.scale = cfg.softmax_weight, cfg.mnrl_weight, cfg.mnrl_scale
+        self.merge_pair_forward = merge_pair_forward
 
     @property
     def classifier(self) -> torch.nn.Linear:
         return self.softmax.classifier
 
     def forward(self, features, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        u, v = embed_columns(self.model, features)
+        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
         labels = labels.view(-1)
         logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
         classify = F.cross_entropy(logits, labels)
@@ -143,12 +161,12 @@ class SoftmaxRankingLoss(torch.nn.Module):
         return {"softmax": self.softmax_weight * classify, "mnrl": self.mnrl_weight * rank}
 
 
-def build_loss(model: SentenceTransformer, cfg: LossConfig) -> torch.nn.Module:
+def build_loss(model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> torch.nn.Module:
     if cfg.name == "softmax":
-        return SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=len(LABELS))
+        return PairSoftmaxLoss(model, merge_pair_forward)
     if cfg.name == "mnrl":
         return MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale)
-    return SoftmaxRankingLoss(model, cfg)
+    return SoftmaxRankingLoss(model, cfg, merge_pair_forward)
 
 
 def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:

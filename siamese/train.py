@@ -118,7 +118,7 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         torch.set_num_threads(cfg.impl.num_threads)
     torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
     model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss)
+    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
     classifier = siamese_model.loss_classifier(loss)
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
 

@@ -104,3 +104,19 @@ def test_a_sentence_transformer_folder_is_accepted_as_base(model, tmp_path):
     model.save(str(tmp_path))
     again = build_model(ModelConfig(base_model=str(tmp_path), max_seq_length=16), ImplConfig(device="cpu"))
     assert again.max_seq_length == 16 and again.get_embedding_dimension() == model.get_embedding_dimension()
+
+
+@pytest.mark.parametrize("name", ["softmax", "both"])
+def test_merged_pair_forward_is_speed_only(model, name):
+    premises, hypotheses, labels = zip(*PAIRS, strict=True)
+    features = [dict(model.tokenize(list(premises))), dict(model.tokenize(list(hypotheses)))]
+    model.eval()  # no dropout, so both paths see the same network
+    torch.manual_seed(0)
+    separate = build_loss(model, LossConfig(name=name), merge_pair_forward=False)
+    merged = build_loss(model, LossConfig(name=name), merge_pair_forward=True)
+    merged.load_state_dict(separate.state_dict())
+    with torch.no_grad():
+        a = separate([dict(f) for f in features], torch.tensor(labels))
+        b = merged([dict(f) for f in features], torch.tensor(labels))
+    a, b = (sum(x.values()) if isinstance(x, dict) else x for x in (a, b))
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
