@@ -1,0 +1,175 @@
+"""The Siamese stage's config schema: YAML data → typed sections, each handed to the part that uses it.
+
+Sections mirror the pretraining stage: `model` (what to fine-tune), `data` (what to read), `loss`
+(which objective), `train` (SentenceTransformerTrainingArguments names), `impl` (speed-only settings
+that must not change results), `wandb` (tracking).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from common.config import require
+from common.tracking import WandbConfig
+
+
+@dataclass
+class ModelConfig:
+    # A pretraining output (any `from_pretrained` BERT folder) or a SentenceTransformer folder / Hub id.
+    base_model: str = "outputs/pretrain-cpu-small/model"
+    max_seq_length: int = 128
+    pooling: Literal["mean", "cls", "max"] = "mean"
+    # BertConfig dropout fields, applied on top of the base model's config (null: keep the base's).
+    hidden_dropout_prob: float | None = None
+    attention_probs_dropout_prob: float | None = None
+
+    def check(self) -> None:
+        require(bool(self.base_model.strip()), "base_model", "must name a model folder or Hub id")
+        require(8 <= self.max_seq_length <= 512, "max_seq_length", "must be between 8 and 512")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
+
+
+@dataclass
+class SourceConfig:
+    """One NLI source: a local file/glob/dir, or a Hub dataset id with its config and split."""
+
+    path: str = "nyu-mll/glue"
+    config_name: str | None = "mnli"
+    split: str = "train"
+    revision: str | None = None
+    # Relative share when several training sources are interleaved (ignored for evaluation).
+    weight: float = 1.0
+
+    def check(self) -> None:
+        require(bool(self.path.strip()), "path", "must name a file or Hub dataset")
+        require(self.weight > 0, "weight", "must be > 0")
+
+
+def _default_train_sources() -> list[SourceConfig]:
+    return [SourceConfig()]
+
+
+def _default_eval_sources() -> list[SourceConfig]:
+    return [SourceConfig(split="validation_matched")]
+
+
+@dataclass
+class DataConfig:
+    train_sources: list[SourceConfig] = field(default_factory=_default_train_sources)
+    # Held-out pairs the trainer scores during training (eval loss drives ReduceLROnPlateau).
+    eval_sources: list[SourceConfig] = field(default_factory=_default_eval_sources)
+    eval_pairs: int = 1000
+    shuffle_buffer: int = 10_000
+    max_train_pairs: int | None = None  # null: the whole stream (cycled until max_steps)
+    # Premises remembered while looking for an entailment + contradiction pair (MNRL triplets).
+    triplet_window: int = 50_000
+
+    def check(self) -> None:
+        require(len(self.train_sources) > 0, "train_sources", "needs at least one source")
+        require(self.eval_pairs >= 0, "eval_pairs", "must be >= 0")
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", "must be >= 1 (1 disables shuffling)")
+        require(self.max_train_pairs is None or self.max_train_pairs > 0, "max_train_pairs", "must be > 0 or null")
+        require(self.triplet_window >= 1, "triplet_window", "must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    # softmax: SBERT's classifier over (u, v, |u-v|); mnrl: in-batch ranking of (premise, entailment,
+    # contradiction) triplets; both: the two on the same pairs, weighted.
+    name: Literal["softmax", "mnrl", "both"] = "softmax"
+    softmax_weight: float = 1.0
+    mnrl_weight: float = 1.0
+    mnrl_scale: float = 20.0
+
+    def check(self) -> None:
+        require(self.softmax_weight >= 0, "softmax_weight", "must be >= 0")
+        require(self.mnrl_weight >= 0, "mnrl_weight", "must be >= 0")
+        require(self.mnrl_scale > 0, "mnrl_scale", "must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float = 2.0e-5
+    weight_decay: float = 0.01
+    warmup_steps: float = 0.1  # a float < 1 is a fraction of max_steps, as in TrainingArguments
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 2000
+    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"] = "linear"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    eval_steps: int = 500
+    save_steps: int = 500
+    save_total_limit: int = 2
+    logging_steps: int = 50
+    # Stop (and save) after this many minutes even if max_steps is not reached: a cap for busy machines.
+    max_train_minutes: float | None = None
+    seed: int = 42
+
+    def check(self) -> None:
+        require(self.learning_rate > 0, "learning_rate", "must be > 0")
+        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(self.batch_size >= 2, "batch_size", "must be >= 2 (ranking losses need in-batch negatives)")
+        require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
+        require(self.max_steps >= 1, "max_steps", "must be >= 1 (a stream has no length, so steps bound the run)")
+        require(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
+        require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
+        for name in ("eval_steps", "save_steps", "logging_steps"):
+            require(getattr(self, name) >= 1, name, "must be >= 1")
+        require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
+        require(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0")
+
+    def warmup_step_count(self) -> int:
+        return int(self.warmup_steps * self.max_steps) if self.warmup_steps < 1 else int(self.warmup_steps)
+
+
+@dataclass
+class ImplConfig:
+    """Speed-only settings: they may change how fast a run goes, not what it learns (up to float noise)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = False  # CUDA only; this CPU has no fast bf16
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    # Embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding).
+    merge_pair_forward: bool = False
+    # Sort pairs by length inside windows of this many batches so each batch pads little (0: off).
+    length_bucket_batches: int = 32
+    dataloader_num_workers: int = 0
+    dataloader_pin_memory: bool = False
+    # CPU threads for torch (null: torch's default, one per core). On a CPU shared with other jobs, 1 can be
+    # several times faster than 2: OpenMP threads that are descheduled make every barrier wait.
+    num_threads: int | None = None
+    # Raise at once when the loss turns NaN/inf, so the last good checkpoint stays the newest one.
+    stop_on_nonfinite_loss: bool = True
+
+    def check(self) -> None:
+        require(self.length_bucket_batches >= 0, "length_bucket_batches", "must be >= 0")
+        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
+
+
+@dataclass
+class SiameseConfig:
+    run_name: str = "siamese"
+    output_root: str = "outputs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    impl: ImplConfig = field(default_factory=ImplConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def check(self) -> None:
+        require(bool(self.run_name.strip()) and "/" not in self.run_name, "run_name", "must be a plain folder name")
+        require(
+            self.train.lr_scheduler != "reduce_lr_on_plateau" or self.data.eval_pairs > 0,
+            "train.lr_scheduler",
+            "reduce_lr_on_plateau steps on the eval loss: set data.eval_pairs > 0",
+        )

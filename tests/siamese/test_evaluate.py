@@ -1,0 +1,83 @@
+"""Evaluation numbers on hand-made pairs, STS-B scaling, and the report the app reads."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import pearsonr, spearmanr
+
+from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
+from siamese.encoder import NLIEncoder, save_head
+from siamese.evaluate import cosine_by_class, main, nli_metrics, read_stsb, stsb_metrics
+from siamese.model import build_loss, build_model
+
+
+def test_accuracy_and_confusion_matrix_on_hand_made_labels():
+    gold = [0, 0, 1, 1, 2, 2, 2, 0]
+    predicted = [0, 1, 1, 2, 2, 2, 0, 0]
+    m = nli_metrics(gold, predicted)
+    assert m["accuracy"] == pytest.approx(5 / 8) and m["n"] == 8
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [1, 0, 2]]  # rows gold, columns predicted
+    assert m["classification_report"]["contradiction"]["recall"] == pytest.approx(2 / 3)
+    assert m["classification_report"]["entailment"]["precision"] == pytest.approx(2 / 3)
+
+
+def test_cosine_by_class():
+    stats = cosine_by_class(np.array([0.9, 0.7, 0.1, 0.3]), [0, 0, 2, 2])
+    assert stats["entailment"]["mean"] == pytest.approx(0.8) and stats["contradiction"]["n"] == 2
+    assert "neutral" not in stats
+
+
+def test_stsb_scores_are_scaled_to_unit_range(tmp_path):
+    path = tmp_path / "sts.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        for a, b, s in [("a b", "a c", 5.0), ("x y", "p q", 0.0), ("m n", "m o", 2.5), ("", "skip", 1.0)]:
+            fh.write(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n")
+    s1, s2, scores = read_stsb(SourceConfig(path=str(path), config_name=None), None)
+    assert scores == [1.0, 0.0, 0.5] and len(s1) == len(s2) == 3
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tiny_bert, tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(base_model=str(tiny_bert), max_seq_length=32), ImplConfig(device="cpu"))
+    loss = build_loss(model, LossConfig())
+    out = tmp_path_factory.mktemp("eval-model")
+    model.save(str(out))
+    save_head(loss.classifier, out)
+    return out
+
+
+def test_stsb_spearman_matches_a_hand_computation(trained_dir):
+    encoder = NLIEncoder.load(trained_dir, device="cpu")
+    s1 = ["A man plays guitar.", "A dog runs.", "Rain falls.", "The cat sleeps.", "Kids play football."]
+    s2 = ["A man plays a guitar.", "A cat sits.", "It is sunny.", "A cat is sleeping.", "Children play soccer."]
+    scores = [1.0, 0.3, 0.1, 0.9, 0.8]
+    got = stsb_metrics(encoder, s1, s2, scores)
+    u, v = encoder.embed(s1), encoder.embed(s2)
+    cosine = torch.nn.functional.cosine_similarity(u, v).numpy()
+    assert got["spearman"] == pytest.approx(spearmanr(cosine, scores).statistic, abs=1e-6)
+    assert got["pearson"] == pytest.approx(pearsonr(cosine, scores).statistic, abs=1e-5)
+    assert got["n"] == 5
+
+
+def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp_path):
+    report = main(["--model", str(trained_dir), "--limit", "12", "--out", str(tmp_path)])
+    on_disk = json.loads((tmp_path / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert {"model", "mnli_validation_matched", "mnli_validation_mismatched", "stsb_test", "baseline"} <= set(on_disk)
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        section = on_disk[split]
+        assert section["n"] == 12 and 0.0 <= section["accuracy"] <= 1.0
+        assert sum(map(sum, section["confusion_matrix"])) == 12
+        # accuracy is the diagonal of the confusion matrix: computed from predictions, not from cosines
+        assert section["accuracy"] == pytest.approx(np.trace(section["confusion_matrix"]) / 12)
+        assert (tmp_path / f"model_{split}_confusion.png").stat().st_size > 0
+        assert (tmp_path / f"model_{split}_cosine.png").stat().st_size > 0
+    assert set(on_disk["stsb_test"]) >= {"spearman", "pearson", "n"} and on_disk["stsb_test"]["n"] == 12
+    assert on_disk["baseline"] is None
+    assert "MNLI dev matched accuracy" in (tmp_path / "report.md").read_text()

@@ -1,0 +1,156 @@
+"""The NLI stream: label mapping, dropped-and-counted rows, column aliases, triplets, buckets, laziness."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import pytest
+from datasets import IterableDataset
+
+from common.errors import DataError
+from siamese.config import DataConfig, SourceConfig
+from siamese.nli_data import (
+    RowCounts,
+    _LengthBuckets,
+    _Triplets,
+    clean_pairs,
+    label_id,
+    open_pairs,
+    read_pairs,
+    train_stream,
+)
+
+
+def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(0, 0), (1, 1), (2, 2), (-1, -1), ("entailment", 0), ("Neutral", 1), ("CONTRADICTION", 2), (" contradiction ", 2),
+     ("-", -1), ("2", 2), (None, -1)],
+)  # fmt: skip
+def test_label_mapping_from_hub_ints_and_strings(value, expected):
+    assert label_id(value, "x") == expected
+
+
+@pytest.mark.parametrize("value", [3, -2, "entails", "maybe", True, 1.5])
+def test_unmappable_labels_fail_with_the_row(value):
+    with pytest.raises(DataError, match=r"f\.jsonl: row 7: label"):
+        label_id(value, "f.jsonl: row 7")
+
+
+@pytest.mark.parametrize(
+    ("entail", "neutral", "contra", "none"),
+    [(0, 1, 2, -1), ("entailment", "Neutral", "CONTRADICTION", "-")],
+    ids=["hub-ints", "strings"],
+)  # one label type per file: datasets' JSON reader coerces mixed int/str columns (it read "-" as 0)
+def test_minus_one_and_empty_rows_are_dropped_and_counted(tmp_path, entail, neutral, contra, none):
+    rows = [
+        {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": entail},
+        {"premise": "A man sleeps.", "hypothesis": "Nobody sleeps.", "label": contra},
+        {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": none},
+        {"premise": "", "hypothesis": "Empty premise.", "label": neutral},
+        {"premise": "Whitespace hypothesis.", "hypothesis": "   \t", "label": entail},
+        {"premise": None, "hypothesis": "Null premise.", "label": neutral},
+        {"premise": "Kids play.", "hypothesis": "Children are outside.", "label": neutral},
+    ]
+    path = str(write_jsonl_gz(tmp_path / "nli.jsonl.gz", rows))
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=path, config_name=None), None, counts)
+    assert pairs["label"] == [0, 2, 1]
+    assert pairs["hypothesis"] == ["A person rests.", "Nobody sleeps.", "Children are outside."]
+    assert counts.as_dict()[path] == {"seen": 7, "kept": 3, "dropped_no_label": 1, "dropped_empty_text": 3}
+
+
+def test_column_aliases_and_missing_columns(tmp_path):
+    ok = write_jsonl_gz(tmp_path / "a.jsonl.gz", [{"sentence1": "A b.", "sentence2": "C d.", "gold_label": "neutral"}])
+    assert read_pairs(SourceConfig(path=str(ok), config_name=None), None)["label"] == [1]
+    bad = write_jsonl_gz(tmp_path / "b.jsonl.gz", [{"text": "A b.", "hypothesis": "C d.", "label": 0}])
+    with pytest.raises(DataError, match="no 'premise' column"):
+        read_pairs(SourceConfig(path=str(bad), config_name=None), None)
+
+
+def test_bad_label_in_a_file_names_the_file_and_row(tmp_path):
+    rows = [{"premise": "A.", "hypothesis": "B.", "label": 0}] * 3 + [{"premise": "A.", "hypothesis": "B.", "label": 7}]
+    path = write_jsonl_gz(tmp_path / "bad.jsonl.gz", rows)
+    with pytest.raises(DataError, match=r"bad\.jsonl\.gz: row 4: label 7"):
+        read_pairs(SourceConfig(path=str(path), config_name=None), None)
+
+
+def test_shared_mnli_subset_has_no_drops(data_dir):
+    counts = RowCounts()
+    pairs = read_pairs(
+        SourceConfig(path=str(data_dir / "snli" / "validation.jsonl.gz"), config_name=None), None, counts
+    )
+    assert len(pairs["label"]) == 10_000 - 158  # the SNLI dev rows without a gold label are dropped...
+    assert counts.total("dropped_no_label") == 158  # ...and counted
+
+
+def test_hub_source_offline_fails_fast_with_one_line():
+    started = time.time()
+    with pytest.raises(DataError) as err:
+        open_pairs(SourceConfig(path="nyu-mll/glue", config_name="mnli"), RowCounts())
+    assert time.time() - started < 5
+    assert "\n" not in str(err.value) and "unreachable" in str(err.value)
+
+
+def test_triplets_pair_entailment_and_contradiction_of_the_same_premise():
+    batch = {
+        "premise": ["p1", "p2", "p1", "p1", "p3"],
+        "hypothesis": ["e1", "c2", "n1", "c1", "e3"],
+        "label": [0, 2, 1, 2, 0],
+    }
+    counts = RowCounts()
+    out = _Triplets(window=10, counts=counts.array("triplets"))(batch)
+    assert out == {"anchor": ["p1"], "positive": ["e1"], "negative": ["c1"]}
+    assert counts.as_dict()["triplets"]["triplets"] == 1
+
+
+def test_length_buckets_keep_every_row_and_group_similar_lengths():
+    texts = [("x" * n, "y") for n in (50, 3, 40, 1, 30, 2, 45, 4)]
+    batch = {"premise": [p for p, _ in texts], "hypothesis": [h for _, h in texts], "label": list(range(8))}
+    out = _LengthBuckets(batch_size=4)(batch)
+    assert sorted(out["label"]) == list(range(8))
+    chunks = [out["premise"][:4], out["premise"][4:]]
+    assert sorted(len(p) for p in chunks[0] + chunks[1]) == sorted(len(p) for p, _ in texts)
+    assert {max(len(p) for p in c) for c in chunks} == {4, 50}  # short ones together, long ones together
+
+
+PRODUCED: list[int] = []
+
+
+def counting_rows(n: int):
+    for i in range(n):
+        PRODUCED.append(i)
+        yield {"premise": f"premise number {i}", "hypothesis": f"hypothesis {i % 7}", "label": i % 3}
+
+
+def test_stream_is_lazy():
+    PRODUCED.clear()
+    raw = IterableDataset.from_generator(counting_rows, gen_kwargs={"n": 100_000})
+    cfg = DataConfig(shuffle_buffer=64)
+    stream = train_stream(cfg, batch_size=8, bucket_batches=4, seed=0, counts=RowCounts(),
+                          pairs=[clean_pairs(raw, "generator", RowCounts())])  # fmt: skip
+    assert len(PRODUCED) <= 1  # building the pipeline peeks at most one row (to learn the columns)
+    first = [row for _, row in zip(range(16), stream, strict=False)]
+    assert len(first) == 16 and len(PRODUCED) < 2_000  # a bounded look-ahead, not the whole source
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(b'{"premise": "a", "hypothesis": "b", "label": 0}\n{"premise": "a", "hyp\n', "malformed"),
+     ('{"premise": "caf\u00e9", "hypothesis": "b", "label": 0}\n'.encode("latin-1"), "latin-1")],
+)  # fmt: skip
+def test_malformed_or_non_utf8_file_is_a_one_line_error(tmp_path, content, problem):
+    path = tmp_path / f"{problem}.jsonl.gz"
+    path.write_bytes(gzip.compress(content))
+    with pytest.raises(DataError, match=f"{problem}.jsonl.gz: could not be read") as err:
+        read_pairs(SourceConfig(path=str(path), config_name=None), None)
+    assert "\n" not in str(err.value)

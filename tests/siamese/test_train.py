@@ -1,0 +1,136 @@
+"""End to end: `main([...debug...])` → a model folder both loaders read; resume; NaN stop; offline Hub."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+
+from common.cli import run_cli
+from common.errors import UserError
+from siamese.encoder import NLIEncoder
+from siamese.train import main
+
+pytestmark = pytest.mark.slow
+
+
+def debug_args(repo_root, tiny_bert, out, *extra: str) -> list[str]:
+    return [
+        "--config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
+        f"model.base_model={tiny_bert}", f"output_root={out}", "train.max_steps=4", "train.save_steps=2",
+        "train.eval_steps=4", "data.eval_pairs=16", "model.max_seq_length=32", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(repo_root, tiny_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return main(debug_args(repo_root, tiny_bert, out)), out
+
+
+def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
+    model_dir, out = trained
+    assert model_dir == out / "siamese-debug" / "model"
+    assert SentenceTransformer(str(model_dir), device="cpu").encode(["a test"]).shape == (1, 64)
+    encoder = NLIEncoder.load(model_dir, device="cpu")
+    prediction = encoder.predict(["A man sleeps."], ["A person rests."])
+    assert prediction.probs.shape == (1, 3) and abs(prediction.probs.sum() - 1) < 1e-5
+    info = json.loads((model_dir / "run_info.json").read_text())
+    assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
+    assert all(c["dropped_no_label"] == 0 for c in info["data_counts"].values())
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == 4 and "eval_mnli-dev_accuracy" in metrics
+    assert (model_dir / "resolved_config.yaml").is_file()
+    assert not list(model_dir.parent.glob(".tmp-*"))  # the atomic write left nothing behind
+    # every checkpoint carries the NLI head, which sentence-transformers alone would not save
+    checkpoints = sorted((out / "siamese-debug" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints and all((c / "nli_head.safetensors").is_file() for c in checkpoints)
+
+
+def test_rerun_without_resume_refuses_to_mix_runs(trained, repo_root, tiny_bert):
+    _, out = trained
+    with pytest.raises(UserError, match="--resume"):
+        main(debug_args(repo_root, tiny_bert, out))
+
+
+def test_resume_continues_from_the_last_checkpoint_with_its_head(trained, repo_root, tiny_bert):
+    model_dir, out = trained
+    head_before = NLIEncoder.load(out / "siamese-debug" / "checkpoints" / "checkpoint-4", device="cpu").head
+    resumed = main(debug_args(repo_root, tiny_bert, out, "train.max_steps=6", "--resume"))
+    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 6
+    head_after = NLIEncoder.load(resumed, device="cpu").head
+    # two more steps moved the restored head a little, not back to a fresh random one
+    change = (head_after.weight - head_before.weight).abs().max().item()
+    assert 0 < change < 0.1
+
+
+def test_nan_loss_stops_with_a_clear_message(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    original = trainer_module.SentenceTransformerTrainer.compute_loss
+
+    def poisoned(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        return loss * torch.nan if self.state.global_step >= 2 else loss
+
+    monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", poisoned)
+    with pytest.raises(UserError, match=r"loss became nan at step 3.*checkpoint-2"):
+        main(debug_args(repo_root, tiny_bert, tmp_path, "data.eval_pairs=0"))
+    assert not (tmp_path / "siamese-debug" / "model").exists()
+    assert not (tmp_path / "siamese-debug" / "checkpoints" / "checkpoint-4").exists()
+
+
+def test_hub_source_offline_is_a_one_line_error_from_the_command_line(repo_root, tiny_bert, tmp_path, capsys):
+    argv = [*debug_args(repo_root, tiny_bert, tmp_path), "data.train_sources=[{path: nyu-mll/glue, config_name: mnli}]"]
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ")
+    assert "nyu-mll/glue" in err and "unreachable" in err
+    assert not (tmp_path / "siamese-debug" / "model").exists()
+
+
+def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    args = ("train.max_steps=6", "data.eval_pairs=0", "model.hidden_dropout_prob=0.1")  # dropout: RNG state matters
+    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "a", *args))
+
+    original = trainer_module.SentenceTransformerTrainer.compute_loss
+
+    def dies_after_checkpoint_4(self, *a, **kw):
+        if self.state.global_step == 5:
+            raise RuntimeError("simulated kill")
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", dies_after_checkpoint_4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args))
+    assert not (tmp_path / "b" / "siamese-debug" / "model").exists()
+    monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", original)
+    resumed = main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args, "--resume"))
+
+    a, b = NLIEncoder.load(straight, device="cpu"), NLIEncoder.load(resumed, device="cpu")
+    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    torch.testing.assert_close(a.head.weight, b.head.weight, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("loss", "head"), [("both", True), ("mnrl", False)])
+def test_other_objectives_train_end_to_end(repo_root, tiny_bert, tmp_path, loss, head):
+    extra = ["data.max_train_pairs=null"] + (["data.eval_pairs=600"] if loss == "mnrl" else [])
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", *extra))
+    assert (model_dir / "nli_head.safetensors").is_file() == head
+    assert (NLIEncoder.load(model_dir, device="cpu").head is not None) == head
+    if loss == "mnrl":
+        counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]
+        assert counts["triplets"]["triplets"] >= 4 * 8
+
+
+def test_plateau_schedule_gets_a_warmup(repo_root, tiny_bert, tmp_path):
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.lr_scheduler=reduce_lr_on_plateau",
+                                "train.warmup_steps=3", "train.logging_steps=1", "train.eval_steps=2"))  # fmt: skip
+    state = json.loads((model_dir.parent / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    lrs = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
+    assert lrs[:3] == pytest.approx([1.0e-3 / 3, 2.0e-3 / 3, 1.0e-3])  # linear warmup, then the plateau's own lr
