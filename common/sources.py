@@ -7,13 +7,18 @@ Hub id fails at once with a message naming the local alternative instead of retr
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import logging
 import os
 import socket
+import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
+
+import pyarrow as pa
 
 from common.errors import DataError
 
@@ -139,3 +144,17 @@ def load_source(
         return datasets.load_dataset(source, config_name, split=split, revision=revision, streaming=streaming)
     except (ConnectionError, OSError) as err:
         raise DataError(f"'{source}' could not be loaded from the Hub: {str(err).splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def reading(where: str) -> Iterator[None]:
+    """Turn a malformed or non-UTF-8 file met while streaming into one line naming it."""
+    try:
+        yield
+    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
+        raise DataError(f"{where}: could not be read: {str(err).splitlines()[0]}") from None
+    except ValueError as err:  # datasets' pandas fallback for JSON lines; any other ValueError is a bug: re-raise
+        frames = traceback.extract_tb(err.__traceback__)
+        if not any("datasets/packaged_modules" in f.filename.replace("\\", "/") for f in frames):
+            raise
+        raise DataError(f"{where}: could not be read: {str(err).splitlines()[0]}") from None

@@ -11,7 +11,7 @@ import datasets
 from tqdm.auto import tqdm
 
 from common.errors import DataError
-from common.sources import load_source
+from common.sources import load_source, reading
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,8 @@ def _missing_column(cfg: DataConfig, columns: list[str]) -> str:
 
 def load_corpus(cfg: DataConfig) -> tuple[datasets.DatasetDict, CorpusCounts]:
     """Read, clean, drop short documents and split train/validation by document, deterministically."""
-    raw = read_documents(cfg)
+    with reading(cfg.source):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
+        raw = read_documents(cfg)
     if len(raw) == 0:
         raise DataError(f"{cfg.source}: no documents found")
     num_proc = _num_proc(cfg, len(raw))

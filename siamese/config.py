@@ -8,6 +8,7 @@ that must not change results), `wandb` (tracking).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from common.config import require
@@ -158,7 +159,7 @@ class ImplConfig:
 @dataclass
 class SiameseConfig:
     run_name: str = "siamese"
-    output_root: str = "outputs"
+    output_dir: str = "outputs"  # the run lives in <output_dir>/<run_name>/
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -173,3 +174,7 @@ class SiameseConfig:
             "train.lr_scheduler",
             "reduce_lr_on_plateau steps on the eval loss: set data.eval_pairs > 0",
         )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name

@@ -8,22 +8,18 @@ own longest pair. Labels follow GLUE / the Hub: 0 entailment, 1 neutral, 2 contr
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import random
-import traceback
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any
 
 import datasets
-import pyarrow as pa
 from datasets import Features, IterableDataset, Value
 
 from common.errors import DataError
-from common.sources import load_source
+from common.sources import load_source, reading
 from siamese.config import DataConfig, SourceConfig
 from siamese.encoder import LABELS
 
@@ -40,20 +36,6 @@ _ALIASES = {
 }
 _LABEL_NAMES = {name: i for i, name in enumerate(LABELS)} | {"-": -1, "": -1, "none": -1, "no gold label": -1}
 _COUNT_KEYS = ("seen", "kept", "dropped_no_label", "dropped_empty_text")
-
-
-@contextlib.contextmanager
-def reading(where: str) -> Iterator[None]:
-    """Turn a malformed or non-UTF-8 file met while streaming into one line naming it."""
-    try:
-        yield
-    except (pa.ArrowInvalid, UnicodeDecodeError) as err:
-        raise DataError(f"{where}: could not be read: {str(err).splitlines()[0]}") from None
-    except ValueError as err:  # datasets' pandas fallback for JSON lines; any other ValueError is a bug: re-raise
-        frames = traceback.extract_tb(err.__traceback__)
-        if not any("datasets/packaged_modules" in f.filename.replace("\\", "/") for f in frames):
-            raise
-        raise DataError(f"{where}: could not be read: {str(err).splitlines()[0]}") from None
 
 
 def label_id(value: Any, where: str) -> int:

@@ -90,7 +90,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
 def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None) -> Path:
     """Train and write `outputs/<run_name>/model/`; `pairs` replaces the configured sources (tests)."""
     started = time.time()
-    run_dir = Path(cfg.output_root) / cfg.run_name
+    run_dir = cfg.run_dir
     checkpoints = run_dir / "checkpoints"
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last and not resume:

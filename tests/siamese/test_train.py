@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 def debug_args(repo_root, tiny_bert, out, *extra: str) -> list[str]:
     return [
         "--config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
-        f"model.base_model={tiny_bert}", f"output_root={out}", "train.max_steps=4", "train.save_steps=2",
+        f"model.base_model={tiny_bert}", f"output_dir={out}", "train.max_steps=4", "train.save_steps=2",
         "train.eval_steps=4", "data.eval_pairs=16", "model.max_seq_length=32", *extra,
     ]  # fmt: skip
 
