@@ -1,0 +1,1 @@
+"""The whole pipeline in one command: pretraining → Siamese fine-tuning → evaluation → app."""
