@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that time our paths against the reference paths in the same run."""

@@ -1,0 +1,165 @@
+"""MLM training tokens/s: the reference path a user would write vs ours, on one device, in one run.
+
+(a) reference: BertForMaskedLM in fp32 with eager attention, each document truncated and padded to the
+    block size, the full-vocabulary MLM head, DataCollatorForLanguageModeling, plain AdamW.
+(b) ours: exactly what `python -m pretrain` trains with (`pretrain.engine.build_training`): packed
+    blocks, SDPA, masked-only head, and on CUDA bf16 autocast, torch.compile and fused AdamW.
+
+Each path runs in its own subprocess so peak memory is its own. Tokens counted are real (non-padding)
+tokens. Usage (CPU example; on a GPU drop the model overrides):
+    python -m bench.pretrain_throughput --batch-size 16 --windows 3 --steps-per-window 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+
+import torch
+
+from bench.harness import append_results, machine, matmul_peak_tflops, median, peak_gpu_mb, peak_rss_mb, timed_windows
+from common.config import load_config
+from pretrain.config import PretrainConfig
+
+DEFAULT_OVERRIDES = [  # the shared stand-in corpus, enough documents for a few hundred batches
+    "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz",
+    "data.max_documents=4000",
+    "wandb.mode=disabled",
+]
+
+
+def model_flops_per_token(cfg: PretrainConfig) -> float:
+    """Training FLOPs per token that the model needs (forward + backward = 3× forward).
+
+    Matmuls of the encoder (2·params per token), attention scores and values (2·2·L·seq·d), and the
+    MLM head only where a prediction is required (the masked 15%): the same count for both paths, so
+    MFU compares useful work.
+    """
+    m = cfg.model
+    d, L, seq = m.hidden_size, m.num_hidden_layers, cfg.data.block_size
+    encoder = L * (4 * d * d + 2 * d * m.intermediate_size)
+    attention = L * 2 * seq * d
+    head = (d * d + d * m.vocab_size) * cfg.train.mlm_probability
+    return 3 * 2 * (encoder + attention + head)
+
+
+def reference_step(cfg: PretrainConfig, tokenizer, docs: list[str], batch_size: int, device: torch.device):
+    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        **dataclasses.asdict(cfg.model), pad_token_id=tokenizer.pad_token_id, attn_implementation="eager"
+    )
+    model = BertForMaskedLM(config).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
+    features = tokenizer(docs, truncation=True, max_length=cfg.data.block_size, padding="max_length")
+    rows = [{k: features[k][i] for k in features} for i in range(len(docs))]
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.train.mlm_probability)
+    position = 0
+
+    def step() -> int:
+        nonlocal position
+        batch = collator([rows[(position + i) % len(rows)] for i in range(batch_size)])
+        position += batch_size
+        batch = {k: v.to(device) for k, v in batch.items()}
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    return step
+
+
+def ours_step(cfg: PretrainConfig, data, batch_size: int):
+    from pretrain.engine import build_training
+
+    engine = build_training(cfg, data.tokenizer)
+    generator = torch.Generator().manual_seed(0)
+
+    def step() -> int:
+        idx = torch.randint(len(data.train), (batch_size,), generator=generator)
+        engine.train_step([data.train[idx]])
+        return batch_size * cfg.data.block_size
+
+    return step, engine.device
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from pretrain.blocks import prepare_data
+    from pretrain.corpus import load_corpus
+
+    cfg = load_config(PretrainConfig, args.config, DEFAULT_OVERRIDES + args.overrides)
+    data = prepare_data(cfg)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.path == "reference":
+        corpus, _ = load_corpus(cfg.data)
+        step = reference_step(cfg, data.tokenizer, list(corpus["train"]["text"]), args.batch_size, device)
+    else:
+        step, device = ours_step(cfg, data, args.batch_size)
+    rates = timed_windows(
+        step, warmup=args.warmup, windows=args.windows, steps_per_window=args.steps_per_window, device=device
+    )
+    return {"tokens_per_s": median(rates), "windows": rates, "peak_gpu_mb": peak_gpu_mb(), "peak_rss_mb": peak_rss_mb()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", default="configs/pretrain/bert-medium.yaml", help="model shape and training settings"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="default: train.per_device_train_batch_size")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
+    parser.add_argument("--windows", type=int, default=5)
+    parser.add_argument("--steps-per-window", type=int, default=10)
+    parser.add_argument("--path", choices=["reference", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretrain config overrides")
+    args = parser.parse_args(argv)
+    cfg = load_config(PretrainConfig, args.config, DEFAULT_OVERRIDES + args.overrides)
+    args.batch_size = args.batch_size or cfg.train.per_device_train_batch_size
+    if args.path:  # a child: measure one path, print JSON on the last line
+        print(json.dumps(run_one(args)))
+        return
+
+    results = {}
+    for path in ("reference", "ours"):
+        child = [sys.executable, "-m", "bench.pretrain_throughput", "--path", path, "--config", args.config]
+        child += ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup)]
+        child += ["--windows", str(args.windows), "--steps-per-window", str(args.steps_per_window), *args.overrides]
+        out = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results[path] = json.loads(out.strip().splitlines()[-1])
+        print(
+            f"{path:>9}: {results[path]['tokens_per_s']:,.0f} tokens/s (windows {[round(r) for r in results[path]['windows']]})"
+        )
+
+    ratio = results["ours"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
+    m = cfg.model
+    shape = f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {args.batch_size}"
+    mfu = {}
+    if torch.cuda.is_available():
+        peak = matmul_peak_tflops()
+        for path, r in results.items():
+            mfu[path] = r["tokens_per_s"] * model_flops_per_token(cfg) / (peak * 1e12)
+        print(
+            f"measured bf16 matmul peak {peak:.0f} TFLOP/s; MFU reference {mfu['reference']:.1%}, ours {mfu['ours']:.1%}"
+        )
+    memory = "peak_gpu_mb" if torch.cuda.is_available() else "peak_rss_mb"
+    print(
+        f"{shape}; ours / reference = {ratio:.2f}x; peak memory ({memory}) "
+        f"reference {results['reference'][memory]:,.0f} MB, ours {results['ours'][memory]:,.0f} MB; {machine()}"
+    )
+    if not args.no_record:
+        rows = [
+            f"| {path} | {shape} | {r['tokens_per_s']:,.0f} | {r[memory]:,.0f} | {mfu.get(path, float('nan')):.1%} |"
+            for path, r in results.items()
+        ]
+        rows.append(f"| **ratio ours/reference** | | **{ratio:.2f}×** | | |")
+        command = "python -m bench.pretrain_throughput " + " ".join(sys.argv[1:] if argv is None else argv)
+        append_results("Pretraining throughput", command, rows, f"| path | shape | tokens/s | {memory} | MFU |")
+
+
+if __name__ == "__main__":
+    main()
