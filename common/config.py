@@ -166,3 +166,18 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def save_config(config: Any, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """What every stage's config starts with: where its run folder lives."""
+
+    run_name: str = "run"
+    output_dir: str = "outputs"  # the run lives in <output_dir>/<run_name>/
+
+    def check(self) -> None:
+        require(bool(self.run_name.strip()) and "/" not in self.run_name, "run_name", "must be a plain folder name")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name

@@ -7,10 +7,9 @@ and validated by `common.config.load_config` before any data are touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from common.config import require
+from common.config import RunConfig, require
 from common.tracking import WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
@@ -163,9 +162,8 @@ class ImplConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(RunConfig):
     run_name: str = "pretrain"
-    output_dir: str = "outputs"  # the run lives in <output_dir>/<run_name>/
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,13 +172,9 @@ class PretrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def check(self) -> None:
-        require(bool(self.run_name.strip()) and "/" not in self.run_name, "run_name", "must be a plain folder name")
+        super().check()
         require(
             self.model.max_position_embeddings >= self.data.block_size,
             "model.max_position_embeddings",
             f"must be >= data.block_size ({self.data.block_size})",
         )
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.run_name

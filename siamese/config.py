@@ -8,10 +8,9 @@ that must not change results), `wandb` (tracking).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from common.config import require
+from common.config import RunConfig, require
 from common.tracking import WandbConfig
 
 
@@ -157,9 +156,8 @@ class ImplConfig:
 
 
 @dataclass
-class SiameseConfig:
+class SiameseConfig(RunConfig):
     run_name: str = "siamese"
-    output_dir: str = "outputs"  # the run lives in <output_dir>/<run_name>/
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -168,13 +166,9 @@ class SiameseConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def check(self) -> None:
-        require(bool(self.run_name.strip()) and "/" not in self.run_name, "run_name", "must be a plain folder name")
+        super().check()
         require(
             self.train.lr_scheduler != "reduce_lr_on_plateau" or self.data.eval_pairs > 0,
             "train.lr_scheduler",
             "reduce_lr_on_plateau steps on the eval loss: set data.eval_pairs > 0",
         )
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.run_name

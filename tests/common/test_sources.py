@@ -30,7 +30,9 @@ def bad_files(tmp_path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "truncated gzip", "malformed json", "not utf-8", "unsupported type"])
+@pytest.mark.parametrize(
+    "case", ["missing", "empty", "truncated gzip", "malformed json", "not utf-8", "unsupported type"]
+)
 @pytest.mark.parametrize("streaming", [True, False])
 def test_bad_files_are_one_line_errors_naming_the_file(bad_files, case, streaming):
     path = bad_files[case]
