@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not args.no_record:
         rows = [
-            f"| {path} | {shape} | {r['tokens_per_s']:,.0f} | {r[memory]:,.0f} | {mfu.get(path, float('nan')):.1%} |"
+            f"| {path} | {shape} | {r['tokens_per_s']:,.0f} | {r[memory]:,.0f} | {f'{mfu[path]:.1%}' if path in mfu else '– (CPU)'} |"
             for path, r in results.items()
         ]
         rows.append(f"| **ratio ours/reference** | | **{ratio:.2f}×** | | |")

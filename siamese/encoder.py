@@ -100,7 +100,8 @@ class NLIEncoder:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including [CLS]/[SEP], before truncation."""
-        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"]]
+        # verbose=False: measuring over-long inputs is the point here, not an error to warn about.
+        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
