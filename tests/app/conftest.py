@@ -47,7 +47,7 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tiny_outputs: Path) -> Path:
     return tiny_outputs
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)  # restored when tests/app ends, not at session end
 def _one_torch_thread():
     """Batch-1 inference of a tiny model gains nothing from threads, and on a busy 2-core machine
     OpenMP's spinning threads make it many times slower; restore the setting for other test folders."""

@@ -88,6 +88,8 @@ def test_resume_after_sigkill(tiny_args, tmp_path, cache_dir):
         "train.save_steps=5",
         "train.eval_steps=20",
         "train.logging_steps=10",
+        # The subprocess must reduce in the same order as this process: same number of torch threads.
+        f"impl.num_threads={torch.get_num_threads()}",
     )
     main(tiny_args(*common, out=tmp_path / "straight"))  # also builds the packed data the subprocess reuses
     args = tiny_args(*common, out=tmp_path / "killed")
