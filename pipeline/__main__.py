@@ -28,7 +28,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrain-config", default=str(CONFIGS / "pretrain" / "cpu-small.yaml"))
     parser.add_argument("--siamese-config", default=str(CONFIGS / "siamese" / "cpu-small.yaml"))
     parser.add_argument("--output-dir", help="put both runs under this folder instead of the configs' output_dir")
-    parser.add_argument("--retrain", action="store_true", help="run a stage even if its final model exists")
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="run a stage even if its final model exists (from its checkpoints, if any; delete outputs/<run_name> to start over)",
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N pairs of each set only")
     parser.add_argument("--no-baseline", action="store_true", help="skip the all-MiniLM-L6-v2 comparison")
     parser.add_argument("--no-app", action="store_true", help="stop after evaluation instead of starting the app")
