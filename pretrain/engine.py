@@ -14,7 +14,8 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
-from pretrain.config import ImplConfig, PretrainConfig, TrainConfig
+from common.device import resolve_device
+from pretrain.config import PretrainConfig, TrainConfig
 from pretrain.model import build_model, mlm_loss, weight_decay_groups
 
 log = logging.getLogger(__name__)
@@ -61,20 +62,10 @@ class WarmupThenPlateau:
         self.plateau.load_state_dict(state)
 
 
-def resolve_device(impl: ImplConfig) -> torch.device:
-    if impl.device == "cuda" and not torch.cuda.is_available():
-        from common.errors import ConfigError
-
-        raise ConfigError("config key 'impl.device': cuda was asked for but no CUDA device is available")
-    if impl.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(impl.device)
-
-
 class MLMEngine:
     def __init__(self, cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> None:
         self.cfg = cfg
-        self.device = resolve_device(cfg.impl)
+        self.device = torch.device(resolve_device(cfg.impl.device))
         cuda = self.device.type == "cuda"
         if cfg.impl.num_threads:
             torch.set_num_threads(cfg.impl.num_threads)

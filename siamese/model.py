@@ -18,19 +18,12 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, SoftmaxLoss
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
+from common.device import resolve_device
 from common.errors import UserError
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import LABELS, head_features
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(impl: ImplConfig) -> str:
-    if impl.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if impl.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("config key 'impl.device': cuda was asked for but no CUDA device is available")
-    return impl.device
 
 
 def _check_model_dir(path: Path) -> None:
@@ -60,7 +53,7 @@ def resolve_base(name: str) -> str:
 
 def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
     """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is."""
-    device = resolve_device(impl)
+    device = resolve_device(impl.device)
     base = resolve_base(cfg.base_model)
     path = Path(base).expanduser()
     local = path.exists() or base.startswith(("/", ".", "~", "outputs"))

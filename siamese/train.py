@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from common.atomic import atomic_dir
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
+from common.device import resolve_device
 from common.errors import UserError
 from common.tracking import resolve_mode, start_tracking
 from siamese import model as siamese_model
@@ -113,7 +114,7 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         pairs=pairs,
     )
     eval_pairs, eval_set = eval_data(cfg, counts)
-    device = siamese_model.resolve_device(cfg.impl)
+    device = resolve_device(cfg.impl.device)
     if cfg.impl.num_threads is not None:
         torch.set_num_threads(cfg.impl.num_threads)
     torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
@@ -201,7 +202,7 @@ def save_final(cfg: SiameseConfig, model, classifier, metrics: dict, counts: Row
             "data_counts": counts.as_dict(),
             "wall_time_s": metrics["wall_time_s"],
             "torch": torch.__version__,
-            "device": siamese_model.resolve_device(cfg.impl),
+            "device": resolve_device(cfg.impl.device),
         }
         (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
