@@ -15,7 +15,7 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from transformers import TrainerCallback
 
 from common.errors import UserError
-from siamese.encoder import HEAD_FILE, head_features, save_head
+from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,16 @@ class NLIAccuracyEvaluator(SentenceEvaluator):
 
     @torch.inference_mode()
     def __call__(self, model, output_path=None, epoch: int = -1, steps: int = -1) -> dict[str, float]:
-        encode = dict(batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False)
-        u = model.encode(self.pairs["premise"], **encode)
-        v = model.encode(self.pairs["hypothesis"], **encode)
-        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype)).float()
-        labels = torch.as_tensor(self.pairs["label"], device=logits.device)
+        # The same inference path as evaluation and the app, over the live model and head.
+        prediction = NLIEncoder(model, self.classifier).predict(
+            self.pairs["premise"], self.pairs["hypothesis"], batch_size=self.batch_size
+        )
+        labels = np.asarray(self.pairs["label"])
+        gold = prediction.probs[np.arange(len(labels)), labels]
         metrics = {
-            "accuracy": float((logits.argmax(-1) == labels).float().mean()),
-            "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
-            "mean_cosine": float(np.mean(torch.nn.functional.cosine_similarity(u, v).cpu().numpy())),
+            "accuracy": float((prediction.probs.argmax(axis=1) == labels).mean()),
+            "loss": float(-np.log(np.clip(gold, 1e-12, None)).mean()),  # cross-entropy of the head's softmax
+            "mean_cosine": float(prediction.cosine.mean()),
         }
         metrics = self.prefix_name_to_metrics(metrics, self.name)
         self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
