@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import glob
 import gzip
+import json
 import logging
 import os
 import socket
 import traceback
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -107,11 +108,13 @@ def load_source(
     revision: str | None = None,
     streaming: bool = False,
     local_hint: str = "a .jsonl.gz file under ${BERT_DATA_DIR}",
+    json_columns: Collection[str] = (),
 ):
     """Open `source` as a `datasets` Dataset (or IterableDataset when streaming).
 
     Local files are checked first (missing, empty, truncated gzip → one-line DataError); a Hub id is
     loaded with the real Hub code, after a quick reachability check so offline use fails fast.
+    `json_columns` (any case) are read from JSON files as raw JSON text, to be decoded with `json_value`.
     """
     import datasets
 
@@ -125,6 +128,8 @@ def load_source(
         builder = builders.pop()
         kwargs = {"delimiter": "\t"} if any(f.lower().rstrip(".gz").endswith(".tsv") for f in files) else {}
         try:
+            if builder == "json" and json_columns:
+                kwargs["features"] = _raw_json_features(source, files, json_columns)
             return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
         except datasets.exceptions.DatasetGenerationError as err:
             cause = err.__cause__ or err
@@ -144,6 +149,36 @@ def load_source(
         return datasets.load_dataset(source, config_name, split=split, revision=revision, streaming=streaming)
     except (ConnectionError, OSError) as err:
         raise DataError(f"'{source}' could not be loaded from the Hub: {str(err).splitlines()[0]}") from None
+
+
+def _raw_json_features(source: str, files: list[str], names: Collection[str]):
+    """The files' own features with `names` as undecoded JSON text, so every chunk reads them alike.
+
+    Left alone, datasets fixes a column's type from the first 10 MB: a later chunk of another type
+    fails to cast, and a column mixing ints and strings becomes JSON text that it decodes leniently
+    (the string "-" comes back as 0).
+    """
+    import datasets
+
+    with reading(source):
+        features = datasets.load_dataset("json", data_files=files, split="train", streaming=True).features
+    if features is None:
+        return None
+    wanted = {name.lower() for name in names}
+    return datasets.Features(
+        {k: datasets.Json(decode=False) if k.lower() in wanted else v for k, v in features.items()}
+    )
+
+
+def json_value(text: str | None):
+    """A value read through `json_columns`: the JSON it holds, or the text itself for a string that
+    datasets stored unquoted (it quotes only strings its lenient parser rejects; "-" it keeps as is)."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 @contextlib.contextmanager

@@ -16,10 +16,10 @@ from collections import OrderedDict
 from typing import Any
 
 import datasets
-from datasets import Features, IterableDataset, Value
+from datasets import Features, IterableDataset, Json, Value
 
 from common.errors import DataError
-from common.sources import load_source, reading
+from common.sources import json_value, load_source, reading
 from siamese.config import DataConfig, SourceConfig
 from siamese.encoder import LABELS
 
@@ -98,13 +98,15 @@ def _resolve_columns(columns: list[str], where: str) -> dict[str, str]:
 class _CleanPairs:
     """Batched map: rename columns, map labels, drop and count rows without a label or with empty text."""
 
-    def __init__(self, columns: dict[str, str], where: str, counts: Any) -> None:
-        self.columns, self.where, self.counts = columns, where, counts
+    def __init__(self, columns: dict[str, str], where: str, counts: Any, json_labels: bool = False) -> None:
+        self.columns, self.where, self.counts, self.json_labels = columns, where, counts, json_labels
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
         premises, hypotheses = batch[self.columns["premise"]], batch[self.columns["hypothesis"]]
         labels = batch[self.columns["label"]]
+        if self.json_labels:  # a JSON file's label column as raw JSON text: 0 and "0" alike, "-" as "-"
+            labels = [json_value(y) for y in labels]
         with self.counts.get_lock():
             first_row = self.counts[0]
             no_label = empty = 0
@@ -137,8 +139,11 @@ def clean_pairs(raw: IterableDataset, where: str, counts: RowCounts) -> Iterable
         except StopIteration:
             raise DataError(f"{where}: holds no rows") from None
     mapping = _resolve_columns(list(columns), where)
+    json_labels = isinstance((raw.features or {}).get(mapping["label"]), Json)
+    if json_labels:  # never let datasets decode it: its lenient parser reads the string "-" as 0
+        raw = raw.cast_column(mapping["label"], Json(decode=False))
     return raw.map(
-        _CleanPairs(mapping, where, counts.array(where)),
+        _CleanPairs(mapping, where, counts.array(where), json_labels),
         batched=True,
         batch_size=256,
         remove_columns=list(columns),
@@ -154,6 +159,7 @@ def open_pairs(source: SourceConfig, counts: RowCounts) -> IterableDataset:
         revision=source.revision,
         streaming=True,
         local_hint="${BERT_DATA_DIR}/mnli/train.jsonl.gz",
+        json_columns=_ALIASES["label"],  # ints, label names and "-" may share one column
     )
     return clean_pairs(raw, source_name(source), counts)
 

@@ -48,9 +48,9 @@ def test_unmappable_labels_fail_with_the_row(value):
 
 @pytest.mark.parametrize(
     ("entail", "neutral", "contra", "none"),
-    [(0, 1, 2, -1), ("entailment", "Neutral", "CONTRADICTION", "-")],
-    ids=["hub-ints", "strings"],
-)  # one label type per file: datasets' JSON reader coerces mixed int/str columns (it read "-" as 0)
+    [(0, 1, 2, -1), ("entailment", "Neutral", "CONTRADICTION", "-"), (0, "neutral", 2, "-"), ("entailment", 1, 2, -1)],
+    ids=["hub-ints", "strings", "mixed-dash", "mixed-int-none"],
+)  # mixed: datasets' JSON reader alone turns such a column into JSON text and reads "-" back as 0
 def test_minus_one_and_empty_rows_are_dropped_and_counted(tmp_path, entail, neutral, contra, none):
     rows = [
         {"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": entail},
@@ -91,6 +91,22 @@ def test_shared_mnli_subset_has_no_drops(data_dir):
     )
     assert len(pairs["label"]) == 10_000 - 158  # the SNLI dev rows without a gold label are dropped...
     assert counts.total("dropped_no_label") == 158  # ...and counted
+
+
+def test_labels_changing_type_after_the_first_10mb_chunk_are_read_as_written(tmp_path):
+    # datasets reads JSON lines in 10 MB chunks and fixes the column type from the first one
+    filler = {"premise": "p" * 2000, "hypothesis": "A person rests.", "label": 1}
+    rows = [filler] * 5500 + [
+        {"premise": "A dog runs.", "hypothesis": "An animal moves.", "label": "-"},
+        {"premise": "Kids play.", "hypothesis": "Children are outside.", "label": "contradiction"},
+    ]
+    path = tmp_path / "nli.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    assert path.stat().st_size > 10 << 20
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=str(path), config_name=None), None, counts)
+    assert pairs["label"][-2:] == [1, 2] and len(pairs["label"]) == 5501
+    assert counts.total("dropped_no_label") == 1
 
 
 def test_hub_source_offline_fails_fast_with_one_line():
