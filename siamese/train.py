@@ -7,11 +7,12 @@ Reads top to bottom: config → model + loss → streamed data → trainer → f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,14 +158,8 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         classifier=classifier,
         stop_on_nonfinite=cfg.impl.stop_on_nonfinite_loss,
     )
-    try:
-        with reading(where):
-            result = trainer.train(resume_from_checkpoint=last if resume else None)
-    except torch.cuda.OutOfMemoryError:
-        raise UserError(
-            f"out of GPU memory at batch_size {cfg.train.batch_size}: lower train.batch_size and raise "
-            "train.gradient_accumulation_steps to keep the same pairs per step"
-        ) from None
+    with reading(where), advise_on_out_of_memory(cfg):
+        result = trainer.train(resume_from_checkpoint=last if resume else None)
 
     wall = time.time() - started
     metrics = {
@@ -177,7 +172,11 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     }
     if evaluator is not None:
         evals = [e for e in trainer.state.log_history if "eval_mnli-dev_accuracy" in e]
-        last_eval = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else trainer.evaluate()
+        if evals and evals[-1].get("step") == trainer.state.global_step:
+            last_eval = evals[-1]
+        else:
+            with advise_on_out_of_memory(cfg):
+                last_eval = trainer.evaluate()
         metrics |= {k: v for k, v in last_eval.items() if k.startswith("eval_")}
     metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
     model_dir = save_final(cfg, model, classifier, metrics, counts, run_dir)
@@ -186,6 +185,20 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         tracker.finish()
     log.info("done in %.0f s: %s", time.time() - started, model_dir)
     return model_dir
+
+
+@contextlib.contextmanager
+def advise_on_out_of_memory(cfg: SiameseConfig) -> Iterator[None]:
+    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the pairs per step."""
+    t = cfg.train
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"CUDA out of memory at train.batch_size={t.batch_size}: lower it and raise "
+            f"train.gradient_accumulation_steps (now {t.gradient_accumulation_steps}) to keep "
+            f"{t.batch_size * t.gradient_accumulation_steps} pairs per step"
+        ) from None
 
 
 def save_final(cfg: SiameseConfig, model, classifier, metrics: dict, counts: RowCounts, run_dir: Path) -> Path:

@@ -134,3 +134,19 @@ def test_plateau_schedule_gets_a_warmup(repo_root, tiny_bert, tmp_path):
     state = json.loads((model_dir.parent / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     lrs = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
     assert lrs[:3] == pytest.approx([1.0e-3 / 3, 2.0e-3 / 3, 1.0e-3])  # linear warmup, then the plateau's own lr
+
+
+def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(trainer_module.SiameseTrainer, "training_step", out_of_memory)
+    with pytest.raises(UserError) as err:
+        main(debug_args(repo_root, tiny_bert, tmp_path, "train.gradient_accumulation_steps=2"))
+    message = str(err.value)
+    assert "out of memory" in message and "train.batch_size=8" in message and "\n" not in message
+    assert "train.gradient_accumulation_steps (now 2)" in message and "16 pairs per step" in message
+    run = tmp_path / "siamese-debug"
+    assert not (run / "model").exists() and not list(run.glob(".tmp-*"))  # no half-written final model
