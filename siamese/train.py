@@ -31,7 +31,13 @@ from siamese import model as siamese_model
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.nli_data import RowCounts, _Triplets, read_pairs, reading, source_name, train_stream
-from siamese.trainer import NLIAccuracyEvaluator, PlateauWarmup, SiameseTrainer, TimeBudget
+from siamese.trainer import (
+    NLIAccuracyEvaluator,
+    PlateauWarmup,
+    SiameseTrainer,
+    TimeBudget,
+    resumable_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
@@ -100,6 +106,8 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
             f"{checkpoints} already holds {Path(last).name}: pass --resume to continue it, "
             f"or remove {run_dir} (or pick another run_name) to start over"
         )
+    if resume and last:
+        last = resumable_checkpoint(checkpoints)  # skips (and removes) one a kill left half-written
     if resume and not last:
         log.warning("--resume: no checkpoint under %s yet; starting from the beginning", checkpoints)
 

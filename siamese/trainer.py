@@ -1,9 +1,12 @@
 """What the Siamese stage adds to SentenceTransformerTrainer: the NLI head in every checkpoint, a stop on
-NaN/inf loss, warmup in front of ReduceLROnPlateau, and NLI accuracy during training."""
+NaN/inf loss, warmup in front of ReduceLROnPlateau, NLI accuracy during training, and a resume that
+skips a half-written checkpoint."""
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -59,6 +62,23 @@ class SiameseTrainer(SentenceTransformerTrainer):
                 f"Last good checkpoint: {last}. Lower train.learning_rate or check the data, then rerun with --resume"
             )
         return result
+
+
+def resumable_checkpoint(checkpoints: Path) -> str | None:
+    """The newest complete checkpoint under `checkpoints`; newer ones a kill left half-written are removed.
+
+    The Trainer writes a checkpoint folder in place, trainer_state.json last: a folder whose state is
+    missing or unreadable was cut short, and resuming from it would fail on its first missing file.
+    """
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-") :].isdigit()]
+    for path in sorted(found, key=lambda p: int(p.name[len("checkpoint-") :]), reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (FileNotFoundError, ValueError):
+            log.warning("%s was not written completely (killed while saving?): removing it", path)
+            shutil.rmtree(path)
+    return None
 
 
 class PlateauWarmup(TrainerCallback):

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from common.cli import run_cli
+from common.config import REPO_ROOT
 from common.errors import UserError
-from siamese.encoder import NLIEncoder
+from siamese.encoder import HEAD_FILE, NLIEncoder
 from siamese.train import main
 
 pytestmark = pytest.mark.slow
@@ -111,10 +119,86 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, ti
     monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", original)
     resumed = main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args, "--resume"))
 
-    a, b = NLIEncoder.load(straight, device="cpu"), NLIEncoder.load(resumed, device="cpu")
-    for (name, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
-    torch.testing.assert_close(a.head.weight, b.head.weight, rtol=0, atol=1e-6)
+    assert_same_final_model(straight, resumed, atol=1e-6)
+
+
+def assert_same_final_model(a: Path, b: Path, atol: float) -> None:
+    """The encoder weights and the saved NLI head of two final model folders agree within `atol`."""
+    for name in ("model.safetensors", HEAD_FILE):
+        left, right = load_file(str(a / name)), load_file(str(b / name))
+        assert left.keys() == right.keys(), name
+        for key in left:
+            torch.testing.assert_close(left[key], right[key], rtol=0, atol=atol, msg=f"{name}: {key}")
+
+
+def has_complete_checkpoint(run: Path) -> bool:
+    """trainer_state.json is the last file of a checkpoint, and it is complete once it parses."""
+    for state in run.glob("checkpoints/checkpoint-*/trainer_state.json"):
+        try:
+            json.loads(state.read_text())
+            return True
+        except ValueError:  # still being written
+            pass
+    return False
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    common = (
+        "train.max_steps=40",
+        "train.save_steps=3",
+        "train.logging_steps=10",
+        "data.eval_pairs=0",
+        "model.hidden_dropout_prob=0.1",  # dropout: the RNG state must survive the kill too
+        # The subprocess must reduce in the same order as this process: same number of torch threads.
+        f"impl.num_threads={torch.get_num_threads()}",
+    )
+    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "straight", *common))
+    args = debug_args(repo_root, tiny_bert, tmp_path / "killed", *common)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "siamese", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = tmp_path / "killed" / "siamese-debug"
+    deadline = time.monotonic() + 120
+    while not has_complete_checkpoint(run) and proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint within two minutes")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "model").exists()  # no half-written final model
+
+    steps, real_step = [], trainer_module.SiameseTrainer.training_step
+
+    def counted_step(*a, **kw):
+        steps.append(1)
+        return real_step(*a, **kw)
+
+    monkeypatch.setattr(trainer_module.SiameseTrainer, "training_step", counted_step)
+    resumed = main([*args, "--resume"])
+    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 40
+    assert len(steps) < 40 and (40 - len(steps)) % 3 == 0, len(steps)  # went on from a checkpoint, not the start
+    assert_same_final_model(straight, resumed, atol=1e-6)
+
+
+def test_resume_skips_a_checkpoint_the_kill_left_half_written(repo_root, tiny_bert, tmp_path):
+    args = debug_args(repo_root, tiny_bert, tmp_path, "data.eval_pairs=0", "model.hidden_dropout_prob=0.1")
+    run = tmp_path / "siamese-debug"
+    main(args)
+    (run / "model").rename(tmp_path / "straight")  # the uninterrupted result; a killed run leaves no model
+    half = run / "checkpoints" / "checkpoint-4"  # killed while writing: no trainer_state.json, optimizer cut short
+    (half / "trainer_state.json").unlink()
+    (half / "optimizer.pt").write_bytes((half / "optimizer.pt").read_bytes()[:100])
+    resumed = main([*args, "--resume"])  # continues from checkpoint-2 and writes checkpoint-4 again
+    assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 4
+    assert_same_final_model(tmp_path / "straight", resumed, atol=1e-6)
 
 
 @pytest.mark.parametrize(("loss", "head"), [("both", True), ("mnrl", False)])
