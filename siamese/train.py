@@ -36,6 +36,7 @@ from siamese.trainer import (
     PlateauWarmup,
     SiameseTrainer,
     TimeBudget,
+    refusing_unsafe_pickles,
     resumable_checkpoint,
 )
 
@@ -166,8 +167,9 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         classifier=classifier,
         stop_on_nonfinite=cfg.impl.stop_on_nonfinite_loss,
     )
-    with reading(where), advise_on_out_of_memory(cfg):
-        result = trainer.train(resume_from_checkpoint=last if resume else None)
+    checkpoint = last if resume else None
+    with reading(where), advise_on_out_of_memory(cfg), refusing_unsafe_pickles(checkpoint):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
 
     wall = time.time() - started
     metrics = {

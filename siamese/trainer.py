@@ -1,13 +1,16 @@
 """What the Siamese stage adds to SentenceTransformerTrainer: the NLI head in every checkpoint, a stop on
 NaN/inf loss, warmup in front of ReduceLROnPlateau, NLI accuracy during training, and a resume that
-skips a half-written checkpoint."""
+skips a half-written checkpoint and refuses one holding more than tensors in one line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import pickle
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +82,22 @@ def resumable_checkpoint(checkpoints: Path) -> str | None:
             log.warning("%s was not written completely (killed while saving?): removing it", path)
             shutil.rmtree(path)
     return None
+
+
+@contextlib.contextmanager
+def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
+    """A checkpoint file holding more than tensors → one line. The Trainer's torch.load calls pass
+    weights_only=True (tested), so torch refused to unpickle it and nothing in it ran."""
+    try:
+        yield
+    except pickle.UnpicklingError as err:
+        if checkpoint is None:
+            raise
+        detail = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), "weights_only=True")
+        raise UserError(
+            f"{checkpoint}: a file there holds something that is not a plain tensor ({detail}); it was not "
+            "unpickled, as that could run code. Remove this checkpoint to resume from an earlier one"
+        ) from None
 
 
 class PlateauWarmup(TrainerCallback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,6 +200,53 @@ def test_resume_skips_a_checkpoint_the_kill_left_half_written(repo_root, tiny_be
     resumed = main([*args, "--resume"])  # continues from checkpoint-2 and writes checkpoint-4 again
     assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 4
     assert_same_final_model(tmp_path / "straight", resumed, atol=1e-6)
+
+
+def copy_checkpoints(trained, tmp_path) -> Path:
+    """The module run's checkpoints in a fresh run folder, so a test can resume (or spoil) them alone."""
+    _, out = trained
+    target = tmp_path / "siamese-debug" / "checkpoints"
+    shutil.copytree(out / "siamese-debug" / "checkpoints", target)
+    return max(target.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def test_resume_never_unpickles_more_than_tensors(trained, repo_root, tiny_bert, tmp_path, monkeypatch):
+    # transformers' Trainer reads optimizer.pt, scheduler.pt and rng_state.pth with torch.load
+    newest = copy_checkpoints(trained, tmp_path)
+    calls, real_load = [], torch.load
+
+    def recording_load(f, *args, **kwargs):
+        calls.append((Path(f).name, kwargs.get("weights_only")))
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    step = int(newest.name.split("-")[1])
+    main(debug_args(repo_root, tiny_bert, tmp_path, f"train.max_steps={step + 2}", "--resume"))
+    assert {"optimizer.pt", "scheduler.pt", "rng_state.pth"} <= {name for name, _ in calls}
+    assert all(weights_only is True for _, weights_only in calls), calls
+
+
+class Payload:
+    """Unpickling this calls os.mkdir(path): what a tampered checkpoint could run without weights_only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return os.mkdir, (self.path,)
+
+
+def test_a_checkpoint_holding_code_is_refused_with_one_line(trained, repo_root, tiny_bert, tmp_path):
+    newest = copy_checkpoints(trained, tmp_path)
+    marker = tmp_path / "payload-ran"
+    torch.save({"state": Payload(str(marker)), "param_groups": []}, newest / "optimizer.pt")
+    step = int(newest.name.split("-")[1])
+    with pytest.raises(UserError) as err:
+        main(debug_args(repo_root, tiny_bert, tmp_path, f"train.max_steps={step + 2}", "--resume"))
+    assert not marker.exists()
+    message = str(err.value)
+    assert newest.name in message and "not a plain tensor" in message and "\n" not in message
+    assert not (tmp_path / "siamese-debug" / "model").exists()
 
 
 @pytest.mark.parametrize(("loss", "head"), [("both", True), ("mnrl", False)])
