@@ -8,6 +8,8 @@
 Each path runs in its own subprocess so peak memory is its own. Tokens counted are real (non-padding)
 tokens. Usage (CPU example; on a GPU drop the model overrides):
     python -m bench.pretrain_throughput --batch-size 16 --windows 3 --steps-per-window 2
+`--profile N` instead profiles N steps of our path with torch.profiler and prints where a step's time
+goes (masking, forward, backward, optimizer) and the operators that take most of it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,20 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 
 import torch
 
-from bench.harness import append_results, machine, matmul_peak_tflops, median, peak_gpu_mb, peak_rss_mb, timed_windows
+from bench.harness import (
+    append_results,
+    machine,
+    matmul_peak_tflops,
+    median,
+    peak_gpu_mb,
+    peak_rss_mb,
+    sync,
+    timed_windows,
+)
 from common.config import load_config
 from pretrain.config import PretrainConfig
 
@@ -87,6 +99,62 @@ def ours_step(cfg: PretrainConfig, data, batch_size: int):
     return step, engine.device
 
 
+PHASES = ("mask", "forward", "backward", "optimizer")  # the record_function labels in MLMEngine.train_step
+
+
+def profile_ours(step, steps: int, device: torch.device) -> tuple[dict[str, float], list[tuple[str, float]], float]:
+    """Per-phase share of the step time, the top operators by self time (ms per step), and ms per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    events = prof.key_averages()
+    on_gpu = device.type == "cuda"
+
+    def total_ms(event) -> float:  # device time where the work runs on the GPU, host time on CPU
+        return (event.device_time_total if on_gpu else event.cpu_time_total) / 1e3 / steps
+
+    def self_ms(event) -> float:
+        return (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / steps
+
+    phases = {e.key: total_ms(e) for e in events if e.key in PHASES}
+    ops = sorted(
+        ((e.key, self_ms(e)) for e in events if e.key not in PHASES and not e.key.startswith("ProfilerStep")),
+        key=lambda kv: -kv[1],
+    )
+    return phases, ops[:12], wall_ms
+
+
+def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> None:
+    from pretrain.blocks import prepare_data
+
+    data = prepare_data(cfg)
+    step, device = ours_step(cfg, data, args.batch_size)
+    for _ in range(args.warmup):
+        step()
+    phases, ops, wall_ms = profile_ours(step, args.profile, device)
+    m = cfg.model
+    shape = f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {args.batch_size}"
+    print(
+        f"{shape}: {wall_ms:.1f} ms per step ({args.batch_size * cfg.data.block_size / wall_ms * 1e3:,.0f} tokens/s under the profiler)"
+    )
+    rows = [
+        f"| phase: {name} | {phases.get(name, 0.0):.1f} | {phases.get(name, 0.0) / wall_ms:.0%} |" for name in PHASES
+    ]
+    rows += [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} |" for name, ms in ops]
+    for row in rows:
+        print(row)
+    if not args.no_record:
+        command = "python -m bench.pretrain_throughput " + " ".join(sys.argv[1:])
+        title = f"Pretraining step profile (our path, {shape}, {wall_ms:.1f} ms per step)"
+        append_results(title, command, rows, "| where | ms per step | share of step |")
+
+
 def run_one(args: argparse.Namespace) -> dict:
     from pretrain.blocks import prepare_data
     from pretrain.corpus import load_corpus
@@ -114,12 +182,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps-per-window", type=int, default=10)
+    parser.add_argument("--profile", type=int, metavar="N", help="profile N steps of our path instead of comparing")
     parser.add_argument("--path", choices=["reference", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretrain config overrides")
     args = parser.parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, DEFAULT_OVERRIDES + args.overrides)
     args.batch_size = args.batch_size or cfg.train.per_device_train_batch_size
+    if args.profile:
+        run_profile(args, cfg)
+        return
     if args.path:  # a child: measure one path, print JSON on the last line
         print(json.dumps(run_one(args)))
         return

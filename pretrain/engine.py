@@ -11,6 +11,7 @@ import logging
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
@@ -123,14 +124,19 @@ class MLMEngine:
         self.model.train()
         self.schedule.before_step(self.step)
         total = torch.zeros((), device=self.device)
+        # The labelled regions are what `bench.pretrain_throughput --profile` splits the step time into.
         for blocks in micro_batches:
-            input_ids, labels = self.to_device(*self.mask(blocks))
-            loss, _, _ = self.loss(input_ids, labels)
-            (loss / len(micro_batches)).backward()
+            with record_function("mask"):
+                input_ids, labels = self.to_device(*self.mask(blocks))
+            with record_function("forward"):
+                loss, _, _ = self.loss(input_ids, labels)
+            with record_function("backward"):
+                (loss / len(micro_batches)).backward()
             total += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        with record_function("optimizer"):
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return total / len(micro_batches), grad_norm
 
