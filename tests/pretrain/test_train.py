@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, pipeline
 
-from common.config import REPO_ROOT
 from pretrain import engine as engine_module
 from pretrain.__main__ import main
 from pretrain.checkpoint import checkpoint_dirs
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.train import TrainingDiverged
+from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
 
@@ -93,20 +88,8 @@ def test_resume_after_sigkill(tiny_args, tmp_path, cache_dir):
     )
     main(tiny_args(*common, out=tmp_path / "straight"))  # also builds the packed data the subprocess reuses
     args = tiny_args(*common, out=tmp_path / "killed")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pretrain", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     ckpts = tmp_path / "killed/pretrain-debug/checkpoints"
-    deadline = time.monotonic() + 120
-    while not checkpoint_dirs(ckpts) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_once_ready("pretrain", args, lambda: bool(checkpoint_dirs(ckpts)))
     assert not (tmp_path / "killed/pretrain-debug/model").exists()  # no half-written final model
     main([*args, "--resume"])
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed"))

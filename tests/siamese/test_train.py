@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,10 +13,10 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from common.cli import run_cli
-from common.config import REPO_ROOT
 from common.errors import UserError
 from siamese.encoder import HEAD_FILE, NLIEncoder
 from siamese.train import main
+from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
 
@@ -157,23 +153,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert,
     )
     straight = main(debug_args(repo_root, tiny_bert, tmp_path / "straight", *common))
     args = debug_args(repo_root, tiny_bert, tmp_path / "killed", *common)
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "siamese", *args],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     run = tmp_path / "killed" / "siamese-debug"
-    deadline = time.monotonic() + 120
-    while not has_complete_checkpoint(run) and proc.poll() is None:
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("no checkpoint within two minutes")
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    kill_once_ready("siamese", args, lambda: has_complete_checkpoint(run))
     assert not (run / "model").exists()  # no half-written final model
 
     steps, real_step = [], trainer_module.SiameseTrainer.training_step
