@@ -99,6 +99,11 @@ def ours_step(cfg: PretrainConfig, data, batch_size: int):
     return step, engine.device
 
 
+def shape_label(cfg: PretrainConfig, batch_size: int) -> str:
+    m = cfg.model
+    return f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {batch_size}"
+
+
 PHASES = ("mask", "forward", "backward", "optimizer")  # the record_function labels in MLMEngine.train_step
 
 
@@ -124,7 +129,7 @@ def profile_ours(step, steps: int, device: torch.device) -> tuple[dict[str, floa
 
     phases = {e.key: total_ms(e) for e in events if e.key in PHASES}
     ops = sorted(
-        ((e.key, self_ms(e)) for e in events if e.key not in PHASES and not e.key.startswith("ProfilerStep")),
+        ((e.key, self_ms(e)) for e in events if e.key not in PHASES),
         key=lambda kv: -kv[1],
     )
     return phases, ops[:12], wall_ms
@@ -138,8 +143,7 @@ def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> None:
     for _ in range(args.warmup):
         step()
     phases, ops, wall_ms = profile_ours(step, args.profile, device)
-    m = cfg.model
-    shape = f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {args.batch_size}"
+    shape = shape_label(cfg, args.batch_size)
     print(
         f"{shape}: {wall_ms:.1f} ms per step ({args.batch_size * cfg.data.block_size / wall_ms * 1e3:,.0f} tokens/s under the profiler)"
     )
@@ -208,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     ratio = results["ours"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
-    m = cfg.model
-    shape = f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {args.batch_size}"
+    shape = shape_label(cfg, args.batch_size)
     mfu = {}
     if torch.cuda.is_available():
         peak = matmul_peak_tflops()
