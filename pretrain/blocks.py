@@ -93,13 +93,19 @@ def blocks_tensor(blocks: datasets.Dataset, block_size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(flat, dtype=np.int32).reshape(-1, block_size))  # a writable copy
 
 
+def token_counts(blocks: torch.Tensor, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
+    """How often each token id occurs in the blocks (float64, length vocab_size), specials set to 0."""
+    counts = torch.bincount(blocks.flatten(), minlength=vocab_size).double()
+    counts[special_ids] = 0
+    return counts
+
+
 def unigram_entropy(blocks: torch.Tensor, vocab_size: int, special_ids: list[int]) -> float:
     """Entropy (nats) of the token distribution, specials excluded: the loss of guessing by frequency alone.
 
     An MLM that learnt anything from context has a validation loss well below this.
     """
-    counts = torch.bincount(blocks.flatten().long(), minlength=vocab_size).double()
-    counts[special_ids] = 0
+    counts = token_counts(blocks, vocab_size, special_ids)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * p.log()).sum())
 

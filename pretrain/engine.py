@@ -17,7 +17,7 @@ from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBas
 
 from common.device import resolve_device
 from pretrain.config import PretrainConfig, TrainConfig
-from pretrain.model import build_model, mlm_loss, weight_decay_groups
+from pretrain.model import build_model, init_output_bias, mlm_loss, weight_decay_groups
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class WarmupThenPlateau:
 
 
 class MLMEngine:
-    def __init__(self, cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> None:
+    def __init__(
+        self, cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase, token_counts: torch.Tensor | None = None
+    ) -> None:
         self.cfg = cfg
         self.device = torch.device(resolve_device(cfg.impl.device))
         cuda = self.device.type == "cuda"
@@ -78,7 +80,10 @@ class MLMEngine:
             log.info("impl.bf16 / impl.compile apply to CUDA only; training in fp32 eager on %s", self.device)
 
         torch.manual_seed(cfg.train.seed)
-        self.model = build_model(cfg.model, tokenizer).to(self.device)
+        model = build_model(cfg.model, tokenizer)
+        if token_counts is not None and cfg.train.output_bias_init == "unigram":
+            init_output_bias(model, token_counts)
+        self.model = model.to(self.device)
         train = cfg.train
         self.optimizer = torch.optim.AdamW(
             weight_decay_groups(self.model, train.weight_decay),
@@ -182,6 +187,12 @@ class MLMEngine:
             torch.cuda.set_rng_state_all(cuda)
 
 
-def build_training(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> MLMEngine:
-    """Model + optimizer + schedule + masking exactly as `python -m pretrain` trains them."""
-    return MLMEngine(cfg, tokenizer)
+def build_training(
+    cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase, token_counts: torch.Tensor | None = None
+) -> MLMEngine:
+    """Model + optimizer + schedule + masking exactly as `python -m pretrain` trains them.
+
+    `token_counts` (per token id, from the training blocks) sets the MLM head's initial bias when
+    train.output_bias_init is "unigram".
+    """
+    return MLMEngine(cfg, tokenizer, token_counts)

@@ -22,6 +22,18 @@ def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> BertFor
     return BertForMaskedLM(config)
 
 
+def init_output_bias(model: BertForMaskedLM, counts: torch.Tensor) -> None:
+    """Start the MLM head's bias at the log unigram prior of the training tokens.
+
+    A zero bias predicts uniformly (loss ln V); with the prior the untrained model already scores the
+    unigram entropy, a plateau a small model otherwise spends its first hundreds of steps climbing down
+    to. Add-one smoothing keeps tokens that never occur (specials among them) finite.
+    """
+    prior = (counts + 1) / (counts + 1).sum()
+    with torch.no_grad():
+        model.cls.predictions.bias.copy_(prior.log())  # the decoder's bias is this same tensor
+
+
 def mlm_loss(
     model: BertForMaskedLM, input_ids: torch.Tensor, labels: torch.Tensor, masked_only: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

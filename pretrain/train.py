@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from common.config import to_dict
 from common.errors import ConfigError, DataError, UserError
 from common.tracking import start_tracking
-from pretrain.blocks import PackedData
+from pretrain.blocks import PackedData, token_counts
 from pretrain.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.engine import MLMEngine, build_training
@@ -97,7 +97,9 @@ def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[
     """Train until max_steps (or early stop); returns the engine, the loop state and the final metrics."""
     train_cfg = cfg.train
     ckpt_root = cfg.run_dir / "checkpoints"
-    engine = build_training(cfg, data.tokenizer)
+    engine = build_training(
+        cfg, data.tokenizer, token_counts(data.train, cfg.model.vocab_size, data.tokenizer.all_special_ids)
+    )
     sampler = BlockSampler(data.train, train_cfg.per_device_train_batch_size, train_cfg.seed)
     val_blocks = data.validation[
         : (train_cfg.max_eval_batches or len(data.validation)) * train_cfg.per_device_eval_batch_size

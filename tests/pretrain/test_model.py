@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from pretrain.blocks import prepare_data
+from pretrain.blocks import prepare_data, token_counts
 from pretrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.engine import WarmupThenPlateau, build_training
 from pretrain.model import mlm_loss, weight_decay_groups
@@ -55,6 +57,28 @@ def test_masked_only_head_loss_equals_full_head_loss(engine_and_data):
         reference = model(input_ids=input_ids, labels=labels).loss  # transformers' own MLM loss
     assert torch.allclose(fast, full, atol=1e-5) and torch.allclose(full, reference, atol=1e-5)
     assert fast_correct == full_correct and count == (labels != -100).sum()
+
+
+def test_unigram_bias_init_starts_the_loss_at_the_token_frequencies(tiny_config):
+    cfg = tiny_config()
+    data = prepare_data(cfg)
+    counts = token_counts(data.train, cfg.model.vocab_size, data.tokenizer.all_special_ids)
+    prior = build_training(cfg, data.tokenizer, counts)
+    zero = build_training(tiny_config("train.output_bias_init=zero"), data.tokenizer, counts)
+    input_ids, labels = prior.mask(data.train[:64])
+    targets = labels[labels != -100]
+    frequencies = (counts + 1) / (counts + 1).sum()
+    prior_guess = -frequencies[targets].log().mean()  # the loss of predicting by frequency alone
+    with torch.no_grad():
+        prior_loss = mlm_loss(prior.model.eval(), input_ids, labels)[0]
+        zero_loss = mlm_loss(zero.model.eval(), input_ids, labels)[0]
+    # The untrained encoder adds logits of ~0.1 either way: the bias decides where the loss starts.
+    assert abs(prior_loss - prior_guess) < 0.1
+    assert abs(zero_loss - math.log(cfg.model.vocab_size)) < 0.1
+    assert prior_loss < zero_loss - 0.5
+    # Only the bias differs: the same seed gives the same weights otherwise.
+    for (name, a), b in zip(prior.model.named_parameters(), zero.model.parameters(), strict=True):
+        assert torch.equal(a, b) or name == "cls.predictions.bias"
 
 
 def test_weight_decay_groups(engine_and_data):
