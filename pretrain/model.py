@@ -26,8 +26,8 @@ def init_output_bias(model: BertForMaskedLM, counts: torch.Tensor) -> None:
     """Start the MLM head's bias at the log unigram prior of the training tokens.
 
     A zero bias predicts uniformly (loss ln V); with the prior the untrained model already scores the
-    unigram entropy, a plateau a small model otherwise spends its first hundreds of steps climbing down
-    to. Add-one smoothing keeps tokens that never occur (specials among them) finite.
+    unigram entropy, which the cpu-small recipe otherwise took ~150 steps to reach (docs/
+    cpu-recipe-experiments.md). Add-one smoothing keeps tokens that never occur (specials among them) finite.
     """
     prior = (counts + 1) / (counts + 1).sum()
     with torch.no_grad():
