@@ -39,6 +39,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
+        tagged = _tagged_options(options)
+        if tagged and isinstance(value, dict):  # sections told apart by their tag, e.g. model.architecture
+            field_name, by_tag = tagged
+            tag = value.get(field_name, next(iter(by_tag)))
+            if tag not in by_tag:
+                raise ConfigError(f"config key '{key}.{field_name}': {tag!r} is not one of {list(by_tag)}")
+            return _build(by_tag[tag], value, prefix=f"{key}.")
         if value is None and type(None) in options:
             return None
         errors = []
@@ -100,12 +107,37 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
 
 
+TAG_FIELDS = ("architecture",)
+
+
+def _tagged_options(options: tuple[Any, ...]) -> tuple[str, dict[str, type]] | None:
+    """For a union of dataclasses that each fix a tag field to one Literal value: (field, {value: class}).
+
+    The first option is the default when the data name no tag.
+    """
+    classes = [o for o in options if o is not type(None)]
+    if not classes or not all(dataclasses.is_dataclass(c) for c in classes):
+        return None
+    for name in TAG_FIELDS:
+        tags = {}
+        for cls in classes:
+            hint = typing.get_type_hints(cls).get(name)
+            if get_origin(hint) is not Literal or len(get_args(hint)) != 1:
+                break
+            tags[get_args(hint)[0]] = cls
+        else:
+            return name, tags
+    return None
+
+
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known in this section: {', '.join(names)})")
+            tags = [f"{prefix}{t}={getattr(cls, t, None) or data.get(t)}" for t in TAG_FIELDS if t in names]
+            where = f"known for {tags[0]}" if tags else "known in this section"
+            raise ConfigError(f"unknown config key '{prefix}{key}' ({where}: {', '.join(names)})")
     kwargs = {name: _coerce(data[name], hints[name], f"{prefix}{name}") for name in names if name in data}
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)

@@ -1,7 +1,12 @@
-"""Weights & Biases tracking that never stops a run: online, offline or disabled, chosen from config.
+"""Weights & Biases for every run: online, offline or disabled, chosen from config, never stopping a run.
 
 mode "auto" means: the WANDB_MODE environment variable if set, else online when WANDB_API_KEY is set,
 else offline (a run folder under the output directory that `wandb sync` can upload later).
+
+Training stages log through the Trainer's `report_to=["wandb"]` alone: `trainer_report_to` starts the
+run first (on the main process only), with the project, entity, tags and folder from the config and a
+fall-back to offline, then to no tracking, so a W&B failure never stops training; transformers'
+WandbCallback then logs into that run. Evaluation, which has no Trainer, logs through `Tracker`.
 """
 
 from __future__ import annotations
@@ -33,8 +38,67 @@ def resolve_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def start_run(cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job_type: str, name: str | None = None):
+    """A wandb run (or None when disabled or when even offline fails); never raises."""
+    mode = resolve_mode(cfg.mode)
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed; tracking disabled")
+        return None
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=name or cfg.run_name or out_dir.name,
+        config=config,
+        job_type=job_type,
+        tags=cfg.tags,
+        dir=str(out_dir),
+        reinit="finish_previous",
+    )
+    for attempt_mode in dict.fromkeys([mode, "offline"]):
+        try:
+            run = wandb.init(mode=attempt_mode, settings=wandb.Settings(init_timeout=30, silent=True), **kwargs)
+            log.info("W&B run %s (%s) in %s", run.name, attempt_mode, out_dir)
+            return run
+        except Exception as err:  # unreachable server, bad key: fall back, never fail the run
+            log.warning("W&B %s init failed (%s)", attempt_mode, str(err).splitlines()[0] if str(err) else err)
+    return None
+
+
+def trainer_report_to(
+    cfg: WandbConfig, out_dir: Path, config: dict[str, Any], job_type: str, *, is_main: bool
+) -> list[str]:
+    """`report_to` for the Trainer: ["wandb"] with the run already started on the main process, else []."""
+    if resolve_mode(cfg.mode) == "disabled":
+        return []
+    if not is_main:
+        return ["wandb"]  # transformers' WandbCallback logs on the main process only
+    return ["wandb"] if start_run(cfg, out_dir, config, job_type) is not None else []
+
+
+def finish_run(summary: dict[str, Any] | None = None) -> None:
+    """Add `summary` to the active run (if any) and close it; never raises."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is None:
+        return
+    try:
+        if summary:
+            wandb.run.summary.update(summary)
+        wandb.finish()
+    except Exception as err:
+        log.warning("W&B finish failed (%s)", err)
+
+
 class Tracker:
-    """A thin wrapper over a wandb run; every call is a no-op when disabled and never raises."""
+    """A thin wrapper over a wandb run for code without a Trainer; every call is a no-op when disabled."""
 
     def __init__(self, run: Any = None) -> None:
         self.run = run
@@ -48,54 +112,17 @@ class Tracker:
             return
         try:
             self.run.log(metrics, step=step)
-        except Exception as err:  # tracking must not end a training run
+        except Exception as err:  # tracking must not end a run
             log.warning("W&B log failed (%s); continuing without tracking", err)
             self.run = None
 
-    def summary(self, metrics: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.summary.update(metrics)
-        except Exception as err:
-            log.warning("W&B summary failed (%s)", err)
-
-    def finish(self) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.finish()
-        except Exception as err:
-            log.warning("W&B finish failed (%s)", err)
-        self.run = None
+    def finish(self, summary: dict[str, Any] | None = None) -> None:
+        if self.run is not None:
+            finish_run(summary)
+            self.run = None
 
 
-def start_tracking(cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job_type: str) -> Tracker:
-    mode = resolve_mode(cfg.mode)
-    if mode == "disabled":
-        return Tracker()
-    try:
-        import wandb
-    except ImportError:
-        log.warning("wandb is not installed; tracking disabled")
-        return Tracker()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(
-        project=cfg.project,
-        entity=cfg.entity,
-        name=cfg.run_name or out_dir.name,
-        config=config,
-        job_type=job_type,
-        tags=cfg.tags,
-        dir=str(out_dir),
-        reinit="finish_previous",
-    )
-    for attempt_mode in dict.fromkeys([mode, "offline"]):
-        try:
-            run = wandb.init(mode=attempt_mode, settings=wandb.Settings(init_timeout=30, silent=True), **kwargs)
-            log.info("W&B run %s (%s) in %s", run.name, attempt_mode, out_dir)
-            return Tracker(run)
-        except Exception as err:  # unreachable server, bad key: fall back, never fail the run
-            log.warning("W&B %s init failed (%s)", attempt_mode, str(err).splitlines()[0] if str(err) else err)
-    return Tracker()
+def start_tracking(
+    cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job_type: str, name: str | None = None
+) -> Tracker:
+    return Tracker(start_run(cfg, out_dir, config, job_type, name))

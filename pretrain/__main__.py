@@ -1,6 +1,7 @@
 """`python -m pretrain --config configs/pretrain/cpu-small.yaml [--resume] [key=value ...]`
 
-Corpus → tokenizer → packed blocks (cached) → MLM training → outputs/<run_name>/model/.
+Corpus → tokenizer → packed blocks (cached) → MLM training → outputs/<run_name>/model/. The same command
+runs on several processes: `torchrun --nproc_per_node=N -m pretrain --config ...`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ from collections.abc import Sequence
 
 from common.cli import config_parser, run_cli
 from common.config import REPO_ROOT, load_config, save_config
-from pretrain.blocks import prepare_data
-from pretrain.checkpoint import export_model
 from pretrain.config import PretrainConfig
-from pretrain.plots import plot_curves
-from pretrain.train import train
 
 log = logging.getLogger("pretrain")
 
@@ -31,28 +28,40 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     args = parser.parse_args(argv)
     cfg = load_config(PretrainConfig, args.config, list(args.overrides))  # fails in one line before any work
-    start = time.perf_counter()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.run_dir / "resolved_config.yaml")
-    log.info("run %s → %s", cfg.run_name, cfg.run_dir)
 
-    data = prepare_data(cfg)
-    engine, loop, metrics = train(cfg, data, resume=args.resume)
-    metrics.update(
-        {k: v for k, v in data.stats.items() if k != "unigram_entropy"}, wall_seconds=time.perf_counter() - start
-    )
-    engine.model.eval()
-    export_model(cfg.run_dir / "model", engine.model, data.tokenizer, cfg, metrics)
+    from pretrain.export import export_model
+    from pretrain.plots import plot_curves
+    from pretrain.train import finish, run
+
+    start = time.perf_counter()
+    trainer, data, metrics = run(cfg, resume=args.resume)
+    metrics |= {k: v for k, v in data.stats.items() if k != "unigram_entropy"}
+    metrics["wall_seconds"] = time.perf_counter() - start
+    if not trainer.is_world_process_zero():
+        return metrics
+    save_config(cfg, cfg.run_dir / "resolved_config.yaml")
+    model_dir = cfg.run_dir / "model"
+    export_model(model_dir, trainer.model, data.tokenizer, cfg, metrics)
     (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot = plot_curves(loop.history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
-    print(
-        f"done in {metrics['wall_seconds'] / 60:.1f} min: validation loss {metrics['val_loss']:.3f} nats "
-        f"(perplexity {metrics['val_perplexity']:.1f}, masked accuracy {metrics['val_accuracy']:.3f}) vs "
-        f"unigram entropy {metrics['unigram_entropy']:.3f} nats\n"
-        f"model: {cfg.run_dir / 'model'}\ncurves: {plot}\n"
-        f'try: python -m pretrain.fill_mask --model {cfg.run_dir / "model"} "the movie was [MASK] ."'
-    )
+    plot = plot_curves(trainer.state.log_history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
+    finish(metrics)
+    print(summary(metrics, model_dir, plot))
     return metrics
+
+
+def summary(metrics: dict, model_dir, plot) -> str:
+    return (
+        f"done in {metrics['wall_seconds'] / 60:.1f} min, {metrics['step']} steps ({metrics['stop_reason']}): "
+        f"validation loss {metrics['val_loss']:.3f} nats at the training masking, {metrics['val_bert15_loss']:.3f} at "
+        f"BERT's 15 % (perplexity {metrics['val_bert15_perplexity']:.1f}, masked accuracy "
+        f"{metrics['val_bert15_accuracy']:.3f}) vs unigram entropy {metrics['unigram_entropy']:.3f} nats\n"
+        f"cloze (one content word masked in {metrics.get('cloze_items', 0)} held-out sentences): top-1 "
+        f"{metrics.get('cloze_top1', 0):.1%}, top-5 {metrics.get('cloze_top5', 0):.1%} vs frequency alone "
+        f"{metrics.get('cloze_frequency_top1', 0):.1%} / {metrics.get('cloze_frequency_top5', 0):.1%}\n"
+        f"attention entropy per layer {metrics['attention_entropy']} (uniform {metrics['attention_uniform_entropy']:.2f})\n"
+        f"model: {model_dir}\ncurves: {plot}\n"
+        f'try: python -m pretrain.fill_mask --model {model_dir} "the movie was [MASK] ."'
+    )
 
 
 if __name__ == "__main__":

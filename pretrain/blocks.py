@@ -41,6 +41,7 @@ class PackedData:
     train: torch.Tensor  # (blocks, block_size) int32
     validation: torch.Tensor
     stats: dict[str, Any]  # document and token counts, unigram entropy, cache key
+    token_counts: torch.Tensor  # float64 (vocab_size,): occurrences of each id in the train blocks, specials 0
 
 
 def cache_key(cfg: PretrainConfig) -> str:
@@ -160,11 +161,13 @@ def prepare_data(cfg: PretrainConfig) -> PackedData:
         build_cache(cfg, target)
     tokenizer = AutoTokenizer.from_pretrained(target / "tokenizer")
     stats = json.loads((target / "stats.json").read_text())
+    train = blocks_tensor(datasets.load_from_disk(str(target / "train")), cfg.data.block_size)
     data = PackedData(
         tokenizer=tokenizer,
-        train=blocks_tensor(datasets.load_from_disk(str(target / "train")), cfg.data.block_size),
+        train=train,
         validation=blocks_tensor(datasets.load_from_disk(str(target / "validation")), cfg.data.block_size),
         stats=stats,
+        token_counts=token_counts(train, cfg.model.vocab_size, tokenizer.all_special_ids),
     )
     log.info(
         "data: %d train blocks (%.2fM tokens), %d validation blocks; documents %d read, %d dropped; cache key %s",

@@ -59,22 +59,23 @@ class TokenizerConfig:
         )
 
 
+def _require_activation(name: str, key: str) -> None:
+    from transformers.activations import ACT2FN
+
+    require(name in ACT2FN, key, f"{name!r} is not an activation transformers knows (e.g. gelu, relu, silu)")
+
+
 @dataclass
-class ModelConfig:
-    """`transformers.BertConfig` fields, passed through as they are."""
+class EncoderShape:
+    """The fields every architecture has, under the names all three Hugging Face configs use."""
 
     vocab_size: int = 30_528
     hidden_size: int = 512
     num_hidden_layers: int = 8
     num_attention_heads: int = 8
     intermediate_size: int = 2048
-    hidden_act: str = "gelu"
     max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
     initializer_range: float = 0.02
-    layer_norm_eps: float = 1.0e-12
 
     def check(self) -> None:
         require(self.vocab_size >= 128, "vocab_size", "must be at least 128")
@@ -83,16 +84,88 @@ class ModelConfig:
             require(getattr(self, key) > 0, key, "must be positive")
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", "must divide hidden_size")
         require(self.max_position_embeddings > 0, "max_position_embeddings", "must be positive")
-        for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        require(0 < self.initializer_range < 1, "initializer_range", "must be in (0, 1)")
+        for key in self.dropout_keys():
             require(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
-        require(
-            self.hidden_act in ("gelu", "relu", "gelu_new", "silu"), "hidden_act", "must be gelu/relu/gelu_new/silu"
-        )
+
+    def dropout_keys(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass
+class BertModelConfig(EncoderShape):
+    """`transformers.BertConfig` fields: post-LayerNorm blocks, learned absolute positions, GELU FFN."""
+
+    architecture: Literal["bert"] = "bert"
+    hidden_act: str = "gelu"
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1.0e-12
+
+    def dropout_keys(self) -> tuple[str, ...]:
+        return ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+    def check(self) -> None:
+        super().check()
+        _require_activation(self.hidden_act, "hidden_act")
+
+
+@dataclass
+class NomicBertModelConfig(EncoderShape):
+    """`transformers.NomicBertConfig` fields: BERT's post-LayerNorm layout with rotary positions (θ =
+    rope_theta) and a gated FFN (act(x·W_gate) ⊙ x·W_up); `intermediate_size` ≈ 2/3 of a GELU FFN's keeps
+    the parameter count."""
+
+    architecture: Literal["nomic_bert"] = "nomic_bert"
+    intermediate_size: int = 1365
+    hidden_act: str = "silu"
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1.0e-12
+    rope_theta: float = 1000.0  # NomicBertConfig's default θ; stored as rope_parameters in config.json
+
+    def dropout_keys(self) -> tuple[str, ...]:
+        return ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+    def check(self) -> None:
+        super().check()
+        _require_activation(self.hidden_act, "hidden_act")
+        require(self.rope_theta > 0, "rope_theta", "must be positive")
+
+
+@dataclass
+class ModernBertModelConfig(EncoderShape):
+    """`transformers.ModernBertConfig` fields: pre-LayerNorm blocks, rotary positions, gated FFN. Every layer
+    attends globally (ModernBERT's 128-token sliding windows would not cover a 128-token block)."""
+
+    architecture: Literal["modernbert"] = "modernbert"
+    intermediate_size: int = 1365
+    hidden_activation: str = "gelu"
+    norm_eps: float = 1.0e-5
+    norm_bias: bool = False
+    embedding_dropout: float = 0.0
+    attention_dropout: float = 0.0
+    mlp_dropout: float = 0.0
+    global_rope_theta: float = 160_000.0  # ModernBertConfig's default θ for global layers
+
+    def dropout_keys(self) -> tuple[str, ...]:
+        return ("embedding_dropout", "attention_dropout", "mlp_dropout")
+
+    def check(self) -> None:
+        super().check()
+        _require_activation(self.hidden_activation, "hidden_activation")
+        require(self.global_rope_theta > 0, "global_rope_theta", "must be positive")
+
+
+ModelConfig = BertModelConfig | NomicBertModelConfig | ModernBertModelConfig
 
 
 @dataclass
 class TrainConfig:
-    """TrainingArguments-style names where TrainingArguments has the setting."""
+    """TrainingArguments names where TrainingArguments has the setting (DataCollatorForLanguageModeling's for
+    the masking)."""
 
     learning_rate: float = 5.0e-4
     weight_decay: float = 0.01
@@ -107,13 +180,23 @@ class TrainConfig:
     max_steps: int | None = 20_000  # null: num_train_epochs passes over the training blocks
     num_train_epochs: float = 1.0
     max_train_minutes: float | None = None  # also stop (with a checkpoint) once training took this long
+    # Masking: the share of (non-special) tokens selected, and how a selected token is corrupted:
+    # [MASK] with mask_replace_prob, a random token with random_replace_prob, else left as it is.
+    # BERT: 0.15 / 0.8 / 0.1. Validation is also always scored at BERT's setting, so runs compare.
     mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+    # A short-block warm-up (cramming's sequence-length curriculum): for the first short_block_steps
+    # steps each block is cut into pieces of short_block_size tokens (same tokens per step).
+    short_block_steps: int = 0
+    short_block_size: int = 32
     # "unigram": the MLM head's bias starts at the log token frequencies of the training blocks, so the
     # first steps learn context instead of the vocabulary's frequencies (~150 steps of cpu-small saved).
     output_bias_init: Literal["unigram", "zero"] = "unigram"
     logging_steps: int = 50
     eval_steps: int = 500
     max_eval_batches: int | None = 20  # evaluate on a fixed, pre-masked prefix of the validation blocks
+    cloze_sentences: int = 200  # held-out sentences with one content word masked, scored at the end
     save_steps: int = 1000
     save_total_limit: int = 2
     plateau_factor: float = 0.5  # ReduceLROnPlateau on validation loss, after warmup
@@ -138,9 +221,19 @@ class TrainConfig:
             self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0 or null"
         )
         require(0.0 < self.mlm_probability < 1.0, "mlm_probability", "must be in (0, 1)")
+        for key in ("mask_replace_prob", "random_replace_prob"):
+            require(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
+        require(
+            self.mask_replace_prob + self.random_replace_prob <= 1.0,
+            "random_replace_prob",
+            "mask_replace_prob + random_replace_prob must not exceed 1 (the rest is left unchanged)",
+        )
+        require(self.short_block_steps >= 0, "short_block_steps", "must be >= 0")
+        require(self.short_block_size >= 4, "short_block_size", "must be at least 4")
         for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
             require(getattr(self, key) >= 1, key, "must be at least 1")
         require(self.max_eval_batches is None or self.max_eval_batches >= 1, "max_eval_batches", "must be >= 1 or null")
+        require(self.cloze_sentences >= 0, "cloze_sentences", "must be >= 0")
         require(0.0 < self.plateau_factor < 1.0, "plateau_factor", "must be in (0, 1)")
         require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
         require(self.plateau_threshold >= 0, "plateau_threshold", "must be >= 0")
@@ -150,6 +243,31 @@ class TrainConfig:
             "early_stopping_patience",
             "must be >= 1 or null",
         )
+
+
+# What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
+RESUMABLE_KEYS = (
+    "train.learning_rate",
+    "train.min_lr",
+    "train.warmup_steps",
+    "train.plateau_factor",
+    "train.plateau_patience",
+    "train.plateau_threshold",
+    "train.max_steps",
+    "train.num_train_epochs",
+    "train.max_train_minutes",
+    "train.early_stopping_patience",
+    "train.logging_steps",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.cloze_sentences",
+    "impl.",
+    "wandb.",
+    "output_dir",
+    "data.num_proc",
+    "data.cache_dir",
+)
 
 
 @dataclass
@@ -162,6 +280,12 @@ class ImplConfig:
     masked_only_head: bool = True  # run the MLM head only where labels != -100 (same loss, less work)
     tf32: bool = True
     num_threads: int | None = None  # torch CPU threads; null: torch's default
+    # Processes that read and mask blocks ahead of the GPU (0: in the training process, fine on a CPU).
+    dataloader_num_workers: int = 0
+
+    def check(self) -> None:
+        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
+        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
 
 
 @dataclass
@@ -169,7 +293,7 @@ class PretrainConfig(RunConfig):
     run_name: str = "pretrain"
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=BertModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
@@ -180,4 +304,9 @@ class PretrainConfig(RunConfig):
             self.model.max_position_embeddings >= self.data.block_size,
             "model.max_position_embeddings",
             f"must be >= data.block_size ({self.data.block_size})",
+        )
+        require(
+            self.train.short_block_steps == 0 or self.train.short_block_size < self.data.block_size,
+            "train.short_block_size",
+            f"must be < data.block_size ({self.data.block_size}) for a short-block warm-up",
         )

@@ -1,71 +1,175 @@
-"""BertForMaskedLM from the config's BertConfig fields, its MLM loss, and AdamW's weight-decay groups."""
+"""The masked language model: BERT or a rotary-position encoder that transformers ships, built from the
+config's fields, with the MLM head computed at masked positions only — inside `forward`, so DDP's
+gradient averaging and torch.compile see the whole loss.
+
+| model.architecture | class | layout |
+|---|---|---|
+| bert (default) | `BertForMaskedLM` | post-LayerNorm, learned absolute positions, GELU FFN |
+| nomic_bert | `NomicBertForMaskedLM` | post-LayerNorm, rotary positions, gated FFN |
+| modernbert | `ModernBertForMaskedLM` | pre-LayerNorm, rotary positions, gated FFN, every layer global |
+
+The saved folder holds the plain transformers class (config.json names it), so it loads with
+`AutoModelForMaskedLM.from_pretrained`, `pipeline("fill-mask")` and `SentenceTransformer(path)`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerBase
+from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    ModernBertConfig,
+    ModernBertForMaskedLM,
+    NomicBertConfig,
+    NomicBertForMaskedLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.modeling_outputs import MaskedLMOutput
 
-from pretrain.config import ModelConfig
+from pretrain.config import BertModelConfig, ModelConfig, ModernBertModelConfig, NomicBertModelConfig
 
 IGNORE_INDEX = -100
 
 
-def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> BertForMaskedLM:
-    config = BertConfig(
-        **dataclasses.asdict(cfg),
-        pad_token_id=tokenizer.pad_token_id,
-        attn_implementation="sdpa",  # transformers 5 defaults to eager attention (NOTES.md)
-    )
-    return BertForMaskedLM(config)
+class MaskedOnlyHeadMixin:
+    """`forward(input_ids, labels)` with the MLM head run only where `labels != -100`.
+
+    The hidden×vocab projection is the largest matmul of a small encoder, and ~15 % of the positions
+    need it. The loss is the sum of cross-entropies over masked positions divided by
+    `num_items_in_batch`, the masked count the Trainer gathers over all micro-batches and ranks of an
+    optimizer step (so 2 ranks × 8 blocks give the gradient of 1 rank × 16 blocks), or by this batch's
+    count when called alone. `logits` holds the masked positions only: shape (masked tokens, vocab).
+    With `masked_only_head = False` or no labels, the class's own forward runs unchanged. (Subclass names
+    end in "ForMaskedLM": transformers picks a model's loss function from its class name.)
+    `sequence_length` (set by `ShortBlockWarmup`) cuts each row into pieces of that many tokens first.
+    """
+
+    masked_only_head: bool = True
+    sequence_length: int | None = None
+
+    def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        **kwargs: Any,
+    ) -> MaskedLMOutput:
+        if self.sequence_length and input_ids is not None and input_ids.shape[-1] > self.sequence_length:
+            input_ids = input_ids.reshape(-1, self.sequence_length)
+            labels = None if labels is None else labels.reshape(-1, self.sequence_length)
+            attention_mask = None if attention_mask is None else attention_mask.reshape(-1, self.sequence_length)
+        if labels is None or not self.masked_only_head:
+            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+            if labels is not None and num_items_in_batch is not None:  # same normalisation as below
+                out.loss = out.loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
+            return out
+        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        selected = labels != IGNORE_INDEX
+        logits = self.mlm_head(hidden[selected])
+        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp(min=1)
+        return MaskedLMOutput(loss=total / count, logits=logits)
 
 
-def init_output_bias(model: BertForMaskedLM, counts: torch.Tensor) -> None:
+class MaskedOnlyBertForMaskedLM(MaskedOnlyHeadMixin, BertForMaskedLM):
+    def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.cls(hidden)
+
+
+class MaskedOnlyNomicBertForMaskedLM(MaskedOnlyHeadMixin, NomicBertForMaskedLM):
+    def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.cls(hidden)
+
+
+class MaskedOnlyModernBertForMaskedLM(MaskedOnlyHeadMixin, ModernBertForMaskedLM):
+    def mlm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.head(hidden))
+
+
+# architecture -> (training class, the transformers class a saved folder names)
+CLASSES: dict[str, tuple[type[PreTrainedModel], type[PreTrainedModel]]] = {
+    "bert": (MaskedOnlyBertForMaskedLM, BertForMaskedLM),
+    "nomic_bert": (MaskedOnlyNomicBertForMaskedLM, NomicBertForMaskedLM),
+    "modernbert": (MaskedOnlyModernBertForMaskedLM, ModernBertForMaskedLM),
+}
+
+
+def hf_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
+    """The transformers config for `cfg`, with the tokenizer's special ids and SDPA attention
+    (transformers 5 builds eager attention unless told otherwise, NOTES.md)."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "architecture"}
+    ids = {"pad_token_id": tokenizer.pad_token_id}
+    if isinstance(cfg, BertModelConfig):
+        return BertConfig(**fields, **ids, attn_implementation="sdpa")
+    if isinstance(cfg, NomicBertModelConfig):
+        theta = fields.pop("rope_theta")
+        rope = {"rope_type": "default", "rope_theta": theta}
+        return NomicBertConfig(**fields, **ids, rope_parameters=rope, attn_implementation="sdpa")
+    if isinstance(cfg, ModernBertModelConfig):
+        theta = fields.pop("global_rope_theta")
+        layers = cfg.num_hidden_layers
+        specials = {
+            "cls_token_id": tokenizer.cls_token_id,
+            "sep_token_id": tokenizer.sep_token_id,
+            "bos_token_id": tokenizer.cls_token_id,
+            "eos_token_id": tokenizer.sep_token_id,
+        }
+        return ModernBertConfig(
+            **fields,
+            **ids,
+            **specials,
+            layer_types=["full_attention"] * layers,
+            rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": theta}},
+            attn_implementation="sdpa",
+        )
+    raise TypeError(f"unknown model config {type(cfg).__name__}")
+
+
+def build_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, masked_only_head: bool = True):
+    """A freshly initialised training model (seed the RNG first) for `cfg.architecture`."""
+    train_class, _ = CLASSES[cfg.architecture]
+    model = train_class(hf_config(cfg, tokenizer))
+    model.masked_only_head = masked_only_head
+    return model
+
+
+def saved_class_name(model: PreTrainedModel) -> str:
+    """The transformers class a saved training model should name in config.json."""
+    for train_class, hf_class in CLASSES.values():
+        if isinstance(model, train_class):
+            return hf_class.__name__
+    return type(model).__name__
+
+
+def output_bias(model: PreTrainedModel) -> torch.Tensor:
+    """The MLM head's per-token output bias (the decoder's bias; BERT ties cls.predictions.bias to it)."""
+    bias = model.get_output_embeddings().bias
+    if bias is None:
+        raise ValueError(f"{type(model).__name__} has no output bias to initialise")
+    return bias
+
+
+def init_output_bias(model: PreTrainedModel, counts: torch.Tensor) -> None:
     """Start the MLM head's bias at the log unigram prior of the training tokens.
 
-    A zero bias predicts uniformly (loss ln V); with the prior the untrained model already scores the
-    unigram entropy, which the cpu-small recipe otherwise took ~150 steps to reach (docs/
-    cpu-recipe-experiments.md). Add-one smoothing keeps tokens that never occur (specials among them) finite.
+    `counts`: float (vocab_size,) occurrences per id in the training blocks. A zero bias predicts
+    uniformly (loss ln V); with the prior the untrained model already scores the unigram entropy, which
+    the cpu-small recipe otherwise took ~150 steps to reach (docs/cpu-recipe-experiments.md). Add-one
+    smoothing keeps tokens that never occur (specials among them) finite.
     """
-    prior = (counts + 1) / (counts + 1).sum()
+    prior = (counts.double() + 1) / (counts.double() + 1).sum()
+    bias = output_bias(model)
     with torch.no_grad():
-        model.cls.predictions.bias.copy_(prior.log())  # the decoder's bias is this same tensor
-
-
-def mlm_loss(
-    model: BertForMaskedLM, input_ids: torch.Tensor, labels: torch.Tensor, masked_only: bool = True
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy over masked positions, plus (correct, count) for masked-token accuracy.
-
-    Packed blocks hold no padding, so no attention mask is needed. With `masked_only`, the MLM head
-    (a hidden×vocab matmul, the largest in the model) runs on the ~15% masked positions only; the loss
-    is the same mean over the same positions as the full head's.
-    """
-    selected = labels != IGNORE_INDEX
-    targets = labels[selected]
-    if masked_only:
-        hidden = model.bert(input_ids=input_ids).last_hidden_state
-        logits = model.cls(hidden[selected])
-    else:
-        logits = model(input_ids=input_ids).logits[selected]
-    loss = F.cross_entropy(logits.float(), targets)
-    correct = (logits.argmax(dim=-1) == targets).sum()
-    return loss, correct, selected.sum()
-
-
-def weight_decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay on weight matrices and embeddings, none on biases and LayerNorm weights."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        bias.copy_(prior.log().to(bias.dtype))
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -1,241 +1,210 @@
-"""The MLM training loop (nanoGPT-style, no framework): batches by step, log, evaluate, checkpoint, stop.
+"""MLM pretraining on transformers' Trainer: packed blocks → masked examples → model → trainer → metrics.
 
-Data order is a pure function of (seed, step): one permutation of the blocks per epoch from a seeded
-generator. With the RNG states saved in each checkpoint, `--resume` continues exactly where the run
-stopped, and on CPU the final weights equal those of an uninterrupted run.
+Runs the same on one process and under `torchrun --nproc_per_node=N` / `accelerate launch`: the data
+cache is built by the main process first, accelerate's sampler shards the blocks by rank with a new
+order each epoch, DDP averages gradients of the loss computed inside the model's forward, and only
+the main process writes the final model, metrics, plots and W&B.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
+from accelerate import PartialState
+from transformers import TrainingArguments
 
+from common.checkpoints import SaveRunConfig, check_resume_settings, choose_checkpoint
 from common.config import to_dict
-from common.errors import ConfigError, DataError, UserError
-from common.tracking import start_tracking
-from pretrain.blocks import PackedData, token_counts
-from pretrain.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from pretrain.config import PretrainConfig
-from pretrain.engine import MLMEngine, build_training
-from pretrain.model import count_parameters
-
-__all__ = ["BlockSampler", "TrainingDiverged", "build_training", "train"]
+from common.device import resolve_device
+from common.errors import DataError
+from common.tracking import finish_run, trainer_report_to
+from common.training import (
+    GridEarlyStopping,
+    PlateauStep,
+    StopOnNonFiniteLoss,
+    TimeBudget,
+    advise_on_out_of_memory,
+    setup_process,
+    shared_arguments,
+)
+from pretrain.attention import attention_profile
+from pretrain.blocks import PackedData, prepare_data
+from pretrain.cloze import cloze_accuracy, cloze_items
+from pretrain.config import RESUMABLE_KEYS, PretrainConfig
+from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
+from pretrain.model import build_model, count_parameters, init_output_bias
+from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 
 log = logging.getLogger(__name__)
 
-
-class TrainingDiverged(UserError):
-    """The loss or gradient norm became NaN or infinite."""
+BERT_MASKING = (0.15, 0.8, 0.1)  # Devlin et al. 2019: the validation set every run is also scored on
 
 
-class BlockSampler:
-    """Micro-batch `i` of the run: epoch i // per_epoch, slice of that epoch's seeded permutation."""
-
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
-        if len(blocks) < batch_size:
-            raise DataError(
-                f"only {len(blocks)} training blocks for train.per_device_train_batch_size={batch_size}; "
-                "use more documents or a smaller batch"
-            )
-        self.blocks, self.batch_size, self.seed = blocks, batch_size, seed
-        self.per_epoch = len(blocks) // batch_size  # the last partial batch of each epoch is dropped
-        self._epoch, self._order = -1, torch.empty(0, dtype=torch.long)
-
-    def micro_batch(self, index: int) -> torch.Tensor:
-        epoch, offset = divmod(index, self.per_epoch)
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._epoch, self._order = epoch, torch.randperm(len(self.blocks), generator=generator)
-        return self.blocks[self._order[offset * self.batch_size : (offset + 1) * self.batch_size]]
-
-
-@dataclass
-class LoopState:
-    step: int = 0
-    best_val_loss: float = math.inf
-    bad_evals: int = 0  # evaluations since the validation loss last improved (early stopping)
-    history: list[dict[str, float]] = field(default_factory=list)
-    train_seconds: float = 0.0  # optimizer steps only (for tokens/s)
-    elapsed_seconds: float = 0.0  # the whole loop, evaluation and checkpoints included (for the time budget)
-    stop_reason: str = ""
-
-
-def total_steps(cfg: PretrainConfig, sampler: BlockSampler) -> int:
-    if cfg.train.max_steps is not None:
-        return cfg.train.max_steps
-    return max(1, math.ceil(cfg.train.num_train_epochs * sampler.per_epoch / cfg.train.gradient_accumulation_steps))
-
-
-def _resume(cfg: PretrainConfig, engine: MLMEngine, data: PackedData, ckpt_root: Path) -> LoopState:
-    path = latest_checkpoint(ckpt_root)
-    if path is None:
-        log.warning("--resume: no checkpoint under %s; starting from step 0", ckpt_root)
-        return LoopState()
-    state = read_state(path)
-    if state["model"] != dataclasses.asdict(cfg.model):
-        changed = [k for k, v in dataclasses.asdict(cfg.model).items() if state["model"].get(k) != v]
-        raise ConfigError(f"config key 'model.{changed[0]}': differs from checkpoint {path}; cannot resume")
-    if state["cache_key"] != data.stats["cache_key"]:
-        raise ConfigError(f"config key 'data': the packed data differ from those of checkpoint {path}; cannot resume")
-    state, rng = load_checkpoint(path, engine.model, engine.optimizer, engine.device)
-    engine.schedule.load_state_dict(state["schedule"])
-    engine.set_rng_state(rng)
-    engine.step = state["loop"]["step"]
-    log.info("resumed from %s (step %d, lr %.2e)", path, engine.step, engine.schedule.lr)
-    return LoopState(**state["loop"])
-
-
-def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[MLMEngine, LoopState, dict[str, Any]]:
-    """Train until max_steps (or early stop); returns the engine, the loop state and the final metrics."""
-    train_cfg = cfg.train
-    ckpt_root = cfg.run_dir / "checkpoints"
-    engine = build_training(
-        cfg, data.tokenizer, token_counts(data.train, cfg.model.vocab_size, data.tokenizer.all_special_ids)
+def training_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -> TrainingArguments:
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(cfg.run_dir / "checkpoints"),
+        run_name=cfg.wandb.run_name or cfg.run_name,
+        max_steps=t.max_steps or -1,
+        num_train_epochs=t.num_train_epochs,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,  # the Trainer exempts biases and LayerNorm weights
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm,
+        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps",
+        eval_steps=t.eval_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
+        greater_is_better=False if t.early_stopping_patience else None,
+        dataloader_drop_last=True,
+        dataloader_num_workers=cfg.impl.dataloader_num_workers,
+        dataloader_pin_memory=device == "cuda",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        tf32=cfg.impl.tf32 if device == "cuda" else None,
+        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=cfg.impl.bf16),
     )
-    sampler = BlockSampler(data.train, train_cfg.per_device_train_batch_size, train_cfg.seed)
-    val_blocks = data.validation[
-        : (train_cfg.max_eval_batches or len(data.validation)) * train_cfg.per_device_eval_batch_size
-    ]
-    val_batches = engine.fixed_masks(val_blocks, train_cfg.per_device_eval_batch_size, seed=train_cfg.seed + 1)
-    loop = _resume(cfg, engine, data, ckpt_root) if resume else LoopState()
-    steps = total_steps(cfg, sampler)
-    accum = train_cfg.gradient_accumulation_steps
-    tokens_per_step = train_cfg.per_device_train_batch_size * accum * cfg.data.block_size
-    entropy = data.stats["unigram_entropy"]
+
+
+def build_trainer(
+    cfg: PretrainConfig, data: PackedData, report_to: list[str], fresh: bool, callbacks: list | None = None
+) -> MLMTrainer:
+    """The Trainer `python -m pretrain` trains with (the throughput benchmark times this very object)."""
+    t, device = cfg.train, resolve_device(cfg.impl.device)
+    model = build_model(cfg.model, data.tokenizer, cfg.impl.masked_only_head)
+    if fresh and t.output_bias_init == "unigram":
+        init_output_bias(model, data.token_counts)
+    masker = BlockMasker(data.tokenizer, t.mlm_probability, t.mask_replace_prob, t.random_replace_prob)
+    limit = t.max_eval_batches * t.per_device_eval_batch_size if t.max_eval_batches else None
+    eval_sets = {"": FixedMaskedBlocks(data.validation, masker, t.seed + 1, limit)}
+    if (t.mlm_probability, t.mask_replace_prob, t.random_replace_prob) != BERT_MASKING:
+        bert = BlockMasker(data.tokenizer, *BERT_MASKING)
+        eval_sets["bert15_"] = FixedMaskedBlocks(data.validation, bert, t.seed + 1, limit)
+    stops: list = [StopOnNonFiniteLoss(), PlateauStep(), SaveRunConfig(to_dict(cfg))]
+    if t.max_train_minutes:
+        stops.append(TimeBudget(t.max_train_minutes))
+    if t.early_stopping_patience:
+        stops.append(GridEarlyStopping(early_stopping_patience=t.early_stopping_patience))
+    if t.short_block_steps:
+        stops.append(ShortBlockWarmup(t.short_block_steps, t.short_block_size))
+    args = training_arguments(cfg, device, report_to)
+    trainer = MLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=MaskedBlocks(data.train, masker, t.seed),
+        eval_sets=eval_sets,
+        data_collator=stack,
+        processing_class=data.tokenizer,
+        callbacks=stops + (callbacks or []),
+    )
+    trainer.plateau = {
+        "warmup_steps": t.warmup_steps,
+        "factor": t.plateau_factor,
+        "patience": t.plateau_patience,
+        "threshold": t.plateau_threshold,
+        "min_lr": t.min_lr,
+    }
+    trainer.units_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * args.world_size
+    trainer.units_per_step *= cfg.data.block_size
+    if device == "cuda" and cfg.impl.compile:
+        # Module.compile() keeps state_dict keys, so checkpoints stay plain; the head sees a different
+        # number of masked positions in every batch.
+        model.base_model.compile()
+        model.get_output_embeddings().compile(dynamic=True)
+    return trainer
+
+
+def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) -> None:
+    per_step = cfg.train.per_device_train_batch_size * world_size
+    if len(data.train) < per_step:
+        raise DataError(
+            f"only {len(data.train)} training blocks for train.per_device_train_batch_size="
+            f"{cfg.train.per_device_train_batch_size} on {world_size} process(es); use more documents or a smaller batch"
+        )
+
+
+def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedData, dict[str, Any]]:
+    """Train on every rank; returns the trainer, the data and the final metrics (computed on every rank)."""
+    state = PartialState()  # joins the process group torchrun / accelerate launch set up, if any
+    setup_process(cfg.impl.num_threads, cfg.train.seed)
+    checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
+    state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+    if checkpoint:
+        check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
+    with state.main_process_first():  # one process builds the cache, the others then read it
+        data = prepare_data(cfg)
+    check_enough_blocks(cfg, data, state.num_processes)
+    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "pretrain", is_main=state.is_main_process)
+    trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)
+    t = cfg.train
     log.info(
-        "model: %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s; %d tokens per step; %d steps (%.2f epochs)",
-        count_parameters(engine.model) / 1e6,
+        "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
+        cfg.model.architecture,
+        count_parameters(trainer.model) / 1e6,
         cfg.model.num_hidden_layers,
         cfg.model.hidden_size,
         cfg.model.num_attention_heads,
         cfg.model.intermediate_size,
         cfg.model.vocab_size,
-        engine.device,
-        tokens_per_step,
-        steps,
-        steps * accum / sampler.per_epoch,
+        trainer.args.device,
+        state.num_processes,
+        trainer.units_per_step,
     )
-    tracker = start_tracking(cfg.wandb, cfg.run_dir, to_dict(cfg), job_type="pretrain")
-    tracker.summary({"parameters": count_parameters(engine.model), "unigram_entropy": entropy, **data.stats})
-
-    def checkpoint_state() -> dict[str, Any]:
-        return {
-            "loop": dataclasses.asdict(loop),
-            "schedule": engine.schedule.state_dict(),
-            "model": dataclasses.asdict(cfg.model),
-            "cache_key": data.stats["cache_key"],
-        }
-
-    def guard() -> None:
-        # Checked at log/eval/save points only, so a GPU never waits on a per-step host sync.
-        if not torch.isfinite(window_sum):
-            last = latest_checkpoint(ckpt_root)
-            raise TrainingDiverged(
-                f"training diverged: loss or gradient norm became NaN/inf between steps {window_start + 1} and "
-                f"{loop.step}; the last good checkpoint is {last or '(none saved yet)'} — lower train.learning_rate "
-                "or raise train.warmup_steps"
-            )
-
-    window_sum, window_steps, window_start = torch.zeros((), device=engine.device), 0, loop.step
-    stop = False
-    bar = tqdm(total=steps, initial=loop.step, desc="training", unit="step", dynamic_ncols=True)
-    clock = loop_start = time.perf_counter()
-    elapsed_before = loop.elapsed_seconds
-    try:
-        while loop.step < steps and not stop:
-            micro = [sampler.micro_batch(loop.step * accum + i) for i in range(accum)]
-            loss, grad_norm = engine.train_step(micro)
-            loop.step += 1
-            window_sum += loss + 0.0 * grad_norm  # a NaN/inf gradient norm poisons the sum too
-            window_steps += 1
-            bar.update(1)
-            if loop.step % train_cfg.logging_steps == 0 or loop.step == steps:
-                guard()
-                elapsed = time.perf_counter() - clock
-                loop.train_seconds += elapsed
-                record = {
-                    "step": loop.step,
-                    "train_loss": float(window_sum) / window_steps,
-                    "lr": engine.schedule.lr,
-                    "grad_norm": float(grad_norm),
-                    "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
-                }
-                loop.history.append(record)
-                tracker.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=loop.step)
-                bar.set_postfix(
-                    loss=f"{record['train_loss']:.3f}", lr=f"{record['lr']:.1e}", tok_s=f"{record['tokens_per_s']:.0f}"
-                )
-                window_sum, window_steps, window_start = torch.zeros((), device=engine.device), 0, loop.step
-                clock = time.perf_counter()
-            loop.elapsed_seconds = elapsed_before + time.perf_counter() - loop_start
-            if train_cfg.max_train_minutes and loop.elapsed_seconds > 60 * train_cfg.max_train_minutes:
-                loop.stop_reason = f"time budget train.max_train_minutes={train_cfg.max_train_minutes}"
-                stop = True
-            if loop.step % train_cfg.eval_steps == 0:
-                guard()
-                stop = _evaluate(engine, val_batches, loop, cfg, tracker, entropy) or stop
-                clock = time.perf_counter()
-            if loop.step % train_cfg.save_steps == 0 or stop or loop.step == steps:
-                guard()
-                save_checkpoint(
-                    ckpt_root,
-                    loop.step,
-                    engine.model,
-                    engine.optimizer,
-                    engine.rng_state(),
-                    checkpoint_state(),
-                    train_cfg.save_total_limit,
-                )
-                clock = time.perf_counter()
-    except torch.OutOfMemoryError:
-        raise UserError(
-            f"CUDA out of memory at train.per_device_train_batch_size={train_cfg.per_device_train_batch_size}: lower it "
-            f"and raise train.gradient_accumulation_steps (now {accum}) to keep {tokens_per_step} tokens per step"
-        ) from None
-    finally:
-        bar.close()
-    final = engine.evaluate(val_batches)  # report only: never moves the schedule, so resume stays exact
-    final.update(
-        step=loop.step,
-        best_val_loss=min(loop.best_val_loss, final["val_loss"]),
-        unigram_entropy=entropy,
-        parameters=count_parameters(engine.model),
-        tokens_seen=loop.step * tokens_per_step,
-        train_seconds=loop.train_seconds,
-        tokens_per_s=loop.step * tokens_per_step / max(loop.train_seconds, 1e-9),
-        stop_reason=loop.stop_reason or "max_steps",
-    )
-    if loop.stop_reason:
-        log.info("stopped at step %d: %s", loop.step, loop.stop_reason)
-    tracker.summary({f"final/{k}": v for k, v in final.items()})
-    tracker.finish()
-    return engine, loop, final
+    with advise_on_out_of_memory(
+        "train.per_device_train_batch_size", t.per_device_train_batch_size, t.gradient_accumulation_steps, "blocks"
+    ):
+        trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = final_metrics(cfg, trainer, data)
+    return trainer, data, metrics
 
 
-def _evaluate(engine: MLMEngine, val_batches, loop: LoopState, cfg: PretrainConfig, tracker, entropy: float) -> bool:
-    """Evaluate, step the plateau schedule, record; return True when early stopping says stop."""
-    metrics = engine.evaluate(val_batches)
-    engine.schedule.after_eval(loop.step, metrics["val_loss"])
-    if metrics["val_loss"] < loop.best_val_loss * (1 - cfg.train.plateau_threshold):
-        loop.best_val_loss, loop.bad_evals = metrics["val_loss"], 0
-    else:
-        loop.bad_evals += 1
-    loop.history.append({"step": loop.step, **metrics, "lr": engine.schedule.lr})
-    tracker.log({f"val/{k[4:]}": v for k, v in metrics.items()}, step=loop.step)
-    tqdm.write(
-        f"step {loop.step}: val loss {metrics['val_loss']:.3f} (unigram entropy {entropy:.3f}), "
-        f"perplexity {metrics['val_perplexity']:.1f}, masked accuracy {metrics['val_accuracy']:.3f}, lr {engine.schedule.lr:.2e}"
-    )
-    patience = cfg.train.early_stopping_patience
-    if patience is not None and loop.bad_evals >= patience:
-        loop.stop_reason = f"early stop: no validation improvement in {patience} evaluations"
-        return True
-    return False
+def final_metrics(cfg: PretrainConfig, trainer: MLMTrainer, data: PackedData) -> dict[str, Any]:
+    """Validation loss (also at BERT's masking), cloze accuracy vs frequency, attention vs uniform."""
+    state, history = trainer.state, trainer.state.log_history
+    evaluation = trainer.evaluate()
+    metrics: dict[str, Any] = {k.removeprefix("eval_"): v for k, v in evaluation.items()}
+    metrics = {f"val_{k}": v for k, v in metrics.items()}
+    if "val_bert15_loss" not in metrics:  # trained at BERT's masking: the primary set is that set
+        metrics |= {k.replace("val_", "val_bert15_", 1): v for k, v in list(metrics.items())}
+    items = cloze_items(data.validation, data.tokenizer, cfg.train.cloze_sentences, seed=cfg.train.seed)
+    metrics |= cloze_accuracy(trainer.model, items, data.token_counts, data.tokenizer)
+    profile = attention_profile(trainer.model, data.validation[torch.arange(min(8, len(data.validation)))])
+    metrics["attention_entropy"] = [round(p["entropy"], 3) for p in profile]
+    metrics["attention_uniform_entropy"] = profile[0]["uniform_entropy"] if profile else None
+    metrics["attention_neighbour_weight"] = [round((p["previous"] + p["next"]) / 2, 4) for p in profile]
+    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
+    metrics |= {
+        "step": state.global_step,
+        "unigram_entropy": data.stats["unigram_entropy"],
+        "parameters": count_parameters(trainer.model),
+        "tokens_seen": state.global_step * trainer.units_per_step,
+        "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else math.nan,
+        "processes": trainer.args.world_size,
+        "stop_reason": stop_reason(trainer),
+    }
+    trainer.log({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def stop_reason(trainer: MLMTrainer) -> str:
+    if trainer.state.global_step >= trainer.state.max_steps:
+        return "max_steps"
+    budget = next((c for c in trainer.callback_handler.callbacks if c.__class__.__name__ == "TimeBudget"), None)
+    if budget is not None and budget.state()["attributes"]["spent_seconds"] > 60 * budget.minutes:
+        return f"time budget train.max_train_minutes={budget.minutes:g}"
+    return "early stop: validation loss stopped improving"
+
+
+def finish(metrics: dict[str, Any]) -> None:
+    finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})

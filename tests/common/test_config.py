@@ -73,3 +73,31 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("model: [1,\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Root, bad)
+
+
+@dataclass
+class Small:
+    architecture: Literal["small"] = "small"
+    width: int = 8
+
+
+@dataclass
+class Rotary:
+    architecture: Literal["rotary"] = "rotary"
+    width: int = 8
+    theta: float = 1000.0
+
+
+@dataclass
+class Tagged:
+    model: Small | Rotary = field(default_factory=Small)
+
+
+def test_a_tagged_section_is_built_as_the_class_its_tag_names():
+    assert isinstance(load_config(Tagged, None, []).model, Small)
+    rotary = load_config(Tagged, None, ["model.architecture=rotary", "model.theta=10"]).model
+    assert isinstance(rotary, Rotary) and rotary.theta == 10.0
+    with pytest.raises(ConfigError, match=r"unknown config key 'model.theta' \(known for model.architecture=small"):
+        load_config(Tagged, None, ["model.theta=10"])
+    with pytest.raises(ConfigError, match="config key 'model.architecture': 'big' is not one of"):
+        load_config(Tagged, None, ["model.architecture=big"])

@@ -1,4 +1,4 @@
-"""End-to-end runs of `python -m pretrain` with a tiny model: learning, outputs, resume, failures."""
+"""End-to-end runs of `python -m pretrain` with a tiny model: learning, outputs, resume, stops, failures."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, pipeline
 
-from pretrain import engine as engine_module
+from common.checkpoints import checkpoint_dirs, newest_checkpoint
+from common.errors import ConfigError, UserError
+from common.training import TrainingDiverged
 from pretrain.__main__ import main
-from pretrain.checkpoint import checkpoint_dirs
 from pretrain.fill_mask import main as fill_mask_main
-from pretrain.train import TrainingDiverged
+from pretrain.model import MaskedOnlyHeadMixin
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
@@ -30,6 +31,11 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
         assert torch.equal(a[name], b[name]), name
 
 
+def logged(out: Path, key: str, run: str = "pretrain-debug") -> list[tuple[int, float]]:
+    state = json.loads((newest_checkpoint(out / run / "checkpoints") / "trainer_state.json").read_text())
+    return [(h["step"], h[key]) for h in state["log_history"] if key in h]
+
+
 def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_path, capsys):
     # From a zero output bias the loss starts at ln(vocab): the fall below shows gradients reach the model.
     # (The default unigram start is tested in test_model.py; a 2-layer model needs more than 50 steps to
@@ -37,13 +43,13 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
     metrics = main(
         tiny_args("train.max_steps=50", "train.logging_steps=5", "train.eval_steps=25", "train.output_bias_init=zero")
     )
-    run = tmp_path / "pretrain-debug"
-    history = json.loads((run / "checkpoints" / "step-0000050" / "state.json").read_text())["loop"]["history"]
-    train_losses = [h["train_loss"] for h in history if "train_loss" in h]
-    assert train_losses[-1] < train_losses[0] - 0.5  # the loss falls over 50 steps
+    losses = [loss for _, loss in logged(tmp_path, "loss")]
+    assert losses[-1] < losses[0] - 0.5  # the loss falls over 50 steps
     assert metrics["val_loss"] < metrics["unigram_entropy"] + 0.5
-    assert "unigram entropy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "unigram entropy" in out and "cloze" in out and "attention entropy" in out
 
+    run = tmp_path / "pretrain-debug"
     model_dir = run / "model"
     for name in ("model.safetensors", "config.json", "tokenizer.json", "resolved_config.yaml", "metrics.json"):
         assert (model_dir / name).is_file(), name
@@ -51,6 +57,9 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
     assert (run / "loss_lr.png").stat().st_size > 1000
     saved = json.loads((model_dir / "metrics.json").read_text())
     assert saved["step"] == 50 and saved["val_loss"] == pytest.approx(metrics["val_loss"])
+    # the "reads context" measures are in every run's metrics
+    assert saved["cloze_items"] > 20 and 0 <= saved["cloze_top5"] <= 1 and 0 < saved["cloze_frequency_top5"] < 1
+    assert len(saved["attention_entropy"]) == 2 and saved["val_bert15_loss"] == saved["val_loss"]
 
     model = AutoModelForMaskedLM.from_pretrained(model_dir)
     assert model.config.num_hidden_layers == 2 and model.config._attn_implementation == "sdpa"
@@ -62,28 +71,43 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
     assert out.startswith("the movie was [MASK] .") and len(out.strip().splitlines()) == 6
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_path):
-    # Patience 0 makes the plateau schedule cut the lr after the restart too, so its state must survive.
-    common = (
-        "train.eval_steps=4",
-        "train.save_steps=5",
-        "train.plateau_patience=0",
-        "train.warmup_steps=2",
-        "train.per_device_train_batch_size=8",
+def test_other_masking_is_also_scored_at_berts(tiny_args, tmp_path):
+    metrics = main(
+        tiny_args(
+            "train.max_steps=4",
+            "train.eval_steps=2",
+            "train.mlm_probability=0.4",
+            "train.mask_replace_prob=1.0",
+            "train.random_replace_prob=0.0",
+            "train.short_block_steps=2",
+            "train.short_block_size=32",
+        )
     )
-    main(tiny_args("train.max_steps=12", *common, out=tmp_path / "straight"))
-    main(tiny_args("train.max_steps=5", *common, out=tmp_path / "split"))
-    assert [p.name for p in checkpoint_dirs(tmp_path / "split/pretrain-debug/checkpoints")] == ["step-0000005"]
-    main(tiny_args("train.max_steps=12", *common, "--resume", out=tmp_path / "split"))
+    assert metrics["val_loss"] != metrics["val_bert15_loss"]  # two differently masked validation sets
+    assert [s for s, _ in logged(tmp_path, "eval_bert15_loss")] == [s for s, _ in logged(tmp_path, "eval_loss")]
+
+
+RESUME_SETTINGS = (
+    "train.eval_steps=4",
+    "train.save_steps=5",
+    "train.plateau_patience=0",  # the plateau schedule cuts the lr after the restart too: its state must survive
+    "train.warmup_steps=2",
+    "train.per_device_train_batch_size=8",
+)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_path):
+    main(tiny_args("train.max_steps=12", *RESUME_SETTINGS, out=tmp_path / "straight"))
+    main(tiny_args("train.max_steps=5", *RESUME_SETTINGS, out=tmp_path / "split"))
+    assert [p.name for p in checkpoint_dirs(tmp_path / "split/pretrain-debug/checkpoints")] == ["checkpoint-5"]
+    main(tiny_args("train.max_steps=12", *RESUME_SETTINGS, "--resume", out=tmp_path / "split"))
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "split"))
-    straight = json.loads((tmp_path / "straight/pretrain-debug/metrics.json").read_text())
-    split = json.loads((tmp_path / "split/pretrain-debug/metrics.json").read_text())
-    assert split["val_loss"] == straight["val_loss"]
+    assert logged(tmp_path / "straight", "learning_rate") == logged(tmp_path / "split", "learning_rate")
 
 
-def test_resume_after_sigkill(tiny_args, tmp_path, cache_dir):
+def test_resume_after_sigkill(tiny_args, tmp_path):
     common = (
-        "train.max_steps=80",
+        "train.max_steps=60",
         "train.per_device_train_batch_size=4",
         "train.save_steps=5",
         "train.eval_steps=20",
@@ -94,54 +118,78 @@ def test_resume_after_sigkill(tiny_args, tmp_path, cache_dir):
     main(tiny_args(*common, out=tmp_path / "straight"))  # also builds the packed data the subprocess reuses
     args = tiny_args(*common, out=tmp_path / "killed")
     ckpts = tmp_path / "killed/pretrain-debug/checkpoints"
-    kill_once_ready("pretrain", args, lambda: bool(checkpoint_dirs(ckpts)))
+    kill_once_ready("pretrain", args, lambda: newest_checkpoint(ckpts) is not None)
     assert not (tmp_path / "killed/pretrain-debug/model").exists()  # no half-written final model
     main([*args, "--resume"])
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "killed"))
 
 
+def test_a_run_over_an_existing_one_is_refused_naming_both_choices(tiny_args, tmp_path):
+    main(tiny_args("train.max_steps=2", "train.save_steps=2"))
+    with pytest.raises(UserError) as err:
+        main(tiny_args("train.max_steps=4"))
+    message = str(err.value)
+    assert "--resume" in message and "remove" in message and "\n" not in message
+    assert [p.name for p in checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")] == ["checkpoint-2"]
+
+
+def test_resume_applies_a_new_learning_rate_and_says_so(tiny_args, tmp_path, caplog):
+    settings = ("train.warmup_steps=1", "train.save_steps=4", "train.logging_steps=1", "train.plateau_patience=100")
+    main(tiny_args("train.max_steps=4", "train.learning_rate=2.0e-3", *settings))
+    main(tiny_args("train.max_steps=8", "train.learning_rate=5.0e-4", *settings, "--resume"))
+    rates = dict(logged(tmp_path, "learning_rate"))
+    assert rates[4] == pytest.approx(2.0e-3) and all(rates[s] == pytest.approx(5.0e-4) for s in (5, 6, 7, 8))
+    assert "train.learning_rate: 0.002 → 0.0005" in caplog.text
+
+
+def test_resume_refuses_a_change_it_cannot_apply(tiny_args, tmp_path):
+    main(tiny_args("train.max_steps=2", "train.save_steps=2"))
+    with pytest.raises(ConfigError, match="config key 'model.hidden_size'"):
+        main(tiny_args("train.max_steps=4", "model.hidden_size=128", "--resume"))
+    with pytest.raises(ConfigError, match="config key 'train.per_device_train_batch_size': 16 in checkpoint"):
+        main(tiny_args("train.max_steps=4", "train.per_device_train_batch_size=8", "--resume"))
+
+
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tiny_args, tmp_path, monkeypatch):
-    real_loss = engine_module.mlm_loss
+    real_forward = MaskedOnlyHeadMixin.forward
     calls = {"n": 0}
 
-    def poisoned(model, input_ids, labels, masked_only=True):
-        loss, correct, count = real_loss(model, input_ids, labels, masked_only)
-        calls["n"] += 1
-        return (loss * float("nan") if model.training and calls["n"] > 12 else loss), correct, count
+    def poisoned(self, *args, **kwargs):
+        out = real_forward(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] > 12:
+                out.loss = out.loss * float("nan")
+        return out
 
-    monkeypatch.setattr(engine_module, "mlm_loss", poisoned)
+    monkeypatch.setattr(MaskedOnlyHeadMixin, "forward", poisoned)
     with pytest.raises(TrainingDiverged) as err:
         main(tiny_args("train.max_steps=20", "train.save_steps=10", "train.logging_steps=5"))
     message = str(err.value)
-    assert "NaN/inf" in message and "step-0000010" in message and "\n" not in message
+    assert "nan" in message and "checkpoint-10" in message and "--resume" in message and "\n" not in message
     ckpts = checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")
-    assert [p.name for p in ckpts] == ["step-0000010"]
+    assert [p.name for p in ckpts] == ["checkpoint-10"]  # nothing saved after the NaN
     assert all(torch.isfinite(t).all() for t in load_file(str(ckpts[0] / "model.safetensors")).values())
     assert not (tmp_path / "pretrain-debug/model").exists()
 
 
-def test_resume_with_a_different_model_is_refused(tiny_args, tmp_path):
-    main(tiny_args("train.max_steps=2", "train.eval_steps=2"))
-    from common.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="model.hidden_size"):
-        main(tiny_args("train.max_steps=4", "model.hidden_size=128", "--resume"))
+def test_time_budget_stops_evaluates_and_saves(tiny_args, tmp_path):
+    metrics = main(tiny_args("train.max_steps=500", "train.max_train_minutes=0.0001", "train.logging_steps=3"))
+    assert metrics["step"] == 3 and metrics["stop_reason"].startswith("time budget")
+    assert [p.name for p in checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")] == ["checkpoint-3"]
+    assert 3 in dict(logged(tmp_path, "eval_loss"))
 
 
 def test_fill_mask_refuses_a_folder_that_is_not_a_model(tmp_path):
-    from common.errors import UserError
-
     with pytest.raises(UserError, match="is not a saved model"):
         fill_mask_main(["--model", str(tmp_path), "a [MASK] b"])
 
 
 def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(tiny_args, tmp_path, monkeypatch):
-    from common.errors import UserError
-
-    def out_of_memory(self, micro_batches):
+    def out_of_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(engine_module.MLMEngine, "train_step", out_of_memory)
+    monkeypatch.setattr(MaskedOnlyHeadMixin, "forward", out_of_memory)
     with pytest.raises(UserError) as err:
         main(tiny_args("train.max_steps=5"))
     message = str(err.value)

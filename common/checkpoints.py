@@ -1,0 +1,129 @@
+"""Which checkpoint a stage resumes from, and what a resume may change, for both stages alike.
+
+Both stages write the Trainer's `checkpoint-N/` folders under `<run_dir>/checkpoints/`, plus
+`run_config.json` (the stage's resolved config) in each, so a resume can say what changed:
+- started over an existing run without `--resume`: refused in one line naming both choices;
+- `--resume` with a changed learning rate, warmup, plateau, step or time setting: applied and logged;
+- `--resume` with any other change (model, data, batch size, optimizer, seed ...): refused in one line,
+  because the checkpoint's weights, optimizer state or data position would not match it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from common.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "checkpoint-"
+RUN_CONFIG = "run_config.json"
+STATE = "trainer_state.json"
+
+
+def checkpoint_dirs(root: str | Path) -> list[Path]:
+    """`checkpoint-N` folders under `root`, oldest first (complete or not)."""
+    root = Path(root)
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX) :].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def is_complete(path: Path) -> bool:
+    """The Trainer writes trainer_state.json last, then `SaveRunConfig` adds run_config.json: a folder
+    without both, readable, was cut short by a kill."""
+    try:
+        json.loads((path / STATE).read_text())
+        json.loads((path / RUN_CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def newest_checkpoint(root: str | Path) -> Path | None:
+    complete = [p for p in checkpoint_dirs(root) if is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> str | None:
+    """The checkpoint to resume from (None: a fresh run), or a one-line refusal.
+
+    Without `resume`, a run folder that already holds checkpoints or a final model is refused: a second
+    run there would mix with the first (its checkpoint rotation would delete the newer run's files).
+    With `resume`, checkpoints a kill left half-written are removed (by the main process only) and the
+    newest complete one is returned; with none, the run starts from step 0 with a warning.
+    """
+    checkpoints = run_dir / "checkpoints"
+    existing = checkpoint_dirs(checkpoints)
+    if not resume:
+        if existing or (run_dir / "model").is_dir():
+            what = existing[-1].name if existing else "a final model"
+            raise UserError(
+                f"{run_dir} already holds a run ({what}): pass --resume to continue it, or remove {run_dir} "
+                "(or set another run_name=) to start over"
+            )
+        return None
+    for path in reversed(existing):
+        if is_complete(path):
+            return str(path)
+        if is_main:
+            log.warning("%s was not written completely (killed while saving?): removing it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    log.warning("--resume: no complete checkpoint under %s; starting from step 0", checkpoints)
+    return None
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_resume_settings(checkpoint: str, config: dict[str, Any], changeable: Collection[str]) -> list[str]:
+    """Compare the resumed checkpoint's config with this run's; return the applied changes as lines.
+
+    `changeable` names dotted keys (or section prefixes ending in ".") that may change on resume; any other
+    difference is a ConfigError naming the key, its old and its new value.
+    """
+    path = Path(checkpoint) / RUN_CONFIG
+    if not path.is_file():
+        raise UserError(f"checkpoint {checkpoint} has no {RUN_CONFIG}; it was not written by this project")
+    old, new = flatten(json.loads(path.read_text())), flatten(config)
+    applied = []
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) == new.get(key):
+            continue
+        if any(key == c or (c.endswith(".") and key.startswith(c)) for c in changeable):
+            applied.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
+            continue
+        raise ConfigError(
+            f"config key '{key}': {old.get(key)!r} in checkpoint {checkpoint} but {new.get(key)!r} now; a resume "
+            "cannot change it (its weights, optimizer state or data position depend on it): keep it, or start a "
+            "new run (another run_name=)"
+        )
+    for line in applied:
+        log.warning("resuming with a changed setting, applied from this step on: %s", line)
+    return applied
+
+
+class SaveRunConfig(TrainerCallback):
+    """Write the stage's resolved config into every checkpoint (main process), for `check_resume_settings`."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
+            if folder.is_dir():
+                (folder / RUN_CONFIG).write_text(json.dumps(self.config, indent=1))

@@ -1,0 +1,227 @@
+"""What both stages add to transformers' Trainer, written once: the stop decisions (NaN/inf, time
+budget), warmup → plateau scheduling, the out-of-memory message and the arguments every run shares.
+
+Every stop decision is the same on all ranks, so no process leaves the others waiting in an
+all-reduce: the NaN check reads the loss the Trainer has already averaged over all processes at a
+logging step, and the time budget is agreed with one all-reduce at logging steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
+
+from common.errors import UserError
+from common.schedule import WarmupPlateauSchedule
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The training loss or the gradient norm became NaN or infinite."""
+
+
+def any_rank(flag: bool, device: torch.device | str) -> bool:
+    """True on every rank when `flag` is True on any rank (an all-reduce MAX; the flag itself alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Raise `TrainingDiverged` at the first logging step whose loss or gradient norm is NaN/inf.
+
+    Needs `logging_nan_inf_filter=False` (else the Trainer hides a NaN behind the running mean). A step
+    that saves or evaluates also logs, so no checkpoint is written after a NaN went unnoticed: the newest
+    checkpoint is the last good one. One NaN step poisons the weights, so the last step's gradient norm is
+    NaN too, whichever step of the window went wrong.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_evaluate:
+            control.should_log = True
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        bad = [k for k in ("loss", "grad_norm") if k in logs and not math.isfinite(float(logs[k]))]
+        if bad:
+            from common.checkpoints import newest_checkpoint
+
+            last = newest_checkpoint(args.output_dir)
+            raise TrainingDiverged(
+                f"training diverged: {bad[0]} became {logs[bad[0]]} by step {state.global_step}; the last good "
+                f"checkpoint is {last or '(none saved yet)'}. Lower train.learning_rate (or raise train.warmup_steps), "
+                "then rerun with --resume: the new learning rate applies from that checkpoint on"
+            )
+
+
+class TimeBudget(TrainerCallback, ExportableState):
+    """Stop, evaluate and save once `minutes` of training have passed (a cap for slow or busy machines).
+
+    The time spent is kept in the checkpoint (an ExportableState), so a resumed run spends only what is
+    left. Checked at logging steps, where the ranks agree with one all-reduce: a rank stopping alone
+    would leave the others waiting forever.
+    """
+
+    def __init__(self, minutes: float, spent_seconds: float = 0.0) -> None:
+        self.minutes, self.spent_seconds = minutes, spent_seconds
+        self._since = time.monotonic()
+
+    def _elapsed(self) -> float:
+        return self.spent_seconds + time.monotonic() - self._since
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._since = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % args.logging_steps != 0 or control.should_training_stop:
+            return control
+        if any_rank(self._elapsed() > 60 * self.minutes, args.device):
+            log.warning("time budget of %g min spent at step %d: stopping", self.minutes, state.global_step)
+            control.should_training_stop = True
+            control.should_save = control.should_log = True
+            control.should_evaluate = args.eval_strategy != "no"
+        return control
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"minutes": self.minutes}, "attributes": {"spent_seconds": self._elapsed()}}
+
+
+def on_eval_grid(args, state) -> bool:
+    """True for the evaluations every `eval_steps` steps, False for extra ones (at the end of a run, on a
+    time-budget stop, on request). Only the grid's evaluations move the schedule and early stopping, so a
+    run stopped and resumed takes the same decisions as one that never stopped."""
+    return args.eval_steps is not None and state.global_step % int(args.eval_steps) == 0
+
+
+class PlateauStep(TrainerCallback):
+    """Feed each scheduled evaluation's loss to the warmup → plateau schedule (the Trainer only does this
+    for torch's own ReduceLROnPlateau). The loss is gathered over all ranks, so every rank lowers alike."""
+
+    def __init__(self, metric: str = "eval_loss") -> None:
+        self.metric = metric
+
+    def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kwargs):
+        if not on_eval_grid(args, state):
+            return
+        if isinstance(lr_scheduler, WarmupPlateauSchedule) and metrics and self.metric in metrics:
+            if lr_scheduler.observe(float(metrics[self.metric])):
+                log.info("validation loss stalled: learning rate lowered to %.2e", lr_scheduler.get_last_lr()[0])
+
+
+class GridEarlyStopping(EarlyStoppingCallback):
+    """transformers' early stopping, counting only the scheduled evaluations (see `on_eval_grid`)."""
+
+    def on_evaluate(self, args, state, control, metrics, **kwargs):
+        if on_eval_grid(args, state):
+            super().on_evaluate(args, state, control, metrics, **kwargs)
+
+
+class PlateauScheduleMixin:
+    """Install `WarmupPlateauSchedule` as the Trainer's scheduler when `plateau` settings are given.
+
+    Mix in before the Trainer class: `class MyTrainer(PlateauScheduleMixin, Trainer)`.
+    """
+
+    plateau: dict[str, Any] | None = None  # WarmupPlateauSchedule's keyword arguments
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.plateau is not None:
+            self.lr_scheduler = WarmupPlateauSchedule(optimizer or self.optimizer, **self.plateau)
+            self._created_lr_scheduler = True
+        return Trainer.create_scheduler(self, num_training_steps, optimizer)  # type: ignore[arg-type]
+
+
+class StepClock(TrainerCallback):
+    """Seconds spent on training steps (fetching batches included; evaluation and saving not)."""
+
+    def __init__(self) -> None:
+        self.mark, self.seconds, self.steps = time.perf_counter(), 0.0, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds, self.steps, self.mark = self.seconds + now - self.mark, self.steps + 1, now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def take(self) -> tuple[int, float]:
+        steps, seconds = self.steps, self.seconds
+        self.steps, self.seconds = 0, 0.0
+        return steps, seconds
+
+
+class ThroughputMixin:
+    """Add `<unit>_per_s`, counted over all ranks, to every training log (tokens for pretraining, pairs for
+    fine-tuning). Set `units_per_step` (per optimizer step, all ranks) and `throughput_unit`."""
+
+    units_per_step: float = 0.0
+    throughput_unit: str = "tokens"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.step_clock = StepClock()
+        self.add_callback(self.step_clock)  # type: ignore[attr-defined]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.units_per_step:
+            steps, seconds = self.step_clock.take()
+            if steps and seconds > 0:
+                logs = {**logs, f"{self.throughput_unit}_per_s": steps * self.units_per_step / seconds}
+        return super().log(logs, start_time)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def advise_on_out_of_memory(batch_key: str, batch_size: int, accumulation: int, unit: str) -> Iterator[None]:
+    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the same `unit`s per step."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
+            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device"
+        ) from None
+
+
+def shared_arguments(*, device: str, seed: int, report_to: list[str], bf16: bool) -> dict[str, Any]:
+    """TrainingArguments both stages pass alike (each adds its own batch, schedule and step settings)."""
+    return {
+        "seed": seed,
+        "use_cpu": device == "cpu",
+        "bf16": bf16 and device == "cuda",
+        "report_to": report_to,
+        "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "ddp_find_unused_parameters": False,
+        # Each rank reads its own rows; dispatching would concatenate batches padded to different lengths.
+        "accelerator_config": {"dispatch_batches": False},
+        "disable_tqdm": False,
+    }
+
+
+def setup_process(num_threads: int | None, seed: int) -> None:
+    """Torch CPU threads (null: torch's default) and the seed that model initialisation draws from."""
+    from transformers import set_seed
+
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    set_seed(seed)

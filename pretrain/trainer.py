@@ -1,0 +1,100 @@
+"""transformers' Trainer for MLM pretraining: masked-token metrics, a short-block warm-up, tokens/s.
+
+The training step is the Trainer's own (DDP, accumulation, bf16 autocast, clipping, fused AdamW,
+checkpoints with optimizer/scheduler/RNG state, resume). What MLM adds:
+- `evaluate` scores the fixed, pre-masked validation blocks token-weighted (the mean cross-entropy over
+  every masked token, as perplexity is defined), with masked-token accuracy, gathered over all ranks;
+  with a training masking other than BERT's it also scores a BERT-masked copy (`eval_bert15_*`), so runs
+  with different masking rates compare;
+- `ShortBlockWarmup` sets the model's `sequence_length` for the first steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate.data_loader import prepare_data_loader
+from torch.utils.data import DataLoader, Dataset
+from transformers import Trainer, TrainerCallback
+
+from common.training import PlateauScheduleMixin, ThroughputMixin
+from pretrain.model import IGNORE_INDEX
+
+
+class ShortBlockWarmup(TrainerCallback):
+    """Train on pieces of `size` tokens for the first `steps` optimizer steps (cramming's curriculum):
+    attention over short spans is cheaper and its local structure is what a fresh model learns first."""
+
+    def __init__(self, steps: int, size: int) -> None:
+        self.steps, self.size = steps, size
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            model.sequence_length = self.size if state.global_step < self.steps else None
+
+
+class MLMTrainer(ThroughputMixin, PlateauScheduleMixin, Trainer):
+    """`eval_sets`: {metric infix: pre-masked validation set}; "" is the primary set (`eval_loss` drives the
+    plateau schedule and early stopping), e.g. {"": at the training masking, "bert15_": at BERT's}."""
+
+    def __init__(self, *args: Any, eval_sets: dict[str, Dataset], **kwargs: Any) -> None:
+        super().__init__(*args, eval_dataset=eval_sets[""], **kwargs)
+        self.eval_sets = eval_sets
+
+    def eval_loader(self, dataset: Dataset) -> DataLoader:
+        """Every block once, sharded over the ranks (the last batch evened out with repeats that
+        `gather_for_metrics` drops again); unlike training batches, none is dropped.
+        """
+        # Its own generator: creating an iterator draws a seed, and drawing it from torch's global RNG would
+        # shift every later dropout mask, so an extra evaluation would make a resumed run differ.
+        loader = DataLoader(
+            dataset, batch_size=self.args.eval_batch_size, collate_fn=self.data_collator, generator=torch.Generator()
+        )
+        state = self.accelerator.state
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=state.num_processes, process_index=state.process_index
+        )
+
+    @torch.no_grad()
+    def score(self, dataset: Dataset) -> dict[str, float]:
+        """Token-weighted loss (nats), perplexity and masked-token accuracy of `dataset` over all ranks."""
+        model = self.model
+        was_training, length = model.training, getattr(model, "sequence_length", None)
+        model.eval()
+        model.sequence_length = None  # full blocks, whatever the warm-up phase
+        totals = torch.zeros(3, dtype=torch.float64, device=self.args.device)
+        try:
+            for batch in self.eval_loader(dataset):
+                batch = self._prepare_inputs(batch)
+                with self.accelerator.autocast():
+                    logits = model(input_ids=batch["input_ids"], labels=batch["labels"]).logits
+                labels = batch["labels"]
+                selected = labels != IGNORE_INDEX
+                if logits.dim() == 3:  # the full head (impl.masked_only_head=false)
+                    logits = logits[selected]
+                targets = labels[selected]
+                rows = selected.nonzero()[:, 0]
+                per_block = torch.zeros(len(labels), 3, dtype=torch.float64, device=labels.device)
+                per_block[:, 0].index_add_(0, rows, F.cross_entropy(logits.float(), targets, reduction="none").double())
+                per_block[:, 1].index_add_(0, rows, (logits.argmax(-1) == targets).double())
+                per_block[:, 2] = selected.sum(1).double()
+                # gather_for_metrics drops the blocks accelerate repeats to even out the last batch
+                totals += self.accelerator.gather_for_metrics(per_block).sum(0)
+        finally:
+            model.sequence_length = length
+            model.train(was_training)
+        loss = float(totals[0] / totals[2].clamp(min=1))
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": float(totals[1] / totals[2])}
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        metrics = {
+            f"{metric_key_prefix}_{infix}{name}": value
+            for infix, dataset in self.eval_sets.items()
+            for name, value in self.score(dataset).items()
+        }
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

@@ -1,0 +1,65 @@
+"""The warmup → plateau schedule both stages use: the only writer of the learning rate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from common.schedule import WarmupPlateauSchedule
+
+
+def make(lr: float = 1.0e-3, **overrides) -> tuple[torch.optim.Optimizer, WarmupPlateauSchedule]:
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))]
+    optimizer = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:], "lr": 10 * lr}], lr=lr)
+    settings = {"warmup_steps": 4, "factor": 0.5, "patience": 1, "threshold": 1e-3, "min_lr": 1e-5} | overrides
+    return optimizer, WarmupPlateauSchedule(optimizer, **settings)
+
+
+def step(optimizer, schedule, n: int = 1) -> None:
+    for _ in range(n):
+        optimizer.step()
+        schedule.step()
+
+
+def test_warmup_then_plateau_lowers_every_group_and_stops_at_min_lr():
+    optimizer, schedule = make()
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        step(optimizer, schedule)
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(1e-2)  # each group keeps its own base rate
+    assert not schedule.observe(5.0) and not schedule.observe(4.0)  # improving: lr holds
+    assert not schedule.observe(4.0)  # one evaluation without improvement: patience 1 tolerates it
+    assert schedule.observe(4.0)  # two: halve
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([5e-4, 5e-3])
+    for _ in range(40):
+        schedule.observe(4.0)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-5)  # never below min_lr
+    step(optimizer, schedule)
+    assert schedule.get_last_lr()[0] == pytest.approx(1e-5)
+
+
+def test_plateaus_are_not_judged_during_warmup():
+    optimizer, schedule = make(patience=0)
+    step(optimizer, schedule, 2)
+    for _ in range(5):
+        assert not schedule.observe(9.0)
+    assert schedule.scale == 1.0
+
+
+def test_resume_keeps_the_plateau_state_but_takes_the_rates_from_the_new_config():
+    optimizer, schedule = make(lr=1.0e-3, patience=0)
+    step(optimizer, schedule, 5)
+    schedule.observe(4.0)
+    schedule.observe(4.0)  # halved
+    saved_optimizer, saved_schedule = optimizer.state_dict(), schedule.state_dict()
+    assert "base_lrs" not in saved_schedule and "configured" not in saved_schedule  # no rate in the checkpoint
+
+    new_optimizer, new_schedule = make(lr=4.0e-4, patience=0)  # the user lowered train.learning_rate
+    new_optimizer.load_state_dict(saved_optimizer)  # as the Trainer does: the old rates come back with it...
+    new_schedule.load_state_dict(saved_schedule)  # ...and the schedule rewrites them from the config
+    assert new_schedule.scale == 0.5 and new_schedule.best == 4.0
+    assert [g["lr"] for g in new_optimizer.param_groups] == pytest.approx([2e-4, 2e-3])
+    step(new_optimizer, new_schedule)
+    assert new_schedule.get_last_lr() == pytest.approx([2e-4, 2e-3])
