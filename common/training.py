@@ -129,19 +129,34 @@ class GridEarlyStopping(EarlyStoppingCallback):
             super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
-class PlateauScheduleMixin:
-    """Install `WarmupPlateauSchedule` as the Trainer's scheduler when `plateau` settings are given.
+class ScheduleMixin:
+    """The learning-rate schedule both stages share. Mix in before the Trainer class.
 
-    Mix in before the Trainer class: `class MyTrainer(PlateauScheduleMixin, Trainer)`.
+    - With `plateau` set (WarmupPlateauSchedule's keyword arguments), that schedule replaces the Trainer's.
+    - On resume, the rates come from this run's config, not the checkpoint: the Trainer restores the
+      optimizer's and scheduler's saved rates, and a changed `learning_rate` would silently lose. The
+      warmup → plateau schedule re-derives its rates itself; transformers' own schedules (LambdaLR) get
+      their base rates put back here.
     """
 
-    plateau: dict[str, Any] | None = None  # WarmupPlateauSchedule's keyword arguments
+    plateau: dict[str, Any] | None = None
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.plateau is not None:
             self.lr_scheduler = WarmupPlateauSchedule(optimizer or self.optimizer, **self.plateau)
             self._created_lr_scheduler = True
         return Trainer.create_scheduler(self, num_training_steps, optimizer)  # type: ignore[arg-type]
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        schedule = self.lr_scheduler
+        configured = list(getattr(schedule, "base_lrs", []))
+        Trainer._load_optimizer_and_scheduler(self, checkpoint)  # type: ignore[arg-type]
+        if checkpoint and isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            schedule.base_lrs = configured
+            rates = [base * f(schedule.last_epoch) for f, base in zip(schedule.lr_lambdas, configured, strict=True)]
+            for group, lr in zip(schedule.optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr
+            schedule._last_lr = rates
 
 
 class StepClock(TrainerCallback):
@@ -218,10 +233,18 @@ def shared_arguments(*, device: str, seed: int, report_to: list[str], bf16: bool
     }
 
 
-def setup_process(num_threads: int | None, seed: int) -> None:
-    """Torch CPU threads (null: torch's default) and the seed that model initialisation draws from."""
+def setup_process(device: str, num_threads: int | None, seed: int):
+    """Join the process group torchrun / accelerate launch set up (if any); set torch's CPU threads (null:
+    torch's default) and the seed model initialisation draws from. Returns accelerate's PartialState.
+
+    `cpu=True` matters: without it accelerate treats CPU processes as unrelated single runs, and every rank
+    would think it is the main one (two cache builds, two final models).
+    """
+    from accelerate import PartialState
     from transformers import set_seed
 
+    state = PartialState(cpu=device == "cpu")
     if num_threads:
         torch.set_num_threads(num_threads)
     set_seed(seed)
+    return state

@@ -13,7 +13,6 @@ import math
 from typing import Any
 
 import torch
-from accelerate import PartialState
 from transformers import TrainingArguments
 
 from common.checkpoints import SaveRunConfig, check_resume_settings, choose_checkpoint
@@ -136,8 +135,7 @@ def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedData, dict[str, Any]]:
     """Train on every rank; returns the trainer, the data and the final metrics (computed on every rank)."""
-    state = PartialState()  # joins the process group torchrun / accelerate launch set up, if any
-    setup_process(cfg.impl.num_threads, cfg.train.seed)
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:

@@ -20,7 +20,7 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
-from common.training import PlateauScheduleMixin, ThroughputMixin
+from common.training import ScheduleMixin, ThroughputMixin
 from pretrain.model import IGNORE_INDEX
 
 
@@ -36,7 +36,7 @@ class ShortBlockWarmup(TrainerCallback):
             model.sequence_length = self.size if state.global_step < self.steps else None
 
 
-class MLMTrainer(ThroughputMixin, PlateauScheduleMixin, Trainer):
+class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
     """`eval_sets`: {metric infix: pre-masked validation set}; "" is the primary set (`eval_loss` drives the
     plateau schedule and early stopping), e.g. {"": at the training masking, "bert15_": at BERT's}."""
 

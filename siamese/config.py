@@ -155,6 +155,26 @@ class ImplConfig:
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
 
 
+# What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
+RESUMABLE_KEYS = (
+    "train.learning_rate",
+    "train.warmup_steps",
+    "train.max_steps",
+    "train.plateau_factor",
+    "train.plateau_patience",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.logging_steps",
+    "train.max_train_minutes",
+    "data.eval_sources",
+    "data.eval_pairs",
+    "impl.",
+    "wandb.",
+    "output_dir",
+)
+
+
 @dataclass
 class SiameseConfig(RunConfig):
     run_name: str = "siamese"

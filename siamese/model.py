@@ -81,7 +81,16 @@ def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
     except (OSError, ValueError) as err:
         raise UserError(f"base model {cfg.base_model} could not be loaded: {str(err).splitlines()[0]}") from None
     _check_tokenizer(model, cfg.base_model)
+    freeze_pooler(model)
     return model
+
+
+def freeze_pooler(model: SentenceTransformer) -> None:
+    """BERT's pooler (a dense layer over [CLS]) is unused by mean pooling and gets no gradient; frozen, DDP
+    needs no `find_unused_parameters` for it, and the saved model still holds it as loaded."""
+    pooler = getattr(model[0].auto_model, "pooler", None)
+    if pooler is not None:
+        pooler.requires_grad_(False)
 
 
 def _check_tokenizer(model: SentenceTransformer, where: str) -> None:

@@ -7,38 +7,38 @@ Reads top to bottom: config → model + loss → streamed data → trainer → f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from common.atomic import atomic_dir
+from common.checkpoints import SaveRunConfig, check_resume_settings, choose_checkpoint
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
 from common.errors import UserError
-from common.tracking import resolve_mode, start_tracking
+from common.tracking import finish_run, trainer_report_to
+from common.training import (
+    PlateauStep,
+    StopOnNonFiniteLoss,
+    TimeBudget,
+    advise_on_out_of_memory,
+    setup_process,
+    shared_arguments,
+)
 from siamese import model as siamese_model
-from siamese.config import SiameseConfig
+from siamese.config import RESUMABLE_KEYS, SiameseConfig
 from siamese.encoder import save_head
 from siamese.nli_data import RowCounts, _Triplets, read_pairs, reading, source_name, train_stream
-from siamese.trainer import (
-    NLIAccuracyEvaluator,
-    PlateauWarmup,
-    SiameseTrainer,
-    TimeBudget,
-    refusing_unsafe_pickles,
-    resumable_checkpoint,
-)
+from siamese.trainer import NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
@@ -46,7 +46,7 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
 
 def training_arguments(cfg: SiameseConfig, checkpoints: Path, device: str, report_to: list[str]) -> Any:
     t, impl = cfg.train, cfg.impl
-    plateau = t.lr_scheduler == "reduce_lr_on_plateau"
+    plateau = t.lr_scheduler == "reduce_lr_on_plateau"  # then common.schedule's warmup → plateau replaces it
     evaluate = cfg.data.eval_pairs > 0
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
@@ -60,23 +60,16 @@ def training_arguments(cfg: SiameseConfig, checkpoints: Path, device: str, repor
         adam_beta1=t.adam_beta1,
         adam_beta2=t.adam_beta2,
         max_grad_norm=t.max_grad_norm,
-        # The built-in plateau scheduler ignores warmup; PlateauWarmup supplies it instead.
         warmup_steps=0 if plateau else t.warmup_step_count(),
-        lr_scheduler_type=t.lr_scheduler,
-        lr_scheduler_kwargs={"factor": t.plateau_factor, "patience": t.plateau_patience} if plateau else {},
+        lr_scheduler_type="constant" if plateau else t.lr_scheduler,
         eval_strategy="steps" if evaluate else "no",
         eval_steps=t.eval_steps,
-        save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         logging_steps=t.logging_steps,
-        logging_first_step=True,
-        seed=t.seed,
-        bf16=impl.bf16 and device == "cuda",
-        use_cpu=device == "cpu",
         dataloader_num_workers=impl.dataloader_num_workers,
         dataloader_pin_memory=impl.dataloader_pin_memory and device == "cuda",
-        report_to=report_to,
+        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=impl.bf16),
     )
 
 
@@ -97,26 +90,41 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
 
 
 def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None) -> Path:
-    """Train and write `outputs/<run_name>/model/`; `pairs` replaces the configured sources (tests)."""
+    """Train on every rank and write `outputs/<run_name>/model/` (main process); `pairs` replaces the
+    configured sources (tests)."""
     started = time.time()
+    trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
+    metrics["wall_time_s"] = time.time() - started
+    model_dir = cfg.run_dir / "model"
+    if trainer.is_world_process_zero():
+        save_final(cfg, trainer.model, trainer.classifier, metrics, counts, cfg.run_dir)
+        finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        log.info("done in %.0f s: %s", time.time() - started, model_dir)
+    trainer.accelerator.wait_for_everyone()
+    return model_dir
+
+
+def run(
+    cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None
+) -> tuple[SiameseTrainer, RowCounts, dict[str, Any]]:
+    """Fine-tune on every rank; returns the trainer, the row counts and the final metrics.
+
+    Under several processes each rank reads the same seeded stream and accelerate keeps every N-th
+    batch-sized slice of it for that rank (no batch dispatch, so per-batch padding stays per rank).
+    """
+    # The seed makes the head's initialisation the same on every rank.
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
     run_dir = cfg.run_dir
-    checkpoints = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
-    if last and not resume:
-        raise UserError(
-            f"{checkpoints} already holds {Path(last).name}: pass --resume to continue it, "
-            f"or remove {run_dir} (or pick another run_name) to start over"
-        )
-    if resume and last:
-        last = resumable_checkpoint(checkpoints)  # skips (and removes) one a kill left half-written
-    if resume and not last:
-        log.warning("--resume: no checkpoint under %s yet; starting from the beginning", checkpoints)
+    checkpoint = choose_checkpoint(run_dir, resume, is_main=state.is_main_process)
+    state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+    if checkpoint:
+        check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
 
     # Data first: an unreachable or malformed source fails before any time goes into loading a model.
     counts = RowCounts()
     train = train_stream(
         cfg.data,
-        cfg.train.batch_size,
+        cfg.train.batch_size * state.num_processes,  # length buckets of the global batch, then split by rank
         cfg.impl.length_bucket_batches,
         cfg.train.seed,
         counts,
@@ -125,9 +133,6 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     )
     eval_pairs, eval_set = eval_data(cfg, counts)
     device = resolve_device(cfg.impl.device)
-    if cfg.impl.num_threads is not None:
-        torch.set_num_threads(cfg.impl.num_threads)
-    torch.manual_seed(cfg.train.seed)  # the head's initialisation must be the same for resumed runs
     model = siamese_model.build_model(cfg.model, cfg.impl)
     loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
     classifier = siamese_model.loss_classifier(loss)
@@ -137,20 +142,16 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     with reading(where):
         first = next(iter(train.take(1)))
     log.info("first training row: %s", first)
-    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
+    report_to = trainer_report_to(cfg.wandb, run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
+    args = training_arguments(cfg, run_dir / "checkpoints", device, report_to)
+    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * args.world_size
     log.info(
-        "%d steps × %d pairs = %d pairs (the stream cycles if shorter)",
-        cfg.train.max_steps,
-        per_step,
-        cfg.train.max_steps * per_step,
+        "%d steps × %d pairs (all ranks) = %d pairs", cfg.train.max_steps, per_step, cfg.train.max_steps * per_step
     )
 
-    tracking = resolve_mode(cfg.wandb.mode) != "disabled"
-    tracker = start_tracking(cfg.wandb, run_dir, to_dict(cfg), job_type="siamese") if tracking else None
-    args = training_arguments(cfg, checkpoints, device, ["wandb"] if tracker and tracker.active else [])
-    callbacks = []
+    callbacks: list = [StopOnNonFiniteLoss(), SaveRunConfig(to_dict(cfg))]
     if cfg.train.lr_scheduler == "reduce_lr_on_plateau":
-        callbacks.append(PlateauWarmup(cfg.train.warmup_step_count(), cfg.train.learning_rate))
+        callbacks.append(PlateauStep())
     if cfg.train.max_train_minutes is not None:
         callbacks.append(TimeBudget(cfg.train.max_train_minutes))
     evaluator = None
@@ -165,50 +166,46 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
         evaluator=evaluator,
         callbacks=callbacks,
         classifier=classifier,
-        stop_on_nonfinite=cfg.impl.stop_on_nonfinite_loss,
     )
-    checkpoint = last if resume else None
-    with reading(where), advise_on_out_of_memory(cfg), refusing_unsafe_pickles(checkpoint):
+    if cfg.train.lr_scheduler == "reduce_lr_on_plateau":
+        trainer.plateau = {
+            "warmup_steps": cfg.train.warmup_step_count(),
+            "factor": cfg.train.plateau_factor,
+            "patience": cfg.train.plateau_patience,
+            "threshold": 1.0e-3,
+            "min_lr": 0.0,
+        }
+    trainer.units_per_step, trainer.throughput_unit = per_step, "pairs"
+    t = cfg.train
+    with (
+        reading(where),
+        advise_on_out_of_memory("train.batch_size", t.batch_size, t.gradient_accumulation_steps, "pairs"),
+        refusing_unsafe_pickles(checkpoint),
+    ):
         result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = final_metrics(trainer, result, evaluator, per_step)
+    return trainer, counts, metrics
 
-    wall = time.time() - started
+
+def final_metrics(trainer: SiameseTrainer, result, evaluator, per_step: int) -> dict[str, Any]:
+    """Loss, steps, pairs/s over all ranks, and the held-out NLI accuracy at the last step."""
+    pairs_per_s = [h["pairs_per_s"] for h in trainer.state.log_history if "pairs_per_s" in h]
     metrics = {
         "train_loss": result.training_loss,
         "global_step": trainer.state.global_step,
         "pairs_seen": trainer.state.global_step * per_step,
         "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_pairs_per_s": trainer.state.global_step * per_step / max(result.metrics.get("train_runtime", 0), 1e-9),
-        "wall_time_s": wall,
+        "train_pairs_per_s": sorted(pairs_per_s)[len(pairs_per_s) // 2] if pairs_per_s else None,
+        "processes": trainer.args.world_size,
     }
     if evaluator is not None:
         evals = [e for e in trainer.state.log_history if "eval_mnli-dev_accuracy" in e]
         if evals and evals[-1].get("step") == trainer.state.global_step:
             last_eval = evals[-1]
         else:
-            with advise_on_out_of_memory(cfg):
-                last_eval = trainer.evaluate()
+            last_eval = trainer.evaluate()
         metrics |= {k: v for k, v in last_eval.items() if k.startswith("eval_")}
-    metrics = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-    model_dir = save_final(cfg, model, classifier, metrics, counts, run_dir)
-    if tracker is not None:
-        tracker.summary({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        tracker.finish()
-    log.info("done in %.0f s: %s", time.time() - started, model_dir)
-    return model_dir
-
-
-@contextlib.contextmanager
-def advise_on_out_of_memory(cfg: SiameseConfig) -> Iterator[None]:
-    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the pairs per step."""
-    t = cfg.train
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise UserError(
-            f"CUDA out of memory at train.batch_size={t.batch_size}: lower it and raise "
-            f"train.gradient_accumulation_steps (now {t.gradient_accumulation_steps}) to keep "
-            f"{t.batch_size * t.gradient_accumulation_steps} pairs per step"
-        ) from None
+    return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 def save_final(cfg: SiameseConfig, model, classifier, metrics: dict, counts: RowCounts, run_dir: Path) -> Path:

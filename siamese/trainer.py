@@ -1,40 +1,38 @@
-"""What the Siamese stage adds to SentenceTransformerTrainer: the NLI head in every checkpoint, a stop on
-NaN/inf loss, warmup in front of ReduceLROnPlateau, NLI accuracy during training, and a resume that
-skips a half-written checkpoint and refuses one holding more than tensors in one line."""
+"""What the Siamese stage adds to SentenceTransformerTrainer, on top of the stack both stages share
+(common/training.py): the NLI head in every checkpoint and kept in step across ranks, NLI accuracy
+during training, and a resume that refuses a checkpoint holding more than tensors in one line."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pickle
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
 from common.errors import UserError
+from common.training import ScheduleMixin, ThroughputMixin
 from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(UserError):
-    """The training loss became NaN or infinite; nothing was saved after the last good checkpoint."""
+class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer):
+    """`classifier`: the loss's NLI head (None for ranking-only objectives)."""
 
-
-class SiameseTrainer(SentenceTransformerTrainer):
-    def __init__(self, *args, classifier: torch.nn.Linear | None = None, stop_on_nonfinite: bool = True, **kwargs):
+    def __init__(self, *args, classifier: torch.nn.Linear | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.classifier = classifier
-        self.stop_on_nonfinite = stop_on_nonfinite
+        if classifier is not None:
+            self.add_callback(AverageHeadGradients(classifier))
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # Checkpoints and the final model alike: sentence-transformers saves the encoder, not the loss's head.
@@ -53,35 +51,24 @@ class SiameseTrainer(SentenceTransformerTrainer):
         self.classifier.load_state_dict(load_file(str(head_file), device=str(device)))
         log.info("restored the NLI head from %s", head_file)
 
-    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss = result[0] if isinstance(result, tuple) else result
-        if self.stop_on_nonfinite and model.training and not bool(torch.isfinite(loss.detach()).all()):
-            # Raised before backward/step/save: the newest checkpoint on disk is the last good state.
-            ckpts = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            last = str(ckpts[-1]) if ckpts else "none yet"
-            raise NonFiniteLossError(
-                f"training loss became {loss.item()} at step {self.state.global_step + 1}; stopped without saving. "
-                f"Last good checkpoint: {last}. Lower train.learning_rate or check the data, then rerun with --resume"
-            )
-        return result
 
+class AverageHeadGradients(TrainerCallback):
+    """Average the NLI head's gradients over all ranks before each optimizer step.
 
-def resumable_checkpoint(checkpoints: Path) -> str | None:
-    """The newest complete checkpoint under `checkpoints`; newer ones a kill left half-written are removed.
-
-    The Trainer writes a checkpoint folder in place, trainer_state.json last: a folder whose state is
-    missing or unreadable was cut short, and resuming from it would fail on its first missing file.
+    SoftmaxLoss's classifier lives in the loss, outside the module DDP wraps, so DDP never averages its
+    gradients: without this, every rank's head would drift apart (each trained on its own pairs only).
     """
-    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name[len("checkpoint-") :].isdigit()]
-    for path in sorted(found, key=lambda p: int(p.name[len("checkpoint-") :]), reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-            return str(path)
-        except (FileNotFoundError, ValueError):
-            log.warning("%s was not written completely (killed while saving?): removing it", path)
-            shutil.rmtree(path)
-    return None
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        self.classifier = classifier
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        for param in self.classifier.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
+                param.grad /= dist.get_world_size()
 
 
 @contextlib.contextmanager
@@ -98,39 +85,6 @@ def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
             f"{checkpoint}: a file there holds something that is not a plain tensor ({detail}); it was not "
             "unpickled, as that could run code. Remove this checkpoint to resume from an earlier one"
         ) from None
-
-
-class PlateauWarmup(TrainerCallback):
-    """Linear warmup in front of ReduceLROnPlateau, which applies none of its own (see NOTES.md)."""
-
-    def __init__(self, warmup_steps: int, learning_rate: float) -> None:
-        self.warmup_steps, self.learning_rate = warmup_steps, learning_rate
-
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        if optimizer is not None and state.global_step < self.warmup_steps:
-            for group in optimizer.param_groups:
-                group["lr"] = self.learning_rate * (state.global_step + 1) / self.warmup_steps
-
-
-class TimeBudget(TrainerCallback):
-    """Stop and save once the training time budget is spent, so a run on a busy machine still ends on time."""
-
-    def __init__(self, minutes: float) -> None:
-        self.seconds = minutes * 60
-        self.started = time.monotonic()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.started = time.monotonic()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self.started > self.seconds and not control.should_training_stop:
-            log.warning(
-                "time budget of %.1f min spent at step %d: stopping early", self.seconds / 60, state.global_step
-            )
-            control.should_training_stop = True
-            control.should_save = True
-            control.should_evaluate = args.eval_strategy != "no"
-        return control
 
 
 class NLIAccuracyEvaluator(SentenceEvaluator):

@@ -34,3 +34,10 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    from tests.siamese.conftest import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-distributed"), data_dir)

@@ -41,7 +41,11 @@ def tiny_data(cache_dir: Path, data_dir: Path):
     """The packed debug corpus (300 IMDB reviews, vocabulary 1,024), prepared once per session."""
     from pretrain.blocks import prepare_data
 
-    overrides = [f"data.cache_dir={cache_dir}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz", "data.max_documents=300"]
+    overrides = [
+        f"data.cache_dir={cache_dir}",
+        f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
+        "data.max_documents=300",
+    ]
     return prepare_data(load_config(PretrainConfig, DEBUG_CONFIG, overrides))
 
 

@@ -10,7 +10,6 @@ import torch
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForMaskedLM, pipeline
 
-from pretrain.blocks import prepare_data
 from pretrain.config import PretrainConfig
 from pretrain.export import export_model
 from pretrain.masking import BlockMasker, MaskedBlocks

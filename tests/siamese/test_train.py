@@ -81,7 +81,7 @@ def test_nan_loss_stops_with_a_clear_message(repo_root, tiny_bert, tmp_path, mon
         return loss * torch.nan if self.state.global_step >= 2 else loss
 
     monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", poisoned)
-    with pytest.raises(UserError, match=r"loss became nan at step 3.*checkpoint-2"):
+    with pytest.raises(UserError, match=r"loss became nan by step 4.*checkpoint-2"):
         main(debug_args(repo_root, tiny_bert, tmp_path, "data.eval_pairs=0"))
     assert not (tmp_path / "siamese-debug" / "model").exists()
     assert not (tmp_path / "siamese-debug" / "checkpoints" / "checkpoint-4").exists()

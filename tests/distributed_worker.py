@@ -1,0 +1,51 @@
+"""One rank of a two-process test: run a stage's real entry point under torchrun, then save this rank's
+parameters (the encoder and, for the siamese stage, the NLI head) so the test can compare the ranks.
+
+`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py STAGE OUT -- ARGV`
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def main() -> None:
+    stage, out, _, *argv = sys.argv[1:]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file by torchrun
+    import importlib
+
+    from common.cli import setup_logging
+
+    setup_logging()
+    trainers = []
+    module = importlib.import_module(f"{stage}.train")
+    real_run = module.run
+
+    def spy(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        trainers.append(result[0])
+        return result
+
+    module.run = spy
+    entry = importlib.import_module(f"{stage}.__main__" if stage == "pretrain" else "siamese.train")
+    entry.main(argv)
+    trainer = trainers[0]
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    head = getattr(trainer, "classifier", None)
+    if head is not None:
+        tensors |= {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    save_file(_untied(tensors), str(Path(out) / f"rank{rank}.safetensors"))
+
+
+def _untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): copy them apart."""
+    return {k: v.clone() for k, v in tensors.items()}
+
+
+if __name__ == "__main__":
+    main()
