@@ -30,7 +30,7 @@ from common.tracking import resolve_mode, start_tracking
 from siamese import model as siamese_model
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
-from siamese.nli_data import RowCounts, _Triplets, read_pairs, reading, source_name, train_stream
+from siamese.nli_data import RowCounts, _Triplets, preview_row, read_pairs, reading, source_name, train_stream
 from siamese.trainer import (
     NLIAccuracyEvaluator,
     PlateauWarmup,
@@ -134,9 +134,7 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
 
     where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
-    with reading(where):
-        first = next(iter(train.take(1)))
-    log.info("first training row: %s", first)
+    log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps
     log.info(
         "%d steps × %d pairs = %d pairs (the stream cycles if shorter)",
