@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from common.cli import run_cli
 from siamese.train import main
 
 pytestmark = pytest.mark.slow
@@ -31,3 +32,14 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
     model_dir = main(run_args(repo_root, tiny_bert, tmp_path, source, *one_pass))  # 56 labelled pairs = 7 steps of 8
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
+
+
+# Issue 15, item 3: refused before any training, in one line naming the key and the model's limit.
+def test_max_seq_length_past_the_base_models_positions_is_refused_before_training(
+    repo_root, short_bert, tmp_path, capsys
+):
+    argv = run_args(repo_root, short_bert, tmp_path, "model.max_seq_length=64")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "model.max_seq_length=64" in err and "32 position" in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
