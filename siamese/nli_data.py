@@ -20,6 +20,7 @@ from datasets import Features, IterableDataset, Json, Value
 
 from common.errors import DataError
 from common.sources import json_value, load_source, reading
+from common.text import has_visible_content
 from siamese.config import DataConfig, SourceConfig
 from siamese.encoder import LABELS
 
@@ -75,6 +76,15 @@ class RowCounts:
             out["triplets"] = {"triplets": t["kept"], "premises_without_partner": t["dropped_empty_text"]}
         return out
 
+    def snapshot(self) -> dict[str, list[int]]:
+        return {name: list(arr) for name, arr in self._arrays.items()}
+
+    def restore(self, snapshot: dict[str, list[int]]) -> None:
+        """Counters back to `snapshot`; ones created since then back to zero."""
+        for name, arr in self._arrays.items():
+            with arr.get_lock():
+                arr[:] = snapshot.get(name, [0] * len(_COUNT_KEYS))
+
     def total(self, key: str) -> int:
         return sum(arr[_COUNT_KEYS.index(key)] for name, arr in self._arrays.items() if name != "triplets")
 
@@ -84,53 +94,72 @@ def source_name(source: SourceConfig) -> str:
     return ":".join(parts)
 
 
-def _resolve_columns(columns: list[str], where: str) -> dict[str, str]:
+def _resolve_columns(columns: list[str], where: str, optional: tuple[str, ...] = ()) -> dict[str, str | None]:
     lower = {c.lower(): c for c in columns}
-    found = {}
+    found: dict[str, str | None] = {}
     for role, names in _ALIASES.items():
         match = next((lower[n] for n in names if n in lower), None)
-        if match is None:
+        if match is None and role not in optional:
             raise DataError(f"{where}: no '{role}' column (looked for {', '.join(names)}; found {', '.join(columns)})")
         found[role] = match
     return found
 
 
 class _CleanPairs:
-    """Batched map: rename columns, map labels, drop and count rows without a label or with empty text."""
+    """Batched map: rename columns, map labels, drop and count rows without a label or with empty text.
 
-    def __init__(self, columns: dict[str, str], where: str, counts: Any, json_labels: bool = False) -> None:
-        self.columns, self.where, self.counts, self.json_labels = columns, where, counts, json_labels
+    Empty means no visible character (`common.text.has_visible_content`), not only whitespace. With
+    `keep_unlabelled`, rows without a gold label stay in the stream with label -1 (still counted as
+    dropped_no_label, never as kept); a missing label column then means no row has one.
+    """
+
+    def __init__(
+        self, columns: dict[str, str | None], where: str, counts: Any, json_labels: bool, keep_unlabelled: bool
+    ) -> None:
+        self.columns, self.where, self.counts = columns, where, counts
+        self.json_labels, self.keep_unlabelled = json_labels, keep_unlabelled
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
         premises, hypotheses = batch[self.columns["premise"]], batch[self.columns["hypothesis"]]
-        labels = batch[self.columns["label"]]
+        label_column = self.columns["label"]
+        labels = batch[label_column] if label_column is not None else [None] * len(premises)
         if self.json_labels:  # a JSON file's label column as raw JSON text: 0 and "0" alike, "-" as "-"
             labels = [json_value(y) for y in labels]
         with self.counts.get_lock():
             first_row = self.counts[0]
-            no_label = empty = 0
+            kept = no_label = empty = 0
             for i, (p, h, y) in enumerate(zip(premises, hypotheses, labels, strict=True)):
                 label = label_id(y, f"{self.where}: row {first_row + i + 1}")
-                p = p.strip() if isinstance(p, str) else ""
-                h = h.strip() if isinstance(h, str) else ""
                 if label < 0:
                     no_label += 1
-                elif not p or not h:
-                    empty += 1
-                else:
-                    out["premise"].append(p)
-                    out["hypothesis"].append(h)
-                    out["label"].append(label)
+                    if not self.keep_unlabelled:
+                        continue
+                if not (has_visible_content(p) and has_visible_content(h)):
+                    if label >= 0:  # an unlabelled row is counted once, as dropped_no_label
+                        empty += 1
+                    continue
+                out["premise"].append(p.strip())
+                out["hypothesis"].append(h.strip())
+                out["label"].append(label)
+                if label >= 0:
+                    kept += 1
             self.counts[0] += len(labels)
-            self.counts[1] += len(out["label"])
+            self.counts[1] += kept
             self.counts[2] += no_label
             self.counts[3] += empty
         return out
 
 
-def clean_pairs(raw: IterableDataset, where: str, counts: RowCounts) -> IterableDataset:
-    """Any NLI-shaped stream → premise/hypothesis/label rows (0/1/2 only), counting what was dropped."""
+def clean_pairs(
+    raw: IterableDataset, where: str, counts: RowCounts, *, keep_unlabelled: bool = False
+) -> IterableDataset:
+    """Any NLI-shaped stream → premise/hypothesis/label rows (0/1/2; -1 too with `keep_unlabelled`).
+
+    Rows without a gold label or without visible text are dropped (or, unlabelled, kept with -1) and
+    counted in `counts` under `where`. Raises DataError for missing columns, and while streaming for an
+    unmappable label (naming the row).
+    """
     columns = raw.column_names
     if columns is None:  # json streams learn their columns from the first row
         try:
@@ -138,12 +167,12 @@ def clean_pairs(raw: IterableDataset, where: str, counts: RowCounts) -> Iterable
                 columns = list(next(iter(raw)).keys())
         except StopIteration:
             raise DataError(f"{where}: holds no rows") from None
-    mapping = _resolve_columns(list(columns), where)
-    json_labels = isinstance((raw.features or {}).get(mapping["label"]), Json)
+    mapping = _resolve_columns(list(columns), where, optional=("label",) if keep_unlabelled else ())
+    json_labels = mapping["label"] is not None and isinstance((raw.features or {}).get(mapping["label"]), Json)
     if json_labels:  # never let datasets decode it: its lenient parser reads the string "-" as 0
         raw = raw.cast_column(mapping["label"], Json(decode=False))
     return raw.map(
-        _CleanPairs(mapping, where, counts.array(where), json_labels),
+        _CleanPairs(mapping, where, counts.array(where), json_labels, keep_unlabelled),
         batched=True,
         batch_size=256,
         remove_columns=list(columns),
@@ -151,17 +180,43 @@ def clean_pairs(raw: IterableDataset, where: str, counts: RowCounts) -> Iterable
     )
 
 
-def open_pairs(source: SourceConfig, counts: RowCounts) -> IterableDataset:
+TRAIN_HINT = "${BERT_DATA_DIR}/mnli/train.jsonl.gz"
+
+
+def open_pairs(
+    source: SourceConfig, counts: RowCounts, *, local_hint: str = TRAIN_HINT, keep_unlabelled: bool = False
+) -> IterableDataset:
+    """The one reader of NLI rows: `source` streamed and cleaned by `clean_pairs`.
+
+    Raises DataError (one line) for a missing or malformed file, or a Hub source while the Hub is
+    unreachable (naming `local_hint`, the local file to use instead).
+    """
     raw = load_source(
         source.path,
         split=source.split,
         config_name=source.config_name,
         revision=source.revision,
         streaming=True,
-        local_hint="${BERT_DATA_DIR}/mnli/train.jsonl.gz",
+        local_hint=local_hint,
         json_columns=_ALIASES["label"],  # ints, label names and "-" may share one column
     )
-    return clean_pairs(raw, source_name(source), counts)
+    return clean_pairs(raw, source_name(source), counts, keep_unlabelled=keep_unlabelled)
+
+
+def preview_row(stream: IterableDataset, counts: RowCounts, where: str) -> dict[str, Any]:
+    """The stream's first row, for the log, leaving `counts` as they were.
+
+    Reading a lazy stream runs its cleaning map, which counts rows; the training pass then reads them
+    again, so without the restore every previewed row would be counted twice in run_info.json.
+    """
+    before = counts.snapshot()
+    try:
+        with reading(where):
+            return next(iter(stream.take(1)))
+    except StopIteration:
+        raise DataError(f"{where}: no labelled pairs with text to train on") from None
+    finally:
+        counts.restore(before)
 
 
 class _LengthBuckets:
@@ -270,9 +325,14 @@ def train_stream(
     return bucket_by_length(ds, batch_size, bucket_batches)
 
 
-def read_pairs(source: SourceConfig, limit: int | None, counts: RowCounts | None = None) -> dict[str, list]:
-    """A small evaluation set as lists (dev sets are ~10k pairs): the first `limit` clean pairs."""
-    ds = open_pairs(source, counts or RowCounts())
+def read_pairs(
+    source: SourceConfig, limit: int | None, counts: RowCounts | None = None, *, local_hint: str = TRAIN_HINT
+) -> dict[str, list]:
+    """A small evaluation set as lists (dev sets are ~10k pairs): the first `limit` clean pairs.
+
+    Raises DataError when the source gives no labelled pair, or as `open_pairs` does.
+    """
+    ds = open_pairs(source, counts or RowCounts(), local_hint=local_hint)
     if limit is not None:
         ds = ds.take(limit)
     out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}

@@ -37,7 +37,7 @@ from common.training import (
 from siamese import model as siamese_model
 from siamese.config import RESUMABLE_KEYS, SiameseConfig
 from siamese.encoder import save_head
-from siamese.nli_data import RowCounts, _Triplets, read_pairs, reading, source_name, train_stream
+from siamese.nli_data import RowCounts, _Triplets, preview_row, read_pairs, reading, source_name, train_stream
 from siamese.trainer import NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,7 @@ def run(
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
 
     where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
-    with reading(where):
-        first = next(iter(train.take(1)))
-    log.info("first training row: %s", first)
+    log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
     report_to = trainer_report_to(cfg.wandb, run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
     args = training_arguments(cfg, run_dir / "checkpoints", device, report_to)
     per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * args.world_size

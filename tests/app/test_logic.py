@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload
-from app.examples import LOCAL_DEFAULT, example_sources, first_available, load_examples
+from app.examples import LOCAL_DEFAULT, Example, example_sources, first_available, load_examples
 from app.models import discover_models, model_choices, model_label, read_model_card, requested_model
 from app.predict import EmptyInput, PairResult, predict_pair, predict_table
 from common.errors import DataError, UserError
@@ -166,3 +166,60 @@ def test_cpu_threads_default_and_validation():
     for bad in ("0", "-1", "two", ""):
         with pytest.raises(UserError, match="APP_TORCH_THREADS"):
             cpu_threads({"APP_TORCH_THREADS": bad})
+
+
+# Issue 15, item 2: the picker reads NLI rows through the training reader, so "-" is "no gold label" there too.
+def test_example_without_a_gold_label_shows_none(tmp_path):
+    path = tmp_path / "dev.jsonl"
+    labels = [0, 2, "-", 1]
+    path.write_text(
+        "".join(json.dumps({"premise": f"Premise {i}.", "hypothesis": f"Hypothesis {i}.", "label": y}) + "\n"
+                for i, y in enumerate(labels)),
+        encoding="utf-8",
+    )  # fmt: skip
+    examples = load_examples(str(path))
+    assert [e.gold for e in examples] == ["entailment", "contradiction", None, "neutral"]
+    assert [e.premise for e in examples] == [f"Premise {i}." for i in range(4)]
+    unlabelled = tmp_path / "pairs.jsonl"  # no label column at all: pairs to try, none with a gold label
+    unlabelled.write_text(json.dumps({"sentence1": "A.", "sentence2": "B."}) + "\n", encoding="utf-8")
+    assert load_examples(str(unlabelled)) == [Example("A.", "B.", None)]
+
+
+def test_examples_from_a_tsv_are_verbatim_and_skip_blank_text(tmp_path):
+    path = tmp_path / "dev.tsv"
+    path.write_text(
+        'sentence1\tsentence2\tgold_label\n"Stop," said the guard.\tHe spoke.\tentailment\n'
+        "\u200b\u200b\tNothing to read.\tneutral\nA man walks.\tA man is outside.\tcontradiction\n",
+        encoding="utf-8",
+    )
+    examples = load_examples(str(path))
+    assert [(e.premise, e.gold) for e in examples] == [('"Stop," said the guard.', "entailment"),
+                                                       ("A man walks.", "contradiction")]  # fmt: skip
+
+
+def test_examples_with_an_unknown_label_are_a_one_line_problem(tmp_path):
+    path = tmp_path / "dev.jsonl"
+    path.write_text(json.dumps({"premise": "A.", "hypothesis": "B.", "label": 7}) + "\n", encoding="utf-8")
+    examples, problems = first_available([str(path)])
+    assert examples == [] and "label 7" in problems[0] and "\n" not in problems[0]
+
+
+# Issue 15, item 4: the app's Hub example source fails in seconds too, naming the local file.
+def test_hub_examples_with_an_unreachable_hub_fail_in_seconds(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
+    started = time.monotonic()
+    examples, problems = first_available(["nyu-mll/glue"])
+    assert time.monotonic() - started < 5
+    assert examples == [] and "unreachable" in problems[0] and "mnli/validation_matched.jsonl.gz" in problems[0]
+
+
+# Issue 15, item 5: text with no visible character is empty text, in the pair and the batch path alike.
+@pytest.mark.parametrize("blank", ["\u200b\u200b", "\x00\x01", "\ufeff\u2060 "])
+def test_invisible_text_gets_no_prediction(tiny_encoder, blank):
+    assert predict_pair(tiny_encoder, blank, "Someone eats.") == EmptyInput(("premise",))
+    assert predict_pair(tiny_encoder, "A man eats.", blank) == EmptyInput(("hypothesis",))
+    table = predict_table(tiny_encoder, [blank, "A man eats."], ["x", "Someone eats."])
+    assert np.isnan(table.loc[0, "cosine"]) and table.loc[0, "label"] == ""
+    assert table.loc[1, "label"] in LABELS

@@ -40,7 +40,10 @@ def test_pair_shows_label_probabilities_and_cosine(app):
     assert shown["MNLI dev matched accuracy"] == "41.0%"  # model card from report.json
 
 
-@pytest.mark.parametrize(("premise", "hypothesis"), [("", "Someone eats."), ("A man eats.", " \t\n ")])
+@pytest.mark.parametrize(
+    ("premise", "hypothesis"),
+    [("", "Someone eats."), ("A man eats.", " \t\n "), ("\u200b\u200b", "Someone eats."), ("A man eats.", "\x00\x01")],
+)
 def test_empty_or_whitespace_input_warns_and_predicts_nothing(app, premise, hypothesis):
     submit(app, premise, hypothesis)
     assert not app.exception

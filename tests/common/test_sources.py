@@ -52,3 +52,71 @@ def test_hub_id_offline_fails_fast_naming_the_local_alternative(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="unreachable.*local.jsonl.gz"):
         load_source("someone/some-dataset", local_hint="local.jsonl.gz")
+
+
+# Issue 15, item 1, for every reader (the pretraining corpus reads through load_source too).
+@pytest.mark.parametrize("streaming", [True, False])
+@pytest.mark.parametrize("suffix", [".tsv", ".tsv.gz", ".tsv.bz2"])
+def test_tsv_cells_are_read_verbatim_as_text(tmp_path, suffix, streaming):
+    import bz2
+
+    texts = ['"Stop," said the guard.', '"Unclosed quote', "NA", "007", "null", "#hash", "a\\b"]
+    data = ("text\tid\n" + "".join(f"{t}\t{i:03d}\n" for i, t in enumerate(texts))).encode("utf-8")
+    data = gzip.compress(data) if suffix.endswith(".gz") else bz2.compress(data) if suffix.endswith(".bz2") else data
+    path = write(tmp_path / f"docs{suffix}", data)
+    rows = list(load_source(path, streaming=streaming))
+    assert [row["text"] for row in rows] == texts
+    assert [row["id"] for row in rows] == [f"{i:03d}" for i in range(len(texts))]  # never re-typed as numbers
+
+
+def test_quoted_csv_is_parsed_and_its_text_kept(tmp_path):
+    path = write(tmp_path / "docs.csv", b'\xef\xbb\xbftext,n\n"A ""quoted"" word, and a comma",1\nNA,2\n"",3\n')
+    assert [row["text"] for row in load_source(path, streaming=True)] == ['A "quoted" word, and a comma', "NA", ""]
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_csv_with_a_stray_quote_is_a_one_line_error(tmp_path, streaming):
+    path = write(tmp_path / "docs.csv", b'text,n\n"Stop," said the guard.,1\nA man walks.,2\n')
+    with pytest.raises(DataError) as err:
+        with reading(path):
+            list(load_source(path, streaming=streaming))
+    assert path in str(err.value) and "\n" not in str(err.value)
+
+
+def test_csv_and_tsv_files_in_one_source_are_refused(tmp_path):
+    write(tmp_path / "a.csv", b"text\nx\n")
+    write(tmp_path / "b.tsv", b"text\ny\n")
+    with pytest.raises(DataError, match="mixes"):
+        load_source(str(tmp_path), streaming=True)
+
+
+# Issue 15, item 4: the reachability check itself is bounded, even when name resolution hangs.
+def test_reachability_check_is_bounded_when_name_resolution_hangs(monkeypatch):
+    import socket
+    import time
+
+    from common.sources import hub_reachable
+
+    def hanging_dns(*args, **kwargs):
+        time.sleep(20)
+        raise socket.gaierror("no network")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.hanging-dns.test")
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_dns)
+    started = time.monotonic()
+    assert hub_reachable(timeout=1.0) is False
+    assert time.monotonic() - started < 3
+
+
+def test_hub_dataset_with_an_unreachable_endpoint_fails_in_seconds(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
+    started = time.monotonic()
+    with pytest.raises(DataError, match="unreachable.*local.jsonl.gz"):
+        load_source("someone/some-dataset", local_hint="local.jsonl.gz")
+    assert time.monotonic() - started < 5

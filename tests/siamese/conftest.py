@@ -19,6 +19,7 @@ def make_tiny_bert(
     ffn: int = 128,
     lines: int = 400,
     vocab_size: int = 1000,
+    positions: int = 512,
     seed: int = 0,
 ) -> Path:
     """A randomly initialised BertModel + a WordPiece tokenizer trained on `lines` MNLI pairs, saved together."""
@@ -43,7 +44,7 @@ def make_tiny_bert(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=ffn,
-        max_position_embeddings=512,
+        max_position_embeddings=positions,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     BertModel(config).save_pretrained(out_dir)
@@ -54,3 +55,9 @@ def make_tiny_bert(
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def short_bert(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """The tiny BERT with only 32 position embeddings: inputs longer than that cannot be embedded."""
+    return make_tiny_bert(tmp_path_factory.mktemp("short-bert"), data_dir, positions=32)

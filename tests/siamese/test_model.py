@@ -120,3 +120,96 @@ def test_merged_pair_forward_is_speed_only(model, name):
         b = merged([dict(f) for f in features], torch.tensor(labels))
     a, b = (sum(x.values()) if isinstance(x, dict) else x for x in (a, b))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# Issue 15, item 3: a value that cannot work is refused when the model is built, in one line naming the key.
+def test_max_seq_length_past_the_position_embeddings_is_refused(short_bert, tmp_path):
+    with pytest.raises(UserError, match=r"model\.max_seq_length=64 .*32 position") as err:
+        build_model(ModelConfig(base_model=str(short_bert), max_seq_length=64), ImplConfig(device="cpu"))
+    assert "\n" not in str(err.value)
+    fits = build_model(ModelConfig(base_model=str(short_bert), max_seq_length=32), ImplConfig(device="cpu"))
+    fits.save(str(tmp_path))  # a SentenceTransformer folder is checked the same way
+    with pytest.raises(UserError, match=r"model\.max_seq_length=48 .*32 position"):
+        build_model(ModelConfig(base_model=str(tmp_path), max_seq_length=48), ImplConfig(device="cpu"))
+
+
+def test_tokenizer_larger_than_the_embedding_table_is_refused(tiny_bert, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.add_tokens([f"newtoken{i}" for i in range(5)])
+    tokenizer.save_pretrained(base)
+    with pytest.raises(UserError, match=r"tokenizer has \d+ tokens but the model embeds only \d+") as err:
+        build_model(ModelConfig(base_model=str(base), max_seq_length=32), ImplConfig(device="cpu"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def distilbert(tiny_bert, tmp_path_factory):
+    """A tiny DistilBERT: its config names dropout `dropout` and `attention_dropout`, not BERT's fields."""
+    from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
+
+    out = tmp_path_factory.mktemp("distilbert")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    config = DistilBertConfig(vocab_size=len(tokenizer), dim=64, n_layers=1, n_heads=2, hidden_dim=128)
+    DistilBertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_dropout_override_the_base_model_does_not_have_is_refused(distilbert):
+    cfg = ModelConfig(base_model=str(distilbert), max_seq_length=32, hidden_dropout_prob=0.2)
+    with pytest.raises(UserError, match=r"model\.hidden_dropout_prob.*distilbert.*no hidden_dropout_prob") as err:
+        build_model(cfg, ImplConfig(device="cpu"))
+    assert "\n" not in str(err.value)
+    plain = build_model(ModelConfig(base_model=str(distilbert), max_seq_length=32), ImplConfig(device="cpu"))
+    assert plain.get_embedding_dimension() == 64
+
+
+def test_dropout_override_applies_to_a_sentence_transformer_folder_too(model, tmp_path):
+    model.save(str(tmp_path))
+    cfg = ModelConfig(base_model=str(tmp_path), max_seq_length=32, hidden_dropout_prob=0.3)
+    again = build_model(cfg, ImplConfig(device="cpu"))
+    assert again[0].auto_model.config.hidden_dropout_prob == 0.3
+    rates = {m.p for name, m in again.named_modules() if isinstance(m, torch.nn.Dropout) and "output" in name}
+    assert rates == {0.3}
+
+
+# Issue 15, item 4: a Hub model id without a network fails within seconds, naming the local alternative.
+def test_hub_model_id_with_an_unreachable_hub_fails_in_seconds(monkeypatch):
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
+    started = time.monotonic()
+    with pytest.raises(UserError) as err:
+        build_model(ModelConfig(base_model="someone/not-cached-bert"), ImplConfig(device="cpu"))
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert "model.base_model" in message and "unreachable" in message and "\n" not in message
+    assert "outputs/pretrain-cpu-small/model" in message and "all-MiniLM-L6-v2" in message
+
+
+def test_hub_model_id_in_the_local_cache_loads_without_the_hub(tiny_bert, tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from huggingface_hub import constants
+
+    commit = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--cached-bert"
+    shutil.copytree(tiny_bert, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    started = time.monotonic()
+    model = build_model(ModelConfig(base_model="someone/cached-bert", max_seq_length=32), ImplConfig(device="cpu"))
+    assert time.monotonic() - started < 20 and model.get_embedding_dimension() == 64

@@ -170,3 +170,101 @@ def test_malformed_or_non_utf8_file_is_a_one_line_error(tmp_path, content, probl
     with pytest.raises(DataError, match=f"{problem}.jsonl.gz: could not be read") as err:
         read_pairs(SourceConfig(path=str(path), config_name=None), None)
     assert "\n" not in str(err.value)
+
+
+# Issue 15, item 1: a premise that opens with a quote. NLI TSVs are not quoted CSV: text is verbatim.
+ISSUE_TSV = (
+    "sentence1\tsentence2\tgold_label\n"
+    '"Hello there, she said.\tShe greeted people.\tentailment\n'
+    "A man walks.\tA man is outside.\tentailment\n"
+    'Kids play.\tIt is "summer".\tcontradiction\n'
+    "A band plays.\tPeople hear music.\tneutral\n"
+    "Two women talk.\tNobody talks.\tcontradiction\n"
+)
+
+
+def test_tsv_with_an_unclosed_quote_keeps_every_row_verbatim(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_text(ISSUE_TSV, encoding="utf-8")
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=str(path), config_name=None), None, counts)
+    assert pairs["premise"] == [
+        '"Hello there, she said.',
+        "A man walks.",
+        "Kids play.",
+        "A band plays.",
+        "Two women talk.",
+    ]
+    assert pairs["hypothesis"][2] == 'It is "summer".'
+    assert pairs["label"] == [0, 0, 2, 1, 2]
+    assert counts.as_dict()[str(path)]["seen"] == 5
+
+
+# Text that quoted-CSV parsing, NA detection or type inference would change: every reader keeps it as written.
+TRICKY = [
+    ('"Stop," said the guard.', "He spoke.", 0),
+    ('"Hello there, she said.', 'It is "summer".', 2),
+    ("NA", "None", 1),  # pandas reads both as missing values by default
+    ("007", "1e3", 0),  # and these as numbers
+    ("C:\\temp\\new", "#not a comment", 2),
+    ("A man walks.", "A man is outside.", "-"),
+]
+EXPECTED = [(p, h, y) for p, h, y in TRICKY if y != "-"]
+
+
+def _write_as(path: Path, fmt: str) -> Path:
+    import csv
+
+    import pandas as pd
+
+    rows = [{"premise": p, "hypothesis": h, "label": str(y)} for p, h, y in TRICKY]
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    elif fmt == "parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    elif fmt == "csv":  # properly quoted, as Python's csv module (and Excel) write it
+        with path.open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["premise", "hypothesis", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:  # tsv, tsv.gz: tab-separated lines, nothing quoted
+        text = "premise\thypothesis\tlabel\n" + "".join(
+            f"{r['premise']}\t{r['hypothesis']}\t{r['label']}\n" for r in rows
+        )
+        if fmt.endswith(".gz"):
+            path.write_bytes(gzip.compress(text.encode("utf-8")))
+        else:
+            path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "tsv", "tsv.gz"])
+def test_every_file_format_reads_the_same_pairs_verbatim(tmp_path, fmt):
+    path = _write_as(tmp_path / f"pairs.{fmt}", fmt)
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=str(path), config_name=None), None, counts)
+    assert list(zip(pairs["premise"], pairs["hypothesis"], pairs["label"], strict=True)) == EXPECTED
+    assert counts.as_dict()[str(path)] == {"seen": 6, "kept": 5, "dropped_no_label": 1, "dropped_empty_text": 0}
+
+
+def test_csv_with_an_unbalanced_quote_is_a_one_line_error_not_merged_rows(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text(ISSUE_TSV.replace("\t", ","), encoding="utf-8")
+    with pytest.raises(DataError, match=r"pairs\.csv: could not be read") as err:
+        read_pairs(SourceConfig(path=str(path), config_name=None), None)
+    assert "\n" not in str(err.value)
+
+
+# Issue 15, item 5: text with no visible content is empty text.
+@pytest.mark.parametrize("blank", ["\u200b\u200b", "\x00\x01", "\ufeff \u2060", "\u200c\u200d\t"])
+def test_invisible_text_is_dropped_and_counted_as_empty(tmp_path, blank):
+    rows = [
+        {"premise": blank, "hypothesis": "A person rests.", "label": 0},
+        {"premise": "A man sleeps.", "hypothesis": blank, "label": 2},
+        {"premise": "Kids play.", "hypothesis": "Children are outside.", "label": 1},
+    ]
+    path = str(write_jsonl_gz(tmp_path / "nli.jsonl.gz", rows))
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=path, config_name=None), None, counts)
+    assert pairs["premise"] == ["Kids play."]
+    assert counts.as_dict()[path] == {"seen": 3, "kept": 1, "dropped_no_label": 0, "dropped_empty_text": 2}

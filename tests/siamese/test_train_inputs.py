@@ -1,0 +1,45 @@
+"""Run-level checks of what a training run is given: counts of each row once, impossible values refused early."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.cli import run_cli
+from siamese.train import main
+
+pytestmark = pytest.mark.slow
+
+
+def run_args(repo_root, base, out, *extra: str) -> list[str]:
+    return [
+        "--config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
+        f"model.base_model={base}", f"output_dir={out}", "data.eval_pairs=0", "model.max_seq_length=32", *extra,
+    ]  # fmt: skip
+
+
+# Issue 15, item 6: the first-row preview re-read the lazy stream, and every row was counted twice.
+def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    rows = [
+        {"premise": f"A person number {i} walks.", "hypothesis": f"Someone {i} moves.", "label": "-" if i % 8 == 3 else i % 3}
+        for i in range(64)
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    source = f"data.train_sources=[{{path: {path}, config_name: null}}]"
+    one_pass = ("data.max_train_pairs=null", "train.batch_size=8", "train.max_steps=7", "train.save_steps=7")
+    model_dir = main(run_args(repo_root, tiny_bert, tmp_path, source, *one_pass))  # 56 labelled pairs = 7 steps of 8
+    counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
+    assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
+
+
+# Issue 15, item 3: refused before any training, in one line naming the key and the model's limit.
+def test_max_seq_length_past_the_base_models_positions_is_refused_before_training(
+    repo_root, short_bert, tmp_path, capsys
+):
+    argv = run_args(repo_root, short_bert, tmp_path, "model.max_seq_length=64")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "model.max_seq_length=64" in err and "32 position" in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
