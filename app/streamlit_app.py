@@ -7,21 +7,18 @@ app/predict.py. User text is shown with text/metric/dataframe elements, never as
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-# `streamlit run` puts app/ on sys.path, not the repository root that holds the stage packages.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import pandas as pd
+import streamlit as st
 
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload  # noqa: E402
-from app.examples import Example, example_sources, first_available  # noqa: E402
-from app.models import TRAIN_COMMAND, model_choices, model_label, model_stamp, outputs_root, read_model_card  # noqa: E402
-from app.predict import EmptyInput, PairResult, cpu_threads, predict_pair, predict_table  # noqa: E402
-from app.safe_text import md_escape  # noqa: E402
-from common.errors import UserError  # noqa: E402
-from siamese.encoder import NLIEncoder  # noqa: E402
+# The project is installed (`pip install -e .`, in requirements.txt), so these import from any directory.
+from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload
+from app.examples import Example, example_sources, first_available
+from app.models import TRAIN_COMMAND, model_choices, model_label, model_stamp, outputs_root, read_model_card
+from app.predict import EmptyInput, PairResult, cpu_threads, predict_pair, predict_table
+from app.safe_text import md_escape
+from common.errors import UserError
+from siamese.encoder import NLIEncoder
 
 
 @st.cache_resource(show_spinner="Loading the model…")

@@ -18,15 +18,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from app.examples import example_sources, first_available  # noqa: E402
-from app.models import TRAIN_COMMAND, discover_models, outputs_root  # noqa: E402
-from app.predict import PairResult, cpu_threads, predict_pair, predict_table  # noqa: E402
-from common.cli import run_cli  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from app.examples import example_sources, first_available
+from app.models import TRAIN_COMMAND, discover_models, outputs_root
+from app.predict import PairResult, cpu_threads, predict_pair, predict_table
+from common.cli import run_cli
+from common.errors import UserError
 
 GOAL_MS = 50.0
 

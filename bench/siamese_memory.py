@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def child(argv: list[str]) -> None:
@@ -70,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="siamese-memory-") as tmp:
         model = args.model
         if model is None:
-            from tests.siamese.conftest import make_tiny_bert
+            from bench.tiny_bert import make_tiny_bert
 
             data_dir = Path(os.environ.get("BERT_DATA_DIR", REPO.parent / "shared" / "data"))
             # The model's size does not matter for this question (data and trainer state growing with the

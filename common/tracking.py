@@ -122,6 +122,24 @@ class Tracker:
             self.run = None
 
 
+def run_wandb_config(model_dir: str | Path) -> WandbConfig:
+    """The W&B settings of the run that wrote `model_dir` (its resolved_config.yaml), so follow-up jobs such
+    as evaluation log into the same project, entity and mode; the defaults when the folder has none."""
+    import yaml
+
+    from common.config import _build
+
+    path = Path(model_dir) / "resolved_config.yaml"
+    try:
+        section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("wandb") or {}
+        cfg = _build(WandbConfig, dict(section), prefix="wandb.")
+    except Exception as err:  # a folder from elsewhere, or an older format: track with the defaults
+        if path.is_file():
+            log.warning("%s: no usable wandb section (%s); W&B defaults apply", path, str(err).splitlines()[0])
+        return WandbConfig()
+    return cfg
+
+
 def start_tracking(
     cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job_type: str, name: str | None = None
 ) -> Tracker:

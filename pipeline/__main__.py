@@ -1,21 +1,26 @@
 """`python -m pipeline`: pretrain → fine-tune on MNLI → evaluate → start the app on the new model.
 
 Both stage configs are loaded and checked before any work starts. A stage whose final model already
-exists is skipped (pass --retrain to run it again); a stage interrupted mid-run continues from its last
-checkpoint. The siamese stage always fine-tunes the model the pretraining stage just wrote.
+exists is skipped (--retrain runs it again from its checkpoints); a stage with checkpoints continues
+from the newest one (`--resume`), so a killed pipeline picks up where it stopped. The siamese stage
+always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs both training stages on
+N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from common.checkpoints import checkpoint_dirs
 from common.cli import run_cli
 from common.config import REPO_ROOT, load_config
+from common.errors import UserError
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
 
@@ -33,15 +38,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="run a stage even if its final model exists (from its checkpoints, if any; delete outputs/<run_name> to start over)",
     )
+    parser.add_argument(
+        "--nproc", type=int, default=1, help="processes per training stage (torchrun --standalone); default 1"
+    )
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N pairs of each set only")
     parser.add_argument("--no-baseline", action="store_true", help="skip the all-MiniLM-L6-v2 comparison")
     parser.add_argument("--no-app", action="store_true", help="stop after evaluation instead of starting the app")
     parser.add_argument("--port", type=int, default=8501, help="port for the Streamlit app")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.nproc < 1:
+        raise UserError("--nproc must be >= 1")
+    return args
 
 
-def has_checkpoints(run_dir: Path) -> bool:
-    return any((run_dir / "checkpoints").glob("checkpoint-*"))
+def stage_argv(config: str, run_dir: Path, extra: list[str]) -> list[str]:
+    """The stage's command line; `--resume` whenever the run folder already holds checkpoints or a model."""
+    resume = ["--resume"] if checkpoint_dirs(run_dir / "checkpoints") or (run_dir / "model").is_dir() else []
+    return ["--config", config, *resume, *extra]
+
+
+def run_stage(module: str, main: Callable[[list[str]], object], argv: list[str], nproc: int) -> None:
+    """In this process for one process; under `torchrun --standalone` for several."""
+    if nproc == 1:
+        main(argv)
+        return
+    # gloo, which CPU processes use, can hang at shutdown on hosts whose default interface is not loopback.
+    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    log.info("running %s on %d processes: %s", module, nproc, " ".join([*command, "-m", module, *argv]))
+    done = subprocess.run([*command, "-m", module, *argv], env=env, check=False)
+    if done.returncode != 0:
+        raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -50,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     pretrain_cfg = load_config(PretrainConfig, args.pretrain_config, out)
     pretrained = pretrain_cfg.run_dir / "model"
     # The siamese stage must start from this pretraining run, whatever its config names.
-    siamese_cfg = load_config(SiameseConfig, args.siamese_config, [*out, f"model.base_model={pretrained}"])
+    base = [f"model.base_model={pretrained}"]
+    siamese_cfg = load_config(SiameseConfig, args.siamese_config, [*out, *base])
     siamese_model = siamese_cfg.run_dir / "model"
 
     from pretrain.__main__ import main as pretrain_main
@@ -61,15 +89,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
         log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
     else:
         log.info("1/3 pretraining → %s", pretrained)
-        resume = ["--resume"] if has_checkpoints(pretrain_cfg.run_dir) else []
-        pretrain_main(["--config", args.pretrain_config, *resume, *out])
+        run_stage("pretrain", pretrain_main, stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out), args.nproc)
 
     if (siamese_model / "modules.json").is_file() and not args.retrain:
         log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
     else:
         log.info("2/3 siamese fine-tuning of %s → %s", pretrained, siamese_model)
-        resume = ["--resume"] if has_checkpoints(siamese_cfg.run_dir) else []
-        siamese_main(["--config", args.siamese_config, *resume, *out, f"model.base_model={pretrained}"])
+        argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
+        run_stage("siamese", siamese_main, argv_, args.nproc)
 
     log.info("3/3 evaluation of %s", siamese_model)
     evaluate = ["--model", str(siamese_model)]
@@ -79,21 +106,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     print(f"report: {siamese_model / 'report.md'}")
 
     if not args.no_app:
-        print(f"starting the app on {siamese_model}: open http://localhost:{args.port} (Ctrl+C stops it)", flush=True)
-        app = REPO_ROOT / "app" / "streamlit_app.py"
-        command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(args.port)]
-        command += [
-            "--server.headless",
-            "true",
-            "--browser.gatherUsageStats",
-            "false",
-            "--",
-            "--model",
-            str(siamese_model),
-        ]
-        subprocess.run(command, check=False)
+        from app.launch import launch
+
+        launch(siamese_model, port=args.port)
     return siamese_model
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -64,5 +64,9 @@ def summary(metrics: dict, model_dir, plot) -> str:
     )
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -90,5 +90,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     return profile
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

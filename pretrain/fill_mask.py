@@ -41,5 +41,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"  {p['score']:.3f}  {p['token_str']}")
 
 
-if __name__ == "__main__":
+def cli() -> None:
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

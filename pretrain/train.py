@@ -90,7 +90,7 @@ def build_trainer(
     if (t.mlm_probability, t.mask_replace_prob, t.random_replace_prob) != BERT_MASKING:
         bert = BlockMasker(data.tokenizer, *BERT_MASKING)
         eval_sets["bert15_"] = FixedMaskedBlocks(data.validation, bert, t.seed + 1, limit)
-    stops: list = [StopOnNonFiniteLoss(), PlateauStep(), SaveRunConfig(to_dict(cfg))]
+    stops: list = [StopOnNonFiniteLoss(), PlateauStep(), SaveRunConfig(run_record(cfg, data))]
     if t.max_train_minutes:
         stops.append(TimeBudget(t.max_train_minutes))
     if t.early_stopping_patience:
@@ -124,6 +124,12 @@ def build_trainer(
     return trainer
 
 
+def run_record(cfg: PretrainConfig, data: PackedData) -> dict[str, Any]:
+    """What each checkpoint records to check a resume against: the config and the packed data's cache key
+    (which also covers the corpus files' sizes and times, so a changed corpus is refused)."""
+    return to_dict(cfg) | {"packed_data": data.stats["cache_key"]}
+
+
 def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) -> None:
     per_step = cfg.train.per_device_train_batch_size * world_size
     if len(data.train) < per_step:
@@ -138,10 +144,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedDa
     state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
-    if checkpoint:
-        check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
     with state.main_process_first():  # one process builds the cache, the others then read it
         data = prepare_data(cfg)
+    if checkpoint:
+        check_resume_settings(checkpoint, run_record(cfg, data), RESUMABLE_KEYS)
     check_enough_blocks(cfg, data, state.num_processes)
     report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "pretrain", is_main=state.is_main_process)
     trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)

@@ -25,7 +25,7 @@ from common.device import resolve_device
 from common.errors import DataError, UserError
 from common.sources import load_source, local_files, looks_local, reading, require_hub
 from common.text import has_visible_content
-from common.tracking import WandbConfig, start_tracking
+from common.tracking import run_wandb_config, start_tracking
 from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import hub_model_kwargs, resolve_base
@@ -351,9 +351,13 @@ def load_baseline(name: str) -> NLIEncoder:
 
 
 def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
+    """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model."""
     flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
             for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
-    tracker = start_tracking(WandbConfig(), out_dir, {"model": report["model"], "limit": report["limit"]}, "evaluate")
+    cfg = run_wandb_config(report["model"])
+    name = f"{cfg.run_name or Path(report['model']).parent.name}-eval"
+    config = {"model": report["model"], "limit": report["limit"]}
+    tracker = start_tracking(cfg, out_dir, config, "evaluate", name=name)
     if not tracker.active:
         return
     import wandb
@@ -363,13 +367,16 @@ def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir:
     columns = list(samples[0]) if samples else ["split"]
     table = wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])
     tracker.log(images | {"sample_predictions": table})
-    tracker.summary(flat)
-    tracker.finish()
+    tracker.finish(flat)
 
 
-if __name__ == "__main__":
+def cli() -> None:
     import sys
 
     from common.cli import run_cli
 
     sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

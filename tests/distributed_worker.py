@@ -15,7 +15,6 @@ from safetensors.torch import save_file
 
 def main() -> None:
     stage, out, _, *argv = sys.argv[1:]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a file by torchrun
     import importlib
 
     from common.cli import setup_logging

@@ -8,18 +8,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from common.config import REPO_ROOT
 
 
-def kill_once_ready(module: str, args: Sequence[str], ready: Callable[[], bool], timeout_s: float = 120) -> None:
+def kill_once_ready(
+    module: str, args: Sequence[str], ready: Callable[[], bool], timeout_s: float = 120, cwd: Path = REPO_ROOT
+) -> None:
     """Run `python -m module args` in a subprocess and SIGKILL it as soon as `ready()` (e.g. a checkpoint
     exists): the kill-and-resume tests' crash, with no chance for the run to clean up."""
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
+        cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -1,4 +1,5 @@
-"""The whole pipeline end to end on the debug configs: pretrain → siamese → evaluate, then a rerun skips."""
+"""The whole pipeline end to end on the debug configs: pretrain → siamese → evaluate, then a rerun skips;
+a pipeline killed during pretraining resumes it."""
 
 from __future__ import annotations
 
@@ -7,18 +8,25 @@ import logging
 
 import pytest
 
+from common.checkpoints import newest_checkpoint
 from pipeline.__main__ import main
+from pretrain.model import MaskedOnlyHeadMixin
+from tests.processes import kill_once_ready
 
 
-@pytest.mark.slow
-def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, repo_root, caplog, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the pretraining cache lives under the working directory
-    argv = [
+def pipeline_argv(repo_root, tmp_path) -> list[str]:
+    return [
         "--pretrain-config", str(repo_root / "configs" / "pretrain" / "debug.yaml"),
         "--siamese-config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
         "--output-dir", str(tmp_path / "outputs"),
         "--no-app", "--no-baseline", "--eval-limit", "12",
     ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, repo_root, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the pretraining cache lives under the working directory
+    argv = pipeline_argv(repo_root, tmp_path)
     model_dir = main(argv)
 
     pretrained = tmp_path / "outputs" / "pretrain-debug" / "model"
@@ -36,6 +44,29 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, 
     assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_a_pipeline_killed_during_pretraining_resumes_it(tmp_path, data_dir, repo_root, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = pipeline_argv(repo_root, tmp_path)
+    checkpoints = tmp_path / "outputs" / "pretrain-debug" / "checkpoints"
+    kill_once_ready("pipeline", argv, lambda: newest_checkpoint(checkpoints) is not None, cwd=tmp_path)
+    killed_at = int(newest_checkpoint(checkpoints).name.split("-")[1])
+    assert not (tmp_path / "outputs" / "pretrain-debug" / "model").exists()
+
+    steps, real_forward = [], MaskedOnlyHeadMixin.forward
+
+    def counted(self, *args, **kwargs):
+        if self.training:
+            steps.append(1)
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedOnlyHeadMixin, "forward", counted)
+    main(argv)
+    # the debug recipe trains 30 steps of one micro-batch: a restart would run all 30 again
+    assert len(steps) == 30 - killed_at and killed_at > 0
+    assert (tmp_path / "outputs" / "siamese-debug" / "model" / "report.json").is_file()
+
+
 def test_a_bad_siamese_config_fails_before_pretraining_starts(tmp_path, repo_root):
     from common.errors import ConfigError
 
@@ -47,3 +78,10 @@ def test_a_bad_siamese_config_fails_before_pretraining_starts(tmp_path, repo_roo
             "--siamese-config", str(bad), "--output-dir", str(tmp_path / "outputs"), "--no-app",
         ])  # fmt: skip
     assert not (tmp_path / "outputs").exists()
+
+
+def test_nproc_must_be_positive(tmp_path, repo_root):
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="--nproc"):
+        main(["--nproc", "0", "--output-dir", str(tmp_path / "outputs"), "--no-app"])

@@ -2,54 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import pytest
 
-
-def make_tiny_bert(
-    out_dir: Path,
-    data_dir: Path,
-    *,
-    layers: int = 2,
-    hidden: int = 64,
-    heads: int = 2,
-    ffn: int = 128,
-    lines: int = 400,
-    vocab_size: int = 1000,
-    positions: int = 512,
-    seed: int = 0,
-) -> Path:
-    """A randomly initialised BertModel + a WordPiece tokenizer trained on `lines` MNLI pairs, saved together."""
-    import torch
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    texts = []
-    with gzip.open(data_dir / "mnli" / "train.jsonl.gz", "rt", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            if i >= lines:
-                break
-            row = json.loads(line)
-            texts += [row["premise"], row["hypothesis"]]
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
-    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=512)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=ffn,
-        max_position_embeddings=positions,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    BertModel(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+from bench.tiny_bert import make_tiny_bert
 
 
 @pytest.fixture(scope="session")

@@ -145,3 +145,23 @@ def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data
     assert eval_source("mnli_validation_mismatched", "nyu-mll/glue").split == "validation_mismatched"
     assert eval_source("stsb_test").path == str(data_dir / "stsb" / "test.jsonl.gz")  # the shared copy first
     assert eval_source("stsb_test", str(tmp_path / "mine.jsonl")).path == str(tmp_path / "mine.jsonl")
+
+
+def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
+    from common.tracking import Tracker
+    from siamese import evaluate as evaluate_module
+
+    model_dir = tmp_path / "siamese-x" / "model"
+    model_dir.mkdir(parents=True)
+    (model_dir / "resolved_config.yaml").write_text("wandb:\n  project: my-nli\n  entity: lab\n  mode: offline\n")
+    started = {}
+
+    def fake_start(cfg, out_dir, config, job_type, name=None):
+        started.update(cfg=cfg, name=name, job_type=job_type)
+        return Tracker()  # inactive: nothing is logged
+
+    monkeypatch.setattr(evaluate_module, "start_tracking", fake_start)
+    evaluate_module.log_to_wandb({"model": str(model_dir), "limit": None}, [], tmp_path)
+    cfg = started["cfg"]
+    assert (cfg.project, cfg.entity, cfg.mode) == ("my-nli", "lab", "offline")
+    assert started["name"] == "siamese-x-eval" and started["job_type"] == "evaluate"

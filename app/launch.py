@@ -1,0 +1,34 @@
+"""`bert-app [--model DIR] [--port 8501]`: start the Streamlit app (the same as `streamlit run
+app/streamlit_app.py -- --model DIR`)."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+APP = Path(__file__).resolve().parent / "streamlit_app.py"
+
+
+def launch(model: Path | None = None, port: int = 8501) -> int:
+    """Run the app until Ctrl+C; returns streamlit's exit status."""
+    command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
+    command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    if model is not None:
+        command += ["--", "--model", str(model)]
+        print(f"starting the app on {model}: open http://localhost:{port} (Ctrl+C stops it)", flush=True)
+    return subprocess.run(command, check=False).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="bert-app", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model folder (default: the newest trained run under outputs/)")
+    parser.add_argument("--port", type=int, default=8501)
+    args = parser.parse_args(argv)
+    sys.exit(launch(args.model, args.port))
+
+
+if __name__ == "__main__":
+    main()
