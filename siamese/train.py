@@ -104,6 +104,52 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     return model_dir
 
 
+def build_trainer(
+    cfg: SiameseConfig,
+    train: IterableDataset,
+    eval_pairs: dict[str, list] | None,
+    eval_set: Dataset | None,
+    report_to: list[str],
+) -> SiameseTrainer:
+    """Model, objective, evaluator and the shared stops on SentenceTransformerTrainer."""
+    device = resolve_device(cfg.impl.device)
+    model = siamese_model.build_model(cfg.model, cfg.impl)
+    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
+    classifier = siamese_model.loss_classifier(loss)
+    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
+    plateau = cfg.train.lr_scheduler == "reduce_lr_on_plateau"
+    callbacks: list = [StopOnNonFiniteLoss(), SaveRunConfig(to_dict(cfg))]
+    if plateau:
+        callbacks.append(PlateauStep())
+    if cfg.train.max_train_minutes is not None:
+        callbacks.append(TimeBudget(cfg.train.max_train_minutes))
+    evaluator = None
+    if classifier is not None and eval_pairs is not None:
+        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, "mnli-dev", batch_size=cfg.train.batch_size * 2)
+    args = training_arguments(cfg, cfg.run_dir / "checkpoints", device, report_to)
+    trainer = SiameseTrainer(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=eval_set,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=callbacks,
+        classifier=classifier,
+    )
+    if plateau:
+        trainer.plateau = {
+            "warmup_steps": cfg.train.warmup_step_count(),
+            "factor": cfg.train.plateau_factor,
+            "patience": cfg.train.plateau_patience,
+            "threshold": 1.0e-3,
+            "min_lr": 0.0,
+        }
+    trainer.units_per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * args.world_size
+    trainer.throughput_unit = "pairs"
+    return trainer
+
+
 def run(
     cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None
 ) -> tuple[SiameseTrainer, RowCounts, dict[str, Any]]:
@@ -114,8 +160,7 @@ def run(
     """
     # The seed makes the head's initialisation the same on every rank.
     state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
-    run_dir = cfg.run_dir
-    checkpoint = choose_checkpoint(run_dir, resume, is_main=state.is_main_process)
+    checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
         check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
@@ -132,56 +177,19 @@ def run(
         pairs=pairs,
     )
     eval_pairs, eval_set = eval_data(cfg, counts)
-    device = resolve_device(cfg.impl.device)
-    model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
-    classifier = siamese_model.loss_classifier(loss)
-    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
-
     where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
     log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
-    report_to = trainer_report_to(cfg.wandb, run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
-    args = training_arguments(cfg, run_dir / "checkpoints", device, report_to)
-    per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * args.world_size
-    log.info(
-        "%d steps × %d pairs (all ranks) = %d pairs", cfg.train.max_steps, per_step, cfg.train.max_steps * per_step
-    )
-
-    callbacks: list = [StopOnNonFiniteLoss(), SaveRunConfig(to_dict(cfg))]
-    if cfg.train.lr_scheduler == "reduce_lr_on_plateau":
-        callbacks.append(PlateauStep())
-    if cfg.train.max_train_minutes is not None:
-        callbacks.append(TimeBudget(cfg.train.max_train_minutes))
-    evaluator = None
-    if classifier is not None and eval_pairs is not None:
-        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, "mnli-dev", batch_size=cfg.train.batch_size * 2)
-    trainer = SiameseTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=eval_set,
-        loss=loss,
-        evaluator=evaluator,
-        callbacks=callbacks,
-        classifier=classifier,
-    )
-    if cfg.train.lr_scheduler == "reduce_lr_on_plateau":
-        trainer.plateau = {
-            "warmup_steps": cfg.train.warmup_step_count(),
-            "factor": cfg.train.plateau_factor,
-            "patience": cfg.train.plateau_patience,
-            "threshold": 1.0e-3,
-            "min_lr": 0.0,
-        }
-    trainer.units_per_step, trainer.throughput_unit = per_step, "pairs"
-    t = cfg.train
+    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
+    trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
+    per_step, t = trainer.units_per_step, cfg.train
+    log.info("%d steps × %d pairs (all ranks) = %d pairs", t.max_steps, per_step, t.max_steps * per_step)
     with (
         reading(where),
         advise_on_out_of_memory("train.batch_size", t.batch_size, t.gradient_accumulation_steps, "pairs"),
         refusing_unsafe_pickles(checkpoint),
     ):
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = final_metrics(trainer, result, evaluator, per_step)
+        metrics = final_metrics(trainer, result, trainer.evaluator, per_step)
     return trainer, counts, metrics
 
 
