@@ -1,27 +1,30 @@
 """MLM training tokens/s: the reference path a user would write vs ours, on one device, in one run.
 
-(a) reference: BertForMaskedLM in fp32 with eager attention, each document truncated and padded to the
-    block size, the full-vocabulary MLM head, DataCollatorForLanguageModeling, plain AdamW.
-(b) ours: exactly what `python -m pretrain` trains with (`pretrain.engine.build_training`): packed
-    blocks, SDPA, masked-only head, and on CUDA bf16 autocast, torch.compile and fused AdamW.
+(a) reference: the architecture's plain transformers class in fp32 with eager attention, each document
+    truncated and padded to the block size, the full-vocabulary MLM head, DataCollatorForLanguageModeling,
+    plain AdamW, in a loop of its own.
+(b) ours: exactly what `python -m pretrain` trains with — the transformers Trainer built by
+    `pretrain.train.build_trainer` (packed memory-mapped blocks, SDPA, the masked-only head inside forward,
+    and on CUDA bf16 autocast, torch.compile and fused AdamW), timed at its step ends.
 
 Each path runs in its own subprocess so peak memory is its own. Tokens counted are real (non-padding)
 tokens. Usage (CPU example; on a GPU drop the model overrides):
     python -m bench.pretrain_throughput --batch-size 16 --windows 3 --steps-per-window 2
 `--profile N` instead profiles N steps of our path with torch.profiler and prints where a step's time
-goes (masking, forward, backward, optimizer) and the operators that take most of it.
+goes: the operators that take most of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
 import time
+from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from bench.harness import (
     append_results,
@@ -59,13 +62,16 @@ def model_flops_per_token(cfg: PretrainConfig) -> float:
 
 
 def reference_step(cfg: PretrainConfig, tokenizer, docs: list[str], batch_size: int, device: torch.device):
-    from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling
+    """What a user would write: the plain transformers class with eager attention, documents truncated and
+    padded to the block size, the full-vocabulary head, DataCollatorForLanguageModeling, plain AdamW."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from pretrain.model import CLASSES, hf_config
 
     torch.manual_seed(0)
-    config = BertConfig(
-        **dataclasses.asdict(cfg.model), pad_token_id=tokenizer.pad_token_id, attn_implementation="eager"
-    )
-    model = BertForMaskedLM(config).to(device).train()
+    config = hf_config(cfg.model, tokenizer)
+    config._attn_implementation = "eager"
+    model = CLASSES[cfg.model.architecture][1](config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     features = tokenizer(docs, truncation=True, max_length=cfg.data.block_size, padding="max_length")
     rows = [{k: features[k][i] for k in features} for i in range(len(docs))]
@@ -85,72 +91,110 @@ def reference_step(cfg: PretrainConfig, tokenizer, docs: list[str], batch_size: 
     return step
 
 
-def ours_step(cfg: PretrainConfig, data, batch_size: int):
-    from pretrain.engine import build_training
+def raw_documents(cfg: PretrainConfig) -> list[str]:
+    """The first max_documents texts of the (local) corpus, read the plain datasets way."""
+    import datasets
 
-    engine = build_training(cfg, data.tokenizer)
-    generator = torch.Generator().manual_seed(0)
+    from common.sources import local_files
 
-    def step() -> int:
-        idx = torch.randint(len(data.train), (batch_size,), generator=generator)
-        engine.train_step([data.train[idx]])
-        return batch_size * cfg.data.block_size
+    files = local_files(cfg.data.source)
+    rows = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
+    return [row[cfg.data.text_column] for _, row in zip(range(cfg.data.max_documents or 10**9), rows, strict=False)]
 
-    return step, engine.device
+
+class StepTimes(TrainerCallback):
+    """The clock at the end of every optimizer step (after a device sync)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        sync(self.device)
+        self.times.append(time.perf_counter())
+
+
+def trainer_overrides(args: argparse.Namespace, total_steps: int, out: str) -> list[str]:
+    """Our real training path, without evaluation, logging or checkpoints inside the timed steps."""
+    never = 10**9
+    return [
+        f"train.max_steps={total_steps}",
+        f"train.per_device_train_batch_size={args.batch_size}",
+        f"train.eval_steps={never}",
+        f"train.logging_steps={never}",
+        f"train.save_steps={never}",
+        "train.max_train_minutes=null",
+        "train.cloze_sentences=0",
+        f"output_dir={out}",
+        "run_name=throughput",
+    ]
+
+
+def ours_rates(args: argparse.Namespace, data, profile_steps: int = 0) -> tuple[list[float], torch.device, Any]:
+    """Tokens/s per window of `python -m pretrain`'s Trainer (pretrain.train.build_trainer) on `data`, and
+    with `profile_steps` a torch.profiler trace of that many steps after the warm-up."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from pretrain.train import build_trainer
+
+    timed = profile_steps or args.windows * args.steps_per_window
+    with tempfile.TemporaryDirectory(prefix="throughput-") as out:
+        overrides = DEFAULT_OVERRIDES + args.overrides + trainer_overrides(args, args.warmup + timed, out)
+        cfg = load_config(PretrainConfig, args.config, overrides)
+        trainer = build_trainer(cfg, data, report_to=[], fresh=True)
+        times = StepTimes(trainer.args.device)
+        trainer.add_callback(times)
+        profiler = None
+        if profile_steps:
+            cuda = trainer.args.device.type == "cuda"
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+            profiler = profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=0, active=timed))
+            trainer.add_callback(ProfilerStep(profiler))
+            with profiler:
+                trainer.train()
+        else:
+            trainer.train()
+    tokens = args.batch_size * cfg.data.block_size
+    marks = times.times[args.warmup - 1 :] if args.warmup else [times.times[0], *times.times]
+    spw = args.steps_per_window if not profile_steps else timed
+    rates = [spw * tokens / (marks[(i + 1) * spw] - marks[i * spw]) for i in range(len(marks) // spw)]
+    return rates, trainer.args.device, profiler
+
+
+class ProfilerStep(TrainerCallback):
+    def __init__(self, profiler) -> None:
+        self.profiler = profiler
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.profiler.step()
 
 
 def shape_label(cfg: PretrainConfig, batch_size: int) -> str:
     m = cfg.model
-    return f"L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, seq {cfg.data.block_size}, batch {batch_size}"
-
-
-PHASES = ("mask", "forward", "backward", "optimizer")  # the record_function labels in MLMEngine.train_step
-
-
-def profile_ours(step, steps: int, device: torch.device) -> tuple[dict[str, float], list[tuple[str, float]], float]:
-    """Per-phase share of the step time, the top operators by self time (ms per step), and ms per step."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        wall_ms = (time.perf_counter() - start) * 1e3 / steps
-    events = prof.key_averages()
-    on_gpu = device.type == "cuda"
-
-    def total_ms(event) -> float:  # device time where the work runs on the GPU, host time on CPU
-        return (event.device_time_total if on_gpu else event.cpu_time_total) / 1e3 / steps
-
-    def self_ms(event) -> float:
-        return (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / steps
-
-    phases = {e.key: total_ms(e) for e in events if e.key in PHASES}
-    ops = sorted(
-        ((e.key, self_ms(e)) for e in events if e.key not in PHASES),
-        key=lambda kv: -kv[1],
+    return (
+        f"{m.architecture} L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}/V{m.vocab_size}, "
+        f"seq {cfg.data.block_size}, batch {batch_size}"
     )
-    return phases, ops[:12], wall_ms
 
 
 def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> None:
+    """Where a step of our path spends its time: the operators with the most self time, in ms per step."""
     from pretrain.blocks import prepare_data
 
     data = prepare_data(cfg)
-    step, device = ours_step(cfg, data, args.batch_size)
-    for _ in range(args.warmup):
-        step()
-    phases, ops, wall_ms = profile_ours(step, args.profile, device)
+    rates, device, profiler = ours_rates(args, data, profile_steps=args.profile)
+    wall_ms = args.batch_size * cfg.data.block_size / rates[0] * 1e3
+    on_gpu = device.type == "cuda"
+    events = profiler.key_averages()
+
+    def self_ms(event) -> float:  # device time where the work runs on the GPU, host time on CPU
+        return (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / args.profile
+
+    ops = sorted(((e.key, self_ms(e)) for e in events if not e.key.startswith("ProfilerStep")), key=lambda kv: -kv[1])
     shape = shape_label(cfg, args.batch_size)
-    print(
-        f"{shape}: {wall_ms:.1f} ms per step ({args.batch_size * cfg.data.block_size / wall_ms * 1e3:,.0f} tokens/s under the profiler)"
-    )
-    rows = [
-        f"| phase: {name} | {phases.get(name, 0.0):.1f} | {phases.get(name, 0.0) / wall_ms:.0%} |" for name in PHASES
-    ]
-    rows += [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} |" for name, ms in ops]
+    print(f"{shape}: {wall_ms:.1f} ms per step under the profiler")
+    rows = [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} |" for name, ms in ops[:14]]
     for row in rows:
         print(row)
     if not args.no_record:
@@ -161,19 +205,17 @@ def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> None:
 
 def run_one(args: argparse.Namespace) -> dict:
     from pretrain.blocks import prepare_data
-    from pretrain.corpus import load_corpus
 
     cfg = load_config(PretrainConfig, args.config, DEFAULT_OVERRIDES + args.overrides)
     data = prepare_data(cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.path == "reference":
-        corpus, _ = load_corpus(cfg.data)
-        step = reference_step(cfg, data.tokenizer, list(corpus["train"]["text"]), args.batch_size, device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        step = reference_step(cfg, data.tokenizer, raw_documents(cfg), args.batch_size, device)
+        rates = timed_windows(
+            step, warmup=args.warmup, windows=args.windows, steps_per_window=args.steps_per_window, device=device
+        )
     else:
-        step, device = ours_step(cfg, data, args.batch_size)
-    rates = timed_windows(
-        step, warmup=args.warmup, windows=args.windows, steps_per_window=args.steps_per_window, device=device
-    )
+        rates, _, _ = ours_rates(args, data)
     return {"tokens_per_s": median(rates), "windows": rates, "peak_gpu_mb": peak_gpu_mb(), "peak_rss_mb": peak_rss_mb()}
 
 
