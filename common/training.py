@@ -20,6 +20,7 @@ import torch.distributed as dist
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from common.checkpoints import newest_checkpoint
 from common.errors import UserError
 from common.schedule import WarmupPlateauSchedule
 
@@ -57,8 +58,6 @@ class StopOnNonFiniteLoss(TrainerCallback):
         logs = logs or {}
         bad = [k for k in ("loss", "grad_norm") if k in logs and not math.isfinite(float(logs[k]))]
         if bad:
-            from common.checkpoints import newest_checkpoint
-
             last = newest_checkpoint(args.output_dir)
             raise TrainingDiverged(
                 f"training diverged: {bad[0]} became {logs[bad[0]]} by step {state.global_step}; the last good "
