@@ -161,14 +161,14 @@ def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> None:
 
 def run_one(args: argparse.Namespace) -> dict:
     from pretrain.blocks import prepare_data
-    from pretrain.corpus import load_corpus
+    from pretrain.corpus import split_batches
 
     cfg = load_config(PretrainConfig, args.config, DEFAULT_OVERRIDES + args.overrides)
     data = prepare_data(cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.path == "reference":
-        corpus, _ = load_corpus(cfg.data)
-        step = reference_step(cfg, data.tokenizer, list(corpus["train"]["text"]), args.batch_size, device)
+        texts = [text for batch in split_batches(cfg.data, "train") for text in batch]
+        step = reference_step(cfg, data.tokenizer, texts, args.batch_size, device)
     else:
         step, device = ours_step(cfg, data, args.batch_size)
     rates = timed_windows(

@@ -110,7 +110,7 @@ class MLMEngine:
 
     def mask(self, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """15% of non-special tokens selected; 80% [MASK], 10% random, 10% kept (transformers' collator)."""
-        input_ids = blocks.long()  # a copy: the collator edits its input in place
+        input_ids = blocks.to(torch.long, copy=True)  # a copy: the collator edits its input in place
         specials = torch.isin(input_ids, self.special_ids)
         # The special-token mask is passed in so the collator skips its per-row Python loop.
         return self.collator.torch_mask_tokens(input_ids, special_tokens_mask=specials)

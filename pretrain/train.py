@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from common.config import to_dict
 from common.errors import ConfigError, DataError, UserError
 from common.tracking import start_tracking
-from pretrain.blocks import PackedData, token_counts
+from pretrain.blocks import PackedData, TokenBlocks
 from pretrain.checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from pretrain.config import PretrainConfig
 from pretrain.engine import MLMEngine, build_training
@@ -39,7 +39,7 @@ class TrainingDiverged(UserError):
 class BlockSampler:
     """Micro-batch `i` of the run: epoch i // per_epoch, slice of that epoch's seeded permutation."""
 
-    def __init__(self, blocks: torch.Tensor, batch_size: int, seed: int) -> None:
+    def __init__(self, blocks: TokenBlocks, batch_size: int, seed: int) -> None:
         if len(blocks) < batch_size:
             raise DataError(
                 f"only {len(blocks)} training blocks for train.per_device_train_batch_size={batch_size}; "
@@ -97,9 +97,7 @@ def train(cfg: PretrainConfig, data: PackedData, resume: bool = False) -> tuple[
     """Train until max_steps (or early stop); returns the engine, the loop state and the final metrics."""
     train_cfg = cfg.train
     ckpt_root = cfg.run_dir / "checkpoints"
-    engine = build_training(
-        cfg, data.tokenizer, token_counts(data.train, cfg.model.vocab_size, data.tokenizer.all_special_ids)
-    )
+    engine = build_training(cfg, data.tokenizer, data.token_counts)
     sampler = BlockSampler(data.train, train_cfg.per_device_train_batch_size, train_cfg.seed)
     val_blocks = data.validation[
         : (train_cfg.max_eval_batches or len(data.validation)) * train_cfg.per_device_eval_batch_size

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from pretrain.blocks import prepare_data, token_counts
+from pretrain.blocks import prepare_data
 from pretrain.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.engine import WarmupThenPlateau, build_training
 from pretrain.model import mlm_loss, weight_decay_groups
@@ -62,7 +62,7 @@ def test_masked_only_head_loss_equals_full_head_loss(engine_and_data):
 def test_unigram_bias_init_starts_the_loss_at_the_token_frequencies(tiny_config):
     cfg = tiny_config()
     data = prepare_data(cfg)
-    counts = token_counts(data.train, cfg.model.vocab_size, data.tokenizer.all_special_ids)
+    counts = data.token_counts
     prior = build_training(cfg, data.tokenizer, counts)
     zero = build_training(tiny_config("train.output_bias_init=zero"), data.tokenizer, counts)
     input_ids, labels = prior.mask(data.train[:64])
