@@ -137,7 +137,7 @@ def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
     Raises DataError (one line) if the source holds no document, or no training document long enough.
     """
     taken = read = 0
-    for raw in raw_batches(cfg, min(limit, 1000)):
+    for raw in document_chunks(cfg):
         read += len(raw)
         texts = split_documents(raw, cfg.min_chars, cfg.validation_fraction, cfg.split_seed).texts["train"]
         texts = texts[: limit - taken]

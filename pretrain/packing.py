@@ -26,9 +26,9 @@ from tokenizers import Tokenizer
 
 from pretrain.corpus import split_documents
 
-# Documents per encode_batch call: a tokenizers Encoding keeps tokens, offsets and masks beside the ids
-# (~100 bytes per token), so a worker converts small batches to ids at once instead of a whole chunk.
-ENCODE_BATCH = 64
+# Characters per encode_batch call: a tokenizers Encoding keeps tokens, offsets and masks beside the
+# ids (~100 bytes per token), so a worker turns small batches into ids at once, not a whole chunk.
+ENCODE_CHARS = 1 << 16
 _TOKENIZERS: dict[str, Tokenizer] = {}  # per process: each worker loads the tokenizer file once
 
 
@@ -76,11 +76,16 @@ class ChunkEncoder:
 
 def encode_documents(tokenizer: Tokenizer, texts: list[str], sep: int, dtype: str | np.dtype) -> np.ndarray:
     """The token ids of `texts` without [CLS]/[SEP], each document followed by `sep`, as one 1-D array."""
-    parts = []
-    for start in range(0, len(texts), ENCODE_BATCH):
-        encodings = tokenizer.encode_batch_fast(texts[start : start + ENCODE_BATCH], add_special_tokens=False)
+    parts, start = [], 0
+    while start < len(texts):
+        end, chars = start, 0
+        while end < len(texts) and (end == start or chars + len(texts[end]) <= ENCODE_CHARS):
+            chars += len(texts[end])
+            end += 1
+        encodings = tokenizer.encode_batch_fast(texts[start:end], add_special_tokens=False)
         ids = itertools.chain.from_iterable(itertools.chain(e.ids, (sep,)) for e in encodings)
         parts.append(np.fromiter(ids, dtype=dtype))
+        start = end
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets  # noqa: F401 - loaded here, so wall_s below times the preparation, not library imports
+
 from common.cli import config_parser, run_cli
 from common.config import REPO_ROOT, load_config
 from pretrain.blocks import cache_key, prepare_data
