@@ -14,7 +14,7 @@ the page cache):
   4. training: `python -m pretrain` for --train-steps steps on that cache (a small model, same data)
 Times are taken inside each process around the work (interpreter start and imports excluded; the
 "process s" column has the whole subprocess). Memory is the peak of the summed Pss_Anon of the process
-tree, workers included, sampled every 50 ms (bench/process_memory.py): no page cache, no mapped files.
+tree, workers included, sampled every 0.2 s (bench/process_memory.py): no page cache, no mapped files.
 """
 
 from __future__ import annotations
@@ -187,19 +187,20 @@ def report(results: list[dict], args: argparse.Namespace, argv: list[str]) -> No
         memory.append(
             f"| {corpus} | {docs:,} | {tokens / 1e6:.1f}M | {cold_peak.tree_mib:,.0f} | {cold_peak.main_mib:,.0f} | {train} |"
         )
-        stages.append(f"| {corpus} | " + "; ".join(f"{k} {v:.1f}" for k, v in cold["seconds"].items()) + " |")
+        stages.append(f"| {corpus} | " + " | ".join(f"{v:.1f}" for v in cold["seconds"].values()) + " |")
     spread = ", ".join(f"{k} max/min {max(v) / min(v):.2f}" for k, v in peaks.items() if v)
     print(machine(), *speed, "", *memory, spread, "", *stages, sep="\n")
     if args.no_record:
         return
     command = "python -m bench.prepare_throughput " + " ".join(argv)
-    setup = f"num_proc {args.num_proc}, {os.cpu_count()} cores"
+    setup = f"num_proc {args.num_proc}, {os.cpu_count()} cores, load average {args.load:.1f} at the start"
     header = "| corpus | path | documents | tokens | work s | docs/s | tokens/s | process s | peak anon MiB |"
     append_results(f"Data preparation, ours vs run_mlm-style ({setup})", command, speed, header)
-    header = "| corpus | documents | tokens | preparation, all processes | main process | first training steps |"
+    header = f"| corpus | documents | tokens | preparation, all processes | main process | first {args.train_steps} training steps |"
     append_results(f"Data preparation memory, peak Pss_Anon MiB ({spread}; {setup})", command, memory, header)
     title = f"Where our preparation time goes (seconds, worker stages summed; {setup})"
-    append_results(title, command, stages, "| corpus | stages |")
+    header = "| corpus | " + " | ".join(results[0]["cold"][0]["seconds"]) + " |"
+    append_results(title, command, stages, header)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="pretrain config overrides")
     args = parser.parse_args(argv)
     load_config(PretrainConfig, args.config, args.overrides)  # a bad override fails before any work
+    args.load = os.getloadavg()[0]  # other jobs on the machine slow both paths: recorded with the results
     work = Path(tempfile.mkdtemp(prefix="prepare-bench-"))
     try:
         results = [measure(spec, args, work / str(i)) for i, spec in enumerate(args.corpus or ["imdb:20000"])]

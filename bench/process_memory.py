@@ -39,9 +39,13 @@ class Peak:
 
 
 class PeakMemory:
-    """Sample a process tree's anonymous memory every `interval` seconds in a background thread."""
+    """Sample a process tree's anonymous memory every `interval` seconds in a background thread.
 
-    def __init__(self, pid: int, interval: float = 0.05) -> None:
+    One read of smaps_rollup costs ~3 ms on a busy 2-core machine (the kernel walks the page tables), so
+    sampling 3 processes every 0.2 s takes ~5 % of one core from the job measured, alike for both paths.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval = pid, interval
         self._tree = self._main = 0
         self._stop = threading.Event()
