@@ -82,10 +82,11 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
     start = time.perf_counter()
     # The pool first: its workers fork from a process the tokenizer trainer has not made multi-threaded.
     with worker_pool(data.num_proc) as pool, atomic_dir(target) as tmp:
-        sample_bar = tqdm(total=cfg.tokenizer.max_training_documents, desc="tokenizer sample", unit="doc")
+        limit = cfg.tokenizer.max_training_documents
+        sample_bar = tqdm(total=limit, desc="tokenizer sample", unit="doc")
         with sample_bar, _stopwatch(seconds, "tokenizer: read + clean + train on the sample"):
             tokenizer = train_tokenizer(
-                _counted(training_sample(data, sample_bar.total), sample_bar),
+                _counted(training_sample(data, limit), sample_bar),
                 cfg.tokenizer,
                 cfg.model.vocab_size,
                 model_max_length=data.block_size,
@@ -99,14 +100,17 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
             data.split_seed,
             dtype.str,
         )
+        files = contextlib.ExitStack()
         writers = {
-            split: BlockWriter(
-                tmp / f"{split}.bin",
-                data.block_size,
-                tokenizer.cls_token_id,
-                tokenizer.sep_token_id,
-                dtype,
-                cfg.model.vocab_size,
+            split: files.enter_context(
+                BlockWriter(
+                    tmp / f"{split}.bin",
+                    data.block_size,
+                    tokenizer.cls_token_id,
+                    tokenizer.sep_token_id,
+                    dtype,
+                    cfg.model.vocab_size,
+                )
             )
             for split in SPLITS
         }
@@ -114,7 +118,7 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
         counts: dict[str, int] = defaultdict(int)
         bar = tqdm(total=data.max_documents, desc="tokenizing + packing", unit="doc", dynamic_ncols=True)
         loop_start = time.perf_counter()
-        with bar:
+        with bar, files:
             for chunk in encode_in_order(pool, encoder, chunks, in_flight=2 * data.num_proc):
                 with _stopwatch(seconds, "pack + write (main process)"):
                     counts["read"] += chunk.read
@@ -129,8 +133,8 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
                 bar.set_postfix_str(
                     f"{tokens / (time.perf_counter() - loop_start) / 1e3:,.0f}k tokens/s", refresh=False
                 )
-        for writer in writers.values():
-            writer.close()
+            for writer in writers.values():
+                writer.finish()
         main_work = seconds["read source (main process)"] + seconds["pack + write (main process)"]
         if pool is None:  # the chunks were encoded in this process, inside the loop
             main_work += seconds["clean + split (workers)"] + seconds["tokenize (workers)"]

@@ -146,7 +146,7 @@ class BlockWriter:
         self.blocks = 0
         self.counts = np.zeros(vocab_size, dtype=np.int64)
         self._tail = np.empty(0, dtype=dtype)
-        self._file = open(path, "wb")  # closed by close(), after the last chunk
+        self._file = open(path, "wb")  # closed by finish() or on leaving a `with` block
 
     def add(self, stream: np.ndarray) -> int:
         """Write as many whole blocks as the tail and `stream` make; return how many were written."""
@@ -163,8 +163,14 @@ class BlockWriter:
         self._tail = stream[n * body :].copy()  # fewer than body tokens: dropped at the end, as in group_texts
         return n
 
-    def close(self) -> None:
+    def finish(self) -> None:
         """Flush and fsync, so the file is on disk before the cache folder is renamed into place."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+    def __enter__(self) -> BlockWriter:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._file.close()  # after finish() a no-op; on an error, the folder is deleted anyway
