@@ -12,8 +12,9 @@ the page cache):
   2. ours, cold: `python -m pretrain.prepare` into an empty cache (clean, split, tokenize, pack, write)
   3. ours, cached: the same command again, which only opens the cache
   4. training: `python -m pretrain` for --train-steps steps on that cache (a small model, same data)
-Times are taken inside each process around the work (interpreter start and imports excluded; the
-"process s" column has the whole subprocess). Memory is the peak of the summed Pss_Anon of the process
+"work s" is timed inside each process around the work (interpreter start and imports excluded);
+"process s" is the whole subprocess; "CPU s" is user + system time of all its processes (what a shared
+machine's load does not change much); the ratio row is ours / reference for each column. Memory is the peak of the summed Pss_Anon of the process
 tree, workers included, sampled every 0.2 s (bench/process_memory.py): no page cache, no mapped files.
 """
 
@@ -32,7 +33,7 @@ from itertools import chain
 from pathlib import Path
 
 from bench.harness import append_results, machine
-from bench.process_memory import Peak, run_measured
+from bench.process_memory import Measured, run_measured
 from common.config import REPO_ROOT, load_config
 from pretrain.config import PretrainConfig
 
@@ -86,21 +87,23 @@ def corpus_files(spec: str, folder: Path) -> list[Path]:
 
 
 def run_reference(files: list[str], num_proc: int, vocab_size: int, block_size: int) -> dict:
-    """run_mlm.py's preparation (tokenize_function and group_texts as it writes them); returns counts and time."""
+    """run_mlm.py's preparation (tokenize_function and group_texts as it writes them); counts and seconds."""
     import datasets
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizerFast
 
     from pretrain.tokenizer import SPECIAL_TOKENS
 
-    start = time.perf_counter()
+    seconds, start = {}, time.perf_counter()
     parts = [datasets.load_dataset("json", data_files=f, split="train").select_columns(["text"]) for f in files]
     raw = datasets.concatenate_datasets(parts)
+    seconds["load_dataset (json → Arrow)"] = time.perf_counter() - start
     sample = raw.select(range(min(REFERENCE_TOKENIZER_DOCUMENTS, len(raw))))
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     batches = (sample[i : i + 1000]["text"] for i in range(0, len(sample), 1000))
     wordpiece.train_from_iterator(batches, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False)
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece._tokenizer, model_max_length=block_size)
+    seconds["tokenizer: train on the sample"] = time.perf_counter() - start - sum(seconds.values())
 
     def tokenize_function(examples):
         return tokenizer(examples["text"], return_special_tokens_mask=True)
@@ -111,18 +114,22 @@ def run_reference(files: list[str], num_proc: int, vocab_size: int, block_size: 
         return {k: [t[i : i + block_size] for i in range(0, total, block_size)] for k, t in concatenated.items()}
 
     tokenized = raw.map(tokenize_function, batched=True, num_proc=num_proc, remove_columns=["text"])
+    seconds["map(tokenize)"] = time.perf_counter() - start - sum(seconds.values())
     grouped = tokenized.map(group_texts, batched=True, num_proc=num_proc)
-    return {"wall_s": time.perf_counter() - start, "documents": len(raw), "tokens": len(grouped) * block_size}
+    seconds["map(group_texts)"] = time.perf_counter() - start - sum(seconds.values())
+    seconds["total"] = time.perf_counter() - start
+    tokens = len(grouped) * block_size
+    return {"wall_s": seconds["total"], "documents": len(raw), "tokens": tokens, "seconds": seconds}
 
 
-def child(command: list[str], env: dict[str, str] | None = None) -> tuple[dict, float, Peak]:
-    """Run `python <command>`; its JSON output, process seconds and peak memory."""
-    out, process_s, peak = run_measured([sys.executable, *command], REPO_ROOT, env)
-    return json.loads(out[out.index("{") :]), process_s, peak
+def child(command: list[str], env: dict[str, str] | None = None) -> tuple[dict, Measured]:
+    """Run `python <command>`: the JSON it prints, and its measurements."""
+    measured = run_measured([sys.executable, *command], REPO_ROOT, env)
+    return json.loads(measured.stdout[measured.stdout.index("{") :]), measured
 
 
 def measure(spec: str, args: argparse.Namespace, work: Path) -> dict:
-    """All steps for one corpus: {"reference", "cold", "cached": (child JSON, process s, peak), "train": ...}."""
+    """All steps for one corpus: {"reference", "cold", "cached": (child JSON, Measured), "train": Measured}."""
     files = corpus_files(spec, work / "corpus")
     cfg = load_config(PretrainConfig, args.config, args.overrides)
     ours = ["--config", args.config, *args.overrides, f"data.source={work / 'corpus'}", "data.max_documents=null"]
@@ -139,68 +146,75 @@ def measure(spec: str, args: argparse.Namespace, work: Path) -> dict:
     return result
 
 
-def measure_training(prepare_args: list[str], steps: int, output_dir: Path) -> tuple[float, Peak]:
-    """Peak memory of `python -m pretrain` for the first `steps` steps on the cache `prepare_args` built."""
+def measure_training(prepare_args: list[str], steps: int, output_dir: Path) -> Measured:
+    """Memory and time of `python -m pretrain` for the first `steps` steps on the cache `prepare_args` built."""
     command = ["-m", "pretrain", *prepare_args, *TRAIN_OVERRIDES, f"train.max_steps={steps}"]
     command += [f"train.eval_steps={steps}", f"train.save_steps={steps}", f"output_dir={output_dir}", "run_name=bench"]
-    _, process_s, peak = run_measured([sys.executable, *command], REPO_ROOT)
+    measured = run_measured([sys.executable, *command], REPO_ROOT)
     done = json.loads((output_dir / "bench" / "metrics.json").read_text())["step"]
     assert done == steps, f"training ran {done} steps, not {steps}"
-    return process_s, peak
+    return measured
 
 
-def speed_row(corpus: str, path: str, docs: int, tokens: int, work_s: float, process_s: float, peak: Peak) -> str:
+def speed_row(corpus: str, path: str, docs: int, tokens: int, work_s: float, m: Measured) -> str:
     return (
         f"| {corpus} | {path} | {docs:,} | {tokens / 1e6:.1f}M | {work_s:.1f} | {docs / work_s:,.0f} | "
-        f"{tokens / work_s / 1e3:,.0f}k | {process_s:.1f} | {peak.tree_mib:,.0f} |"
+        f"{tokens / work_s / 1e3:,.0f}k | {m.cpu_s:.1f} | {m.wall_s:.1f} | {m.peak.tree_mib:,.0f} |"
     )
+
+
+def stage_row(corpus: str, path: str, seconds: dict[str, float]) -> str:
+    return f"| {corpus} | {path} | " + "; ".join(f"{stage} {s:.1f}" for stage, s in seconds.items()) + " |"
 
 
 def report(results: list[dict], args: argparse.Namespace, argv: list[str]) -> None:
     """Print the three tables (speed, memory, stages) and append them to docs/benchmarks.md."""
     speed, memory, stages, peaks = [], [], [], {"preparation": [], "training": []}
     for r in results:
-        corpus, (cold, cold_s, cold_peak) = r["corpus"], r["cold"]
+        corpus, (cold, cold_m) = r["corpus"], r["cold"]
         docs = cold["stats"]["documents_read"]
         tokens = cold["stats"]["train_tokens"] + cold["stats"]["validation_tokens"]
         if "reference" in r:
-            ref, ref_s, ref_peak = r["reference"]
-            speed.append(
-                speed_row(corpus, "run_mlm-style", ref["documents"], ref["tokens"], ref["wall_s"], ref_s, ref_peak)
-            )
-        speed.append(speed_row(corpus, "ours, cold", docs, tokens, cold["wall_s"], cold_s, cold_peak))
-        cached, cached_s, cached_peak = r["cached"]
+            ref, ref_m = r["reference"]
+            speed.append(speed_row(corpus, "run_mlm-style", ref["documents"], ref["tokens"], ref["wall_s"], ref_m))
+            stages.append(stage_row(corpus, "run_mlm-style", ref["seconds"]))
+        speed.append(speed_row(corpus, "ours, cold", docs, tokens, cold["wall_s"], cold_m))
+        stages.append(stage_row(corpus, "ours", cold["seconds"]))
+        cached, cached_m = r["cached"]
         speed.append(
-            f"| {corpus} | ours, cached | | | {cached['wall_s']:.2f} | | | {cached_s:.1f} | {cached_peak.tree_mib:,.0f} |"
+            f"| {corpus} | ours, cached | | | {cached['wall_s']:.2f} | | | {cached_m.cpu_s:.1f} | "
+            f"{cached_m.wall_s:.1f} | {cached_m.peak.tree_mib:,.0f} |"
         )
         if "reference" in r:
             docs_ratio = (docs / cold["wall_s"]) / (ref["documents"] / ref["wall_s"])
             tokens_ratio = (tokens / cold["wall_s"]) / (ref["tokens"] / ref["wall_s"])
+            cpu_ratio = cold_m.cpu_s / ref_m.cpu_s
             speed.append(
-                f"| {corpus} | **ours / reference** | | | | **{docs_ratio:.2f}×** | **{tokens_ratio:.2f}×** | | |"
+                f"| {corpus} | **ours / reference** | | | | **{docs_ratio:.2f}×** | **{tokens_ratio:.2f}×** | "
+                f"{cpu_ratio:.2f}× | | |"
             )
-        peaks["preparation"].append(cold_peak.tree_mib)
+        peaks["preparation"].append(cold_m.peak.tree_mib)
         train = "–"
         if "train" in r:
-            peaks["training"].append(r["train"][1].tree_mib)
-            train = f"{r['train'][1].tree_mib:,.0f}"
+            peaks["training"].append(r["train"].peak.tree_mib)
+            train = f"{r['train'].peak.tree_mib:,.0f}"
         memory.append(
-            f"| {corpus} | {docs:,} | {tokens / 1e6:.1f}M | {cold_peak.tree_mib:,.0f} | {cold_peak.main_mib:,.0f} | {train} |"
+            f"| {corpus} | {docs:,} | {tokens / 1e6:.1f}M | {cold_m.peak.tree_mib:,.0f} | "
+            f"{cold_m.peak.main_mib:,.0f} | {train} |"
         )
-        stages.append(f"| {corpus} | " + " | ".join(f"{v:.1f}" for v in cold["seconds"].values()) + " |")
     spread = ", ".join(f"{k} max/min {max(v) / min(v):.2f}" for k, v in peaks.items() if v)
     print(machine(), *speed, "", *memory, spread, "", *stages, sep="\n")
     if args.no_record:
         return
     command = "python -m bench.prepare_throughput " + " ".join(argv)
     setup = f"num_proc {args.num_proc}, {os.cpu_count()} cores, load average {args.load:.1f} at the start"
-    header = "| corpus | path | documents | tokens | work s | docs/s | tokens/s | process s | peak anon MiB |"
+    header = "| corpus | path | documents | tokens | work s | docs/s | tokens/s | CPU s | process s | peak anon MiB |"
     append_results(f"Data preparation, ours vs run_mlm-style ({setup})", command, speed, header)
-    header = f"| corpus | documents | tokens | preparation, all processes | main process | first {args.train_steps} training steps |"
+    steps = f"first {args.train_steps} training steps"
+    header = f"| corpus | documents | tokens | preparation, all processes | main process | {steps} |"
     append_results(f"Data preparation memory, peak Pss_Anon MiB ({spread}; {setup})", command, memory, header)
-    title = f"Where our preparation time goes (seconds, worker stages summed; {setup})"
-    header = "| corpus | " + " | ".join(results[0]["cold"][0]["seconds"]) + " |"
-    append_results(title, command, stages, header)
+    title = f"Where preparation time goes (seconds; our worker stages summed over workers; {setup})"
+    append_results(title, command, stages, "| corpus | path | stages |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,18 +78,27 @@ class PeakMemory:
         return Peak(self._tree / 1024, self._main / 1024)
 
 
-def run_measured(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[str, float, Peak]:
-    """Run `command` (with `env` added to the environment); return its stdout, wall seconds and peak
-    anonymous memory. Its stderr (progress bars, logs) passes through.
+@dataclass
+class Measured:
+    stdout: str
+    wall_s: float  # the whole subprocess, interpreter start included
+    cpu_s: float  # user + system time of the process and every descendant it waited for (its workers)
+    peak: Peak
 
-    Raises SystemExit naming the command if it fails.
+
+def run_measured(command: Sequence[str], cwd: Path, env: dict[str, str] | None = None) -> Measured:
+    """Run `command` (with `env` added to the environment) and measure it; its stderr (progress bars,
+    logs) passes through. Raises SystemExit naming the command if it fails.
     """
     start = time.perf_counter()
     proc = subprocess.Popen(
         list(command), cwd=cwd, stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
     )
     with PeakMemory(proc.pid) as memory:
-        out, _ = proc.communicate()
+        out = proc.stdout.read()
+        # wait4 (not Popen.wait) returns the CPU time of the child with its reaped descendants.
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"benchmark step failed (exit {proc.returncode}): {' '.join(command)}")
-    return out, time.perf_counter() - start, memory.peak
+    return Measured(out, time.perf_counter() - start, usage.ru_utime + usage.ru_stime, memory.peak)

@@ -27,13 +27,14 @@ print("done")
 
 
 def test_peak_counts_heap_once_across_forked_processes_and_not_mapped_files(tmp_path):
-    out, seconds, peak = run_measured([sys.executable, "-c", FORKED], REPO_ROOT)
-    assert out.strip() == "done" and seconds > 1.5
-    assert 360 < peak.tree_mib < 520  # ~381 MiB of array (+ interpreter), not twice that
-    assert peak.main_mib < peak.tree_mib  # the parent's Pss shares its pages with the child
+    run = run_measured([sys.executable, "-c", FORKED], REPO_ROOT)
+    assert run.stdout.strip() == "done" and run.wall_s > 1.5 and 0 < run.cpu_s < run.wall_s
+    assert 360 < run.peak.tree_mib < 520  # ~381 MiB of array (+ interpreter), not twice that
+    assert run.peak.main_mib < run.peak.tree_mib  # the parent's Pss shares its pages with the child
 
     path = tmp_path / "file.bin"
     path.write_bytes(b"\1" * 200_000_000)
     mapped = f"import time, numpy as np; m = np.memmap({str(path)!r}, mode='r'); m.sum(); time.sleep(1)"
-    _, _, peak = run_measured([sys.executable, "-c", mapped], REPO_ROOT)
-    assert peak.tree_mib < 100  # 200 MB read through a memory map is page cache, not the process memory
+    assert (
+        run_measured([sys.executable, "-c", mapped], REPO_ROOT).peak.tree_mib < 100
+    )  # 200 MB read through a memory map is page cache, not the process memory
