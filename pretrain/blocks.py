@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from common.errors import DataError
@@ -66,7 +67,7 @@ class TokenBlocks:
     a whole number of blocks.
     """
 
-    def __init__(self, path: Path, block_size: int, dtype: np.dtype) -> None:
+    def __init__(self, path: Path, block_size: int, dtype: DTypeLike) -> None:
         self.path, self.block_size, self.dtype = Path(path), block_size, np.dtype(dtype)
         size = self.path.stat().st_size
         if size % (block_size * self.dtype.itemsize):
@@ -114,6 +115,8 @@ class TokenBlocks:
 
 @dataclass
 class PackedData:
+    """What training needs from the cache: nothing in it grows with the corpus except on disk."""
+
     tokenizer: PreTrainedTokenizerBase
     train: TokenBlocks
     validation: TokenBlocks

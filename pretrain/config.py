@@ -55,7 +55,7 @@ class TokenizerConfig:
     limit_alphabet: int = 1000
     # The WordPiece vocabulary is learnt from the first N cleaned training documents, streamed (only word
     # counts are held): bounded time and memory at any corpus size. 10k is what run_mlm-style recipes use;
-    # a 30k vocabulary trains on 10k IMDB reviews (13 MB) in ~4 s on 2 cores.
+    # a 30k vocabulary from 10k IMDB reviews (13 MB) took 4-9 s on the shared 2-core development machine.
     max_training_documents: int = 10_000
 
     def check(self) -> None:
