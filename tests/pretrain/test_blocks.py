@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import pickle
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from common.config import load_config
 from common.errors import DataError
 from pretrain import build as build_module
-from pretrain.blocks import TokenBlocks, cache_key, prepare_data
+from pretrain.blocks import TokenBlocks, cache_key, open_cache, prepare_data
 from pretrain.config import DataConfig, PretrainConfig
 from pretrain.corpus import raw_batches
 from tests.pretrain.reference_packing import reference
@@ -79,6 +80,17 @@ def test_prepared_data_are_memory_mapped_and_counts_are_vocabulary_sized(tiny_co
     assert not data.train.tokens.flags.writeable
     assert data.token_counts.shape == (cfg.model.vocab_size,) and data.token_counts.dtype == torch.float64
     assert data.stats["train_tokens"] == data.train.num_tokens
+
+
+def test_a_cache_whose_files_disagree_with_its_stats_is_refused(tiny_config, tmp_path):
+    cfg = tiny_config()
+    prepare_data(cfg)
+    folder = tmp_path / "copy"
+    shutil.copytree(Path(cfg.data.cache_dir) / cache_key(cfg), folder)
+    train = folder / "train.bin"
+    train.write_bytes(train.read_bytes()[: -cfg.data.block_size * 2])  # one uint16 block short
+    with pytest.raises(DataError, match=r"train.bin: \d+ blocks, stats.json says \d+; delete"):
+        open_cache(folder)
 
 
 def test_an_exception_midway_leaves_nothing_and_the_next_call_builds(tiny_config, tmp_path, monkeypatch):
