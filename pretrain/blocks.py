@@ -1,54 +1,133 @@
-"""Clean documents → tokenizer → packed 128-token blocks, cached on disk under a hash of what made them.
+"""Packed 128-token blocks in a flat token file, cached on disk under a hash of what made them.
 
-Documents are tokenized with `datasets.map` (batched, multi-process), concatenated with a [SEP] after
-each document and cut into blocks `[CLS] ... [SEP]` of exactly `block_size` tokens (run_mlm's
-group_texts, with the special tokens BERT expects). A second run with the same corpus, cleaning,
-tokenizer and block size loads the cache and skips every step here.
+Preparation streams: documents flow from the source (pretrain.corpus) through worker processes that
+clean and tokenize bounded chunks (pretrain.packing) into `train.bin` / `validation.bin` — nanoGPT's
+flat token file, uint16 when the vocabulary fits. Training reads them memory-mapped (`TokenBlocks`),
+so neither preparation nor training holds anything proportional to the corpus in memory.
+
+The cache folder `<data.cache_dir>/<key>/` holds `tokenizer/`, `train.bin`, `validation.bin`,
+`token_counts.npy`, `stats.json` and `build_seconds.json` (where the preparation's time went). It is
+built as `.tmp-<key>-*` and renamed into place (common/atomic.py): a folder named `<key>` is always
+complete, and a killed build leaves only a `.tmp-*` folder, which the next build of that key removes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
 import os
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from common.atomic import atomic_dir
 from common.errors import DataError
 from common.sources import local_files
+from pretrain.build import build_cache, raise_few_blocks, unigram_entropy
 from pretrain.config import PretrainConfig
-from pretrain.corpus import load_corpus
-from pretrain.tokenizer import train_tokenizer
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent builds of one key then just both build
+    fcntl = None
 
 log = logging.getLogger(__name__)
+__all__ = [
+    "PackedData",
+    "TokenBlocks",
+    "cache_key",
+    "open_cache",
+    "prepare_data",
+    "raise_few_blocks",
+    "unigram_entropy",
+]
 
-CACHE_FORMAT = 1  # bump when the packing itself changes, so old caches are not reused
+CACHE_FORMAT = 2  # bump when the packing or the folder layout changes, so old caches are not reused
+# DataConfig fields that change only how fast the blocks are made, never which blocks (tested).
+SPEED_ONLY = ("num_proc", "chunk_documents", "streaming", "cache_dir")
+
+
+class TokenBlocks:
+    """Read-only, memory-mapped blocks of a flat token file (nanoGPT style): block i is
+    tokens[i*block_size:(i+1)*block_size], each [CLS] ... [SEP] with [SEP] also between documents.
+
+    Indexing reads only the blocks asked for (the operating system pages them in and may drop them
+    again), so a corpus of any size costs no process memory. Pickling carries the path, not the data,
+    so DataLoader workers and other ranks reopen the file. Raises DataError if the file's size is not
+    a whole number of blocks.
+    """
+
+    def __init__(self, path: Path, block_size: int, dtype: DTypeLike) -> None:
+        self.path, self.block_size, self.dtype = Path(path), block_size, np.dtype(dtype)
+        size = self.path.stat().st_size
+        if size % (block_size * self.dtype.itemsize):
+            raise DataError(
+                f"{self.path}: {size} bytes is not a whole number of {block_size}-token {self.dtype} blocks; "
+                f"delete {self.path.parent} to rebuild it"
+            )
+        tokens = np.memmap(self.path, dtype=self.dtype, mode="r") if size else np.empty(0, dtype=self.dtype)
+        self.tokens: np.ndarray = tokens  # the flat token file, read-only
+        self._blocks = tokens.reshape(-1, block_size)
+
+    def __len__(self) -> int:
+        """The number of blocks."""
+        return len(self._blocks)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in all blocks, [CLS] and [SEP] included."""
+        return len(self.tokens)
+
+    def __getitem__(self, index: int | slice | np.ndarray | torch.Tensor | list[int]) -> torch.Tensor:
+        """Block `index` as int64 (block_size,), or blocks for a slice / 1-D integer indices as int64
+        (n, block_size). Raises IndexError for an index out of range or not 1-D integers."""
+        if isinstance(index, torch.Tensor):
+            index = index.numpy()
+        if not isinstance(index, slice):
+            index = np.asarray(index)
+            if index.ndim > 1 or not np.issubdtype(index.dtype, np.integer):
+                raise IndexError(
+                    f"blocks are indexed by an int, a slice or 1-D integers, not {index.dtype}{index.shape}"
+                )
+            if index.ndim == 0:
+                index = int(index)
+        return torch.from_numpy(np.array(self._blocks[index], dtype=np.int64))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "block_size": self.block_size, "dtype": self.dtype.str}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["block_size"], np.dtype(state["dtype"]))
+
+    def __repr__(self) -> str:
+        return f"TokenBlocks({self.path}, {len(self)} blocks of {self.block_size} {self.dtype} tokens)"
 
 
 @dataclass
 class PackedData:
+    """What training needs from the cache: nothing in it grows with the corpus except on disk."""
+
     tokenizer: PreTrainedTokenizerBase
-    train: torch.Tensor  # (blocks, block_size) int32
-    validation: torch.Tensor
-    stats: dict[str, Any]  # document and token counts, unigram entropy, cache key
-    token_counts: torch.Tensor  # float64 (vocab_size,): occurrences of each id in the train blocks, specials 0
+    train: TokenBlocks
+    validation: TokenBlocks
+    stats: dict[str, Any]  # document, block and token counts, unigram entropy, cache key, dtype, block size
+    token_counts: torch.Tensor  # float64 (vocab_size,): each id's count in the train blocks, specials 0
 
 
 def cache_key(cfg: PretrainConfig) -> str:
-    """A hash of everything that determines the blocks: corpus, cleaning, split, tokenizer, block size."""
-    data = dataclasses.asdict(cfg.data)
-    for speed_only in ("num_proc", "cache_dir", "streaming"):
-        data.pop(speed_only)
+    """A hash of everything that determines the blocks: corpus (files by path, size and mtime), cleaning,
+    split, tokenizer settings, vocabulary and block size — and none of the speed-only settings."""
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in SPEED_ONLY}
     files = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in local_files(cfg.data.source)]
     spec = {
         "format": CACHE_FORMAT,
@@ -60,128 +139,83 @@ def cache_key(cfg: PretrainConfig) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _pack(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, block_size: int) -> dict[str, list]:
-    encodings = tokenizer.backend_tokenizer.encode_batch(batch["text"], add_special_tokens=False)
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    stream: list[int] = []
-    for enc in encodings:
-        stream.extend(enc.ids)
-        stream.append(sep)  # marks the document boundary inside a block
-    body = block_size - 2
-    # The tail shorter than a block is dropped, as in group_texts (at most body-1 tokens per map batch).
-    return {"input_ids": [[cls, *stream[i : i + body], sep] for i in range(0, len(stream) - body + 1, body)]}
+@contextlib.contextmanager
+def _build_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock for building `target`; the OS releases it when the holder dies, even by SIGKILL."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(target.parent / f".lock-{target.name}", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def pack_documents(
-    docs: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, block_size: int, num_proc: int | None = None
-) -> datasets.Dataset:
-    return docs.map(
-        _pack,
-        batched=True,
-        batch_size=1000,
-        num_proc=num_proc,
-        remove_columns=docs.column_names,
-        fn_kwargs={"tokenizer": tokenizer, "block_size": block_size},
-        features=datasets.Features({"input_ids": datasets.List(datasets.Value("int32"))}),
-        desc="tokenizing and packing",
-    )
+def _remove_stale(target: Path) -> None:
+    # Called under the build lock of this key: any temporary folder of it belongs to a build that died.
+    for stale in [*target.parent.glob(f".tmp-{target.name}-*"), *target.parent.glob(f".old-{target.name}-*")]:
+        log.warning("removing %s, left by a preparation that was killed", stale)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
-def blocks_tensor(blocks: datasets.Dataset, block_size: int) -> torch.Tensor:
-    """All blocks as one in-memory (n, block_size) int32 tensor: batches are then cheap random gathers."""
-    column = blocks.data.column("input_ids").combine_chunks()
-    flat = column.flatten().to_numpy(zero_copy_only=False)
-    return torch.from_numpy(np.array(flat, dtype=np.int32).reshape(-1, block_size))  # a writable copy
-
-
-def token_counts(blocks: torch.Tensor, vocab_size: int, special_ids: list[int]) -> torch.Tensor:
-    """How often each token id occurs in the blocks (float64, length vocab_size), specials set to 0."""
-    counts = torch.bincount(blocks.flatten(), minlength=vocab_size).double()
-    counts[special_ids] = 0
-    return counts
-
-
-def unigram_entropy(blocks: torch.Tensor, vocab_size: int, special_ids: list[int]) -> float:
-    """Entropy (nats) of the token distribution, specials excluded: the loss of guessing by frequency alone.
-
-    An MLM that learnt anything from context has a validation loss well below this.
-    """
-    counts = token_counts(blocks, vocab_size, special_ids)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log()).sum())
-
-
-def build_cache(cfg: PretrainConfig, target: Path) -> None:
-    corpus, counts = load_corpus(cfg.data)
-    tokenizer = train_tokenizer(
-        corpus["train"], cfg.tokenizer, vocab_size=cfg.model.vocab_size, model_max_length=cfg.data.block_size
-    )
-    num_proc = cfg.data.num_proc if cfg.data.num_proc > 1 and len(corpus["train"]) >= 10_000 else None
-    if num_proc:
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the worker processes are the parallelism
-    packed = {split: pack_documents(docs, tokenizer, cfg.data.block_size, num_proc) for split, docs in corpus.items()}
-    for split, blocks in packed.items():
-        if len(blocks) == 0:
-            raise_few_blocks(cfg, split)
-    train = blocks_tensor(packed["train"], cfg.data.block_size)
-    stats = {
-        "cache_key": target.name,
-        "documents_read": counts.read,
-        "documents_dropped": counts.dropped_short,
-        "train_documents": counts.train_documents,
-        "validation_documents": counts.validation_documents,
-        "train_blocks": len(packed["train"]),
-        "validation_blocks": len(packed["validation"]),
-        "train_tokens": int(train.numel()),
-        "tokenizer_size": len(tokenizer),
-        "unigram_entropy": unigram_entropy(train, cfg.model.vocab_size, tokenizer.all_special_ids),
-    }
-    with atomic_dir(target) as tmp:
-        tokenizer.save_pretrained(tmp / "tokenizer")
-        for split, blocks in packed.items():
-            blocks.save_to_disk(str(tmp / split))
-        (tmp / "stats.json").write_text(json.dumps(stats, indent=2))
-
-
-def raise_few_blocks(cfg: PretrainConfig, split: str) -> None:
-    raise DataError(
-        f"{cfg.data.source}: the {split} split gives no block of data.block_size={cfg.data.block_size} tokens; "
-        "use more documents (data.max_documents) or a larger data.validation_fraction"
+def open_cache(folder: Path) -> PackedData:
+    """Open a finished cache folder read-only: tokenizer, memory-mapped blocks, counts and stats."""
+    stats = json.loads((folder / "stats.json").read_text())
+    dtype, block_size = np.dtype(stats["dtype"]), stats["block_size"]
+    splits = {split: TokenBlocks(folder / f"{split}.bin", block_size, dtype) for split in ("train", "validation")}
+    for split, blocks in splits.items():
+        if len(blocks) != stats[f"{split}_blocks"]:
+            raise DataError(
+                f"{blocks.path}: {len(blocks)} blocks, stats.json says {stats[f'{split}_blocks']}; delete {folder}"
+            )
+    return PackedData(
+        tokenizer=AutoTokenizer.from_pretrained(folder / "tokenizer"),
+        train=splits["train"],
+        validation=splits["validation"],
+        stats=stats,
+        token_counts=torch.from_numpy(np.load(folder / "token_counts.npy")),
     )
 
 
 def prepare_data(cfg: PretrainConfig) -> PackedData:
-    """Load the packed blocks and tokenizer from the cache, building them first if needed."""
+    """Open the packed blocks of `cfg`, building the cache first (atomically, one builder per key) if needed.
+
+    Raises DataError (one line) for unreadable data, a missing text column, or a split too small for one block.
+    """
     key = cache_key(cfg)
     target = Path(cfg.data.cache_dir) / key
     if (target / "stats.json").is_file():
         log.info("packed data: cache hit %s", target)
     else:
-        log.info("packed data: building cache %s", target)
-        build_cache(cfg, target)
-    tokenizer = AutoTokenizer.from_pretrained(target / "tokenizer")
-    stats = json.loads((target / "stats.json").read_text())
-    train = blocks_tensor(datasets.load_from_disk(str(target / "train")), cfg.data.block_size)
-    data = PackedData(
-        tokenizer=tokenizer,
-        train=train,
-        validation=blocks_tensor(datasets.load_from_disk(str(target / "validation")), cfg.data.block_size),
-        stats=stats,
-        token_counts=token_counts(train, cfg.model.vocab_size, tokenizer.all_special_ids),
-    )
+        with _build_lock(target):
+            if not (target / "stats.json").is_file():  # another process may have built it while we waited
+                _remove_stale(target)
+                log.info("packed data: building cache %s", target)
+                build_cache(cfg, target)
+    data = open_cache(target)
+    stats = data.stats
     log.info(
-        "data: %d train blocks (%.2fM tokens), %d validation blocks; documents %d read, %d dropped; cache key %s",
+        "data: %d train blocks (%.2fM tokens), %d validation blocks of %d %s tokens; documents %d read, "
+        "%d dropped, %d train, %d validation; tokenizer from %d documents; cache %s",
         len(data.train),
-        data.train.numel() / 1e6,
+        data.train.num_tokens / 1e6,
         len(data.validation),
+        stats["block_size"],
+        stats["dtype"],
         stats["documents_read"],
         stats["documents_dropped"],
-        key,
+        stats["train_documents"],
+        stats["validation_documents"],
+        stats["tokenizer_documents"],
+        target,
     )
     log.info(
         "unigram entropy of the training tokens: %.3f nats (perplexity %.0f)",
         stats["unigram_entropy"],
         math.exp(stats["unigram_entropy"]),
     )
-    log.info("sample block: %s", tokenizer.decode(data.train[0].tolist()))
+    log.info("sample block: %s", data.tokenizer.decode(data.train[0].tolist()))
     return data

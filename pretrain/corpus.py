@@ -1,122 +1,156 @@
-"""Raw documents in, clean documents out: read a Hub or local source, clean, split by document."""
+"""Raw documents in, clean documents out: read a Hub or local source in bounded batches, clean, split.
+
+Nothing here holds more than one batch of documents. The source is streamed (or, with
+data.streaming=false, read from datasets' memory-mapped Arrow cache of it) and cut into chunks that
+`pretrain.packing` cleans and tokenizes in worker processes. The train/validation split is a seeded
+hash of each cleaned document, so it needs no shuffle of the whole corpus and no document positions.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import html
-import logging
 import re
-from dataclasses import dataclass
-
-import datasets
-from tqdm.auto import tqdm
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from common.errors import DataError
-from common.sources import load_source, reading
+from common.sources import load_source, local_files, reading
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 
-log = logging.getLogger(__name__)
-
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
-_SPACE = re.compile(r"\s+")
+# A chunk also ends at this many characters (~200 IMDB reviews, ~16 Wikipedia articles), so the memory
+# of the chunks in flight does not depend on document length: 12k IMDB reviews + 800 articles peaked
+# 8% above the reviews alone with 1M-character chunks, 6% with these (Pss_Anon, bench/process_memory.py).
+CHUNK_CHARS = 1 << 18
+SPLITS = ("train", "validation")
 
 
 def clean_text(text: str | None) -> str:
     """Strip HTML leftovers such as `<br />` and entities, then collapse all whitespace to single spaces."""
     if not text:
         return ""
-    text = _TAG.sub(" ", text)
+    if "<" in text:
+        text = _TAG.sub(" ", text)
     text = html.unescape(text)
-    return _SPACE.sub(" ", text).strip()
+    # str.split() splits on exactly the characters re's \s matches (str.isspace), 3.5x faster than
+    # re.sub(r"\s+", " ", text).strip(), which was most of the cleaning time (docs/benchmarks.md).
+    return " ".join(text.split())
+
+
+def in_validation(text: str, fraction: float, seed: int) -> bool:
+    """Whether a cleaned document goes to validation: a seeded hash of its text is below `fraction`.
+
+    A stream can be split this way without knowing its length; the split does not depend on chunking
+    or worker count; exact duplicates (1,533 in the IMDB stand-in) land in the same split.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
+    return int.from_bytes(digest.digest(), "little") < fraction * 2**64
 
 
 @dataclass
-class CorpusCounts:
-    read: int
-    dropped_short: int
-    train_documents: int
-    validation_documents: int
+class SplitDocuments:
+    """One batch of documents cleaned and split; `read` raw documents, `dropped` too short after cleaning."""
+
+    read: int = 0
+    dropped: int = 0
+    texts: dict[str, list[str]] = field(default_factory=lambda: {split: [] for split in SPLITS})
 
 
-def read_documents(cfg: DataConfig) -> datasets.Dataset:
-    """The first `max_documents` raw texts of the source as a one-column ("text") Dataset."""
-    source = load_source(
-        cfg.source,
-        split=cfg.split,
-        config_name=cfg.config_name,
-        revision=cfg.revision,
-        streaming=cfg.streaming,
-        local_hint=LOCAL_CORPUS_HINT,
-    )
-    if isinstance(source, datasets.IterableDataset):
-        rows = source.take(cfg.max_documents) if cfg.max_documents else source
-        texts = []
-        for i, row in enumerate(tqdm(rows, total=cfg.max_documents, desc="reading documents", unit="doc")):
-            if cfg.text_column not in row:
-                raise DataError(_missing_column(cfg, list(row)))
-            texts.append(row[cfg.text_column])
-            if i == 0 and not isinstance(texts[0], (str, type(None))):
-                raise DataError(f"{cfg.source}: column '{cfg.text_column}' holds {type(texts[0]).__name__}, not text")
-        return datasets.Dataset.from_dict(
-            {"text": texts}, features=datasets.Features({"text": datasets.Value("string")})
-        )
-    if cfg.text_column not in source.column_names:
-        raise DataError(_missing_column(cfg, source.column_names))
-    if cfg.max_documents is not None and len(source) > cfg.max_documents:
-        source = source.select(range(cfg.max_documents))
-    source = source.select_columns([cfg.text_column])
-    return source.rename_column(cfg.text_column, "text") if cfg.text_column != "text" else source
+def split_documents(raw: list[str | None], min_chars: int, validation_fraction: float, seed: int) -> SplitDocuments:
+    """Clean `raw`, drop documents shorter than `min_chars` characters, split the rest by `in_validation`."""
+    out = SplitDocuments(read=len(raw))
+    for text in raw:
+        text = clean_text(text)
+        if len(text) < min_chars:
+            out.dropped += 1
+        else:
+            out.texts["validation" if in_validation(text, validation_fraction, seed) else "train"].append(text)
+    return out
 
 
-def _missing_column(cfg: DataConfig, columns: list[str]) -> str:
-    return (
-        f"{cfg.source}: no text column '{cfg.text_column}' (columns: {', '.join(columns)}); "
-        f"set data.text_column to one of them"
-    )
+def _missing_column(source: str, column: str, columns: list[str]) -> str:
+    return f"{source}: no text column '{column}' (columns: {', '.join(columns)}); set data.text_column to one of them"
 
 
-def load_corpus(cfg: DataConfig) -> tuple[datasets.DatasetDict, CorpusCounts]:
-    """Read, clean, drop short documents and split train/validation by document, deterministically."""
-    with reading(cfg.source):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
-        raw = read_documents(cfg)
-    if len(raw) == 0:
+def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
+    """The raw texts of the source's first `max_documents` documents, in source order, `batch_size` at a time.
+
+    Several local files (a folder or glob) are read one after another, so they may have different
+    other columns (the Wikipedia stand-in has id and title, IMDB only text). Raises DataError (one line)
+    for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
+    """
+    files = local_files(cfg.source)
+    remaining = cfg.max_documents
+    for name in files if len(files) > 1 else [cfg.source]:
+        with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
+            source = load_source(
+                name,
+                split=cfg.split,
+                config_name=cfg.config_name,
+                revision=cfg.revision,
+                streaming=cfg.streaming,
+                local_hint=LOCAL_CORPUS_HINT,
+            )
+            columns = source.column_names  # None for a stream whose features are not known yet
+            if columns is not None:
+                if cfg.text_column not in columns:
+                    raise DataError(_missing_column(name, cfg.text_column, list(columns)))
+                source = source.select_columns([cfg.text_column])
+            for batch in source.iter(batch_size=batch_size):
+                if cfg.text_column not in batch:
+                    raise DataError(_missing_column(name, cfg.text_column, list(batch)))
+                texts = batch[cfg.text_column]
+                wrong = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+                if wrong is not None:
+                    raise DataError(f"{name}: column '{cfg.text_column}' holds {type(wrong).__name__}, not text")
+                if remaining is not None:
+                    texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
+                yield texts
+                if remaining == 0:
+                    return
+
+
+def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
+    """Raw documents in chunks of at most `data.chunk_documents` documents and about CHUNK_CHARS characters."""
+    for batch in raw_batches(cfg, cfg.chunk_documents):
+        start, chars = 0, 0
+        for i, text in enumerate(batch):
+            chars += len(text or "")
+            if chars >= CHUNK_CHARS:
+                yield batch[start : i + 1]
+                start, chars = i + 1, 0
+        if start < len(batch):
+            yield batch[start:]
+
+
+def split_batches(cfg: DataConfig, split: str, batch_size: int = 1000) -> Iterator[list[str]]:
+    """The cleaned documents of one split in source order, in batches (streamed, never all in memory)."""
+    for raw in raw_batches(cfg, batch_size):
+        texts = split_documents(raw, cfg.min_chars, cfg.validation_fraction, cfg.split_seed).texts[split]
+        if texts:
+            yield texts
+
+
+def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
+    """The first `limit` cleaned training documents, in batches: what the tokenizer learns its vocabulary from.
+
+    Raises DataError (one line) if the source holds no document, or no training document long enough.
+    """
+    taken = read = 0
+    for raw in document_chunks(cfg):
+        read += len(raw)
+        texts = split_documents(raw, cfg.min_chars, cfg.validation_fraction, cfg.split_seed).texts["train"]
+        texts = texts[: limit - taken]
+        taken += len(texts)
+        if texts:
+            yield texts
+        if taken == limit:
+            return
+    if read == 0:
         raise DataError(f"{cfg.source}: no documents found")
-    num_proc = _num_proc(cfg, len(raw))
-    cleaned = raw.map(
-        lambda batch: {"text": [clean_text(t) for t in batch["text"]]},
-        batched=True,
-        num_proc=num_proc,
-        desc="cleaning",
-    )
-    kept = cleaned.filter(
-        lambda batch: [len(t) >= cfg.min_chars for t in batch["text"]],
-        batched=True,
-        num_proc=num_proc,
-        desc="filtering",
-    )
-    if len(kept) < 2:
+    if taken == 0:
         raise DataError(
-            f"{cfg.source}: only {len(kept)} of {len(raw)} documents have at least data.min_chars={cfg.min_chars} "
-            "characters after cleaning; need at least 2 (one for validation)"
+            f"{cfg.source}: none of the {read} documents gives a training document of at least "
+            f"data.min_chars={cfg.min_chars} characters after cleaning"
         )
-    split = kept.train_test_split(test_size=cfg.validation_fraction, seed=cfg.split_seed, shuffle=True)
-    corpus = datasets.DatasetDict(train=split["train"], validation=split["test"])
-    counts = CorpusCounts(
-        read=len(raw),
-        dropped_short=len(raw) - len(kept),
-        train_documents=len(corpus["train"]),
-        validation_documents=len(corpus["validation"]),
-    )
-    log.info(
-        "documents: %d read, %d dropped (empty or < %d chars after cleaning), %d train, %d validation",
-        counts.read,
-        counts.dropped_short,
-        cfg.min_chars,
-        counts.train_documents,
-        counts.validation_documents,
-    )
-    return corpus, counts
-
-
-def _num_proc(cfg: DataConfig, rows: int) -> int | None:
-    # Worker processes only pay off on big inputs; tiny test corpora run in-process.
-    return cfg.num_proc if cfg.num_proc > 1 and rows >= 10_000 else None

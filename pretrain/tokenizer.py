@@ -1,11 +1,11 @@
-"""Train an uncased WordPiece vocabulary on the training split and wrap it as a transformers tokenizer."""
+"""Train an uncased WordPiece vocabulary on a bounded sample of documents; wrap it as a transformers tokenizer."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable
 
-import datasets
+import numpy as np
 from tokenizers import BertWordPieceTokenizer
 from transformers import BertTokenizerFast
 
@@ -17,26 +17,23 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_tokenizer(
-    texts: datasets.Dataset, cfg: TokenizerConfig, vocab_size: int, model_max_length: int
+    batches: Iterable[list[str]], cfg: TokenizerConfig, vocab_size: int, model_max_length: int
 ) -> BertTokenizerFast:
-    """A BertTokenizerFast whose WordPiece vocabulary (at most `vocab_size`) is learnt from `texts["text"]`."""
-    if cfg.max_training_documents is not None and len(texts) > cfg.max_training_documents:
-        texts = texts.select(range(cfg.max_training_documents))
+    """A BertTokenizerFast whose WordPiece vocabulary (at most `vocab_size` tokens) is learnt from `batches`.
 
-    def batches(size: int = 1000) -> Iterator[list[str]]:
-        for start in range(0, len(texts), size):
-            yield texts[start : start + size]["text"]
-
+    `batches` (lists of cleaned documents) is consumed once, as a stream: the trainer keeps word counts,
+    not texts, so memory depends on the sample's vocabulary, not its size. The caller bounds the sample
+    (`pretrain.corpus.training_sample`, tokenizer.max_training_documents).
+    """
     wordpiece = BertWordPieceTokenizer(lowercase=cfg.lowercase, clean_text=True, handle_chinese_chars=True)
     wordpiece.train_from_iterator(
-        batches(),
+        batches,
         vocab_size=vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=cfg.limit_alphabet,
         special_tokens=SPECIAL_TOKENS,
         wordpieces_prefix="##",
-        show_progress=True,
-        length=len(texts),
+        show_progress=False,  # the caller's progress bar counts the documents
     )
     # Without model_max_length the saved tokenizer claims 1e30 and never truncates (NOTES.md).
     tokenizer = BertTokenizerFast(
@@ -51,3 +48,8 @@ def train_tokenizer(
         )
     log.info("tokenizer: %d WordPiece tokens, lowercase=%s", len(tokenizer), cfg.lowercase)
     return tokenizer
+
+
+def token_dtype(vocabulary: int) -> np.dtype:
+    """The narrowest unsigned type for ids below `vocabulary`: uint16 up to 65,536 tokens, else uint32."""
+    return np.dtype(np.uint16 if vocabulary <= 1 << 16 else np.uint32)

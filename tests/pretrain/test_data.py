@@ -1,19 +1,29 @@
+"""Preparation: cleaning, split, tokenizer sample, streamed packing against an in-memory reference, cache."""
+
 from __future__ import annotations
 
+import html
+import itertools
 import math
-import time
+import os
+import re
+import shutil
+from pathlib import Path
 
-import datasets
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from common.errors import DataError
 from pretrain import blocks as blocks_module
-from pretrain.blocks import cache_key, pack_documents, prepare_data, unigram_entropy
-from pretrain.config import DataConfig, TokenizerConfig
-from pretrain.corpus import clean_text, load_corpus
+from pretrain import build as build_module
+from pretrain.blocks import cache_key, prepare_data, unigram_entropy
+from pretrain.config import TokenizerConfig
+from pretrain.corpus import _TAG, clean_text, in_validation
 from pretrain.tokenizer import train_tokenizer
+from tests.pretrain.reference_packing import first_documents, reference
 
 TEXTS = [
     "The movie was great.<br /><br />I loved the acting and the music!",
@@ -27,22 +37,30 @@ def test_cleaning_strips_html_and_normalises_whitespace():
     assert clean_text(None) == "" and clean_text("   \n ") == ""
 
 
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+def test_cleaning_equals_its_regex_definition_on_any_text(text):
+    # clean_text collapses whitespace with str.split(), which must agree with re's \s on every character.
+    assert clean_text(text) == re.sub(r"\s+", " ", html.unescape(_TAG.sub(" ", text))).strip()
+
+
+def test_split_is_seeded_near_the_fraction_and_keeps_duplicates_together():
+    docs = [f"document number {i}" for i in range(20_000)]
+    share = sum(in_validation(d, 0.1, 42) for d in docs) / len(docs)
+    assert 0.09 < share < 0.11  # 20k draws: 1 point is > 4 sigma
+    assert [in_validation(d, 0.1, 42) for d in docs[:500]] == [in_validation(d, 0.1, 42) for d in docs[:500]]
+    assert [in_validation(d, 0.1, 42) for d in docs[:500]] != [in_validation(d, 0.1, 7) for d in docs[:500]]
+
+
 @pytest.fixture(scope="module")
 def tiny_tokenizer():
-    docs = datasets.Dataset.from_dict({"text": TEXTS})
-    return train_tokenizer(docs, TokenizerConfig(min_frequency=1), vocab_size=192, model_max_length=128)
+    return train_tokenizer([TEXTS], TokenizerConfig(min_frequency=1), vocab_size=192, model_max_length=128)
 
 
 def test_tokenizer_is_uncased_wordpiece_with_bert_specials(tiny_tokenizer, tmp_path):
     tok = tiny_tokenizer
     assert len(tok) <= 192
-    assert [tok.pad_token, tok.unk_token, tok.cls_token, tok.sep_token, tok.mask_token] == [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-    ]
+    specials = [tok.pad_token, tok.unk_token, tok.cls_token, tok.sep_token, tok.mask_token]
+    assert specials == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     ids = tok("The MOVIE was Great")["input_ids"]
     assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
     assert ids == tok("the movie was great")["input_ids"]  # uncased
@@ -53,70 +71,112 @@ def test_tokenizer_is_uncased_wordpiece_with_bert_specials(tiny_tokenizer, tmp_p
     assert reloaded.model_max_length == 128  # not the 1e30 a bare wrap would save
 
 
-def test_blocks_are_exactly_block_size_with_cls_and_sep(tiny_tokenizer):
-    docs = datasets.Dataset.from_dict({"text": TEXTS})
-    packed = pack_documents(docs, tiny_tokenizer, block_size=128)
-    ids = torch.tensor(packed["input_ids"])
-    assert ids.ndim == 2 and ids.shape[1] == 128 and len(ids) > 3
-    assert (ids[:, 0] == tiny_tokenizer.cls_token_id).all() and (ids[:, -1] == tiny_tokenizer.sep_token_id).all()
-    assert not (ids == tiny_tokenizer.pad_token_id).any()  # packed, never padded
-    # documents are separated by [SEP] inside blocks, and [CLS] appears only at the start
-    assert (ids[:, 1:-1] == tiny_tokenizer.sep_token_id).any()
-    assert not (ids[:, 1:] == tiny_tokenizer.cls_token_id).any()
-
-
 def test_unigram_entropy_of_a_known_distribution():
-    blocks = torch.tensor([[2, 5, 5, 6, 7, 3]])  # specials 2 and 3 are left out: p = (1/2, 1/4, 1/4)
-    assert unigram_entropy(blocks, 8, [0, 1, 2, 3, 4]) == pytest.approx(1.5 * math.log(2))
+    assert unigram_entropy(np.array([0, 0, 2, 1, 1])) == pytest.approx(1.5 * math.log(2))  # p = (1/2, 1/4, 1/4)
 
 
-def test_document_split_is_deterministic_and_disjoint(data_dir):
-    cfg = DataConfig(source=f"{data_dir}/pretrain/imdb_100k.jsonl.gz", max_documents=200, validation_fraction=0.1)
-    first, counts = load_corpus(cfg)
-    again, _ = load_corpus(cfg)
-    assert first["validation"]["text"] == again["validation"]["text"]
-    assert not set(first["train"]["text"]) & set(first["validation"]["text"])
-    assert counts.read == 200 and counts.train_documents + counts.validation_documents + counts.dropped_short == 200
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_blocks_of_a_corpus_of_many_chunks_equal_the_in_memory_reference(tiny_config, tmp_path, num_proc):
+    cfg = tiny_config("data.max_documents=500", "data.chunk_documents=37", f"data.num_proc={num_proc}")
+    cfg.data.cache_dir = str(tmp_path)
+    data = prepare_data(cfg)
+    expected = reference(cfg, data.tokenizer)
+    assert len(data.train) > 10 * 37 // 3  # many chunks' worth of blocks, each chunk's tail carried over
+    for split in ("train", "validation"):
+        blocks = getattr(data, split)
+        assert torch.equal(blocks[: len(blocks)], expected[split]), split
+        assert data.stats[f"{split}_blocks"] == len(expected[split])
+    counts = torch.bincount(expected["train"].flatten(), minlength=cfg.model.vocab_size).double()
+    counts[data.tokenizer.all_special_ids] = 0
+    assert torch.equal(data.token_counts, counts)
+    assert data.stats["unigram_entropy"] == pytest.approx(unigram_entropy(counts.numpy()))
+    assert data.stats["dtype"] == "uint16" and data.stats["block_size"] == cfg.data.block_size
 
 
-def test_short_documents_are_dropped_and_counted(tmp_path):
-    path = tmp_path / "docs.txt"
-    path.write_text("\n".join(["tiny", "", "x" * 80, "y" * 90, "z" * 100, "<br />"]))
-    corpus, counts = load_corpus(
-        DataConfig(source=str(path), max_documents=None, min_chars=64, validation_fraction=0.3)
-    )
-    assert counts.read == 6 and counts.dropped_short == 3
-    assert counts.train_documents + counts.validation_documents == 3
+def test_tokenizer_learns_from_the_first_training_documents_only(tiny_config, tmp_path, monkeypatch):
+    seen: list[str] = []
+    real = build_module.train_tokenizer
+
+    def spy(batches, *args, **kwargs):
+        seen.extend(itertools.chain.from_iterable(batches))
+        return real([seen], *args, **kwargs)
+
+    monkeypatch.setattr(build_module, "train_tokenizer", spy)
+    cfg = tiny_config("tokenizer.max_training_documents=120", "data.chunk_documents=50", f"data.cache_dir={tmp_path}")
+    data = prepare_data(cfg)
+    d = cfg.data
+    cleaned = [t for t in map(clean_text, first_documents(d.source, d.max_documents)) if len(t) >= d.min_chars]
+    train_docs = [t for t in cleaned if not in_validation(t, d.validation_fraction, d.split_seed)]
+    assert seen == train_docs[:120] and data.stats["tokenizer_documents"] == 120
 
 
-def test_missing_text_column_names_the_columns(tmp_path):
-    path = tmp_path / "docs.jsonl"
-    path.write_text('{"body": "some text here"}\n')
-    with pytest.raises(DataError, match=r"no text column 'text' \(columns: body\)"):
-        load_corpus(DataConfig(source=str(path), max_documents=None))
+@pytest.fixture
+def pinned_tokenizer(monkeypatch, tiny_config):
+    """One tokenizer for every build: WordPiece training itself breaks count ties by hash-map order
+    (huggingface/tokenizers#1794), so comparing two builds byte for byte needs the same vocabulary."""
+    cfg = tiny_config()
+    docs = [clean_text(t) for t in first_documents(cfg.data.source, cfg.data.max_documents)]
+    tokenizer = train_tokenizer([docs], cfg.tokenizer, cfg.model.vocab_size, model_max_length=cfg.data.block_size)
+
+    def fixed(batches, *_args, **_kwargs):
+        for _ in batches:  # the sample is still read, as the real trainer would
+            pass
+        return tokenizer
+
+    monkeypatch.setattr(build_module, "train_tokenizer", fixed)
+    return tokenizer
 
 
-def test_offline_hub_source_fails_fast_naming_the_local_alternative():
-    start = time.perf_counter()
-    with pytest.raises(DataError) as err:
-        load_corpus(DataConfig())  # the default: Skylion007/openwebtext on the Hub; conftest sets HF_HUB_OFFLINE=1
-    message = str(err.value)
-    assert time.perf_counter() - start < 5
-    assert "Skylion007/openwebtext" in message and "imdb_100k.jsonl.gz" in message and "\n" not in message
+def cache_files(cfg) -> dict[str, bytes]:
+    folder = Path(cfg.data.cache_dir) / cache_key(cfg)
+    return {name: (folder / name).read_bytes() for name in ("train.bin", "validation.bin", "token_counts.npy")}
 
 
-def test_second_run_loads_the_cache_and_a_change_makes_a_new_key(tiny_config, monkeypatch):
+@pytest.mark.parametrize(
+    "speed_only",
+    [["data.num_proc=2", "data.chunk_documents=7"], ["data.streaming=false", "data.chunk_documents=64"]],
+    ids=["two-processes-small-chunks", "arrow-not-streaming"],
+)
+def test_speed_only_settings_give_the_same_files(tiny_config, tmp_path, pinned_tokenizer, monkeypatch, speed_only):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # the Arrow copy goes here
+    first = tiny_config("data.num_proc=1", f"data.cache_dir={tmp_path}/a")
+    second = tiny_config(*speed_only, f"data.cache_dir={tmp_path}/b")
+    prepare_data(first), prepare_data(second)
+    assert cache_key(first) == cache_key(second)
+    assert cache_files(first) == cache_files(second)
+
+
+def test_cache_is_reused_and_its_key_covers_what_determines_the_blocks(tiny_config, tmp_path, monkeypatch):
     cfg = tiny_config()
     first = prepare_data(cfg)
-    assert first.train.shape[1] == cfg.data.block_size and len(first.validation) > 0
-    assert first.stats["train_tokens"] == first.train.numel()
 
     def fail(*_args, **_kwargs):
         raise AssertionError("cache miss: the blocks were rebuilt")
 
     monkeypatch.setattr(blocks_module, "build_cache", fail)
     second = prepare_data(cfg)
-    assert torch.equal(first.train, second.train) and second.stats == first.stats
-    assert cache_key(tiny_config("data.block_size=64", "model.max_position_embeddings=128")) != cache_key(cfg)
-    assert cache_key(tiny_config("model.vocab_size=2048")) != cache_key(cfg)
-    assert cache_key(tiny_config("data.num_proc=2")) == cache_key(cfg)  # speed-only settings share the cache
+    assert torch.equal(first.train[:], second.train[:]) and second.stats == first.stats
+    copy = tmp_path / "copy.jsonl.gz"
+    shutil.copy(cfg.data.source, copy)
+    determining = [
+        f"data.source={copy}",
+        "data.max_documents=299",
+        "data.text_column=body",
+        "data.min_chars=65",
+        "data.validation_fraction=0.2",
+        "data.split_seed=1",
+        "tokenizer.lowercase=false",
+        "tokenizer.min_frequency=3",
+        "tokenizer.limit_alphabet=500",
+        "tokenizer.max_training_documents=100",
+        "model.vocab_size=2048",
+    ]
+    keys = {cache_key(tiny_config(o)) for o in determining}
+    keys.add(cache_key(tiny_config("data.block_size=64", "model.max_position_embeddings=128")))
+    assert cache_key(cfg) not in keys and len(keys) == len(determining) + 1
+    os.utime(copy, (1, 1))  # same path, new modification time: a changed file
+    assert cache_key(tiny_config(f"data.source={copy}")) not in keys
+    for speed_only in ("data.num_proc=3", "data.chunk_documents=5", "data.streaming=false", "data.cache_dir=/x"):
+        assert cache_key(tiny_config(speed_only)) == cache_key(cfg), speed_only
