@@ -6,7 +6,9 @@ checkpoints with optimizer/scheduler/RNG state, resume). What MLM adds:
   every masked token, as perplexity is defined), with masked-token accuracy, gathered over all ranks;
   with a training masking other than BERT's it also scores a BERT-masked copy (`eval_bert15_*`), so runs
   with different masking rates compare;
-- `ShortBlockWarmup` sets the model's `sequence_length` for the first steps.
+- `ShortBlockWarmup` sets the model's `sequence_length` for the first steps;
+- blocks are visited in a seeded order computed index by index (`BlockOrder`), so no per-epoch
+  permutation of the corpus is held in memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from transformers import Trainer, TrainerCallback
 
 from common.training import ScheduleMixin, ThroughputMixin
 from pretrain.model import IGNORE_INDEX
+from pretrain.sampling import BlockOrder
 
 
 class ShortBlockWarmup(TrainerCallback):
@@ -43,6 +46,10 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
     def __init__(self, *args: Any, eval_sets: dict[str, Dataset], **kwargs: Any) -> None:
         super().__init__(*args, eval_dataset=eval_sets[""], **kwargs)
         self.eval_sets = eval_sets
+
+    def _get_train_sampler(self, train_dataset: Dataset | None = None) -> BlockOrder:
+        """Every block once per epoch in a seeded order that is never materialised (pretrain/sampling.py)."""
+        return BlockOrder(len(train_dataset if train_dataset is not None else self.train_dataset), self.args.seed)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
         """Every block once, sharded over the ranks (the last batch evened out with repeats that

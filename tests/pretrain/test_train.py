@@ -196,3 +196,33 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(tiny_args, tmp
     assert "out of memory" in message and "per_device_train_batch_size=16" in message
     assert "gradient_accumulation_steps" in message and "\n" not in message
     assert not (tmp_path / "pretrain-debug/model").exists()
+
+
+def test_training_reads_only_the_blocks_it_trains_on(tiny_config, tiny_data):
+    """Blocks stay memory-mapped on disk: a run touches only the blocks of its batches (issue 16)."""
+    import dataclasses
+
+    import numpy as np
+
+    from pretrain.train import build_trainer
+
+    read: list[int] = []
+
+    class Recorded:
+        def __init__(self, blocks):
+            self.blocks = blocks
+
+        def __len__(self) -> int:
+            return len(self.blocks)
+
+        def __getitem__(self, index):
+            read.append(int(index))
+            return self.blocks[index]
+
+    assert isinstance(tiny_data.train.tokens, np.memmap)
+    data = dataclasses.replace(tiny_data, train=Recorded(tiny_data.train))
+    cfg = tiny_config("train.max_steps=5", "train.per_device_train_batch_size=4", "train.eval_steps=1000",
+                      "train.save_steps=1000")  # fmt: skip
+    build_trainer(cfg, data, report_to=[], fresh=True).train()
+    # 5 batches of 4, plus the one accelerate's loader fetches ahead to know where the epoch ends
+    assert len(read) == len(set(read)) == 6 * 4 < len(tiny_data.train) // 10
