@@ -168,7 +168,7 @@ def test_cpu_threads_default_and_validation():
             cpu_threads({"APP_TORCH_THREADS": bad})
 
 
-# Issue 15, item 2: the picker reads NLI rows through the training reader, so "-" is "no gold label" there too.
+# the picker reads NLI rows through the training reader, so "-" is "no gold label" there too.
 def test_example_without_a_gold_label_shows_none(tmp_path):
     path = tmp_path / "dev.jsonl"
     labels = [0, 2, "-", 1]
@@ -204,7 +204,7 @@ def test_examples_with_an_unknown_label_are_a_one_line_problem(tmp_path):
     assert examples == [] and "label 7" in problems[0] and "\n" not in problems[0]
 
 
-# Issue 15, item 4: the app's Hub example source fails in seconds too, naming the local file.
+# the app's Hub example source fails in seconds too, naming the local file.
 def test_hub_examples_with_an_unreachable_hub_fail_in_seconds(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
@@ -215,7 +215,7 @@ def test_hub_examples_with_an_unreachable_hub_fail_in_seconds(monkeypatch):
     assert examples == [] and "unreachable" in problems[0] and "mnli/validation_matched.jsonl.gz" in problems[0]
 
 
-# Issue 15, item 5: text with no visible character is empty text, in the pair and the batch path alike.
+# text with no visible character is empty text, in the pair and the batch path alike.
 @pytest.mark.parametrize("blank", ["\u200b\u200b", "\x00\x01", "\ufeff\u2060 "])
 def test_invisible_text_gets_no_prediction(tiny_encoder, blank):
     assert predict_pair(tiny_encoder, blank, "Someone eats.") == EmptyInput(("premise",))

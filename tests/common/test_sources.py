@@ -54,7 +54,7 @@ def test_hub_id_offline_fails_fast_naming_the_local_alternative(monkeypatch):
         load_source("someone/some-dataset", local_hint="local.jsonl.gz")
 
 
-# Issue 15, item 1, for every reader (the pretraining corpus reads through load_source too).
+# For every reader (the pretraining corpus reads through load_source too).
 @pytest.mark.parametrize("streaming", [True, False])
 @pytest.mark.parametrize("suffix", [".tsv", ".tsv.gz", ".tsv.bz2"])
 def test_tsv_cells_are_read_verbatim_as_text(tmp_path, suffix, streaming):
@@ -90,7 +90,7 @@ def test_csv_and_tsv_files_in_one_source_are_refused(tmp_path):
         load_source(str(tmp_path), streaming=True)
 
 
-# Issue 15, item 4: the reachability check itself is bounded, even when name resolution hangs.
+# the reachability check itself is bounded, even when name resolution hangs.
 def test_reachability_check_is_bounded_when_name_resolution_hangs(monkeypatch):
     import socket
     import time

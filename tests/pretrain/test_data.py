@@ -113,7 +113,8 @@ def test_tokenizer_learns_from_the_first_training_documents_only(tiny_config, tm
 @pytest.fixture
 def pinned_tokenizer(monkeypatch, tiny_config):
     """One tokenizer for every build: WordPiece training itself breaks count ties by hash-map order
-    (huggingface/tokenizers#1794), so comparing two builds byte for byte needs the same vocabulary."""
+    (a known limitation of the tokenizers library), so comparing two builds byte for byte needs the same
+    vocabulary."""
     cfg = tiny_config()
     docs = [clean_text(t) for t in first_documents(cfg.data.source, cfg.data.max_documents)]
     tokenizer = train_tokenizer([docs], cfg.tokenizer, cfg.model.vocab_size, model_max_length=cfg.data.block_size)

@@ -199,7 +199,7 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(tiny_args, tmp
 
 
 def test_training_reads_only_the_blocks_it_trains_on(tiny_config, tiny_data):
-    """Blocks stay memory-mapped on disk: a run touches only the blocks of its batches (issue 16)."""
+    """Blocks stay memory-mapped on disk: a run touches only the blocks of its batches."""
     import dataclasses
 
     import numpy as np

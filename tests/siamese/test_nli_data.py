@@ -172,7 +172,7 @@ def test_malformed_or_non_utf8_file_is_a_one_line_error(tmp_path, content, probl
     assert "\n" not in str(err.value)
 
 
-# Issue 15, item 1: a premise that opens with a quote. NLI TSVs are not quoted CSV: text is verbatim.
+# a premise that opens with a quote. NLI TSVs are not quoted CSV: text is verbatim.
 ISSUE_TSV = (
     "sentence1\tsentence2\tgold_label\n"
     '"Hello there, she said.\tShe greeted people.\tentailment\n'
@@ -255,7 +255,7 @@ def test_csv_with_an_unbalanced_quote_is_a_one_line_error_not_merged_rows(tmp_pa
     assert "\n" not in str(err.value)
 
 
-# Issue 15, item 5: text with no visible content is empty text.
+# text with no visible content is empty text.
 @pytest.mark.parametrize("blank", ["\u200b\u200b", "\x00\x01", "\ufeff \u2060", "\u200c\u200d\t"])
 def test_invisible_text_is_dropped_and_counted_as_empty(tmp_path, blank):
     rows = [

@@ -19,7 +19,7 @@ def run_args(repo_root, base, out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-# Issue 15, item 6: the first-row preview re-read the lazy stream, and every row was counted twice.
+# the first-row preview re-read the lazy stream, and every row was counted twice.
 def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_path):
     path = tmp_path / "pairs.jsonl"
     rows = [
@@ -34,7 +34,7 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
 
 
-# Issue 15, item 3: refused before any training, in one line naming the key and the model's limit.
+# refused before any training, in one line naming the key and the model's limit.
 def test_max_seq_length_past_the_base_models_positions_is_refused_before_training(
     repo_root, short_bert, tmp_path, capsys
 ):
