@@ -90,7 +90,7 @@ def test_csv_and_tsv_files_in_one_source_are_refused(tmp_path):
         load_source(str(tmp_path), streaming=True)
 
 
-# the reachability check itself is bounded, even when name resolution hangs.
+# The reachability check itself is bounded, even when name resolution hangs.
 def test_reachability_check_is_bounded_when_name_resolution_hangs(monkeypatch):
     import socket
     import time
