@@ -111,6 +111,15 @@ class TrainConfig:
     # Stop (and save) after this many minutes even if max_steps is not reached: a cap for busy machines.
     max_train_minutes: float | None = None
     seed: int = 42
+    # The NLI head (the loss's classifier) in its own AdamW parameter group at this rate (null: the encoder's).
+    # Unit-norm embeddings (all-MiniLM-L6-v2 ends in Normalize) feed the head features of ~0.05: at the
+    # encoder's rate its logits barely move in a short run while the encoder is trained through it (issue 17).
+    head_learning_rate: float | None = None
+    # Fit the head on the frozen encoder's features of this many training pairs before fine-tuning (0: off;
+    # siamese/head_init.py), so the encoder is never trained through a random head.
+    head_init_pairs: int = 0
+    # Keep the checkpoint that scores best on the held-out NLI pairs (eval loss for mnrl), never on STS.
+    select_best: bool = False
 
     def check(self) -> None:
         require(self.learning_rate > 0, "learning_rate", "must be > 0")
@@ -125,6 +134,14 @@ class TrainConfig:
             require(getattr(self, name) >= 1, name, "must be >= 1")
         require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
         require(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0")
+        require(self.head_learning_rate is None or self.head_learning_rate > 0, "head_learning_rate", "must be > 0")
+        require(self.head_init_pairs >= 0, "head_init_pairs", "must be >= 0 (0: no warm start)")
+        require(
+            not self.select_best or self.save_steps % self.eval_steps == 0,
+            "save_steps",
+            f"must be a multiple of eval_steps ({self.eval_steps}) with select_best: only evaluated checkpoints "
+            "can be chosen",
+        )
 
     def warmup_step_count(self) -> int:
         return int(self.warmup_steps * self.max_steps) if self.warmup_steps < 1 else int(self.warmup_steps)
@@ -158,6 +175,7 @@ class ImplConfig:
 # What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
 RESUMABLE_KEYS = (
     "train.learning_rate",
+    "train.head_learning_rate",  # its value only: null ↔ a rate changes the optimizer's groups (siamese/train.py)
     "train.warmup_steps",
     "train.max_steps",
     "train.plateau_factor",
@@ -192,3 +210,14 @@ class SiameseConfig(RunConfig):
             "train.lr_scheduler",
             "reduce_lr_on_plateau steps on the eval loss: set data.eval_pairs > 0",
         )
+        require(
+            not self.train.select_best or self.data.eval_pairs > 0,
+            "train.select_best",
+            "chooses a checkpoint by its score on held-out pairs: set data.eval_pairs > 0",
+        )
+        for key in ("head_learning_rate", "head_init_pairs"):
+            require(
+                self.loss.name != "mnrl" or getattr(self.train, key) in (None, 0),
+                f"train.{key}",
+                "loss.name=mnrl trains no NLI head: leave it unset, or use loss.name=softmax or both",
+            )

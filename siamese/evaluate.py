@@ -4,7 +4,8 @@ MNLI dev matched / mismatched accuracy through the shared `NLIEncoder` (the app'
 classification report, a confusion-matrix PNG and per-class cosine distributions; STS-B test Spearman
 and Pearson of cosine similarity via sentence-transformers' evaluator. Writes `report.json` and
 `report.md` (into the model folder unless --out says otherwise), with the all-MiniLM-L6-v2 baseline
-side by side when --baseline is given.
+side by side when --baseline is given, and the STS-B Spearman of the base model the fine-tuning started
+from (named in run_info.json) beside the fine-tuned model's, with one warning line when fine-tuning lowered it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from sklearn.metrics import classification_report, confusion_matrix
 
 from common.device import resolve_device
@@ -26,9 +28,9 @@ from common.errors import DataError, UserError
 from common.sources import load_source, local_files, looks_local, reading, require_hub
 from common.text import has_visible_content
 from common.tracking import run_wandb_config, start_tracking
-from siamese.config import SourceConfig
+from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
-from siamese.model import hub_model_kwargs, resolve_base
+from siamese.model import build_model, hub_model_kwargs, resolve_base
 from siamese.nli_data import read_pairs
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,75 @@ def evaluate_encoder(
     return report, samples
 
 
+@dataclass
+class BaseEncoder:
+    """The encoder a fine-tuned model started from, rebuilt as fine-tuning built it (no NLI head)."""
+
+    name: str  # as the run's config gave it, e.g. all-MiniLM-L6-v2
+    path: str  # as run_info.json records it (a resolved folder, or a Hub id)
+    encoder: NLIEncoder
+
+
+def load_base_encoder(model_dir: Path) -> BaseEncoder | None:
+    """The base model named in `model_dir`'s run_info.json (`base_model`), built by `siamese.model.build_model`
+    with the run's own `model.max_seq_length`, `model.pooling` and attention (resolved_config.yaml), i.e. the
+    encoder fine-tuning started from. None (one info line) when run_info.json names no base.
+
+    Raises UserError (one line, within seconds for a Hub id while offline) when the base cannot be loaded.
+    """
+    info_path = model_dir / "run_info.json"
+    try:
+        base = json.loads(info_path.read_text(encoding="utf-8")).get("base_model")
+    except (OSError, ValueError):
+        base = None
+    if not isinstance(base, str) or not base.strip():
+        log.info("%s names no base_model: no STS-B before fine-tuning to compare with", info_path)
+        return None
+    resolved = _resolved_config(model_dir)
+    model_section, impl_section = resolved.get("model", {}), resolved.get("impl", {})
+    cfg = ModelConfig(
+        base_model=base,
+        max_seq_length=int(model_section.get("max_seq_length", ModelConfig.max_seq_length)),
+        pooling=model_section.get("pooling", ModelConfig.pooling),
+    )
+    impl = ImplConfig(attn_implementation=impl_section.get("attn_implementation", ImplConfig.attn_implementation))
+    try:
+        model = build_model(cfg, impl)
+    except UserError as err:
+        raise UserError(f"{err} (the base model of {model_dir}, from run_info.json; --no-base-stsb skips it)") from None
+    return BaseEncoder(name=str(model_section.get("base_model") or base), path=base, encoder=NLIEncoder(model.eval()))
+
+
+def _resolved_config(model_dir: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load((model_dir / "resolved_config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def base_section(base: BaseEncoder, stsb: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `base`: the base model's STS-B metrics and the change fine-tuning made (after − before)."""
+    return {
+        "model": base.name,
+        "path": base.path,
+        "stsb_test": stsb,
+        "stsb_spearman_change": after["spearman"] - stsb["spearman"],
+    }
+
+
+def stsb_drop_warning(report: dict[str, Any]) -> str | None:
+    """One line when fine-tuning lowered the STS-B Spearman of its base model, else None. A drop too small to
+    show in the line's three decimals (e.g. 0.9309 → 0.9308) is not one: the line would read "from 0.931 to 0.931"."""
+    base = report.get("base")
+    if not base:
+        return None
+    before, after = f"{base['stsb_test']['spearman']:.3f}", f"{report['stsb_test']['spearman']:.3f}"
+    if float(after) >= float(before):
+        return None
+    return f"fine-tuning lowered STS-B Spearman from {before} to {after} (base {base['model']})"
+
+
 def _fmt(value: Any) -> str:
     return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -254,6 +325,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     lines.append("| pairs (m / mm / STS-B) | " + " | ".join(
         f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
         for _, r in models) + " |")  # fmt: skip
+    lines += _base_lines(report)
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         lines += [
             "",
@@ -276,6 +348,25 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _base_lines(report: dict[str, Any]) -> list[str]:
+    """report.md: STS-B of the base model before fine-tuning beside after, and the warning if it fell."""
+    base = report.get("base")
+    if not base:
+        return []
+    before, after = base["stsb_test"], report["stsb_test"]
+    lines = [
+        "",
+        f"## STS-B test before and after fine-tuning (base `{base['model']}`, no NLI head)",
+        "",
+        "| STS-B test (cosine) | base, before | fine-tuned | change |",
+        "|---|---|---|---|",
+    ]
+    for key in ("spearman", "pearson"):
+        lines.append(f"| {key.capitalize()} | {before[key]:.4f} | {after[key]:.4f} | {after[key] - before[key]:+.4f} |")
+    warning = stsb_drop_warning(report)
+    return lines + (["", f"**Warning: {warning}.**"] if warning else [])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m siamese.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
@@ -285,6 +376,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         const="all-MiniLM-L6-v2",
         default=None,
         help="also evaluate a baseline encoder (default: the offline all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--no-base-stsb",
+        action="store_true",
+        help="skip the STS-B Spearman of the base model (run_info.json's base_model) before fine-tuning",
     )
     parser.add_argument("--out", help="where report.json/.md and plots go (default: the model folder)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N pairs of each set (quick looks, tests)")
@@ -311,12 +407,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model_dir = Path(args.model)
     encoder = NLIEncoder.load(model_dir)
     baseline_encoder = load_baseline(args.baseline) if args.baseline else None
+    base = None if args.no_base_stsb else load_base_encoder(model_dir)
     out_dir = Path(args.out) if args.out else model_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
     report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir, scale)
-    report = {"model": str(model_dir)} | report | {"baseline": None, "limit": args.limit}
+    report = {"model": str(model_dir)} | report | {"base": None, "baseline": None, "limit": args.limit}
+    if base is not None:
+        stsb = stsb_metrics(base.encoder, *read_stsb(sources["stsb_test"], args.limit, scale))
+        report["base"] = base_section(base, stsb, report["stsb_test"])
     if baseline_encoder is not None:
         baseline, _ = evaluate_encoder(baseline_encoder, "baseline", sources, args.limit, out_dir, scale)
         report["baseline"] = {"model": args.baseline} | baseline
@@ -327,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log.info("%s accuracy: %s (n=%d)", split, _fmt(report[split]["accuracy"]), report[split]["n"])
     log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
              report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
+    if report["base"] is not None:
+        log.info("STS-B test spearman of the base before fine-tuning: %.4f", report["base"]["stsb_test"]["spearman"])
+    if warning := stsb_drop_warning(report):
+        log.warning(warning)
     return report
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import torch
@@ -252,6 +253,19 @@ def build_loss(model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: 
 def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:
     """The NLI head a loss trains (SoftmaxLoss does not save it: we do), or None for ranking only."""
     return getattr(loss, "classifier", None)
+
+
+def head_parameter_pattern(loss: torch.nn.Module) -> str | None:
+    r"""A regular expression matching exactly the NLI head's parameter names within `loss` (e.g.
+    `^(?:classifier\.weight|classifier\.bias)$`; `softmax.classifier.*` in SoftmaxRankingLoss), for
+    sentence-transformers' `learning_rate_mapping`, which puts the matches in their own optimizer groups.
+    None when the loss trains no head. Names are found by identity, so no encoder parameter can match."""
+    classifier = loss_classifier(loss)
+    if classifier is None:
+        return None
+    head = {id(p) for p in classifier.parameters()}
+    names = [name for name, param in loss.named_parameters() if id(param) in head]
+    return "^(?:" + "|".join(re.escape(name) for name in names) + ")$"
 
 
 def base_model_info(base_model: str) -> dict:

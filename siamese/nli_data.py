@@ -291,6 +291,40 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
     )
 
 
+def mixed_pairs(
+    cfg: DataConfig, seed: int, counts: RowCounts, pairs: list[IterableDataset] | None = None
+) -> IterableDataset:
+    """The training sources' clean pairs in one stream, before shuffling: several sources interleaved by
+    weight (seeded, so every rank and every call sees the same order). `pairs` replaces the sources."""
+    streams = pairs if pairs is not None else [open_pairs(s, counts) for s in cfg.train_sources]
+    if len(streams) == 1:
+        return streams[0]
+    weights = [s.weight for s in cfg.train_sources]
+    return datasets.interleave_datasets(
+        streams,
+        probabilities=[w / sum(weights) for w in weights],
+        seed=seed,
+        stopping_strategy="all_exhausted_without_replacement",
+    )
+
+
+def first_pairs(cfg: DataConfig, n: int, seed: int, pairs: list[IterableDataset] | None = None) -> dict[str, list]:
+    """The first `n` clean training pairs of `mixed_pairs` as lists (fewer if the sources hold fewer); the
+    same pairs on every call and every rank. Counted apart from the training pass (not in run_info.json).
+
+    Raises DataError when the sources hold no labelled pair, or as `open_pairs` does.
+    """
+    where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
+    out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
+    with reading(where):
+        for row in mixed_pairs(cfg, seed, RowCounts(), pairs).take(n):
+            for key in out:
+                out[key].append(row[key])
+    if not out["label"]:
+        raise DataError(f"{where}: no labelled pairs with text to fit the NLI head on")
+    return out
+
+
 def train_stream(
     cfg: DataConfig,
     batch_size: int,
@@ -305,17 +339,7 @@ def train_stream(
 
     `pairs` replaces the configured sources (tests feed generators through it).
     """
-    streams = pairs if pairs is not None else [open_pairs(s, counts) for s in cfg.train_sources]
-    if len(streams) == 1:
-        ds = streams[0]
-    else:
-        weights = [s.weight for s in cfg.train_sources]
-        ds = datasets.interleave_datasets(
-            streams,
-            probabilities=[w / sum(weights) for w in weights],
-            seed=seed,
-            stopping_strategy="all_exhausted_without_replacement",
-        )
+    ds = mixed_pairs(cfg, seed, counts, pairs)
     if triplets:
         ds = triplet_stream(ds, cfg.triplet_window, counts)
     if cfg.shuffle_buffer > 1:

@@ -20,11 +20,11 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
-from common.checkpoints import SaveRunConfig, check_resume_settings, choose_checkpoint
+from common.checkpoints import RUN_CONFIG, SaveRunConfig, check_resume_settings, choose_checkpoint
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
-from common.errors import UserError
+from common.errors import ConfigError, UserError
 from common.tracking import finish_run, trainer_report_to
 from common.training import (
     PlateauStep,
@@ -37,17 +37,40 @@ from common.training import (
 from siamese import model as siamese_model
 from siamese.config import RESUMABLE_KEYS, SiameseConfig
 from siamese.encoder import save_head
-from siamese.nli_data import RowCounts, _Triplets, preview_row, read_pairs, reading, source_name, train_stream
-from siamese.trainer import NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
+from siamese.head_init import WarmStart, warm_start_head
+from siamese.nli_data import (
+    RowCounts,
+    _Triplets,
+    first_pairs,
+    preview_row,
+    read_pairs,
+    reading,
+    source_name,
+    train_stream,
+)
+from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
 
 
-def training_arguments(cfg: SiameseConfig, checkpoints: Path, device: str, report_to: list[str]) -> Any:
+def training_arguments(
+    cfg: SiameseConfig,
+    checkpoints: Path,
+    device: str,
+    report_to: list[str],
+    head_pattern: str | None = None,
+    best_metric: str | None = None,
+) -> Any:
+    """SentenceTransformerTrainingArguments from the config. `head_pattern` (the NLI head's parameter names,
+    `siamese.model.head_parameter_pattern`) gets `train.head_learning_rate` in its own parameter groups;
+    `best_metric` is the eval metric `train.select_best` keeps the best checkpoint by (an accuracy is
+    maximised, a loss minimised)."""
     t, impl = cfg.train, cfg.impl
     plateau = t.lr_scheduler == "reduce_lr_on_plateau"  # then common.schedule's warmup → plateau replaces it
     evaluate = cfg.data.eval_pairs > 0
+    head_rate = {head_pattern: t.head_learning_rate} if head_pattern and t.head_learning_rate is not None else {}
+    select = t.select_best and evaluate and best_metric is not None
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         run_name=cfg.wandb.run_name or cfg.run_name,
@@ -67,6 +90,10 @@ def training_arguments(cfg: SiameseConfig, checkpoints: Path, device: str, repor
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         logging_steps=t.logging_steps,
+        learning_rate_mapping=head_rate,
+        load_best_model_at_end=select,
+        metric_for_best_model=best_metric if select else None,
+        greater_is_better=not best_metric.endswith("loss") if select else None,
         dataloader_num_workers=impl.dataloader_num_workers,
         dataloader_pin_memory=impl.dataloader_pin_memory and device == "cuda",
         **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=impl.bf16),
@@ -125,8 +152,10 @@ def build_trainer(
         callbacks.append(TimeBudget(cfg.train.max_train_minutes))
     evaluator = None
     if classifier is not None and eval_pairs is not None:
-        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, "mnli-dev", batch_size=cfg.train.batch_size * 2)
-    args = training_arguments(cfg, cfg.run_dir / "checkpoints", device, report_to)
+        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, EVAL_NAME, batch_size=cfg.train.batch_size * 2)
+    best_metric = BEST_NLI_METRIC if evaluator is not None else "eval_loss"  # never an STS score
+    head_pattern = siamese_model.head_parameter_pattern(loss)
+    args = training_arguments(cfg, cfg.run_dir / "checkpoints", device, report_to, head_pattern, best_metric)
     trainer = SiameseTrainer(
         model=model,
         args=args,
@@ -164,6 +193,7 @@ def run(
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
         check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
+        check_head_groups(checkpoint, cfg.train.head_learning_rate)
 
     # Data first: an unreachable or malformed source fails before any time goes into loading a model.
     counts = RowCounts()
@@ -181,6 +211,7 @@ def run(
     log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
     report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
     trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
+    warm_start = maybe_warm_start(cfg, trainer, checkpoint, eval_pairs, pairs)
     per_step, t = trainer.units_per_step, cfg.train
     log.info("%d steps × %d pairs (all ranks) = %d pairs", t.max_steps, per_step, t.max_steps * per_step)
     with (
@@ -190,11 +221,45 @@ def run(
     ):
         result = trainer.train(resume_from_checkpoint=checkpoint)
         metrics = final_metrics(trainer, result, trainer.evaluator, per_step)
+    if warm_start is not None:
+        metrics["head_init"] = warm_start.as_dict()
     return trainer, counts, metrics
 
 
+def maybe_warm_start(
+    cfg: SiameseConfig,
+    trainer: SiameseTrainer,
+    checkpoint: str | None,
+    eval_pairs: dict[str, list] | None,
+    pairs: list[IterableDataset] | None,
+) -> WarmStart | None:
+    """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/head_init.py).
+    On resume the checkpoint's head wins, so nothing is fitted."""
+    if not cfg.train.head_init_pairs or trainer.classifier is None:
+        return None
+    if checkpoint:
+        log.info("resuming: the NLI head comes from %s, no warm start", checkpoint)
+        return None
+    fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, pairs)
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.batch_size * 2)
+
+
+def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:
+    """`train.head_learning_rate` may change its value on resume, not switch between null and a rate: that
+    adds or removes the head's optimizer groups, and the checkpoint's optimizer state would not fit."""
+    old = json.loads((Path(checkpoint) / RUN_CONFIG).read_text()).get("train", {}).get("head_learning_rate")
+    if (old is None) != (head_learning_rate is None):
+        raise ConfigError(
+            f"config key 'train.head_learning_rate': {old!r} in checkpoint {checkpoint} but {head_learning_rate!r} "
+            "now; a resume can change the head's rate but not give it (or take away) its own optimizer group: "
+            "keep null / a rate as the checkpoint has it, or start a new run (another run_name=)"
+        )
+
+
 def final_metrics(trainer: SiameseTrainer, result, evaluator, per_step: int) -> dict[str, Any]:
-    """Loss, steps, pairs/s over all ranks, and the held-out NLI accuracy at the last step."""
+    """Loss, steps, pairs/s over all ranks, and the held-out NLI accuracy of the final model: the last
+    step's, or with `train.select_best` the best checkpoint's (then also `best_step`, `best_metric_name`,
+    `best_metric`)."""
     pairs_per_s = [h["pairs_per_s"] for h in trainer.state.log_history if "pairs_per_s" in h]
     metrics = {
         "train_loss": result.training_loss,
@@ -204,13 +269,16 @@ def final_metrics(trainer: SiameseTrainer, result, evaluator, per_step: int) -> 
         "train_pairs_per_s": sorted(pairs_per_s)[len(pairs_per_s) // 2] if pairs_per_s else None,
         "processes": trainer.args.world_size,
     }
+    # With select_best the final model is the best checkpoint's, and its evaluation is the one to report.
+    step = trainer.state.global_step
+    if trainer.args.load_best_model_at_end and trainer.state.best_global_step:
+        step = metrics["best_step"] = trainer.state.best_global_step
+        metrics["best_metric_name"] = trainer.args.metric_for_best_model
+        metrics["best_metric"] = trainer.state.best_metric
     if evaluator is not None:
-        evals = [e for e in trainer.state.log_history if "eval_mnli-dev_accuracy" in e]
-        if evals and evals[-1].get("step") == trainer.state.global_step:
-            last_eval = evals[-1]
-        else:
-            last_eval = trainer.evaluate()
-        metrics |= {k: v for k, v in last_eval.items() if k.startswith("eval_")}
+        evals = [e for e in trainer.state.log_history if BEST_NLI_METRIC in e and e.get("step") == step]
+        chosen = evals[-1] if evals else trainer.evaluate()
+        metrics |= {k: v for k, v in chosen.items() if k.startswith("eval_")}
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 

@@ -51,6 +51,17 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         self.classifier.load_state_dict(load_file(str(head_file), device=str(device)))
         log.info("restored the NLI head from %s", head_file)
 
+    def _load_best_model(self) -> None:
+        # With train.select_best: the encoder and the NLI head of the best checkpoint, through the same
+        # `_load_from_checkpoint` as a resume. sentence-transformers' own version logs a failure and goes on,
+        # which would ship the last step's weights under the best step's name: here a failure raises.
+        best = self.state.best_model_checkpoint
+        log.info(
+            "loading the best checkpoint %s (%s = %s)", best, self.args.metric_for_best_model, self.state.best_metric
+        )
+        self._load_from_checkpoint(best)
+        self.model.model_card_data.set_best_model_step(int(best.rsplit("-", 1)[-1]))
+
 
 class AverageHeadGradients(TrainerCallback):
     """Average the NLI head's gradients over all ranks before each optimizer step.
@@ -85,6 +96,11 @@ def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
             f"{checkpoint}: a file there holds something that is not a plain tensor ({detail}); it was not "
             "unpickled, as that could run code. Remove this checkpoint to resume from an earlier one"
         ) from None
+
+
+# The evaluator's name during training; its accuracy is logged as eval_<name>_accuracy.
+EVAL_NAME = "mnli-dev"
+BEST_NLI_METRIC = f"eval_{EVAL_NAME}_accuracy"
 
 
 class NLIAccuracyEvaluator(SentenceEvaluator):

@@ -1,7 +1,7 @@
 """One rank of a two-process test: run a stage's real entry point under torchrun, then save this rank's
 parameters (the encoder and, for the siamese stage, the NLI head) so the test can compare the ranks.
 
-`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/distributed_worker.py STAGE OUT -- ARGV`
+`python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.distributed_worker STAGE OUT -- ARGV`
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from common.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
-WORKER = REPO_ROOT / "tests" / "distributed_worker.py"
+WORKER = "tests.distributed_worker"
 # Losses of 1 × 16 and 2 × 8 differ only by float summation order: the masks, blocks, pairs and the
 # token-weighted normalisation are the same. Measured differences are below 1e-6; 1e-4 leaves room.
 CURVE_TOLERANCE = 1e-4
@@ -27,8 +27,10 @@ def launch(stage: str, out: Path, argv: list[str], processes: int) -> str:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    # As a module (-m), so the checkout comes first on sys.path: run as a script, tests/ would come first and its
+    # `common` / `siamese` test packages would hide the project's, leaving an installed copy to answer.
     done = subprocess.run(
-        [*command, str(WORKER), stage, str(out), "--", *argv],
+        [*command, "-m", WORKER, stage, str(out), "--", *argv],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -99,6 +101,7 @@ def test_fine_tuning_on_two_processes_matches_one(tmp_path, tiny_bert_for_distri
         "train.max_steps=6", "train.eval_steps=3", "train.save_steps=3", "train.logging_steps=1",
         "data.eval_pairs=16", "model.max_seq_length=32",
         "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
+        "train.head_init_pairs=32", "train.head_learning_rate=1.0e-2",  # one fitted head, its own groups, every rank
     ]  # fmt: skip
     launch("siamese", tmp_path / "one", [*argv, f"output_dir={tmp_path / 'one'}", "train.batch_size=16"], 1)
     launch("siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.batch_size=8"], 2)

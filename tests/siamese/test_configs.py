@@ -30,6 +30,9 @@ def test_the_expected_configs_exist():
         ("train.lr=1.0e-4", "train.lr"),
         ("model.max_seq_length=4", "model.max_seq_length"),
         ("data.shuffle_buffer=0", "data.shuffle_buffer"),
+        ("train.head_learning_rate=0", "train.head_learning_rate"),
+        ("train.head_init_pairs=-1", "train.head_init_pairs"),
+        ("train.select_best=maybe", "train.select_best"),
     ],
 )
 def test_bad_values_name_the_key(override, key):
@@ -41,3 +44,27 @@ def test_bad_values_name_the_key(override, key):
 def test_plateau_needs_evaluation():
     with pytest.raises(ConfigError, match="eval_pairs"):
         load_config(SiameseConfig, None, ["train.lr_scheduler=reduce_lr_on_plateau", "data.eval_pairs=0"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "says"),
+    [
+        (["train.select_best=true", "train.eval_steps=300", "train.save_steps=500"], "train.save_steps",
+         "multiple of eval_steps (300)"),
+        (["train.select_best=true", "data.eval_pairs=0"], "train.select_best", "data.eval_pairs > 0"),
+        (["loss.name=mnrl", "train.head_learning_rate=1.0e-3"], "train.head_learning_rate", "trains no NLI head"),
+        (["loss.name=mnrl", "train.head_init_pairs=100"], "train.head_init_pairs", "trains no NLI head"),
+    ],
+)  # fmt: skip
+def test_the_head_and_selection_keys_refuse_what_cannot_work(overrides, key, says):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as err:
+        load_config(SiameseConfig, None, overrides)
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_new_keys_default_to_todays_recipe():
+    train = load_config(SiameseConfig, None).train
+    assert (train.head_learning_rate, train.head_init_pairs, train.select_best) == (None, 0, False)
+    cfg = load_config(SiameseConfig, None, ["train.select_best=true", "train.eval_steps=300", "train.save_steps=600",
+                                            "train.head_learning_rate=1.0e-3", "train.head_init_pairs=4096"])  # fmt: skip
+    assert cfg.train.select_best and cfg.train.head_learning_rate == 1.0e-3 and cfg.train.head_init_pairs == 4096

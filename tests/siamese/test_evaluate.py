@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from siamese.evaluate import (
     main,
     nli_metrics,
     read_stsb,
+    stsb_drop_warning,
     stsb_metrics,
     stsb_scale,
 )
@@ -165,3 +167,101 @@ def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
     cfg = started["cfg"]
     assert (cfg.project, cfg.entity, cfg.mode) == ("my-nli", "lab", "offline")
     assert started["name"] == "siamese-x-eval" and started["job_type"] == "evaluate"
+
+
+# Issue 17: the base model's STS-B before fine-tuning beside after, and one warning line when it fell.
+
+
+def with_base(model_dir, base_dir, out, name: str = "the-base"):
+    """A copy of `model_dir` whose run_info.json names `base_dir` as the model fine-tuning started from."""
+    shutil.copytree(model_dir, out)
+    (out / "run_info.json").write_text(json.dumps({"base_model": str(base_dir)}))
+    (out / "resolved_config.yaml").write_text(f"model:\n  base_model: {name}\n  max_seq_length: 32\n  pooling: mean\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def shaken_dir(trained_dir, tmp_path_factory):
+    """The same model with noise on its encoder weights: another STS-B ranking."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(trained_dir), device="cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    out = tmp_path_factory.mktemp("shaken")
+    model.save(str(out))
+    shutil.copy(trained_dir / "nli_head.safetensors", out)
+    shutil.copy(trained_dir / "nli_labels.json", out)
+    return out
+
+
+def evaluate(model_dir, out, *extra):
+    return main(["--model", str(model_dir), "--limit", "40", "--out", str(out), *extra])
+
+
+def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(trained_dir, shaken_dir, tmp_path, caplog):
+    alone = {d: evaluate(d, tmp_path / f"alone-{i}")["stsb_test"] for i, d in enumerate((trained_dir, shaken_dir))}
+    assert alone[trained_dir]["spearman"] != alone[shaken_dir]["spearman"]
+    # each model evaluated as if fine-tuned from the other: exactly one of the two lowered the base's Spearman
+    warned = []
+    for model_dir, base_dir in ((trained_dir, shaken_dir), (shaken_dir, trained_dir)):
+        out = tmp_path / f"{model_dir.name}-from-{base_dir.name}"
+        caplog.clear()
+        report = evaluate(with_base(model_dir, base_dir, out / "model"), out)
+        before, after = alone[base_dir]["spearman"], alone[model_dir]["spearman"]
+        assert report["base"]["model"] == "the-base" and report["base"]["path"] == str(base_dir)
+        assert report["base"]["stsb_test"]["spearman"] == pytest.approx(before, abs=1e-6)  # the same STS-B path
+        assert report["base"]["stsb_spearman_change"] == pytest.approx(after - before, abs=1e-6)
+        assert json.loads((out / "report.json").read_text())["base"] == json.loads(json.dumps(report["base"]))
+        markdown = (out / "report.md").read_text()
+        assert f"| Spearman | {before:.4f} | {after:.4f} | {after - before:+.4f} |" in markdown
+        lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "lowered" in r.getMessage()]
+        if float(f"{after:.3f}") < float(f"{before:.3f}"):  # a drop the line's three decimals can show
+            expected = f"fine-tuning lowered STS-B Spearman from {before:.3f} to {after:.3f} (base the-base)"
+            assert lines == [expected] and f"**Warning: {expected}.**" in markdown
+            warned.append(model_dir)
+        else:
+            assert lines == [] and "Warning" not in markdown
+    assert len(warned) == 1
+
+
+@pytest.mark.parametrize(("before", "after", "line"), [
+    (0.8203, 0.3050, "fine-tuning lowered STS-B Spearman from 0.820 to 0.305 (base all-MiniLM-L6-v2)"),
+    (0.8203, 0.8194, "fine-tuning lowered STS-B Spearman from 0.820 to 0.819 (base all-MiniLM-L6-v2)"),
+    (0.9309, 0.9308, None),  # "from 0.931 to 0.931" would say nothing
+    (0.8203, 0.8250, None),
+])  # fmt: skip
+def test_the_warning_names_both_spearmans_when_the_drop_shows(before, after, line):
+    report = {
+        "stsb_test": {"spearman": after},
+        "base": {"model": "all-MiniLM-L6-v2", "stsb_test": {"spearman": before}},
+    }
+    assert stsb_drop_warning(report) == line
+    assert stsb_drop_warning({"stsb_test": {"spearman": after}, "base": None}) is None
+
+
+def test_no_base_stsb_skips_the_base(trained_dir, shaken_dir, tmp_path):
+    model_dir = with_base(trained_dir, shaken_dir, tmp_path / "model")
+    report = evaluate(model_dir, tmp_path / "out", "--no-base-stsb")
+    assert report["base"] is None and "before and after" not in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_model_folder_without_run_info_has_no_base_section(trained_dir, tmp_path):
+    assert evaluate(trained_dir, tmp_path)["base"] is None
+
+
+def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_dir, tmp_path, monkeypatch):
+    import time
+
+    model_dir = with_base(trained_dir, "someone/some-encoder", tmp_path / "model")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
+    started = time.monotonic()
+    with pytest.raises(UserError) as err:
+        evaluate(model_dir, tmp_path / "out")
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert "someone/some-encoder" in message and "unreachable" in message and "--no-base-stsb" in message
+    assert "\n" not in message and not (tmp_path / "out").exists()

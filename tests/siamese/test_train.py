@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from common.cli import run_cli
-from common.errors import UserError
+from common.errors import ConfigError, UserError
 from siamese.encoder import HEAD_FILE, NLIEncoder
 from siamese.train import main
 from tests.processes import kill_once_ready
@@ -263,3 +263,131 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tin
     assert "train.gradient_accumulation_steps (now 2)" in message and "16 pairs per step" in message
     run = tmp_path / "siamese-debug"
     assert not (run / "model").exists() and not list(run.glob(".tmp-*"))  # no half-written final model
+
+
+# Issue 17: the NLI head's own learning rate, its warm start and checkpoint selection on NLI accuracy.
+
+
+def run_capturing_trainer(monkeypatch, argv: list[str]):
+    """`main(argv)`, returning the trainer it trained with (to read its optimizer's parameter groups)."""
+    from siamese import train as train_module
+
+    trainers, real_run = [], train_module.run
+
+    def spy(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        trainers.append(result[0])
+        return result
+
+    monkeypatch.setattr(train_module, "run", spy)
+    model_dir = main(argv)
+    return trainers[-1], model_dir
+
+
+def group_rates(trainer) -> dict[str, list[float]]:
+    """The distinct learning rates of the head's parameter groups and of the encoder's; a group never mixes
+    the two."""
+    head = {id(p) for p in trainer.classifier.parameters()}
+    rates: dict[str, set[float]] = {"head": set(), "encoder": set()}
+    for group in trainer.optimizer.param_groups:
+        in_head = [id(p) in head for p in group["params"]]
+        assert all(in_head) or not any(in_head), "a parameter group holds head and encoder parameters"
+        rates["head" if all(in_head) else "encoder"].add(group["lr"])
+    return {kind: sorted(values) for kind, values in rates.items()}
+
+
+@pytest.mark.parametrize("scheduler", ["constant_with_warmup", "reduce_lr_on_plateau"])
+def test_the_head_trains_at_its_own_rate_also_after_a_resume(repo_root, tiny_bert, tmp_path, monkeypatch, scheduler):
+    from siamese import train as train_module
+
+    args = debug_args(repo_root, tiny_bert, tmp_path, f"train.lr_scheduler={scheduler}", "train.warmup_steps=2",
+                      "train.head_init_pairs=32")  # fmt: skip
+    trainer, model_dir = run_capturing_trainer(monkeypatch, [*args, "train.head_learning_rate=1.0e-2"])
+    scale = getattr(trainer.lr_scheduler, "scale", 1.0)  # the plateau schedule's one stored factor
+    rates = group_rates(trainer)
+    assert rates["head"] == pytest.approx([1e-2 * scale]) and rates["encoder"] == pytest.approx([1e-3 * scale])
+    assert json.loads((model_dir / "metrics.json").read_text())["head_init"]["pairs"] == 32
+
+    # a resume changes both rates; the checkpoint's head is kept, not fitted again
+    def no_warm_start(*a, **kw):
+        raise AssertionError("a resumed run fitted the head again")
+
+    monkeypatch.setattr(train_module, "warm_start_head", no_warm_start)
+    resumed_args = [*args, "train.max_steps=6", "train.learning_rate=5.0e-4", "train.head_learning_rate=2.0e-2"]
+    trainer, model_dir = run_capturing_trainer(monkeypatch, [*resumed_args, "--resume"])
+    scale = getattr(trainer.lr_scheduler, "scale", 1.0)
+    rates = group_rates(trainer)
+    assert rates["head"] == pytest.approx([2e-2 * scale]) and rates["encoder"] == pytest.approx([5e-4 * scale])
+    assert "head_init" not in json.loads((model_dir / "metrics.json").read_text())
+
+
+def test_a_resume_cannot_give_the_head_its_own_group_or_take_it_away(trained, repo_root, tiny_bert, tmp_path):
+    copy_checkpoints(trained, tmp_path)  # trained with train.head_learning_rate null
+    args = debug_args(repo_root, tiny_bert, tmp_path, "train.max_steps=6", "train.head_learning_rate=1.0e-2")
+    with pytest.raises(ConfigError, match=r"'train\.head_learning_rate': None in checkpoint .* but 0\.01") as err:
+        main([*args, "--resume"])
+    assert "\n" not in str(err.value)
+
+
+def test_without_a_head_rate_the_optimizer_keeps_todays_two_groups(repo_root, tiny_bert, tmp_path, monkeypatch):
+    trainer, _ = run_capturing_trainer(monkeypatch, debug_args(repo_root, tiny_bert, tmp_path, "train.max_steps=2"))
+    groups = trainer.optimizer.param_groups
+    assert len(groups) == 2  # decay / no decay, with the head in them at the encoder's rate
+    assert {id(p) for p in trainer.classifier.parameters()} <= {id(p) for g in groups for p in g["params"]}
+
+
+def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny_bert, tmp_path, monkeypatch):
+    from siamese import trainer as trainer_module
+
+    # NLI accuracy by step, so the best checkpoint is neither the first nor the last one
+    scores = {2: 0.50, 4: 0.90, 6: 0.40}
+    real_call = trainer_module.NLIAccuracyEvaluator.__call__
+
+    def scripted(self, model, output_path=None, epoch=-1, steps=-1):
+        metrics = real_call(self, model, output_path, epoch, steps)
+        return metrics | {f"{self.name}_accuracy": scores.get(steps, 0.0)}
+
+    monkeypatch.setattr(trainer_module.NLIAccuracyEvaluator, "__call__", scripted)
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.select_best=true", "train.max_steps=6",
+                                "train.eval_steps=2", "train.save_steps=2"))  # fmt: skip
+    checkpoints = tmp_path / "siamese-debug" / "checkpoints"
+    assert_same_final_model(checkpoints / "checkpoint-4", model_dir, atol=0)
+    last = load_file(str(checkpoints / "checkpoint-6" / HEAD_FILE))  # the rotation keeps the best and the newest
+    assert not torch.equal(last["weight"], load_file(str(model_dir / HEAD_FILE))["weight"])
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    assert metrics["best_step"] == 4 and metrics["eval_mnli-dev_accuracy"] == 0.90
+    assert metrics["best_metric_name"] == "eval_mnli-dev_accuracy"
+
+
+@pytest.mark.parametrize(("loss", "metric", "greater"), [("softmax", "eval_mnli-dev_accuracy", True),
+                                                         ("mnrl", "eval_loss", False)])  # fmt: skip
+def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, tiny_bert, loss, metric, greater):
+    from common.config import load_config
+    from siamese.config import SiameseConfig
+    from siamese.nli_data import RowCounts
+    from siamese.train import build_trainer, eval_data
+
+    cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
+                      [f"model.base_model={tiny_bert}", f"loss.name={loss}", "train.select_best=true",
+                       "data.eval_pairs=600"])  # fmt: skip
+    eval_pairs, eval_set = eval_data(cfg, RowCounts())
+    trainer = build_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
+    assert trainer.args.load_best_model_at_end
+    assert (trainer.args.metric_for_best_model, trainer.args.greater_is_better) == (metric, greater)
+
+
+def test_a_best_checkpoint_without_its_head_is_an_error_not_a_silent_last_step(repo_root, tiny_bert, tmp_path):
+    from common.config import load_config
+    from siamese.config import SiameseConfig
+    from siamese.nli_data import RowCounts
+    from siamese.train import build_trainer, eval_data
+
+    cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
+                      [f"model.base_model={tiny_bert}", "train.select_best=true"])  # fmt: skip
+    eval_pairs, eval_set = eval_data(cfg, RowCounts())
+    trainer = build_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
+    best = tmp_path / "checkpoint-3"
+    trainer.model.save(str(best))  # the encoder only: the head file is missing
+    trainer.state.best_model_checkpoint = str(best)
+    with pytest.raises(UserError, match=f"checkpoint {best} has no {HEAD_FILE}"):
+        trainer._load_best_model()
