@@ -113,7 +113,7 @@ class TrainConfig:
     seed: int = 42
     # The NLI head (the loss's classifier) in its own AdamW parameter group at this rate (null: the encoder's).
     # Unit-norm embeddings (all-MiniLM-L6-v2 ends in Normalize) feed the head features of ~0.05: at the
-    # encoder's rate its logits barely move in a short run while the encoder is trained through it (issue 17).
+    # encoder's rate its logits barely move in a short run while the encoder is trained through it (README, "Siamese fine-tuning").
     head_learning_rate: float | None = None
     # Fit the head on the frozen encoder's features of this many training pairs before fine-tuning (0: off;
     # siamese/head_init.py), so the encoder is never trained through a random head.

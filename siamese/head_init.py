@@ -1,7 +1,7 @@
 """Warm start of the NLI head: fit it on the frozen encoder's features before fine-tuning moves the encoder.
 
 SoftmaxLoss's classifier starts random, and at the encoder's learning rate it stays close to random for
-most of a short run, while the encoder is trained through it (issue 17: all-MiniLM-L6-v2's STS-B fell from
+most of a short run, while the encoder is trained through it (all-MiniLM-L6-v2's STS-B fell from
 82 to 30 in one pass over the 29k-pair subset). Here the head is first fitted as a multinomial logistic
 regression on fixed (u, v, |u-v|) features of the first training pairs — the issue's frozen baseline
 (scikit-learn's LogisticRegression, C = 1, 57.9 % on MNLI dev matched) — so training starts from a head

@@ -169,7 +169,7 @@ def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
     assert started["name"] == "siamese-x-eval" and started["job_type"] == "evaluate"
 
 
-# Issue 17: the base model's STS-B before fine-tuning beside after, and one warning line when it fell.
+# The base model's STS-B before fine-tuning beside after, and one warning line when it fell.
 
 
 def with_base(model_dir, base_dir, out, name: str = "the-base"):

@@ -1,4 +1,4 @@
-"""Issue 17 on a tiny budget: fine-tuning the real all-MiniLM-L6-v2 with a warm-started head at its own
+"""On a tiny budget: fine-tuning the real all-MiniLM-L6-v2 with a warm-started head at its own
 learning rate must teach the head NLI without damaging the frozen encoder's similarity ranking.
 
 The old recipe (head at the encoder's 2e-5, random start) fails this test: after the same 8 steps its head

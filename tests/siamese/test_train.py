@@ -265,7 +265,7 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tin
     assert not (run / "model").exists() and not list(run.glob(".tmp-*"))  # no half-written final model
 
 
-# Issue 17: the NLI head's own learning rate, its warm start and checkpoint selection on NLI accuracy.
+# The NLI head's own learning rate, its warm start and checkpoint selection on NLI accuracy.
 
 
 def run_capturing_trainer(monkeypatch, argv: list[str]):
