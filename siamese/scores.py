@@ -1,0 +1,96 @@
+"""The numbers of an evaluation: NLI accuracy, confusion matrix and classification report, cosine statistics by
+gold class, and STS-B Spearman / Pearson of cosine similarity (read at a declared score scale, scored by
+sentence-transformers' evaluator). `siamese/evaluate.py` decides what is scored; this file only computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from common.errors import DataError
+from common.sources import load_source, reading
+from common.text import has_visible_content
+from siamese.config import SourceConfig
+from siamese.encoder import LABELS, NLIEncoder
+
+HUB_STSB = "sentence-transformers/stsb"
+STSB_HINT = "${BERT_DATA_DIR}/stsb/test.jsonl.gz"  # the shared copy, as `siamese/evaluate.py`'s EVAL_SETS names it
+
+
+def stsb_scale(path: str, declared: float | None = None) -> float:
+    """The largest score `path` can hold, as declared: `declared` if given, 1.0 for the Hub's normalised
+    sentence-transformers/stsb, else 5.0 (STS-B's own 0-5 scale, which the shared copy keeps)."""
+    if declared is not None:
+        return declared
+    return 1.0 if path == HUB_STSB else 5.0
+
+
+def nli_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]:
+    gold, predicted = np.asarray(gold), np.asarray(predicted)
+    ids = list(range(len(LABELS)))
+    return {
+        "accuracy": float((gold == predicted).mean()),
+        "n": int(len(gold)),
+        "confusion_matrix": confusion_matrix(gold, predicted, labels=ids).tolist(),  # rows gold, columns predicted
+        "classification_report": classification_report(
+            gold, predicted, labels=ids, target_names=list(LABELS), output_dict=True, zero_division=0
+        ),
+    }
+
+
+def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[str, float]]:
+    gold = np.asarray(gold)
+    return {
+        name: {
+            "mean": float(cosine[gold == i].mean()),
+            "std": float(cosine[gold == i].std()),
+            "n": int((gold == i).sum()),
+        }
+        for i, name in enumerate(LABELS)
+        if (gold == i).any()
+    }
+
+
+def read_stsb(
+    source: SourceConfig, limit: int | None, score_scale: float, *, local_hint: str = STSB_HINT
+) -> tuple[list[str], list[str], list[float]]:
+    """The first `limit` STS-B pairs with text, scores divided by the source's declared `score_scale` (to 0-1).
+
+    Raises DataError (one line) for a score outside 0..score_scale, naming the row, or when no pair is left.
+    """
+    ds = load_source(
+        source.path, split=source.split, config_name=source.config_name, streaming=True, local_hint=local_hint
+    )
+    s1, s2, scores = [], [], []
+    with reading(source.path):
+        for row_number, row in enumerate(ds, start=1):
+            if limit is not None and len(scores) >= limit:
+                break
+            a, b, score = row.get("sentence1"), row.get("sentence2"), row.get("score", row.get("label"))
+            if not (has_visible_content(a) and has_visible_content(b)) or score is None:
+                continue
+            if not 0.0 <= float(score) <= score_scale:
+                raise DataError(
+                    f"{source.path}: row {row_number}: score {score} is outside 0-{score_scale:g}, the scale declared "
+                    "for this source; pass --stsb-scale with the scale of its scores"
+                )
+            s1.append(a)
+            s2.append(b)
+            scores.append(float(score) / score_scale)
+    if not scores:
+        raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
+    return s1, s2, scores
+
+
+def stsb_metrics(encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list[float]) -> dict[str, Any]:
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    evaluator = EmbeddingSimilarityEvaluator(
+        s1, s2, scores, batch_size=64, similarity_fn_names=["cosine"], name="stsb", write_csv=False
+    )
+    result = evaluator(encoder.model)
+    return {"spearman": result["stsb_spearman_cosine"], "pearson": result["stsb_pearson_cosine"], "n": len(scores)}
