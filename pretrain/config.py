@@ -195,13 +195,14 @@ class TrainConfig:
     # steps each block is cut into pieces of short_block_size tokens (same tokens per step).
     short_block_steps: int = 0
     short_block_size: int = 32
-    # "unigram": the MLM head's bias starts at the log token frequencies of the training blocks, so the
-    # first steps learn context instead of the vocabulary's frequencies (~150 steps of cpu-small saved).
-    output_bias_init: Literal["unigram", "zero"] = "unigram"
+    # "zero": transformers' own start. "unigram": the MLM head's bias starts at the log token frequencies of
+    # the training blocks, so the loss starts at the unigram entropy instead of ln(vocab) — but a rotary
+    # model then left the plateau ~200 steps later (docs/cpu-recipe-experiments.md), so it is not the default.
+    output_bias_init: Literal["unigram", "zero"] = "zero"
     logging_steps: int = 50
     eval_steps: int = 500
     max_eval_batches: int | None = 20  # evaluate on a fixed, pre-masked prefix of the validation blocks
-    cloze_sentences: int = 200  # held-out sentences with one content word masked, scored at the end
+    cloze_sentences: int = 500  # held-out sentences with one content word masked, scored at the end
     save_steps: int = 1000
     save_total_limit: int = 2
     plateau_factor: float = 0.5  # ReduceLROnPlateau on validation loss, after warmup

@@ -162,8 +162,9 @@ def init_output_bias(model: PreTrainedModel, counts: torch.Tensor) -> None:
     """Start the MLM head's bias at the log unigram prior of the training tokens.
 
     `counts`: float (vocab_size,) occurrences per id in the training blocks. A zero bias predicts
-    uniformly (loss ln V); with the prior the untrained model already scores the unigram entropy, which
-    the cpu-small recipe otherwise took ~150 steps to reach (docs/cpu-recipe-experiments.md). Add-one
+    uniformly (loss ln V); with the prior the untrained model already scores the unigram entropy. That
+    saved BERT ~150 steps on the plateau, but NomicBERT left the plateau ~200 steps later with it than
+    without (docs/cpu-recipe-experiments.md), so `train.output_bias_init` defaults to zero. Add-one
     smoothing keeps tokens that never occur (specials among them) finite.
     """
     prior = (counts.double() + 1) / (counts.double() + 1).sum()
