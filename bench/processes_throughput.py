@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--config", str(REPO_ROOT / "configs/siamese/cpu-small.yaml"), f"output_dir={tmp}/s{n}",
                 f"model.base_model={args.siamese_model}", f"train.max_steps={args.steps}", "train.logging_steps=5",
                 f"train.save_steps={args.steps}", "data.eval_pairs=0", "train.max_train_minutes=null",
-                "wandb.mode=disabled",
+                "train.select_best=false", "train.head_init_pairs=0", "wandb.mode=disabled",
             ]  # fmt: skip
             results["siamese"][n] = run_stage("siamese", n, siamese)
             print(f"{n} process(es): pretraining {results['pretrain'][n]:,.0f} tokens/s, "

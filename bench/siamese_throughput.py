@@ -59,6 +59,8 @@ def ours(args: argparse.Namespace, out: Path) -> float:
         f"train.max_steps={args.steps}", f"train.save_steps={args.steps}", "data.eval_pairs=0",
         f"data.train_sources=[{{path: '{MNLI}', config_name: null}}]", "train.max_train_minutes=null",
         f"impl.num_threads={args.threads}", "wandb.mode=disabled",
+        # the reference's objective and nothing around it: SoftmaxLoss, no warm start, no checkpoint selection
+        "loss.name=softmax", "train.head_init_pairs=0", "train.head_learning_rate=null", "train.select_best=false",
     ])  # fmt: skip
     return json.loads((model_dir / "metrics.json").read_text())["train_runtime_s"]
 
