@@ -52,7 +52,7 @@ __all__ = [
     "unigram_entropy",
 ]
 
-CACHE_FORMAT = 2  # bump when the packing or the folder layout changes, so old caches are not reused
+CACHE_FORMAT = 3  # bump when cleaning, packing or the folder layout changes, so old caches are not reused
 # DataConfig fields that change only how fast the blocks are made, never which blocks (tested).
 SPEED_ONLY = ("num_proc", "chunk_documents", "streaming", "cache_dir")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from common.errors import DataError
 from common.sources import load_source, local_files, reading
+from common.text import has_visible_content
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
@@ -58,11 +59,13 @@ class SplitDocuments:
 
 
 def split_documents(raw: list[str | None], min_chars: int, validation_fraction: float, seed: int) -> SplitDocuments:
-    """Clean `raw`, drop documents shorter than `min_chars` characters, split the rest by `in_validation`."""
+    """Clean `raw`, drop documents shorter than `min_chars` characters or with nothing visible in them
+    (`common.text.has_visible_content`: zero-width and control characters alone), split the rest by
+    `in_validation`."""
     out = SplitDocuments(read=len(raw))
     for text in raw:
         text = clean_text(text)
-        if len(text) < min_chars:
+        if len(text) < min_chars or not has_visible_content(text):
             out.dropped += 1
         else:
             out.texts["validation" if in_validation(text, validation_fraction, seed) else "train"].append(text)

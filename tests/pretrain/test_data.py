@@ -21,7 +21,7 @@ from pretrain import blocks as blocks_module
 from pretrain import build as build_module
 from pretrain.blocks import cache_key, prepare_data, unigram_entropy
 from pretrain.config import TokenizerConfig
-from pretrain.corpus import _TAG, clean_text, in_validation
+from pretrain.corpus import _TAG, clean_text, in_validation, split_documents
 from pretrain.tokenizer import train_tokenizer
 from tests.pretrain.reference_packing import first_documents, reference
 
@@ -41,6 +41,16 @@ def test_cleaning_strips_html_and_normalises_whitespace():
 def test_cleaning_equals_its_regex_definition_on_any_text(text):
     # clean_text collapses whitespace with str.split(), which must agree with re's \s on every character.
     assert clean_text(text) == re.sub(r"\s+", " ", html.unescape(_TAG.sub(" ", text))).strip()
+
+
+def test_documents_with_nothing_visible_are_dropped_like_empty_ones():
+    # Zero-width spaces, control and format characters survive whitespace cleaning; such a document is as
+    # empty as a blank one, whatever its length (the rule of common/text.py, shared with the NLI readers).
+    invisible = ["\u200b" * 80, "\x00\x01" * 40, "\ufeff\u2060\u200d" * 30]
+    kept = "a review long enough to keep, with words in it that a model can learn something from."
+    out = split_documents([*invisible, kept, "", None], min_chars=64, validation_fraction=0.0, seed=0)
+    assert (out.read, out.dropped) == (6, 5)
+    assert out.texts["train"] == [kept]
 
 
 def test_split_is_seeded_near_the_fraction_and_keeps_duplicates_together():
