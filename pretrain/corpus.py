@@ -24,6 +24,9 @@ _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.I
 # of the chunks in flight does not depend on document length: 12k IMDB reviews + 800 articles peaked
 # 8% above the reviews alone with 1M-character chunks, 6% with these (Pss_Anon, bench/process_memory.py).
 CHUNK_CHARS = 1 << 18
+# Documents per read from the source. Reading whole chunks of 1,000 documents held ~20M characters of
+# Wikipedia at once and raised the main process's peak by 30 % over IMDB alone (docs/benchmarks.md).
+READ_BATCH = 64
 SPLITS = ("train", "validation")
 
 
@@ -115,16 +118,20 @@ def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
 
 
 def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
-    """Raw documents in chunks of at most `data.chunk_documents` documents and about CHUNK_CHARS characters."""
-    for batch in raw_batches(cfg, cfg.chunk_documents):
-        start, chars = 0, 0
-        for i, text in enumerate(batch):
+    """Raw documents in source order, in chunks of at most `data.chunk_documents` documents that end at the
+    first document reaching CHUNK_CHARS characters. The source is read READ_BATCH documents at a time, so the
+    main process holds one chunk and one small read batch, whatever the documents' lengths."""
+    chunk: list[str | None] = []
+    chars = 0
+    for batch in raw_batches(cfg, min(cfg.chunk_documents, READ_BATCH)):
+        for text in batch:
+            chunk.append(text)
             chars += len(text or "")
-            if chars >= CHUNK_CHARS:
-                yield batch[start : i + 1]
-                start, chars = i + 1, 0
-        if start < len(batch):
-            yield batch[start:]
+            if len(chunk) >= cfg.chunk_documents or chars >= CHUNK_CHARS:
+                yield chunk
+                chunk, chars = [], 0
+    if chunk:
+        yield chunk
 
 
 def split_batches(cfg: DataConfig, split: str, batch_size: int = 1000) -> Iterator[list[str]]:

@@ -19,6 +19,7 @@ from transformers import AutoTokenizer
 
 from pretrain import blocks as blocks_module
 from pretrain import build as build_module
+from pretrain import corpus as corpus_module
 from pretrain.blocks import cache_key, prepare_data, unigram_entropy
 from pretrain.config import TokenizerConfig
 from pretrain.corpus import _TAG, clean_text, in_validation, split_documents
@@ -101,6 +102,29 @@ def test_blocks_of_a_corpus_of_many_chunks_equal_the_in_memory_reference(tiny_co
     assert torch.equal(data.token_counts, counts)
     assert data.stats["unigram_entropy"] == pytest.approx(unigram_entropy(counts.numpy()))
     assert data.stats["dtype"] == "uint16" and data.stats["block_size"] == cfg.data.block_size
+
+
+def test_chunks_keep_the_source_order_within_both_bounds_and_read_the_source_in_small_batches(tiny_config, monkeypatch):
+    # What the main process holds is one chunk plus one read batch: long documents (Wikipedia's) must not
+    # make either grow with chunk_documents.
+    long_docs = ["x" * (corpus_module.CHUNK_CHARS // 3 + i) for i in range(10)]
+    docs = [*long_docs, None, *(f"doc {i}" for i in range(300))]
+    reads: list[int] = []
+
+    def fake_raw_batches(cfg, batch_size):
+        for start in range(0, len(docs), batch_size):
+            reads.append(len(docs[start : start + batch_size]))
+            yield docs[start : start + batch_size]
+
+    monkeypatch.setattr(corpus_module, "raw_batches", fake_raw_batches)
+    cfg = tiny_config("data.chunk_documents=100").data
+    chunks = list(corpus_module.document_chunks(cfg))
+    assert [d for chunk in chunks for d in chunk] == docs
+    assert max(reads) <= corpus_module.READ_BATCH
+    for chunk in chunks:
+        assert len(chunk) <= 100
+        assert sum(len(d or "") for d in chunk[:-1]) < corpus_module.CHUNK_CHARS
+    assert [len(c) for c in chunks[:4]] == [3, 3, 3, 100]  # three long documents reach CHUNK_CHARS
 
 
 def test_tokenizer_learns_from_the_first_training_documents_only(tiny_config, tmp_path, monkeypatch):
