@@ -1,6 +1,6 @@
 """Per-pair prediction latency of the app's predict path, after the model is loaded.
 
-    python bench/app_latency.py [MODEL_DIR] [--pairs 100] [--warmup 10] [--threads N] [--json out.json]
+    python -m bench.app_latency [MODEL_DIR] [--pairs 100] [--warmup 10] [--threads N] [--json out.json]
 
 MODEL_DIR defaults to the newest trained run under outputs/ (or $APP_OUTPUTS_DIR). Pairs are the first
 rows of MNLI dev matched; each is predicted alone, as the app does when a user presses Predict.

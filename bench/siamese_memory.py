@@ -4,8 +4,8 @@ Trains the same model with the same settings on a small and a large number of pa
 shared MNLI subset is cycled to reach the large count), each run in its own process, and prints the
 peak RSS of each and their ratio (flat = within ±10%).
 
-    python bench/siamese_memory.py                       # a tiny L1/H32 BERT built on the fly
-    python bench/siamese_memory.py --model outputs/pretrain-cpu-small/model --batch-size 32
+    python -m bench.siamese_memory                       # a tiny L1/H32 BERT built on the fly
+    python -m bench.siamese_memory --model outputs/pretrain-cpu-small/model --batch-size 32
 """
 
 from __future__ import annotations
