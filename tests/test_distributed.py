@@ -20,6 +20,11 @@ WORKER = "tests.distributed_worker"
 # Losses of 1 × 16 and 2 × 8 differ only by float summation order: the masks, blocks, pairs and the
 # token-weighted normalisation are the same. Measured differences are below 1e-6; 1e-4 leaves room.
 CURVE_TOLERANCE = 1e-4
+# Fine-tuning fits its head on features of padded pairs (1 × 32 vs 2 × 16 pairs pad differently) and then
+# trains it at lr 1e-2, which amplifies the same float differences: on a 2-core Intel Xeon, five runs gave
+# 1.2e-4 to 3.2e-4. A real fault changes the losses (1.1-1.6) themselves, not their fourth decimal: ranks
+# training on the same pairs average other pairs, and a head that drifts between ranks fails assert_ranks_agree.
+FINE_TUNING_CURVE_TOLERANCE = 2e-3
 
 
 def launch(stage: str, out: Path, argv: list[str], processes: int) -> str:
@@ -47,11 +52,11 @@ def losses(run_dir: Path) -> list[tuple[int, str, float]]:
     return [(h["step"], k, h[k]) for h in state["log_history"] for k in keys if k in h]
 
 
-def assert_same_curve(one: Path, two: Path) -> None:
+def assert_same_curve(one: Path, two: Path, tolerance: float = CURVE_TOLERANCE) -> None:
     a, b = losses(one), losses(two)
     assert [(s, k) for s, k, _ in a] == [(s, k) for s, k, _ in b]
     for (step, key, x), (_, _, y) in zip(a, b, strict=True):
-        assert abs(x - y) < CURVE_TOLERANCE, (step, key, x, y)
+        assert abs(x - y) < tolerance, (step, key, x, y)
 
 
 def assert_ranks_agree(out: Path) -> None:
@@ -107,6 +112,8 @@ def test_fine_tuning_on_two_processes_matches_one(tmp_path, tiny_bert_for_distri
     launch("siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.batch_size=8"], 2)
     one_output(tmp_path / "two", "siamese-debug")
     assert_ranks_agree(tmp_path / "two")  # the NLI head too: it lives outside DDP's module
-    assert_same_curve(tmp_path / "one" / "siamese-debug", tmp_path / "two" / "siamese-debug")
+    assert_same_curve(
+        tmp_path / "one" / "siamese-debug", tmp_path / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE
+    )
     info = json.loads((tmp_path / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
     assert info["pairs_seen"] == 6 * 16
