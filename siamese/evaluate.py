@@ -96,19 +96,31 @@ def check_sources(sources: dict[str, SourceConfig]) -> None:
         require_hub(source.path, local_hint(key), setting=EVAL_SETS[key].option)
 
 
+NLI_SPLITS = ("mnli_validation_matched", "mnli_validation_mismatched")
+
+
+@dataclass
+class EvalData:
+    """The evaluation sets, read once and scored for every encoder (model, base, baseline)."""
+
+    nli: dict[str, dict[str, list]]  # split → {"premise", "hypothesis", "label"}
+    stsb: tuple[list[str], list[str], list[float]]  # sentence1, sentence2, scores in 0-1
+
+
+def read_eval_data(sources: dict[str, SourceConfig], limit: int | None, stsb_score_scale: float) -> EvalData:
+    """The first `limit` pairs (all with None) of each set. Raises DataError (one line) as the readers do."""
+    nli = {split: read_pairs(sources[split], limit, local_hint=local_hint(split)) for split in NLI_SPLITS}
+    stsb = read_stsb(sources["stsb_test"], limit, stsb_score_scale, local_hint=local_hint("stsb_test"))
+    return EvalData(nli=nli, stsb=stsb)
+
+
 def evaluate_encoder(
-    encoder: NLIEncoder,
-    tag: str,
-    sources: dict[str, SourceConfig],
-    limit: int | None,
-    out_dir: Path,
-    stsb_score_scale: float,
+    encoder: NLIEncoder, tag: str, data: EvalData, out_dir: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """All metrics for one encoder; returns the report section and a few sample predictions."""
     report: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
-    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
-        pairs = read_pairs(sources[split], limit, local_hint=local_hint(split))
+    for split, pairs in data.nli.items():
         prediction = encoder.predict(pairs["premise"], pairs["hypothesis"])
         section: dict[str, Any] = {"cosine_by_class": cosine_by_class(prediction.cosine, pairs["label"])}
         plot_cosines(prediction.cosine, pairs["label"], f"{tag}: {split}", out_dir / f"{tag}_{split}_cosine.png")
@@ -125,8 +137,7 @@ def evaluate_encoder(
                     "probability": float(prediction.probs[i].max()), "cosine": float(prediction.cosine[i]),
                 })  # fmt: skip
         report[split] = section
-    stsb = read_stsb(sources["stsb_test"], limit, stsb_score_scale, local_hint=local_hint("stsb_test"))
-    report["stsb_test"] = stsb_metrics(encoder, *stsb)
+    report["stsb_test"] = stsb_metrics(encoder, *data.stsb)
     return report, samples
 
 
@@ -222,19 +233,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
-    report, samples = evaluate_encoder(encoder, "model", sources, args.limit, out_dir, scale)
+    data = read_eval_data(sources, args.limit, scale)
+    report, samples = evaluate_encoder(encoder, "model", data, out_dir)
     report = {"model": str(model_dir)} | report | {"base": None, "baseline": None, "limit": args.limit}
     if base is not None:
-        pairs = read_stsb(sources["stsb_test"], args.limit, scale, local_hint=local_hint("stsb_test"))
-        stsb = stsb_metrics(base.encoder, *pairs)
+        stsb = stsb_metrics(base.encoder, *data.stsb)
         report["base"] = base_section(base.name, base.path, stsb, report["stsb_test"])
     if baseline_encoder is not None:
-        baseline, _ = evaluate_encoder(baseline_encoder, "baseline", sources, args.limit, out_dir, scale)
+        baseline, _ = evaluate_encoder(baseline_encoder, "baseline", data, out_dir)
         report["baseline"] = {"model": args.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")
     log_to_wandb(report, samples, out_dir)
-    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+    for split in NLI_SPLITS:
         log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])
     log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
              report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
