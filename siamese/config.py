@@ -172,6 +172,31 @@ class ImplConfig:
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
 
 
+def _default_selection_source() -> SourceConfig:
+    return SourceConfig(path="sentence-transformers/stsb", config_name=None, split="validation")
+
+
+@dataclass
+class PostprocessConfig:
+    """Post-processing fitted after training and saved in the model (siamese/postprocess.py)."""
+
+    # auto: none / centre / whiten (and whiten to `dims`), whichever scores the best STS-B validation Spearman
+    # ("none" wins a tie); or one method, fitted without selection.
+    method: Literal["auto", "none", "centre", "whiten"] = "auto"
+    dims: int | None = None  # whitening to this many dimensions (auto: an extra candidate); null = all
+    # Training sentences (premises and hypotheses of the first training pairs, each once) the transform and the
+    # random-pair reference are fitted on.
+    fit_sentences: int = 20_000
+    # STS-B validation, never test: what `auto` selects on (a local file or the Hub's sentence-transformers/stsb).
+    selection_source: SourceConfig = field(default_factory=_default_selection_source)
+    reference_pairs: int = 5_000  # random sentence pairs whose cosines the app compares a pair's cosine with
+
+    def check(self) -> None:
+        require(self.dims is None or self.dims >= 1, "dims", "must be >= 1 or null")
+        require(self.fit_sentences >= 2, "fit_sentences", "must be >= 2")
+        require(self.reference_pairs >= 100, "reference_pairs", "must be >= 100 (its percentiles are shown)")
+
+
 # What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
 RESUMABLE_KEYS = (
     "train.learning_rate",
@@ -187,6 +212,7 @@ RESUMABLE_KEYS = (
     "train.max_train_minutes",
     "data.eval_sources",
     "data.eval_pairs",
+    "postprocess.",  # fitted after training: nothing in a checkpoint depends on it
     "impl.",
     "wandb.",
     "output_dir",
@@ -200,6 +226,7 @@ class SiameseConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -2,7 +2,9 @@
 
 Evaluation and the Streamlit app both use `NLIEncoder`; nothing else holds inference code.
 The NLI head is the SoftmaxLoss classifier over (u, v, |u - v|); sentence-transformers does not save
-it, so it lives beside the model as safetensors plus a JSON label map.
+it, so it lives beside the model as safetensors plus a JSON label map. A model with post-processing
+(siamese/postprocess.py: whitening as trailing modules) gives the post-processed embedding and cosine, while
+its head reads the embedding before post-processing, the one it was trained on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from common.device import resolve_device
 from common.errors import UserError
+from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
 
 # GLUE / Hub convention for MNLI and SNLI.
 LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
@@ -56,6 +59,10 @@ class Prediction:
     probs: np.ndarray | None  # (n, num_labels) softmax over the NLI head, None without a head
     labels: tuple[str, ...]
     truncated: np.ndarray  # (n,) True where either text was cut to max_seq_length
+    # With keep_embeddings: (premises, hypotheses) embeddings, each (n, d), as the model outputs them and
+    # before post-processing (the same arrays for a model without post-processing).
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None
+    core_embeddings: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def predicted(self) -> list[str]:
@@ -65,12 +72,28 @@ class Prediction:
 
 
 class NLIEncoder:
-    """A SentenceTransformer plus (optionally) its NLI head, loaded from one self-describing folder."""
+    """A SentenceTransformer plus (optionally) its NLI head, loaded from one self-describing folder.
 
-    def __init__(self, model, head: torch.nn.Linear | None = None, labels: tuple[str, ...] = LABELS) -> None:
+    `model` is the whole SentenceTransformer (what `SentenceTransformer(path).encode` gives); `postprocessing`
+    counts its trailing post-processing modules, which the head does not see; `reference` is the random-pair
+    cosine distribution saved with the model (None when the folder has none).
+    """
+
+    def __init__(
+        self,
+        model,
+        head: torch.nn.Linear | None = None,
+        labels: tuple[str, ...] = LABELS,
+        postprocessing: int = 0,
+        reference: SimilarityReference | None = None,
+    ) -> None:
         self.model = model
         self.head = head
         self.labels = labels
+        self.postprocessing = postprocessing
+        self.reference = reference
+        # The encoder the head was trained on: `model` without its post-processing modules (shared, no copy).
+        self.core = without_postprocessing(model, postprocessing)
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None) -> NLIEncoder:
@@ -87,13 +110,16 @@ class NLIEncoder:
         except Exception as err:  # a broken folder: say which, in one line
             raise UserError(f"model path {path} could not be loaded: {str(err).splitlines()[0]}") from None
         model.eval()
-        head, labels = (None, LABELS)
+        postprocessing = postprocessing_modules(path)
+        encoder = cls(model, None, LABELS, postprocessing, SimilarityReference.load(path))
         if (path / HEAD_FILE).is_file():
-            head, labels = load_head(path, device=device)
-            dim = model.get_embedding_dimension()
-            if head.in_features != 3 * dim:
-                raise UserError(f"{path / HEAD_FILE}: head expects {head.in_features} features, model gives 3×{dim}")
-        return cls(model, head, labels)
+            encoder.head, encoder.labels = load_head(path, device=device)
+            dim = encoder.core.get_embedding_dimension()
+            if encoder.head.in_features != 3 * dim:
+                raise UserError(
+                    f"{path / HEAD_FILE}: head expects {encoder.head.in_features} features, model gives 3×{dim}"
+                )
+        return encoder
 
     @property
     def max_seq_length(self) -> int:
@@ -105,22 +131,46 @@ class NLIEncoder:
         return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        return self.model.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """(n, d) embeddings as the model outputs them (post-processed, if the model has post-processing)."""
+        return self.postprocess(self.embed_core(texts, batch_size, progress))
 
     @torch.inference_mode()
-    def predict(self, premises: list[str], hypotheses: list[str], batch_size: int = 64) -> Prediction:
+    def embed_core(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """(n, d) embeddings before post-processing: what the NLI head reads."""
+        return self.core.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress)
+
+    @torch.inference_mode()
+    def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The model's trailing post-processing modules applied to embeddings from `embed_core`."""
+        features = {"sentence_embedding": embeddings}
+        for i in range(len(self.model) - self.postprocessing, len(self.model)):
+            features = self.model[i](features)
+        return features["sentence_embedding"]
+
+    @torch.inference_mode()
+    def predict(
+        self, premises: list[str], hypotheses: list[str], batch_size: int = 64, keep_embeddings: bool = False
+    ) -> Prediction:
         if len(premises) != len(hypotheses):
             raise UserError(f"got {len(premises)} premises but {len(hypotheses)} hypotheses")
         # One encode call for both sides: half the per-call overhead, which dominates single-pair latency.
-        both = self.embed([*premises, *hypotheses], batch_size)
+        core = self.embed_core([*premises, *hypotheses], batch_size)
+        both = self.postprocess(core)
         u, v = both[: len(premises)], both[len(premises) :]
         cosine = torch.nn.functional.cosine_similarity(u, v, dim=-1).float().cpu().numpy()
         probs = None
         if self.head is not None:
-            logits = self.head(head_features(u, v).to(self.head.weight.dtype))
+            cu, cv = core[: len(premises)], core[len(premises) :]
+            logits = self.head(head_features(cu, cv).to(self.head.weight.dtype))
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
         limit = self.max_seq_length
         lengths = np.array([self.token_counts(list(premises)), self.token_counts(list(hypotheses))])
         truncated = (lengths > limit).any(axis=0) if len(premises) else np.zeros(0, dtype=bool)
-        return Prediction(cosine=cosine, probs=probs, labels=self.labels, truncated=truncated)
+        prediction = Prediction(cosine=cosine, probs=probs, labels=self.labels, truncated=truncated)
+        if keep_embeddings:
+            n = len(premises)
+            out = both.float().cpu().numpy()
+            before = core.float().cpu().numpy() if self.postprocessing else out
+            prediction.embeddings, prediction.core_embeddings = (out[:n], out[n:]), (before[:n], before[n:])
+        return prediction

@@ -46,14 +46,14 @@ class WarmStart:
 def pair_features(model: SentenceTransformer, pairs: dict[str, list], batch_size: int) -> torch.Tensor:
     """(n, 3·d) features (u, v, |u-v|) of the frozen encoder, in eval mode and without gradients.
 
-    The same inference path as evaluation and the app (`NLIEncoder.embed`); the model's training mode is
+    The same inference path as evaluation and the app (`NLIEncoder.embed_core`: what the head reads); the model's training mode is
     restored afterwards. The result is an ordinary tensor (not an inference-mode one), so it can be fitted on.
     """
     was_training = model.training
     try:
         encoder = NLIEncoder(model.eval())
-        u = encoder.embed(pairs["premise"], batch_size)
-        v = encoder.embed(pairs["hypothesis"], batch_size)
+        u = encoder.embed_core(pairs["premise"], batch_size)
+        v = encoder.embed_core(pairs["hypothesis"], batch_size)
     finally:
         model.train(was_training)
     return head_features(u, v).float().clone()

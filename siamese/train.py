@@ -35,6 +35,7 @@ from common.training import (
     shared_arguments,
 )
 from siamese import model as siamese_model
+from siamese.calibrate import calibrate
 from siamese.config import RESUMABLE_KEYS, SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
@@ -48,6 +49,7 @@ from siamese.nli_data import (
     source_name,
     train_stream,
 )
+from siamese.postprocess import Decision, SimilarityReference, save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,10 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     metrics["wall_time_s"] = time.time() - started
     model_dir = cfg.run_dir / "model"
     if trainer.is_world_process_zero():
-        save_final(cfg, trainer.model, trainer.classifier, metrics, counts, cfg.run_dir)
+        calibrated = time.time()
+        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, pairs)
+        metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - calibrated}
+        save_final(cfg, model, trainer.classifier, metrics, counts, cfg.run_dir, decision, reference)
         finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         log.info("done in %.0f s: %s", time.time() - started, model_dir)
     trainer.accelerator.wait_for_everyone()
@@ -282,11 +287,21 @@ def final_metrics(trainer: SiameseTrainer, result, evaluator, per_step: int) -> 
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def save_final(cfg: SiameseConfig, model, classifier, metrics: dict, counts: RowCounts, run_dir: Path) -> Path:
+def save_final(
+    cfg: SiameseConfig,
+    model,
+    classifier,
+    metrics: dict,
+    counts: RowCounts,
+    run_dir: Path,
+    decision: Decision,
+    reference: SimilarityReference,
+) -> Path:
     """Write the final, self-describing model folder in one rename: never half-written."""
     target = run_dir / "model"
     with atomic_dir(target) as tmp:
         model.save(str(tmp))
+        save_postprocessing(decision, reference, tmp)
         if classifier is not None:
             save_head(classifier, tmp)
         save_config(cfg, tmp / "resolved_config.yaml")

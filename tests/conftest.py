@@ -41,3 +41,18 @@ def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir
     from bench.tiny_bert import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-distributed"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_outputs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """An outputs folder holding one tiny trained siamese model (tests/app/tiny_model.py), built once."""
+    from tests.app.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("outputs")
+    build_tiny_model(data_dir, root, run_name="tiny")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_outputs: Path) -> Path:
+    return tiny_outputs / "tiny" / "model"

@@ -1,4 +1,4 @@
-"""A tiny trained siamese model for the app tests, built once per session into a tmp outputs folder."""
+"""The app tests' views of the tiny trained siamese model (tests/conftest.py builds it once per session)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ from pathlib import Path
 import pytest
 
 from siamese.encoder import HEAD_FILE, LABELS_FILE, NLIEncoder
-from tests.app.tiny_model import build_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_outputs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    root = tmp_path_factory.mktemp("outputs")
-    build_tiny_model(data_dir, root, run_name="tiny")
-    return root
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tiny_outputs: Path) -> Path:
-    return tiny_outputs / "tiny" / "model"
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,10 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 4 and "eval_mnli-dev_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
+    # the stage calibrated the model (configs/siamese/debug.yaml: method auto on STS-B validation)
+    decision = json.loads((model_dir / "postprocessing.json").read_text())
+    assert metrics["postprocessing"] == decision["chosen"]["method"] and decision["selected_on"].startswith("STS-B")
+    assert encoder.reference is not None and encoder.postprocessing == decision["modules"]
     assert not list(model_dir.parent.glob(".tmp-*"))  # the atomic write left nothing behind
     # every checkpoint carries the NLI head, which sentence-transformers alone would not save
     checkpoints = sorted((out / "siamese-debug" / "checkpoints").glob("checkpoint-*"))
