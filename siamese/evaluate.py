@@ -29,6 +29,7 @@ from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model, hub_model_kwargs, resolve_base
 from siamese.nli_data import read_pairs
+from siamese.postprocess import POSTPROCESS_FILE
 from siamese.report import (
     base_section,
     format_metric,
@@ -38,7 +39,7 @@ from siamese.report import (
     stsb_drop_warning,
     write_markdown,
 )
-from siamese.scores import HUB_STSB, cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
@@ -117,13 +118,19 @@ def read_eval_data(sources: dict[str, SourceConfig], limit: int | None, stsb_sco
 def evaluate_encoder(
     encoder: NLIEncoder, tag: str, data: EvalData, out_dir: Path
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """All metrics for one encoder; returns the report section and a few sample predictions."""
+    """All metrics for one encoder; returns the report section and a few sample predictions.
+
+    A model with post-processing (siamese/postprocess.py) is also scored without it, from the same forward
+    passes: `before_postprocessing` in each NLI split and `stsb_test_before_postprocessing`.
+    """
     report: dict[str, Any] = {}
     samples: list[dict[str, Any]] = []
     for split, pairs in data.nli.items():
-        prediction = encoder.predict(pairs["premise"], pairs["hypothesis"])
-        section: dict[str, Any] = {"cosine_by_class": cosine_by_class(prediction.cosine, pairs["label"])}
-        plot_cosines(prediction.cosine, pairs["label"], f"{tag}: {split}", out_dir / f"{tag}_{split}_cosine.png")
+        prediction = encoder.predict(pairs["premise"], pairs["hypothesis"], keep_embeddings=True)
+        section, cosine, random = cosine_sections(prediction.embeddings, pairs["label"])
+        plot_cosines(cosine, pairs["label"], f"{tag}: {split}", out_dir / f"{tag}_{split}_cosine.png", random)
+        if encoder.postprocessing:
+            section["before_postprocessing"] = cosine_sections(prediction.core_embeddings, pairs["label"])[0]
         if prediction.probs is None:  # e.g. the baseline: an encoder without an NLI head
             section |= {"accuracy": None, "n": len(pairs["label"])}
         else:
@@ -138,6 +145,8 @@ def evaluate_encoder(
                 })  # fmt: skip
         report[split] = section
     report["stsb_test"] = stsb_metrics(encoder, *data.stsb)
+    if encoder.postprocessing:
+        report["stsb_test_before_postprocessing"] = stsb_metrics(NLIEncoder(encoder.core), *data.stsb)
     return report, samples
 
 
@@ -236,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     data = read_eval_data(sources, args.limit, scale)
     report, samples = evaluate_encoder(encoder, "model", data, out_dir)
     report = {"model": str(model_dir)} | report | {"base": None, "baseline": None, "limit": args.limit}
+    report["postprocessing"] = read_postprocessing(model_dir)
     if base is not None:
         stsb = stsb_metrics(base.encoder, *data.stsb)
         report["base"] = base_section(base.name, base.path, stsb, report["stsb_test"])
@@ -254,6 +264,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if warning := stsb_drop_warning(report):
         log.warning(warning)
     return report
+
+
+def read_postprocessing(model_dir: Path) -> dict[str, Any] | None:
+    """The model's postprocessing.json (what was chosen, on what, with every candidate's score), or None."""
+    try:
+        return json.loads((model_dir / POSTPROCESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def load_baseline(name: str) -> NLIEncoder:

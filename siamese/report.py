@@ -32,7 +32,10 @@ def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path) -> None:
+def plot_cosines(
+    cosine: np.ndarray, gold: Sequence[int], title: str, path: Path, random: np.ndarray | None = None
+) -> None:
+    """Histograms of the pairs' cosines by gold class, and of `random` (random sentence pairs) as an outline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,10 +43,14 @@ def plot_cosines(cosine: np.ndarray, gold: Sequence[int], title: str, path: Path
 
     gold = np.asarray(gold)
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(min(-0.2, float(cosine.min())), 1.0, 41)
+    low = min(-0.2, float(cosine.min()), float(random.min()) if random is not None else 0.0)
+    bins = np.linspace(low, 1.0, 41)
     for i, name in enumerate(LABELS):
         if (gold == i).any():
             ax.hist(cosine[gold == i], bins=bins, alpha=0.5, density=True, label=f"{name} (n={(gold == i).sum()})")
+    if random is not None:
+        ax.hist(random, bins=bins, density=True, histtype="step", color="black", linewidth=1.5,
+                label=f"random pairs (n={len(random)})")  # fmt: skip
     ax.set_xlabel("cosine(premise, hypothesis)")
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -98,6 +105,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
         for _, r in models) + " |")  # fmt: skip
     lines += _base_lines(report)
+    lines += _postprocessing_lines(report)
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         lines += [
             "",
@@ -108,9 +116,9 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         lines.append("|---" * (len(models) + 1) + "|")
         for name in LABELS:
             cells = [r[split]["cosine_by_class"].get(name, {}) for _, r in models]
-            lines.append(
-                f"| {name} | " + " | ".join(f"{c['mean']:.3f} ± {c['std']:.3f}" if c else "–" for c in cells) + " |"
-            )
+            lines.append(f"| {name} | " + " | ".join(_mean_std(c) for c in cells) + " |")
+        cells = [r[split].get("random_pair_cosine", {}) for _, r in models]
+        lines.append("| random pairs | " + " | ".join(_mean_std(c) for c in cells) + " |")
         if "classification_report" in report[split]:
             cr = report[split]["classification_report"]
             lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
@@ -118,6 +126,40 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                       f"{int(cr[n]['support'])} |" for n in LABELS]  # fmt: skip
             lines += ["", f"![confusion](model_{split}_confusion.png) ![cosines](model_{split}_cosine.png)"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    return f"{stats['mean']:.3f} ± {stats['std']:.3f}" if stats else "–"
+
+
+def _postprocessing_lines(report: dict[str, Any]) -> list[str]:
+    """report.md: what post-processing the model ships, how it was chosen, and the model before / after it."""
+    decision = report.get("postprocessing")
+    if not decision:
+        return []
+    chosen = decision["chosen"]
+    name = chosen["method"] if chosen.get("dims") is None else f"{chosen['method']}-{chosen['dims']}"
+    scored = [c for c in decision["candidates"] if c.get("spearman") is not None]
+    how = f"selected on {decision['selected_on']}" if decision.get("selected_on") else "fixed by the config"
+    lines = ["", "## Post-processing", "", f"`{name}` ({how}; fitted on {decision['fit_sentences']:,} "
+             f"{decision['fit_source']})."]  # fmt: skip
+    if scored:
+        lines += ["", "| candidate | STS-B validation Spearman |", "|---|---|"]
+        for c in scored:
+            label = c["method"] if c.get("dims") is None else f"{c['method']}-{c['dims']}"
+            lines.append(f"| {label}{' (chosen)' if label == name else ''} | {c['spearman']:.4f} |")
+    before = report.get("stsb_test_before_postprocessing")
+    split = report.get("mnli_validation_matched", {}).get("before_postprocessing")
+    if before and split:
+        after = report["mnli_validation_matched"]
+        lines += ["", "| | before post-processing | after |", "|---|---|---|",
+                  f"| STS-B test Spearman | {before['spearman']:.4f} | {report['stsb_test']['spearman']:.4f} |"]  # fmt: skip
+        for label in LABELS:
+            lines.append(f"| mean cosine, {label} (MNLI dev matched) | {_mean_std(split['cosine_by_class'].get(label, {}))}"
+                         f" | {_mean_std(after['cosine_by_class'].get(label, {}))} |")  # fmt: skip
+        lines.append(f"| mean cosine, random pairs | {_mean_std(split['random_pair_cosine'])} | "
+                     f"{_mean_std(after['random_pair_cosine'])} |")  # fmt: skip
+    return lines
 
 
 def _base_lines(report: dict[str, Any]) -> list[str]:

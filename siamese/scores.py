@@ -1,5 +1,5 @@
 """The numbers of an evaluation: NLI accuracy, confusion matrix and classification report, cosine statistics by
-gold class, and STS-B Spearman / Pearson of cosine similarity (read at a declared score scale, scored by
+gold class and of random sentence pairs, and STS-B Spearman / Pearson of cosine similarity (read at a declared score scale, scored by
 sentence-transformers' evaluator). `siamese/evaluate.py` decides what is scored; this file only computes.
 """
 
@@ -16,6 +16,7 @@ from common.sources import load_source, reading
 from common.text import has_visible_content
 from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
+from siamese.postprocess import cosine_rows, random_pair_cosines
 
 HUB_STSB = "sentence-transformers/stsb"
 STSB_HINT = "${BERT_DATA_DIR}/stsb/test.jsonl.gz"  # the shared copy, as `siamese/evaluate.py`'s EVAL_SETS names it
@@ -53,6 +54,26 @@ def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[s
         for i, name in enumerate(LABELS)
         if (gold == i).any()
     }
+
+
+def cosine_summary(cosine: np.ndarray) -> dict[str, float]:
+    return {"mean": float(np.mean(cosine)), "std": float(np.std(cosine)), "n": int(len(cosine))}
+
+
+def cosine_sections(
+    embeddings: tuple[np.ndarray, np.ndarray], gold: Sequence[int], seed: int = 0
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Cosine statistics of one embedding space on an NLI set: by gold class, and of as many random pairs of
+    its sentences (premises and hypotheses mixed; `siamese.postprocess.random_pair_cosines`, seeded).
+
+    Returns the report section ({"cosine_by_class", "random_pair_cosine"}), the pairs' cosines and the random
+    pairs' cosines, both (n,).
+    """
+    u, v = embeddings
+    cosine = cosine_rows(u, v)
+    random = random_pair_cosines(np.concatenate([u, v]), len(u), seed)
+    section = {"cosine_by_class": cosine_by_class(cosine, gold), "random_pair_cosine": cosine_summary(random)}
+    return section, cosine, random
 
 
 def read_stsb(

@@ -258,3 +258,27 @@ def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_
     message = str(err.value)
     assert "someone/some-encoder" in message and "unreachable" in message and "--no-base-stsb" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_processing(trained_dir, tmp_path, repo_root):
+    from siamese.calibrate import main as calibrate_main
+
+    whitened = calibrate_main(["--model", str(trained_dir), "--out", str(tmp_path / "whitened"), "--config",
+                               str(repo_root / "configs" / "siamese" / "debug.yaml"), "postprocess.method=whiten"])  # fmt: skip
+    plain = main(["--model", str(trained_dir), "--limit", "40", "--out", str(tmp_path / "plain")])
+    report = main(["--model", str(whitened), "--limit", "40", "--out", str(tmp_path / "report")])
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        random = report[split]["random_pair_cosine"]
+        assert random["n"] == 40 and -1.0 <= random["mean"] <= 1.0
+        # "before" is the same model without its whitening: the plain folder's figures, from the same passes
+        before = report[split]["before_postprocessing"]
+        for name, stats in plain[split]["cosine_by_class"].items():
+            assert before["cosine_by_class"][name] == pytest.approx(stats, abs=1e-5)
+        assert before["random_pair_cosine"] == pytest.approx(plain[split]["random_pair_cosine"], abs=1e-5)
+        assert report[split]["accuracy"] == plain[split]["accuracy"]  # the head reads the embedding before it
+    assert report["stsb_test_before_postprocessing"]["spearman"] == pytest.approx(plain["stsb_test"]["spearman"])
+    assert report["postprocessing"]["chosen"]["method"] == "whiten"
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Post-processing" in markdown and "| random pairs |" in markdown
+    assert "before post-processing" in markdown and "mean cosine, random pairs" in markdown
+    assert "postprocessing" not in plain or plain["postprocessing"] is None
