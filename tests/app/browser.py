@@ -132,6 +132,45 @@ def predict_in_browser(driver, url: str, premise: str, hypothesis: str, timeout:
     return label
 
 
+def page_text(driver) -> str:
+    return driver.find_element("tag name", "body").text
+
+
+def compare_with_baseline(driver, timeout: float = 120.0) -> str:
+    """Switch on the sidebar's baseline toggle; return the baseline's cosine as the page shows it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Compare with')]]").click()
+
+    def baseline_value(d):
+        for metric in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+            if "all-MiniLM-L6-v2" in metric.text:
+                return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+        return False
+
+    return WebDriverWait(driver, timeout).until(baseline_value)
+
+
+def search_in_browser(driver, query: str, compare: bool = False, timeout: float = 180.0) -> str:
+    """Open the search tab (default sentences: MNLI dev premises), run `query`, wait until every result
+    table's heading shows ("Your model (N ms)", and with `compare` the baseline's), and return the page text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    driver.find_element(By.XPATH, "//*[@role='tab'][.//p[text()='Semantic search']]").click()
+    box = wait.until(ec.element_to_be_clickable((By.CSS_SELECTOR, 'input[aria-label="Query"]')))
+    box.clear()
+    box.send_keys(query, Keys.ENTER)
+    headings = ["Your model ("] + (["all-MiniLM-L6-v2 ("] if compare else [])
+    wait.until(lambda d: all(h in page_text(d) for h in headings) and "Encoding" not in page_text(d))
+    time.sleep(1.5)  # let the tables draw before a screenshot
+    return page_text(driver)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Screenshot the app predicting one pair in headless Chromium.")
     parser.add_argument("--model", required=True, type=Path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from app.batch import UploadLimits, check_columns, default_columns, read_csv_upload
 from app.examples import LOCAL_DEFAULT, Example, example_sources, first_available, load_examples
@@ -223,3 +224,69 @@ def test_invisible_text_gets_no_prediction(tiny_encoder, blank):
     table = predict_table(tiny_encoder, [blank, "A man eats."], ["x", "Someone eats."])
     assert np.isnan(table.loc[0, "cosine"]) and table.loc[0, "label"] == ""
     assert table.loc[1, "label"] in LABELS
+
+
+def test_search_sentences_are_cleaned_counted_and_limited():
+    from app.search import clean_sentences
+
+    assert clean_sentences([" a ", "", "\u200b", "b", "a"], "x", 10) == ["a", "b"]
+    with pytest.raises(DataError, match="no sentences"):
+        clean_sentences(["", " "], "the pasted text", 10)
+    with pytest.raises(DataError, match="more than the limit of 2"):
+        clean_sentences(["a", "b", "c"], "x", 2)
+
+
+def test_search_upload_reads_txt_lines_or_one_csv_column():
+    from app.search import csv_columns, sentences_from_upload
+
+    assert sentences_from_upload(b"one\ntwo\n\none\n", "s.txt", 10) == ["one", "two"]
+    csv = b'id,text\n1,"First, with a comma"\n2,Second\n'
+    assert csv_columns(csv) == ["id", "text"]
+    assert sentences_from_upload(csv, "s.csv", 10, "text") == ["First, with a comma", "Second"]
+    with pytest.raises(DataError, match="no column 'body'"):
+        sentences_from_upload(csv, "s.csv", 10, "body")
+
+
+def test_search_index_returns_the_top_k_best_first(tiny_encoder):
+    from app.search import SearchIndex, search_table
+
+    sentences = [f"sentence number {i} about {w}" for i, w in enumerate(["dogs", "cats", "rain", "music", "food"])]
+    index = SearchIndex.build(tiny_encoder, sentences, progress=(seen := []).append)
+    assert index.embeddings.shape == (5, 64) and np.allclose(np.linalg.norm(index.embeddings, axis=1), 1.0)
+    assert seen == [1.0]
+    table = search_table(index, tiny_encoder, sentences[3], k=3)
+    assert table["sentence"].iloc[0] == sentences[3] and len(table) == 3
+    assert list(table["cosine"]) == sorted(table["cosine"], reverse=True)
+    # the scores are the model's cosines, k larger than the corpus gives all of it
+    expected = torch.nn.functional.cosine_similarity(tiny_encoder.embed([sentences[3]]), tiny_encoder.embed(sentences))
+    assert np.allclose(
+        sorted(expected.numpy(), reverse=True), search_table(index, tiny_encoder, sentences[3], 99)["cosine"], atol=1e-5
+    )
+    with pytest.raises(UserError, match="Please enter a query"):
+        search_table(index, tiny_encoder, " \u200b", 3)
+
+
+@pytest.mark.parametrize(
+    ("probability", "words"),
+    [
+        (0.95, "very confident"),
+        (0.75, "fairly confident"),
+        (0.55, "leaning"),
+        (0.45, "unsure"),
+        (0.36, "close to a guess"),
+    ],
+)
+def test_the_verdict_in_words(probability, words):
+    from app.predict import confidence_words
+
+    assert words in confidence_words(probability, 3)
+
+
+def test_a_pair_gets_its_percentile_among_random_pairs(tiny_encoder):
+    from siamese.postprocess import SimilarityReference
+
+    reference = SimilarityReference.from_cosines(np.linspace(-1.0, 1.0, 201), "uniform")
+    result = predict_pair(tiny_encoder, "A man eats.", "Someone eats.", reference)
+    assert result.percentile == pytest.approx((result.cosine + 1) / 2 * 100, abs=1.0)
+    assert result.similarity_words == f"more similar than {result.percentile:.0f} % of random sentence pairs"
+    assert result.verdict_words.startswith(f"{result.label}, ")

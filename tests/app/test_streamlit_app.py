@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -180,3 +182,59 @@ def test_damaged_head_file_is_one_line_error(app_env, monkeypatch, tiny_model_di
     monkeypatch.setenv("APP_MODEL_DIR", str(broken))
     at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
     assert not at.exception and "could not be loaded" in at.error[0].value and "\n" not in at.error[0].value
+
+
+def test_the_cosine_is_read_against_random_pairs_and_the_verdict_in_words(app):
+    submit(app, "The stock market fell sharply today.", "A cat is sitting on the mat.")
+    assert not app.exception
+    text = " ".join(m.value for m in app.markdown)
+    assert "more similar than" in text and "% of random sentence pairs" in text
+    label = metrics(app)["Predicted label"]
+    assert f"**Verdict:** {label}, " in text and re.search(r"\d+%", text)
+
+
+def paste_and_query(at: AppTest, sentences: list[str], query: str) -> AppTest:
+    at.radio(key="search_source").set_value("Paste sentences").run()
+    at.text_area(key="search_text").input("\n".join(sentences)).run()
+    return at.text_input(key="search_query").input(query).run()
+
+
+SENTENCES = ["A man is playing a guitar.", "The stock market fell today.", "Two dogs run in a park.", "It rains."]
+
+
+def test_search_finds_a_pasted_sentence_first(app):
+    paste_and_query(app, SENTENCES, "Two dogs run in a park.")
+    assert not app.exception and not app.error
+    results = app.dataframe[-1].value
+    assert list(results["rank"]) == [1, 2, 3, 4] and results["sentence"].iloc[0] == "Two dogs run in a park."
+    assert results["cosine"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+    assert list(results["cosine"]) == sorted(results["cosine"], reverse=True)
+    assert any("4 sentences" in c.value for c in app.caption)
+
+
+def test_search_over_the_default_mnli_premises(app):
+    app.text_input(key="search_query").input("A woman is reading a book.").run()
+    assert not app.exception and not app.error
+    results = app.dataframe[-1].value
+    assert len(results) == 10 and results["sentence"].is_unique
+    assert any("3,000 sentences" in c.value for c in app.caption)
+
+
+def test_search_upload_that_is_not_text_is_one_error_line(app):
+    app.radio(key="search_source").set_value("Upload a file").run()
+    app.file_uploader(key="search_upload").set_value(("s.txt", "é\n".encode("latin-1"), "text/plain")).run()
+    assert not app.exception
+    assert len(app.error) == 1 and "not UTF-8" in app.error[0].value and "\n" not in app.error[0].value
+
+
+def test_compare_shows_the_baseline_beside_the_model(app):
+    app.toggle(key="compare").set_value(True).run()
+    submit(app, "A man is playing a guitar.", "Someone makes music.")
+    assert not app.exception
+    shown = metrics(app)
+    assert "Cosine similarity" in shown and "Cosine similarity (all-MiniLM-L6-v2)" in shown
+    paste_and_query(app, SENTENCES, "A person plays an instrument.")
+    assert not app.exception and not app.error
+    mine, baseline = app.dataframe[-2].value, app.dataframe[-1].value
+    # MiniLM knows what a guitar is; the tiny test model does not have to
+    assert baseline["sentence"].iloc[0] == "A man is playing a guitar." and len(mine) == len(baseline) == 4

@@ -1,0 +1,128 @@
+"""Semantic search for the app: a list of sentences encoded once, then the top k by cosine for each query.
+
+Sentences come from pasted text (one per line), an uploaded .txt (one per line) or .csv (one column), or by
+default a few thousand MNLI dev premises. Exact search by one matrix product over unit-length float32 rows:
+at 100k sentences × 384 dimensions that is ~40 MFLOP a query, a few milliseconds on a laptop CPU
+(`python -m bench.search_latency`), so no approximate index is needed at this size.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from app.examples import load_examples
+from common.errors import DataError, UserError
+from common.text import has_visible_content
+from siamese.encoder import NLIEncoder
+
+MAX_SENTENCES_ENV = "APP_SEARCH_MAX_SENTENCES"
+DEFAULT_MAX_SENTENCES = 100_000
+MAX_UPLOAD_MB = 50
+DEFAULT_CORPUS_SIZE = 3_000  # MNLI dev matched premises, each once
+ENCODE_CHUNK = 1_024  # sentences per encode call: the progress bar moves once per chunk
+
+
+def max_sentences(env: Mapping[str, str] = os.environ) -> int:
+    value = env.get(MAX_SENTENCES_ENV, str(DEFAULT_MAX_SENTENCES))
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{MAX_SENTENCES_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def clean_sentences(lines: list[str], where: str, limit: int) -> list[str]:
+    """Stripped lines with visible text, each once, in order. Raises DataError when none is left or there are
+    more than `limit`."""
+    kept = list(dict.fromkeys(line.strip() for line in lines if has_visible_content(line)))
+    if not kept:
+        raise DataError(f"{where}: no sentences (one per line, with visible text)")
+    if len(kept) > limit:
+        raise DataError(f"{where}: {len(kept):,} sentences, more than the limit of {limit:,} ({MAX_SENTENCES_ENV})")
+    return kept
+
+
+def sentences_from_upload(data: bytes, name: str, limit: int, column: str | None = None) -> list[str]:
+    """A .txt (one sentence per line) or a .csv's `column` (default: its first column). DataError on bad input."""
+    if len(data) > MAX_UPLOAD_MB * 1_000_000:
+        raise DataError(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{name}: not UTF-8 text (bad byte at offset {err.start})") from None
+    if not name.lower().endswith(".csv"):
+        return clean_sentences(text.splitlines(), name, limit)
+    try:
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as err:
+        raise DataError(f"{name}: not a valid CSV: {str(err).strip().splitlines()[-1]}") from None
+    if column is None:
+        column = str(table.columns[0])
+    if column not in table.columns:
+        raise DataError(f"{name}: no column {column!r} (columns: {', '.join(map(str, table.columns))})")
+    return clean_sentences(table[column].tolist(), f"{name}, column {column!r}", limit)
+
+
+def csv_columns(data: bytes) -> list[str]:
+    """The header of an uploaded CSV (empty when it cannot be read: `sentences_from_upload` says why)."""
+    try:
+        return [str(c) for c in pd.read_csv(io.BytesIO(data), dtype=str, nrows=0).columns]
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError, UnicodeDecodeError):
+        return []
+
+
+def default_corpus(source: str, size: int = DEFAULT_CORPUS_SIZE) -> list[str]:
+    """The first `size` distinct premises of the MNLI dev source the example picker reads."""
+    examples = load_examples(source, limit=4 * size)  # premises repeat: ~3 hypotheses each
+    return list(dict.fromkeys(e.premise for e in examples))[:size]
+
+
+@dataclass
+class SearchIndex:
+    """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them."""
+
+    sentences: list[str]
+    embeddings: np.ndarray
+
+    @classmethod
+    def build(
+        cls, encoder: NLIEncoder, sentences: list[str], progress: Callable[[float], None] | None = None
+    ) -> SearchIndex:
+        parts = []
+        for start in range(0, len(sentences), ENCODE_CHUNK):
+            parts.append(encoder.embed(sentences[start : start + ENCODE_CHUNK]).float().cpu().numpy())
+            if progress is not None:
+                progress(min(start + ENCODE_CHUNK, len(sentences)) / len(sentences))
+        return cls(sentences, unit_rows(np.concatenate(parts)))
+
+    def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """The `k` rows most cosine-similar to `query` (d,), best first, as (row, cosine)."""
+        scores = self.embeddings @ unit_rows(query[None, :])[0]
+        k = min(k, len(scores))
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(int(i), float(scores[i])) for i in top]
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def search_table(index: SearchIndex, encoder: NLIEncoder, query: str, k: int) -> pd.DataFrame:
+    """rank, sentence, cosine for the top `k` sentences of `index` for `query`. UserError for an empty query."""
+    if not has_visible_content(query):
+        raise UserError("Please enter a query (empty text, or only spaces or invisible characters, finds nothing).")
+    embedding = encoder.embed([query]).float().cpu().numpy()[0]
+    hits = index.search(embedding, k)
+    return pd.DataFrame(
+        {
+            "rank": range(1, len(hits) + 1),
+            "sentence": [index.sentences[i] for i, _ in hits],
+            "cosine": [score for _, score in hits],
+        }
+    )
