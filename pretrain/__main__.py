@@ -12,8 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from common.cli import config_parser, run_cli
-from common.config import REPO_ROOT, load_config, save_config
+from common.cli import config_parser, parse_config, run_cli
+from common.config import REPO_ROOT, save_config
 from pretrain.config import PretrainConfig
 
 log = logging.getLogger("pretrain")
@@ -26,8 +26,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "python -m pretrain", "Pretrain a small BERT with masked language modelling.", DEFAULT_CONFIG
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    args = parser.parse_args(argv)
-    cfg = load_config(PretrainConfig, args.config, list(args.overrides))  # fails in one line before any work
+    cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
     from pretrain.export import export_model
     from pretrain.plots import plot_curves
