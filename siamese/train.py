@@ -25,6 +25,7 @@ from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
 from common.errors import ConfigError, UserError
+from common.runlock import claim_run_folder
 from common.tracking import finish_run, trainer_report_to
 from common.training import (
     PlateauStep,
@@ -120,14 +121,17 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     """Train on every rank and write `outputs/<run_name>/model/` (main process); `pairs` replaces the
     configured sources (tests)."""
     started = time.time()
-    trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
-    metrics["wall_time_s"] = time.time() - started
-    model_dir = cfg.run_dir / "model"
-    if trainer.is_world_process_zero():
-        save_final(cfg, trainer.model, trainer.classifier, metrics, counts, cfg.run_dir)
-        finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        log.info("done in %.0f s: %s", time.time() - started, model_dir)
-    trainer.accelerator.wait_for_everyone()
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    # Writable and not in use by another run, or refused before any data are read; held until the model is out.
+    with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
+        trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
+        metrics["wall_time_s"] = time.time() - started
+        model_dir = cfg.run_dir / "model"
+        if trainer.is_world_process_zero():
+            save_final(cfg, trainer.model, trainer.classifier, metrics, counts, cfg.run_dir)
+            finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            log.info("done in %.0f s: %s", time.time() - started, model_dir)
+        trainer.accelerator.wait_for_everyone()
     return model_dir
 
 

@@ -73,47 +73,74 @@ def one_output(out: Path, run: str) -> None:
     assert not list(out.rglob(".tmp-*")) and (out / run / "model").is_dir()
 
 
-def test_pretraining_on_two_processes_matches_one(tmp_path, data_dir):
-    argv = [
-        "--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"),
-        f"data.cache_dir={tmp_path / 'cache'}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
-        "data.max_documents=300", "train.max_steps=8", "train.eval_steps=4", "train.logging_steps=1",
-        "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
-    ]  # fmt: skip
-    logged = launch(
-        "pretrain",
-        tmp_path / "two",
-        [*argv, f"output_dir={tmp_path / 'two'}", "train.per_device_train_batch_size=8"],
-        2,
-    )
+PRETRAIN_ARGV = [
+    "--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), "data.max_documents=300", "train.max_steps=8",
+    "train.eval_steps=4", "train.logging_steps=1",
+    "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
+]  # fmt: skip
+SIAMESE_ARGV = [
+    "--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), "train.max_steps=6", "train.eval_steps=3",
+    "train.save_steps=3", "train.logging_steps=1", "data.eval_pairs=16", "model.max_seq_length=32",
+    "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
+    "train.head_init_pairs=32", "train.head_learning_rate=1.0e-2",  # one fitted head, its own groups, every rank
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretraining(tmp_path_factory, data_dir):
+    """The debug pretraining on two processes × 8 blocks: (the folder holding its run, its argv, the log)."""
+    root = tmp_path_factory.mktemp("pretrain-two")
+    argv = [*PRETRAIN_ARGV, f"data.cache_dir={root / 'cache'}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz"]
+    two = [*argv, f"output_dir={root / 'two'}", "train.per_device_train_batch_size=8"]
+    return root, argv, launch("pretrain", root / "two", two, 2)
+
+
+@pytest.fixture(scope="module")
+def fine_tuning(tmp_path_factory, tiny_bert_for_distributed):
+    """The debug fine-tuning on two processes × 8 pairs: (the folder holding its run, its argv)."""
+    root = tmp_path_factory.mktemp("siamese-two")
+    argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}"]
+    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", "train.batch_size=8"], 2)
+    return root, argv
+
+
+def test_pretraining_on_two_processes_matches_one(pretraining):
+    root, argv, logged = pretraining
     assert logged.count("building cache") == 1  # the main process built it; the other rank waited, then read it
-    launch(
-        "pretrain",
-        tmp_path / "one",
-        [*argv, f"output_dir={tmp_path / 'one'}", "train.per_device_train_batch_size=16"],
-        1,
-    )
-    one_output(tmp_path / "two", "pretrain-debug")
-    assert_ranks_agree(tmp_path / "two")
-    assert_same_curve(tmp_path / "one" / "pretrain-debug", tmp_path / "two" / "pretrain-debug")
-    metrics = json.loads((tmp_path / "two" / "pretrain-debug" / "metrics.json").read_text())
+    launch("pretrain", root / "one", [*argv, f"output_dir={root / 'one'}", "train.per_device_train_batch_size=16"], 1)
+    one_output(root / "two", "pretrain-debug")
+    assert_ranks_agree(root / "two")
+    assert_same_curve(root / "one" / "pretrain-debug", root / "two" / "pretrain-debug")
+    metrics = json.loads((root / "two" / "pretrain-debug" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["tokens_seen"] == 8 * 16 * 128  # counted over both ranks
 
 
-def test_fine_tuning_on_two_processes_matches_one(tmp_path, tiny_bert_for_distributed):
-    argv = [
-        "--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), f"model.base_model={tiny_bert_for_distributed}",
-        "train.max_steps=6", "train.eval_steps=3", "train.save_steps=3", "train.logging_steps=1",
-        "data.eval_pairs=16", "model.max_seq_length=32",
-        "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
-        "train.head_init_pairs=32", "train.head_learning_rate=1.0e-2",  # one fitted head, its own groups, every rank
-    ]  # fmt: skip
-    launch("siamese", tmp_path / "one", [*argv, f"output_dir={tmp_path / 'one'}", "train.batch_size=16"], 1)
-    launch("siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.batch_size=8"], 2)
-    one_output(tmp_path / "two", "siamese-debug")
-    assert_ranks_agree(tmp_path / "two")  # the NLI head too: it lives outside DDP's module
-    assert_same_curve(
-        tmp_path / "one" / "siamese-debug", tmp_path / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE
-    )
-    info = json.loads((tmp_path / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
+def test_fine_tuning_on_two_processes_matches_one(fine_tuning):
+    root, argv = fine_tuning
+    launch("siamese", root / "one", [*argv, f"output_dir={root / 'one'}", "train.batch_size=16"], 1)
+    one_output(root / "two", "siamese-debug")
+    assert_ranks_agree(root / "two")  # the NLI head too: it lives outside DDP's module
+    assert_same_curve(root / "one" / "siamese-debug", root / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE)
+    info = json.loads((root / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
     assert info["pairs_seen"] == 6 * 16
+
+
+# under torchrun, the busy folder must stop every rank with one line, none left waiting for another.
+def test_a_busy_run_folder_stops_every_rank_of_a_two_process_run(pretraining, tmp_path):
+    from tests.processes import kill, start_until
+
+    root, argv, _ = pretraining
+    long = ("train.max_steps=100000", "train.save_steps=100000", "train.eval_steps=100000", "impl.num_threads=1")
+    first = start_until("pretrain", [*argv, f"output_dir={tmp_path}", *long], " model: ", tmp_path / "first.log")
+    try:
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        done = subprocess.run([*command, "-m", "pretrain", *argv, f"output_dir={tmp_path}"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        logged = done.stdout + done.stderr
+        # rank 0 names the holder; rank 1 learnt of it in the same all-reduce: both end with one error line
+        assert done.returncode != 0 and "in use by another run" in logged, logged[-3000:]
+        assert logged.count("error: ") >= 2, logged[-3000:]
+        assert first.poll() is None
+    finally:
+        kill(first)

@@ -258,3 +258,26 @@ def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_
     message = str(err.value)
     assert "someone/some-encoder" in message and "unreachable" in message and "--no-base-stsb" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
+
+
+# a model in a read-only folder was scored on all of MNLI dev, then evaluation died at the first plot.
+def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
+    trained_dir, tmp_path, monkeypatch, read_only, caplog
+):
+    import logging
+
+    from siamese import evaluate as evaluate_module
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_dir, model)
+    read_only(model)
+    real_read, reads = evaluate_module.read_eval_data, []
+    monkeypatch.setattr(evaluate_module, "read_eval_data", lambda *a, **kw: reads.append(1) or real_read(*a, **kw))
+    with pytest.raises(UserError, match=r"not writable \(read-only file system\): pass --out DIR") as err:
+        main(["--model", str(model), "--limit", "4"])
+    assert "\n" not in str(err.value) and not reads  # refused before any set was read or scored
+    out = tmp_path / "report"
+    with caplog.at_level(logging.INFO, logger="siamese.evaluate"):
+        main(["--model", str(model), "--limit", "4", "--out", str(out)])
+    assert (out / "report.json").is_file() and not (model / "report.json").exists()
+    assert f"go to {out}, not the model folder" in caplog.text
