@@ -7,7 +7,7 @@ always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs b
 N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo).
 
 Before any stage starts, the pipeline claims both run folders (writable, and no other pipeline in them:
-common/runlock.py).
+common/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.checkpoints import checkpoint_dirs
+from common.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
 from common.cli import run_cli
 from common.config import REPO_ROOT, load_config
 from common.errors import UserError
@@ -75,6 +75,16 @@ def run_stage(module: str, main: Callable[[list[str]], object], argv: list[str],
         raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
 
 
+def check_resumed_world_sizes(run_dirs: list[Path], nproc: int) -> None:
+    """A stage that will resume must resume on the processes it was trained on: refused here, before the first
+    stage starts, not when the run reaches that stage (e.g. re-running without `--nproc 2` after a killed
+    two-process run)."""
+    for run_dir in run_dirs:
+        checkpoint = newest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is not None:
+            check_world_size(checkpoint, nproc, remedy="rerun the pipeline with --nproc {n}")
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     out = [f"output_dir={args.output_dir}"] if args.output_dir else []
@@ -94,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         claim_run_folder(pretrain_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
         claim_run_folder(siamese_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
     ):
+        stages = [(pretrain_cfg.run_dir, pretrain_done), (siamese_cfg.run_dir, siamese_done)]
+        check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], args.nproc)
+
         from pretrain.__main__ import main as pretrain_main
         from siamese.evaluate import main as evaluate_main
         from siamese.train import main as siamese_main

@@ -20,7 +20,13 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
-from common.checkpoints import RUN_CONFIG, SaveRunConfig, check_resume_settings, choose_checkpoint
+from common.checkpoints import (
+    SaveRunConfig,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
+    read_run_config,
+)
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
@@ -196,6 +202,7 @@ def run(
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
+        check_world_size(checkpoint, state.num_processes)
         check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
         check_head_groups(checkpoint, cfg.train.head_learning_rate)
 
@@ -251,7 +258,7 @@ def maybe_warm_start(
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:
     """`train.head_learning_rate` may change its value on resume, not switch between null and a rate: that
     adds or removes the head's optimizer groups, and the checkpoint's optimizer state would not fit."""
-    old = json.loads((Path(checkpoint) / RUN_CONFIG).read_text()).get("train", {}).get("head_learning_rate")
+    old = read_run_config(checkpoint).get("train", {}).get("head_learning_rate")
     if (old is None) != (head_learning_rate is None):
         raise ConfigError(
             f"config key 'train.head_learning_rate': {old!r} in checkpoint {checkpoint} but {head_learning_rate!r} "

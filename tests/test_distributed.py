@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,57 @@ def test_fine_tuning_on_two_processes_matches_one(fine_tuning):
     assert_same_curve(root / "one" / "siamese-debug", root / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE)
     info = json.loads((root / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
     assert info["pairs_seen"] == 6 * 16
+
+
+def copy_run(root: Path, run: str, target: Path) -> Path:
+    """The two-process run's checkpoints in a fresh output folder, as a kill before its final model leaves them."""
+    shutil.copytree(root / "two" / run / "checkpoints", target / run / "checkpoints")
+    return target
+
+
+def refused_on_other_process_count(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trained on 2 process(es) but this run has 1" in err, err
+    return err
+
+
+# a two-process run resumed on one process went on at the wrong data position with wrong counters.
+def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining, tmp_path, capsys):
+    from common.cli import run_cli
+    from pretrain.__main__ import main
+
+    root, argv, _ = pretraining
+    out = copy_run(root, "pretrain-debug", tmp_path)
+    assert run_cli(main, [*argv, f"output_dir={out}", "train.per_device_train_batch_size=8", "train.max_steps=12",
+                          "--resume"]) == 2  # fmt: skip
+    assert "torchrun --nproc_per_node=2" in refused_on_other_process_count(capsys)
+    assert not (out / "pretrain-debug" / "model").exists()
+
+
+def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning, tmp_path, capsys):
+    from common.cli import run_cli
+    from siamese.train import main
+
+    root, argv = fine_tuning
+    out = copy_run(root, "siamese-debug", tmp_path)
+    assert run_cli(main, [*argv, f"output_dir={out}", "train.batch_size=8", "train.max_steps=9", "--resume"]) == 2
+    refused_on_other_process_count(capsys)
+    assert not (out / "siamese-debug" / "model").exists()
+
+
+# the pipeline resumes by itself, so re-running it without --nproc after a two-process kill took that path.
+def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(pretraining, tmp_path, capsys, monkeypatch):
+    from common.cli import run_cli
+    from pipeline.__main__ import main
+
+    root, _, _ = pretraining
+    monkeypatch.chdir(tmp_path)
+    out = copy_run(root, "pretrain-debug", tmp_path / "outputs")
+    argv = ["--pretrain-config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), "--siamese-config",
+            str(REPO_ROOT / "configs/siamese/debug.yaml"), "--output-dir", str(out), "--no-app"]  # fmt: skip
+    assert run_cli(main, argv) == 2
+    assert "rerun the pipeline with --nproc 2" in refused_on_other_process_count(capsys)
+    assert not (tmp_path / ".cache").exists()  # refused before the first stage began
 
 
 # under torchrun, the busy folder must stop every rank with one line, none left waiting for another.
