@@ -9,7 +9,7 @@ Both stages write the Trainer's `checkpoint-N/` folders under `<run_dir>/checkpo
 - `--resume` on another number of processes: refused in one line naming both counts (`check_world_size`).
 
 Beside the config, `run_config.json` records what the run was, not what it was told: the number of
-processes it trained on (`RECORDED`).
+processes it trained on and its W&B run id, which a resume continues (`RECORDED`).
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from common.errors import ConfigError, UserError
+from common.tracking import active_run_id
 
 log = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 RUN_CONFIG = "run_config.json"
 STATE = "trainer_state.json"
-WORLD_SIZE = "world_size"
-RECORDED = (WORLD_SIZE,)  # written beside the config by SaveRunConfig; not settings to compare
+WORLD_SIZE, WANDB_RUN_ID = "world_size", "wandb_run_id"
+RECORDED = (WORLD_SIZE, WANDB_RUN_ID)  # written beside the config by SaveRunConfig; not settings to compare
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -151,9 +152,14 @@ def check_world_size(
         )
 
 
+def recorded_wandb_id(checkpoint: str | Path | None) -> str | None:
+    """The W&B run id the checkpoint's run logged to, for the resumed run to continue (None: none recorded)."""
+    return read_run_config(checkpoint).get(WANDB_RUN_ID) if checkpoint else None
+
+
 class SaveRunConfig(TrainerCallback):
     """Write the stage's resolved config into every checkpoint (main process), for `check_resume_settings`,
-    with the RECORDED facts: the processes training."""
+    with the RECORDED facts: the processes training and the active W&B run's id."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -162,5 +168,5 @@ class SaveRunConfig(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
             if folder.is_dir():
-                record = self.config | {WORLD_SIZE: args.world_size}
+                record = self.config | {WORLD_SIZE: args.world_size, WANDB_RUN_ID: active_run_id()}
                 (folder / RUN_CONFIG).write_text(json.dumps(record, indent=1))

@@ -20,6 +20,7 @@ from common.checkpoints import (
     check_resume_settings,
     check_world_size,
     choose_checkpoint,
+    recorded_wandb_id,
 )
 from common.config import to_dict
 from common.device import resolve_device
@@ -156,7 +157,14 @@ def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedDa
     if checkpoint:
         check_resume_settings(checkpoint, run_record(cfg, data), RESUMABLE_KEYS)
     check_enough_blocks(cfg, data, state.num_processes)
-    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "pretrain", is_main=state.is_main_process)
+    report_to = trainer_report_to(
+        cfg.wandb,
+        cfg.run_dir,
+        to_dict(cfg),
+        "pretrain",
+        is_main=state.is_main_process,
+        resume_id=recorded_wandb_id(checkpoint),
+    )
     trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)
     t = cfg.train
     log.info(

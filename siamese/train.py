@@ -26,6 +26,7 @@ from common.checkpoints import (
     check_world_size,
     choose_checkpoint,
     read_run_config,
+    recorded_wandb_id,
 )
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
@@ -220,7 +221,14 @@ def run(
     eval_pairs, eval_set = eval_data(cfg, counts)
     where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
     log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
-    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
+    report_to = trainer_report_to(
+        cfg.wandb,
+        cfg.run_dir,
+        to_dict(cfg),
+        "siamese",
+        is_main=state.is_main_process,
+        resume_id=recorded_wandb_id(checkpoint),
+    )
     trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
     warm_start = maybe_warm_start(cfg, trainer, checkpoint, eval_pairs, pairs)
     per_step, t = trainer.units_per_step, cfg.train

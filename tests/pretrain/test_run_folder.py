@@ -1,8 +1,10 @@
-"""The run folder of `python -m pretrain`: one run in it at a time, refused at once when it cannot be written."""
+"""The run folder of `python -m pretrain`: one run in it at a time, refused at once when it cannot be written,
+and a resumed run continuing its W&B run."""
 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -71,3 +73,18 @@ def test_a_cache_folder_that_cannot_be_written_is_refused_before_the_build(tiny_
     assert run_cli(main, tiny_args(f"data.cache_dir={cache}")) == 2
     err = last_error(capsys)
     assert "not writable (read-only file system)" in err and "data.cache_dir=" in err, err
+
+
+def offline_run_ids(run_dir) -> list[str]:
+    """The run id of each offline W&B run folder (offline-run-<time>-<id>) under the run folder."""
+    return [re.sub(r"^offline-run-\d{8}_\d{6}-", "", p.name) for p in sorted(run_dir.glob("wandb/offline-run-*"))]
+
+
+# a resume started a second W&B run under the same name.
+def test_a_resumed_run_continues_its_wandb_run(tiny_args, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    settings = ("wandb.mode=auto", "train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2")
+    main(tiny_args("train.max_steps=4", *settings))
+    main(tiny_args("train.max_steps=8", *settings, "--resume"))
+    ids = offline_run_ids(tmp_path / "pretrain-debug")
+    assert len(ids) == 2 and ids[0] == ids[1], ids

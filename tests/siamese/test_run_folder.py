@@ -1,4 +1,5 @@
-"""The run folder of `python -m siamese`: one run in it at a time, refused at once when it cannot be written."""
+"""The run folder of `python -m siamese`: one run in it at a time, refused at once when it cannot be written,
+and a resumed run continuing its W&B run."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 
 from common.cli import run_cli
 from siamese.train import main
-from tests.pretrain.test_run_folder import last_error
+from tests.pretrain.test_run_folder import last_error, offline_run_ids
 from tests.processes import kill, start_until
 from tests.siamese.test_train import debug_args
 
@@ -45,3 +46,12 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
     assert run_cli(main, debug_args(repo_root, tiny_bert, out)) == 2
     err = last_error(capsys)
     assert "not writable (read-only file system)" in err and "output_dir=" in err, err
+
+
+def test_a_resumed_run_continues_its_wandb_run(repo_root, tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main(debug_args(repo_root, tiny_bert, tmp_path, "wandb.mode=auto", "train.max_steps=2", "data.eval_pairs=0"))
+    main(debug_args(repo_root, tiny_bert, tmp_path, "wandb.mode=auto", "train.max_steps=4", "data.eval_pairs=0",
+                    "--resume"))  # fmt: skip
+    ids = offline_run_ids(tmp_path / "siamese-debug")
+    assert len(ids) == 2 and ids[0] == ids[1], ids
