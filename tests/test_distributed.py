@@ -163,18 +163,23 @@ def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning
 
 
 # the pipeline resumes by itself, so re-running it without --nproc after a two-process kill took that path.
-def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(pretraining, tmp_path, capsys, monkeypatch):
+def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(tmp_path, capsys, monkeypatch):
     from common.cli import run_cli
     from pipeline.__main__ import main
 
-    root, _, _ = pretraining
+    out, configs = tmp_path / "outputs", REPO_ROOT / "configs"
+    # The pipeline's pretraining stage on two processes, as if killed after its checkpoint at step 10.
+    stage = ["--config", str(configs / "pretrain/debug.yaml"), f"output_dir={out}", "train.max_steps=10",
+             f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    launch("pretrain", out, stage, 2)
+    shutil.rmtree(out / "pretrain-debug" / "model")
     monkeypatch.chdir(tmp_path)
-    out = copy_run(root, "pretrain-debug", tmp_path / "outputs")
-    argv = ["--pretrain-config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), "--siamese-config",
-            str(REPO_ROOT / "configs/siamese/debug.yaml"), "--output-dir", str(out), "--no-app"]  # fmt: skip
+    argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "--no-baseline",
+            "--eval-limit", "12"]  # fmt: skip
     assert run_cli(main, argv) == 2
     assert "rerun the pipeline with --nproc 2" in refused_on_other_process_count(capsys)
-    assert not (tmp_path / ".cache").exists()  # refused before the first stage began
+    assert not (tmp_path / ".cache").exists() and not (out / "siamese-debug" / "checkpoints").exists()
 
 
 # under torchrun, the busy folder must stop every rank with one line, none left waiting for another.
