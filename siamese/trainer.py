@@ -84,9 +84,9 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
 class StreamInMainOrder(torch.utils.data.IterableDataset):
     """The training stream in the order the main process reads it, from dataloader worker 0 alone.
 
-    Inside a dataloader worker, datasets re-seeds the shuffle buffer and the mixing of sources (its
-    `shift_ex_examples_rngs`, by the worker's id: id 0 too) and hands each worker its own files, so the
-    pairs trained on depended on `impl.dataloader_num_workers`, a setting that may change only speed.
+    Inside a dataloader worker, datasets re-seeds the shuffle buffer and the mixing of sources by the
+    worker's id (id 0 too) and hands each worker its own files, so the pairs trained on depended on
+    `impl.dataloader_num_workers`, a setting that may change only speed (tests/siamese/test_train_inputs.py).
     `IterableDataset.iter` reads without that worker logic. The stream has one order, so one worker
     reads, cleans and collates it ahead of the training step; any others stop at once.
     """
