@@ -41,6 +41,7 @@ from pretrain.config import PretrainConfig
 
 DEFAULT_OVERRIDES = [  # the shared stand-in corpus, enough documents for a few hundred batches
     "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz",
+    "data.revision=null",  # a local file has no Hub revision (bert-medium.yaml names one)
     "data.max_documents=4000",
     "wandb.mode=disabled",
 ]

@@ -1,4 +1,5 @@
-"""Write a directory completely or not at all: build it beside the target, then rename it into place."""
+"""Write a directory completely or not at all: build it beside the target, then rename it into place; and
+find out before any work whether a folder can be written at all."""
 
 from __future__ import annotations
 
@@ -8,6 +9,28 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from common.errors import UserError
+
+
+def require_writable(folder: str | Path, remedy: str) -> None:
+    """Make `folder` (and its parents) and check that files can be created in it, or raise a one-line
+    UserError ending in `remedy` (what to change, e.g. "set output_dir= to a writable folder").
+
+    Run before any work: a read-only output used to surface as a traceback minutes in, at the first save
+    or plot. `os.access` sees a read-only mount also for root (EROFS), who passes every permission check;
+    the file actually created and removed catches what access() cannot know (e.g. a network file system).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+            raise OSError(0, "read-only file system" if read_only else "permission denied")
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        raise UserError(f"{folder} is not writable ({(err.strerror or str(err)).lower()}): {remedy}") from None
 
 
 @contextlib.contextmanager

@@ -5,7 +5,11 @@ Both stages write the Trainer's `checkpoint-N/` folders under `<run_dir>/checkpo
 - started over an existing run without `--resume`: refused in one line naming both choices;
 - `--resume` with a changed learning rate, warmup, plateau, step or time setting: applied and logged;
 - `--resume` with any other change (model, data, batch size, optimizer, seed ...): refused in one line,
-  because the checkpoint's weights, optimizer state or data position would not match it.
+  because the checkpoint's weights, optimizer state or data position would not match it;
+- `--resume` on another number of processes: refused in one line naming both counts (`check_world_size`).
+
+Beside the config, `run_config.json` records what the run was, not what it was told: the number of
+processes it trained on and its W&B run id, which a resume continues (`RECORDED`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from common.errors import ConfigError, UserError
+from common.tracking import active_run_id
 
 log = logging.getLogger(__name__)
 
 PREFIX = "checkpoint-"
 RUN_CONFIG = "run_config.json"
 STATE = "trainer_state.json"
+WORLD_SIZE, WANDB_RUN_ID = "world_size", "wandb_run_id"
+RECORDED = (WORLD_SIZE, WANDB_RUN_ID)  # written beside the config by SaveRunConfig; not settings to compare
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -95,10 +102,9 @@ def check_resume_settings(checkpoint: str, config: dict[str, Any], changeable: C
     `changeable` names dotted keys (or section prefixes ending in ".") that may change on resume; any other
     difference is a ConfigError naming the key, its old and its new value.
     """
-    path = Path(checkpoint) / RUN_CONFIG
-    if not path.is_file():
-        raise UserError(f"checkpoint {checkpoint} has no {RUN_CONFIG}; it was not written by this project")
-    old, new = flatten(json.loads(path.read_text())), flatten(config)
+    recorded = read_run_config(checkpoint)
+    old = flatten({k: v for k, v in recorded.items() if k not in RECORDED})
+    new = flatten(config)
     applied = []
     for key in sorted(old.keys() | new.keys()):
         if old.get(key) == new.get(key):
@@ -116,8 +122,44 @@ def check_resume_settings(checkpoint: str, config: dict[str, Any], changeable: C
     return applied
 
 
+def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
+    """What `SaveRunConfig` wrote into `checkpoint`: the stage's config plus the RECORDED facts."""
+    path = Path(checkpoint) / RUN_CONFIG
+    if not path.is_file():
+        raise UserError(f"checkpoint {checkpoint} has no {RUN_CONFIG}; it was not written by this project")
+    return json.loads(path.read_text())
+
+
+def check_world_size(
+    checkpoint: str | Path, world_size: int, remedy: str = "resume it on {n} (torchrun --nproc_per_node={n})"
+) -> None:
+    """Refuse to resume `checkpoint` on another number of processes, in one line naming both counts.
+
+    The data position a checkpoint keeps is a count of steps, and a step holds N processes' batches: on M
+    processes the resumed run would skip or repeat data, and every "tokens seen" / "pairs seen" counter
+    (steps × the current world size) would be wrong. Checkpoints from before the count was recorded pass
+    with a warning. `remedy` says what to do instead, {n} standing for the checkpoint's count.
+    """
+    trained_on = read_run_config(checkpoint).get(WORLD_SIZE)
+    if trained_on is None:
+        log.warning("%s does not record how many processes trained it; assuming %d", checkpoint, world_size)
+        return
+    if trained_on != world_size:
+        raise UserError(
+            f"checkpoint {checkpoint} was trained on {trained_on} process(es) but this run has {world_size}: a resume "
+            "must keep the number of processes (the data position and the counters depend on it); "
+            f"{remedy.format(n=trained_on)}, or start a new run (another run_name=)"
+        )
+
+
+def recorded_wandb_id(checkpoint: str | Path | None) -> str | None:
+    """The W&B run id the checkpoint's run logged to, for the resumed run to continue (None: none recorded)."""
+    return read_run_config(checkpoint).get(WANDB_RUN_ID) if checkpoint else None
+
+
 class SaveRunConfig(TrainerCallback):
-    """Write the stage's resolved config into every checkpoint (main process), for `check_resume_settings`."""
+    """Write the stage's resolved config into every checkpoint (main process), for `check_resume_settings`,
+    with the RECORDED facts: the processes training and the active W&B run's id."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -126,4 +168,5 @@ class SaveRunConfig(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
             if folder.is_dir():
-                (folder / RUN_CONFIG).write_text(json.dumps(self.config, indent=1))
+                record = self.config | {WORLD_SIZE: args.world_size, WANDB_RUN_ID: active_run_id()}
+                (folder / RUN_CONFIG).write_text(json.dumps(record, indent=1))

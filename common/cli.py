@@ -28,8 +28,14 @@ def config_parser(prog: str, description: str, default_config: str | Path) -> ar
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`parser`'s arguments with options anywhere among the overrides: plain `parse_args` ends the positional
+    list at the first option, so `run_name=x --resume train.max_steps=20` failed with "unrecognized arguments"."""
+    return parser.parse_intermixed_args(argv)
+
+
 def parse_config(parser: argparse.ArgumentParser, schema: type[T], argv: Sequence[str] | None) -> tuple[T, Any]:
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     return load_config(schema, args.config, list(args.overrides)), args
 
 

@@ -50,6 +50,19 @@ def looks_local(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or builder_for(source, strict=False) is not None
 
 
+def is_local(source: str) -> bool:
+    """Whether `load_source` reads `source` from local files (or refuses it as a missing one), not the Hub."""
+    return bool(local_files(source)) or looks_local(source)
+
+
+def hub_only_setting(source: str, **settings: str | None) -> str | None:
+    """The name of the first of `settings` that is set although `source` is local: a dataset config and a
+    revision exist only on the Hub, and `load_source` would drop them without a word."""
+    if not is_local(source):
+        return None
+    return next((name for name, value in settings.items() if value is not None), None)
+
+
 def file_type(path: str) -> str:
     """The extension that says how to read `path`, after any compression suffix: ".tsv" for "x.tsv.gz"."""
     name = path.lower()

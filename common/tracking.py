@@ -7,12 +7,16 @@ Training stages log through the Trainer's `report_to=["wandb"]` alone: `trainer_
 run first (on the main process only), with the project, entity, tags and folder from the config and a
 fall-back to offline, then to no tracking, so a W&B failure never stops training; transformers'
 WandbCallback then logs into that run. Evaluation, which has no Trainer, logs through `Tracker`.
+
+A resumed stage continues its W&B run: each checkpoint records the run's id (common/checkpoints.py), and
+`start_run(resume_id=...)` opens that id again with `resume="allow"`, online or offline.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,8 +42,16 @@ def resolve_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def start_run(cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job_type: str, name: str | None = None):
-    """A wandb run (or None when disabled or when even offline fails); never raises."""
+def start_run(
+    cfg: WandbConfig,
+    out_dir: str | Path,
+    config: dict[str, Any],
+    job_type: str,
+    name: str | None = None,
+    resume_id: str | None = None,
+):
+    """A wandb run (or None when disabled or when even offline fails); never raises. With `resume_id`, the run
+    of that id continues (created if the server or the offline folder has none)."""
     mode = resolve_mode(cfg.mode)
     if mode == "disabled":
         return None
@@ -60,10 +72,13 @@ def start_run(cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job
         dir=str(out_dir),
         reinit="finish_previous",
     )
+    if resume_id:
+        kwargs |= {"id": resume_id, "resume": "allow"}
     for attempt_mode in dict.fromkeys([mode, "offline"]):
         try:
             run = wandb.init(mode=attempt_mode, settings=wandb.Settings(init_timeout=30, silent=True), **kwargs)
-            log.info("W&B run %s (%s) in %s", run.name, attempt_mode, out_dir)
+            resumed = f", continuing id {resume_id}" if resume_id else ""
+            log.info("W&B run %s (%s%s) in %s", run.name, attempt_mode, resumed, out_dir)
             return run
         except Exception as err:  # unreachable server, bad key: fall back, never fail the run
             log.warning("W&B %s init failed (%s)", attempt_mode, str(err).splitlines()[0] if str(err) else err)
@@ -71,14 +86,28 @@ def start_run(cfg: WandbConfig, out_dir: str | Path, config: dict[str, Any], job
 
 
 def trainer_report_to(
-    cfg: WandbConfig, out_dir: Path, config: dict[str, Any], job_type: str, *, is_main: bool
+    cfg: WandbConfig,
+    out_dir: Path,
+    config: dict[str, Any],
+    job_type: str,
+    *,
+    is_main: bool,
+    resume_id: str | None = None,
 ) -> list[str]:
-    """`report_to` for the Trainer: ["wandb"] with the run already started on the main process, else []."""
+    """`report_to` for the Trainer: ["wandb"] with the run already started on the main process, else [].
+    `resume_id`: the W&B run a resumed stage continues (its checkpoint's record)."""
     if resolve_mode(cfg.mode) == "disabled":
         return []
     if not is_main:
         return ["wandb"]  # transformers' WandbCallback logs on the main process only
-    return ["wandb"] if start_run(cfg, out_dir, config, job_type) is not None else []
+    return ["wandb"] if start_run(cfg, out_dir, config, job_type, resume_id=resume_id) is not None else []
+
+
+def active_run_id() -> str | None:
+    """The id of this process's active W&B run, if any (wandb is never imported for it)."""
+    wandb = sys.modules.get("wandb")
+    run = getattr(wandb, "run", None) if wandb is not None else None
+    return getattr(run, "id", None) if run is not None else None
 
 
 def finish_run(summary: dict[str, Any] | None = None) -> None:

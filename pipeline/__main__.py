@@ -5,6 +5,9 @@ exists is skipped (--retrain runs it again from its checkpoints); a stage with c
 from the newest one (`--resume`), so a killed pipeline picks up where it stopped. The siamese stage
 always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs both training stages on
 N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo).
+
+Before any stage starts, the pipeline claims both run folders (writable, and no other pipeline in them:
+common/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.checkpoints import checkpoint_dirs
+from common.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
 from common.cli import run_cli
 from common.config import REPO_ROOT, load_config
 from common.errors import UserError
+from common.runlock import PIPELINE_LOCK, claim_run_folder
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
 
@@ -71,6 +75,16 @@ def run_stage(module: str, main: Callable[[list[str]], object], argv: list[str],
         raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
 
 
+def check_resumed_world_sizes(run_dirs: list[Path], nproc: int) -> None:
+    """A stage that will resume must resume on the processes it was trained on: refused here, before the first
+    stage starts, not when the run reaches that stage (e.g. re-running without `--nproc 2` after a killed
+    two-process run)."""
+    for run_dir in run_dirs:
+        checkpoint = newest_checkpoint(run_dir / "checkpoints")
+        if checkpoint is not None:
+            check_world_size(checkpoint, nproc, remedy="rerun the pipeline with --nproc {n}")
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(argv)
     out = [f"output_dir={args.output_dir}"] if args.output_dir else []
@@ -80,32 +94,45 @@ def main(argv: Sequence[str] | None = None) -> Path:
     base = [f"model.base_model={pretrained}"]
     siamese_cfg = load_config(SiameseConfig, args.siamese_config, [*out, *base])
     siamese_model = siamese_cfg.run_dir / "model"
+    pretrain_done = (pretrained / "config.json").is_file() and not args.retrain
+    siamese_done = (siamese_model / "modules.json").is_file() and not args.retrain
 
-    from pretrain.__main__ import main as pretrain_main
-    from siamese.evaluate import main as evaluate_main
-    from siamese.train import main as siamese_main
+    # Each stage locks its folder while it trains; the pipeline's own lock (another file, so the stages it
+    # starts are not refused) keeps a second pipeline out of both folders from here to the report.
+    remedy = "set --output-dir (or output_dir in the configs) to a writable folder"
+    with (
+        claim_run_folder(pretrain_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
+        claim_run_folder(siamese_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
+    ):
+        stages = [(pretrain_cfg.run_dir, pretrain_done), (siamese_cfg.run_dir, siamese_done)]
+        check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], args.nproc)
 
-    if (pretrained / "config.json").is_file() and not args.retrain:
-        log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
-    else:
-        log.info("1/3 pretraining → %s", pretrained)
-        run_stage("pretrain", pretrain_main, stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out), args.nproc)
+        from pretrain.__main__ import main as pretrain_main
+        from siamese.evaluate import main as evaluate_main
+        from siamese.train import main as siamese_main
 
-    if (siamese_model / "modules.json").is_file() and not args.retrain:
-        log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
-    else:
-        log.info("2/3 siamese fine-tuning of %s → %s", pretrained, siamese_model)
-        argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
-        run_stage("siamese", siamese_main, argv_, args.nproc)
+        if pretrain_done:
+            log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
+        else:
+            log.info("1/3 pretraining → %s", pretrained)
+            argv_ = stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out)
+            run_stage("pretrain", pretrain_main, argv_, args.nproc)
 
-    log.info("3/3 evaluation of %s", siamese_model)
-    evaluate = ["--model", str(siamese_model)]
-    evaluate += [] if args.no_baseline else ["--baseline"]
-    evaluate += ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    evaluate_main(evaluate)
-    print(f"report: {siamese_model / 'report.md'}")
+        if siamese_done:
+            log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
+        else:
+            log.info("2/3 siamese fine-tuning of %s → %s", pretrained, siamese_model)
+            argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
+            run_stage("siamese", siamese_main, argv_, args.nproc)
 
-    if not args.no_app:
+        log.info("3/3 evaluation of %s", siamese_model)
+        evaluate = ["--model", str(siamese_model)]
+        evaluate += [] if args.no_baseline else ["--baseline"]
+        evaluate += ["--limit", str(args.eval_limit)] if args.eval_limit else []
+        evaluate_main(evaluate)
+        print(f"report: {siamese_model / 'report.md'}")
+
+    if not args.no_app:  # the app only reads the model: another pipeline may run meanwhile
         from app.launch import launch
 
         launch(siamese_model, port=args.port)

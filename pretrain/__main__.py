@@ -12,8 +12,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from common.cli import config_parser, run_cli
-from common.config import REPO_ROOT, load_config, save_config
+from common.cli import config_parser, parse_config, run_cli
+from common.config import REPO_ROOT, save_config
 from pretrain.config import PretrainConfig
 
 log = logging.getLogger("pretrain")
@@ -26,25 +26,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "python -m pretrain", "Pretrain a small BERT with masked language modelling.", DEFAULT_CONFIG
     )
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    args = parser.parse_args(argv)
-    cfg = load_config(PretrainConfig, args.config, list(args.overrides))  # fails in one line before any work
+    cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
+    from common.device import resolve_device
+    from common.runlock import claim_run_folder
+    from common.training import setup_process
     from pretrain.export import export_model
     from pretrain.plots import plot_curves
     from pretrain.train import finish, run
 
     start = time.perf_counter()
-    trainer, data, metrics = run(cfg, resume=args.resume)
-    metrics |= {k: v for k, v in data.stats.items() if k != "unigram_entropy"}
-    metrics["wall_seconds"] = time.perf_counter() - start
-    if not trainer.is_world_process_zero():
-        return metrics
-    save_config(cfg, cfg.run_dir / "resolved_config.yaml")
-    model_dir = cfg.run_dir / "model"
-    export_model(model_dir, trainer.model, data.tokenizer, cfg, metrics)
-    (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot = plot_curves(trainer.state.log_history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
-    finish(metrics)
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    # Writable and not in use by another run, or refused before any data are read; held until the model is out.
+    with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
+        trainer, data, metrics = run(cfg, resume=args.resume)
+        metrics |= {k: v for k, v in data.stats.items() if k != "unigram_entropy"}
+        metrics["wall_seconds"] = time.perf_counter() - start
+        if not trainer.is_world_process_zero():
+            return metrics
+        save_config(cfg, cfg.run_dir / "resolved_config.yaml")
+        model_dir = cfg.run_dir / "model"
+        export_model(model_dir, trainer.model, data.tokenizer, cfg, metrics)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot = plot_curves(trainer.state.log_history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
+        finish(metrics)
     print(summary(metrics, model_dir, plot))
     return metrics
 

@@ -31,6 +31,7 @@ import torch
 from numpy.typing import DTypeLike
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from common.atomic import require_writable
 from common.errors import DataError
 from common.sources import local_files
 from pretrain.build import build_cache, raise_few_blocks, unigram_entropy
@@ -190,6 +191,7 @@ def prepare_data(cfg: PretrainConfig) -> PackedData:
     if (target / "stats.json").is_file():
         log.info("packed data: cache hit %s", target)
     else:
+        require_writable(target.parent, "set data.cache_dir= to a writable folder")  # before the minutes of building
         with _build_lock(target):
             if not (target / "stats.json").is_file():  # another process may have built it while we waited
                 _remove_stale(target)

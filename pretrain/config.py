@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.config import RunConfig, require
+from common.sources import hub_only_setting
 from common.tracking import WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
@@ -45,6 +46,12 @@ class DataConfig:
         require(self.block_size >= 8, "block_size", "must be at least 8")
         require(self.num_proc >= 1, "num_proc", "must be at least 1")
         require(self.chunk_documents >= 1, "chunk_documents", "must be at least 1")
+        ignored = hub_only_setting(self.source, config_name=self.config_name, revision=self.revision)
+        if ignored is not None:
+            value = getattr(self, ignored)
+            require(
+                False, ignored, f"{value!r} is for Hub datasets, and {self.source} is local: set data.{ignored}=null"
+            )
 
 
 @dataclass

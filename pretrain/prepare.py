@@ -16,8 +16,8 @@ from typing import Any
 
 import datasets  # noqa: F401 - loaded here, so wall_s below times the preparation, not library imports
 
-from common.cli import config_parser, run_cli
-from common.config import REPO_ROOT, load_config
+from common.cli import config_parser, parse_config, run_cli
+from common.config import REPO_ROOT
 from pretrain.blocks import cache_key, prepare_data
 from pretrain.config import PretrainConfig
 
@@ -32,8 +32,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "Tokenize and pack the pretraining data of a config, without training.",
         DEFAULT_CONFIG,
     )
-    args = parser.parse_args(argv)
-    cfg = load_config(PretrainConfig, args.config, list(args.overrides))  # fails in one line before any work
+    cfg, _ = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
     folder = Path(cfg.data.cache_dir) / cache_key(cfg)
     built = not (folder / "stats.json").is_file()
     start = time.perf_counter()

@@ -15,7 +15,13 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from common.checkpoints import SaveRunConfig, check_resume_settings, choose_checkpoint
+from common.checkpoints import (
+    SaveRunConfig,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
+    recorded_wandb_id,
+)
 from common.config import to_dict
 from common.device import resolve_device
 from common.errors import DataError
@@ -144,12 +150,21 @@ def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedDa
     state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+    if checkpoint:
+        check_world_size(checkpoint, state.num_processes)  # before the data: the cache may take minutes to build
     with state.main_process_first():  # one process builds the cache, the others then read it
         data = prepare_data(cfg)
     if checkpoint:
         check_resume_settings(checkpoint, run_record(cfg, data), RESUMABLE_KEYS)
     check_enough_blocks(cfg, data, state.num_processes)
-    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "pretrain", is_main=state.is_main_process)
+    report_to = trainer_report_to(
+        cfg.wandb,
+        cfg.run_dir,
+        to_dict(cfg),
+        "pretrain",
+        is_main=state.is_main_process,
+        resume_id=recorded_wandb_id(checkpoint),
+    )
     trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)
     t = cfg.train
     log.info(

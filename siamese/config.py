@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from common.config import RunConfig, require
+from common.sources import hub_only_setting
 from common.tracking import WandbConfig
 
 
@@ -46,6 +47,10 @@ class SourceConfig:
     def check(self) -> None:
         require(bool(self.path.strip()), "path", "must name a file or Hub dataset")
         require(self.weight > 0, "weight", "must be > 0")
+        ignored = hub_only_setting(self.path, config_name=self.config_name, revision=self.revision)
+        if ignored is not None:  # config_name defaults to the Hub's "mnli": a local file must say null
+            value = getattr(self, ignored)
+            require(False, ignored, f"{value!r} is for Hub datasets, and {self.path} is local: set {ignored}: null")
 
 
 def _default_train_sources() -> list[SourceConfig]:

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from common.atomic import require_writable
 from common.device import resolve_device
 from common.errors import DataError, UserError
 from common.sources import local_files, looks_local, require_hub
@@ -239,7 +240,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     baseline_encoder = load_baseline(args.baseline) if args.baseline else None
     base = None if args.no_base_stsb else load_base_encoder(model_dir)
     out_dir = Path(args.out) if args.out else model_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Checked before minutes go into scoring: a model in a read-only folder is evaluated with --out elsewhere.
+    require_writable(out_dir, "pick another --out" if args.out else "pass --out DIR to write the report elsewhere")
+    if args.out:
+        log.info("the report, plots and W&B files go to %s, not the model folder", out_dir)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
     data = read_eval_data(sources, args.limit, scale)

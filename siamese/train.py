@@ -20,11 +20,19 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
-from common.checkpoints import RUN_CONFIG, SaveRunConfig, check_resume_settings, choose_checkpoint
+from common.checkpoints import (
+    SaveRunConfig,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
+    read_run_config,
+    recorded_wandb_id,
+)
 from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
 from common.errors import ConfigError, UserError
+from common.runlock import claim_run_folder
 from common.tracking import finish_run, trainer_report_to
 from common.training import (
     PlateauStep,
@@ -122,17 +130,20 @@ def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset
     """Train on every rank and write `outputs/<run_name>/model/` (main process); `pairs` replaces the
     configured sources (tests)."""
     started = time.time()
-    trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
-    metrics["wall_time_s"] = time.time() - started
-    model_dir = cfg.run_dir / "model"
-    if trainer.is_world_process_zero():
-        calibrated = time.time()
-        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, pairs)
-        metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - calibrated}
-        save_final(cfg, model, trainer.classifier, metrics, counts, cfg.run_dir, decision, reference)
-        finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-        log.info("done in %.0f s: %s", time.time() - started, model_dir)
-    trainer.accelerator.wait_for_everyone()
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    # Writable and not in use by another run, or refused before any data are read; held until the model is out.
+    with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
+        trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
+        metrics["wall_time_s"] = time.time() - started
+        model_dir = cfg.run_dir / "model"
+        if trainer.is_world_process_zero():
+            calibrated = time.time()
+            model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, pairs)
+            metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - calibrated}
+            save_final(cfg, model, trainer.classifier, metrics, counts, cfg.run_dir, decision, reference)
+            finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            log.info("done in %.0f s: %s", time.time() - started, model_dir)
+        trainer.accelerator.wait_for_everyone()
     return model_dir
 
 
@@ -197,6 +208,7 @@ def run(
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
+        check_world_size(checkpoint, state.num_processes)
         check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
         check_head_groups(checkpoint, cfg.train.head_learning_rate)
 
@@ -214,7 +226,14 @@ def run(
     eval_pairs, eval_set = eval_data(cfg, counts)
     where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
     log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
-    report_to = trainer_report_to(cfg.wandb, cfg.run_dir, to_dict(cfg), "siamese", is_main=state.is_main_process)
+    report_to = trainer_report_to(
+        cfg.wandb,
+        cfg.run_dir,
+        to_dict(cfg),
+        "siamese",
+        is_main=state.is_main_process,
+        resume_id=recorded_wandb_id(checkpoint),
+    )
     trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
     warm_start = maybe_warm_start(cfg, trainer, checkpoint, eval_pairs, pairs)
     per_step, t = trainer.units_per_step, cfg.train
@@ -252,7 +271,7 @@ def maybe_warm_start(
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:
     """`train.head_learning_rate` may change its value on resume, not switch between null and a rate: that
     adds or removes the head's optimizer groups, and the checkpoint's optimizer state would not fit."""
-    old = json.loads((Path(checkpoint) / RUN_CONFIG).read_text()).get("train", {}).get("head_learning_rate")
+    old = read_run_config(checkpoint).get("train", {}).get("head_learning_rate")
     if (old is None) != (head_learning_rate is None):
         raise ConfigError(
             f"config key 'train.head_learning_rate': {old!r} in checkpoint {checkpoint} but {head_learning_rate!r} "

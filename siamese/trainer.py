@@ -1,6 +1,7 @@
 """What the Siamese stage adds to SentenceTransformerTrainer, on top of the stack both stages share
 (common/training.py): the NLI head in every checkpoint and kept in step across ranks, NLI accuracy
-during training, and a resume that refuses a checkpoint holding more than tensors in one line."""
+during training, a resume that refuses a checkpoint holding more than tensors in one line, and the same
+training pairs for any `impl.dataloader_num_workers`."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pickle
 from collections.abc import Iterator
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -33,6 +35,22 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         self.classifier = classifier
         if classifier is not None:
             self.add_callback(AverageHeadGradients(classifier))
+
+    def _build_dataloader(self, dataset, batch_size: int, dataset_kind: str):
+        # sentence-transformers' loader with its own settings; only the stream it reads in workers changes.
+        loader = super()._build_dataloader(dataset, batch_size, dataset_kind)
+        if dataset_kind != "train" or not loader.num_workers or not isinstance(dataset, datasets.IterableDataset):
+            return loader
+        return torch.utils.data.DataLoader(
+            StreamInMainOrder(dataset),
+            batch_size=loader.batch_size,
+            drop_last=loader.drop_last,
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+            pin_memory=loader.pin_memory,
+            persistent_workers=loader.persistent_workers,
+            prefetch_factor=loader.prefetch_factor,
+        )
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         # Checkpoints and the final model alike: sentence-transformers saves the encoder, not the loss's head.
@@ -61,6 +79,32 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         )
         self._load_from_checkpoint(best)
         self.model.model_card_data.set_best_model_step(int(best.rsplit("-", 1)[-1]))
+
+
+class StreamInMainOrder(torch.utils.data.IterableDataset):
+    """The training stream in the order the main process reads it, from dataloader worker 0 alone.
+
+    Inside a dataloader worker, datasets re-seeds the shuffle buffer and the mixing of sources by the
+    worker's id (id 0 too) and hands each worker its own files, so the pairs trained on depended on
+    `impl.dataloader_num_workers`, a setting that may change only speed (tests/siamese/test_train_inputs.py).
+    `IterableDataset.iter` reads without that worker logic. The stream has one order, so one worker
+    reads, cleans and collates it ahead of the training step; any others stop at once.
+    """
+
+    def __init__(self, stream: datasets.IterableDataset, rows_per_read: int = 256) -> None:
+        self.stream, self.rows_per_read = stream, rows_per_read
+
+    def set_epoch(self, epoch: int) -> None:  # called each pass by accelerate, as on the stream itself
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.id > 0:
+            return
+        for batch in self.stream.iter(batch_size=self.rows_per_read):
+            columns = list(batch)
+            for i in range(len(batch[columns[0]])):
+                yield {column: batch[column][i] for column in columns}
 
 
 class AverageHeadGradients(TrainerCallback):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -56,3 +58,35 @@ def tiny_outputs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_outputs: Path) -> Path:
     return tiny_outputs / "tiny" / "model"
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):
+    """Make a folder (and everything under it) look like a read-only mount to this process: os.access says
+    no writes, statvfs says ST_RDONLY and a new folder cannot be made (EROFS), as the kernel answers also
+    for root. Tests run as root in CI, where chmod would not stop a write."""
+    real_access, real_statvfs, real_mkdir = os.access, os.statvfs, os.mkdir
+    frozen: list[Path] = []
+
+    def under(path) -> bool:
+        try:
+            resolved = Path(os.fsdecode(path)).resolve()
+        except (TypeError, ValueError):
+            return False
+        return any(resolved.is_relative_to(f) for f in frozen)
+
+    def access(path, mode, *args, **kwargs):
+        return False if mode & os.W_OK and under(path) else real_access(path, mode, *args, **kwargs)
+
+    def statvfs(path):
+        return SimpleNamespace(f_flag=os.ST_RDONLY) if under(path) else real_statvfs(path)
+
+    def mkdir(path, *args, **kwargs):
+        if under(path) and not os.path.exists(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    return lambda folder: frozen.append(Path(folder).resolve())

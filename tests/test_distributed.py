@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,47 +74,130 @@ def one_output(out: Path, run: str) -> None:
     assert not list(out.rglob(".tmp-*")) and (out / run / "model").is_dir()
 
 
-def test_pretraining_on_two_processes_matches_one(tmp_path, data_dir):
-    argv = [
-        "--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"),
-        f"data.cache_dir={tmp_path / 'cache'}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
-        "data.max_documents=300", "train.max_steps=8", "train.eval_steps=4", "train.logging_steps=1",
-        "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
-    ]  # fmt: skip
-    logged = launch(
-        "pretrain",
-        tmp_path / "two",
-        [*argv, f"output_dir={tmp_path / 'two'}", "train.per_device_train_batch_size=8"],
-        2,
-    )
+PRETRAIN_ARGV = [
+    "--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), "data.max_documents=300", "train.max_steps=8",
+    "train.eval_steps=4", "train.logging_steps=1",
+    "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
+]  # fmt: skip
+SIAMESE_ARGV = [
+    "--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), "train.max_steps=6", "train.eval_steps=3",
+    "train.save_steps=3", "train.logging_steps=1", "data.eval_pairs=16", "model.max_seq_length=32",
+    "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
+    "train.head_init_pairs=32", "train.head_learning_rate=1.0e-2",  # one fitted head, its own groups, every rank
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretraining(tmp_path_factory, data_dir):
+    """The debug pretraining on two processes × 8 blocks: (the folder holding its run, its argv, the log)."""
+    root = tmp_path_factory.mktemp("pretrain-two")
+    argv = [*PRETRAIN_ARGV, f"data.cache_dir={root / 'cache'}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz"]
+    two = [*argv, f"output_dir={root / 'two'}", "train.per_device_train_batch_size=8"]
+    return root, argv, launch("pretrain", root / "two", two, 2)
+
+
+@pytest.fixture(scope="module")
+def fine_tuning(tmp_path_factory, tiny_bert_for_distributed):
+    """The debug fine-tuning on two processes × 8 pairs: (the folder holding its run, its argv)."""
+    root = tmp_path_factory.mktemp("siamese-two")
+    argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}"]
+    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", "train.batch_size=8"], 2)
+    return root, argv
+
+
+def test_pretraining_on_two_processes_matches_one(pretraining):
+    root, argv, logged = pretraining
     assert logged.count("building cache") == 1  # the main process built it; the other rank waited, then read it
-    launch(
-        "pretrain",
-        tmp_path / "one",
-        [*argv, f"output_dir={tmp_path / 'one'}", "train.per_device_train_batch_size=16"],
-        1,
-    )
-    one_output(tmp_path / "two", "pretrain-debug")
-    assert_ranks_agree(tmp_path / "two")
-    assert_same_curve(tmp_path / "one" / "pretrain-debug", tmp_path / "two" / "pretrain-debug")
-    metrics = json.loads((tmp_path / "two" / "pretrain-debug" / "metrics.json").read_text())
+    launch("pretrain", root / "one", [*argv, f"output_dir={root / 'one'}", "train.per_device_train_batch_size=16"], 1)
+    one_output(root / "two", "pretrain-debug")
+    assert_ranks_agree(root / "two")
+    assert_same_curve(root / "one" / "pretrain-debug", root / "two" / "pretrain-debug")
+    metrics = json.loads((root / "two" / "pretrain-debug" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["tokens_seen"] == 8 * 16 * 128  # counted over both ranks
 
 
-def test_fine_tuning_on_two_processes_matches_one(tmp_path, tiny_bert_for_distributed):
-    argv = [
-        "--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), f"model.base_model={tiny_bert_for_distributed}",
-        "train.max_steps=6", "train.eval_steps=3", "train.save_steps=3", "train.logging_steps=1",
-        "data.eval_pairs=16", "model.max_seq_length=32",
-        "model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0",  # dropout masks are per rank
-        "train.head_init_pairs=32", "train.head_learning_rate=1.0e-2",  # one fitted head, its own groups, every rank
-    ]  # fmt: skip
-    launch("siamese", tmp_path / "one", [*argv, f"output_dir={tmp_path / 'one'}", "train.batch_size=16"], 1)
-    launch("siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.batch_size=8"], 2)
-    one_output(tmp_path / "two", "siamese-debug")
-    assert_ranks_agree(tmp_path / "two")  # the NLI head too: it lives outside DDP's module
-    assert_same_curve(
-        tmp_path / "one" / "siamese-debug", tmp_path / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE
-    )
-    info = json.loads((tmp_path / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
+def test_fine_tuning_on_two_processes_matches_one(fine_tuning):
+    root, argv = fine_tuning
+    launch("siamese", root / "one", [*argv, f"output_dir={root / 'one'}", "train.batch_size=16"], 1)
+    one_output(root / "two", "siamese-debug")
+    assert_ranks_agree(root / "two")  # the NLI head too: it lives outside DDP's module
+    assert_same_curve(root / "one" / "siamese-debug", root / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE)
+    info = json.loads((root / "two" / "siamese-debug" / "model" / "run_info.json").read_text())
     assert info["pairs_seen"] == 6 * 16
+
+
+def copy_run(root: Path, run: str, target: Path) -> Path:
+    """The two-process run's checkpoints in a fresh output folder, as a kill before its final model leaves them."""
+    shutil.copytree(root / "two" / run / "checkpoints", target / run / "checkpoints")
+    return target
+
+
+def refused_on_other_process_count(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "trained on 2 process(es) but this run has 1" in err, err
+    return err
+
+
+# a two-process run resumed on one process went on at the wrong data position with wrong counters.
+def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining, tmp_path, capsys):
+    from common.cli import run_cli
+    from pretrain.__main__ import main
+
+    root, argv, _ = pretraining
+    out = copy_run(root, "pretrain-debug", tmp_path)
+    assert run_cli(main, [*argv, f"output_dir={out}", "train.per_device_train_batch_size=8", "train.max_steps=12",
+                          "--resume"]) == 2  # fmt: skip
+    assert "torchrun --nproc_per_node=2" in refused_on_other_process_count(capsys)
+    assert not (out / "pretrain-debug" / "model").exists()
+
+
+def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning, tmp_path, capsys):
+    from common.cli import run_cli
+    from siamese.train import main
+
+    root, argv = fine_tuning
+    out = copy_run(root, "siamese-debug", tmp_path)
+    assert run_cli(main, [*argv, f"output_dir={out}", "train.batch_size=8", "train.max_steps=9", "--resume"]) == 2
+    refused_on_other_process_count(capsys)
+    assert not (out / "siamese-debug" / "model").exists()
+
+
+# the pipeline resumes by itself, so re-running it without --nproc after a two-process kill took that path.
+def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(tmp_path, capsys, monkeypatch):
+    from common.cli import run_cli
+    from pipeline.__main__ import main
+
+    out, configs = tmp_path / "outputs", REPO_ROOT / "configs"
+    # The pipeline's pretraining stage on two processes, as if killed after its checkpoint at step 10.
+    stage = ["--config", str(configs / "pretrain/debug.yaml"), f"output_dir={out}", "train.max_steps=10",
+             f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    launch("pretrain", out, stage, 2)
+    shutil.rmtree(out / "pretrain-debug" / "model")
+    monkeypatch.chdir(tmp_path)
+    argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "--no-baseline",
+            "--eval-limit", "12"]  # fmt: skip
+    assert run_cli(main, argv) == 2
+    assert "rerun the pipeline with --nproc 2" in refused_on_other_process_count(capsys)
+    assert not (tmp_path / ".cache").exists() and not (out / "siamese-debug" / "checkpoints").exists()
+
+
+# under torchrun, the busy folder must stop every rank with one line, none left waiting for another.
+def test_a_busy_run_folder_stops_every_rank_of_a_two_process_run(pretraining, tmp_path):
+    from tests.processes import kill, start_until
+
+    root, argv, _ = pretraining
+    long = ("train.max_steps=100000", "train.save_steps=100000", "train.eval_steps=100000", "impl.num_threads=1")
+    first = start_until("pretrain", [*argv, f"output_dir={tmp_path}", *long], " model: ", tmp_path / "first.log")
+    try:
+        env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        done = subprocess.run([*command, "-m", "pretrain", *argv, f"output_dir={tmp_path}"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)  # fmt: skip
+        logged = done.stdout + done.stderr
+        # rank 0 names the holder; rank 1 learnt of it in the same all-reduce: both end with one error line
+        assert done.returncode != 0 and "in use by another run" in logged, logged[-3000:]
+        assert logged.count("error: ") >= 2, logged[-3000:]
+        assert first.poll() is None
+    finally:
+        kill(first)

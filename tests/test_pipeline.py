@@ -85,3 +85,67 @@ def test_nproc_must_be_positive(tmp_path, repo_root):
 
     with pytest.raises(UserError, match="--nproc"):
         main(["--nproc", "0", "--output-dir", str(tmp_path / "outputs"), "--no-app"])
+
+
+def long_pretraining_config(repo_root, tmp_path):
+    """The debug pretraining recipe with a run long enough to be caught in the middle (no checkpoint yet)."""
+    import yaml
+
+    data = yaml.safe_load((repo_root / "configs" / "pretrain" / "debug.yaml").read_text())
+    data["train"] |= {"max_steps": 100000, "save_steps": 100000, "eval_steps": 100000}
+    data["impl"]["num_threads"] = 1
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# two pipelines in the same folders at once: the second's stages ran beside the first's.
+@pytest.mark.slow
+def test_a_second_pipeline_in_the_same_folders_is_refused(tmp_path, data_dir, repo_root):
+    import os
+    import subprocess
+    import sys
+
+    from common.config import REPO_ROOT
+    from tests.processes import kill, start_until
+
+    argv = pipeline_argv(repo_root, tmp_path)
+    argv[1] = str(long_pretraining_config(repo_root, tmp_path))
+    first = start_until("pipeline", argv, " model: ", tmp_path / "first.log", cwd=tmp_path)
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", *argv],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        err = second.stderr.strip().splitlines()[-1]
+        assert second.returncode == 2 and "in use by another pipeline" in err and f"pid {first.pid}" in err, err
+        assert first.poll() is None
+    finally:
+        kill(first)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_stage(
+    tmp_path, repo_root, capsys, read_only, monkeypatch
+):
+    from common.cli import run_cli
+
+    monkeypatch.chdir(tmp_path)  # where a pretraining stage would put its cache
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    argv = pipeline_argv(repo_root, tmp_path)
+    argv[argv.index("--output-dir") + 1] = str(blocker / "outputs")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "not writable (not a directory)" in err and "--output-dir" in err, err
+    out = tmp_path / "outputs"
+    out.mkdir()
+    read_only(out)
+    argv[argv.index("--output-dir") + 1] = str(out)
+    assert run_cli(main, argv) == 2
+    assert "not writable (read-only file system)" in capsys.readouterr().err
+    assert not (tmp_path / ".cache").exists()  # no stage started: the pretraining cache was never built

@@ -78,3 +78,20 @@ def test_help_lists_the_flags(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--config" in out and "--resume" in out and "key=value" in out
+
+
+# data.config_name / data.revision given for a local file were dropped without a word.
+@pytest.mark.parametrize(
+    ("config", "overrides", "key"),
+    [
+        ("debug.yaml", ["data.config_name=wikitext-103-raw-v1"], "data.config_name"),
+        ("debug.yaml", ["data.revision=main"], "data.revision"),
+        ("bert-medium.yaml", ["data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz"], "data.revision"),
+    ],
+)
+def test_hub_only_settings_for_a_local_source_name_the_key(config, overrides, key):
+    with pytest.raises(ConfigError, match=rf"'{key}'.*local.*set {key}=null") as err:
+        load_config(PretrainConfig, REPO_ROOT / "configs" / "pretrain" / config, overrides)
+    assert "\n" not in str(err.value)
+    local = ["data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz", "data.revision=null"]
+    assert load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml", local).data.revision is None

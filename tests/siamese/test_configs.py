@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from common.config import load_config
@@ -68,3 +70,23 @@ def test_the_new_keys_default_to_todays_recipe():
     cfg = load_config(SiameseConfig, None, ["train.select_best=true", "train.eval_steps=300", "train.save_steps=600",
                                             "train.head_learning_rate=1.0e-3", "train.head_init_pairs=4096"])  # fmt: skip
     assert cfg.train.select_best and cfg.train.head_learning_rate == 1.0e-3 and cfg.train.head_init_pairs == 4096
+
+
+# a dataset config or revision given for a local file was dropped without a word.
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ('data.train_sources=[{path: "${BERT_DATA_DIR}/mnli/train.jsonl.gz"}]', "data.train_sources[0].config_name"),
+        (
+            'data.eval_sources=[{path: "${BERT_DATA_DIR}/mnli/validation_matched.jsonl.gz", config_name: null, '
+            "revision: main}]",
+            "data.eval_sources[0].revision",
+        ),  # fmt: skip
+    ],
+)
+def test_hub_only_settings_for_a_local_source_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=rf"'{re.escape(key)}'.*local.*: null") as err:
+        load_config(SiameseConfig, CONFIGS[0], [override])
+    assert "\n" not in str(err.value)
+    hub = "data.train_sources=[{path: nyu-mll/glue, config_name: mnli, revision: main}]"
+    assert load_config(SiameseConfig, CONFIGS[0], [hub]).data.train_sources[0].revision == "main"

@@ -282,3 +282,26 @@ def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_proce
     assert "## Post-processing" in markdown and "| random pairs |" in markdown
     assert "before post-processing" in markdown and "mean cosine, random pairs" in markdown
     assert "postprocessing" not in plain or plain["postprocessing"] is None
+
+
+# a model in a read-only folder was scored on all of MNLI dev, then evaluation died at the first plot.
+def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
+    trained_dir, tmp_path, monkeypatch, read_only, caplog
+):
+    import logging
+
+    from siamese import evaluate as evaluate_module
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_dir, model)
+    read_only(model)
+    real_read, reads = evaluate_module.read_eval_data, []
+    monkeypatch.setattr(evaluate_module, "read_eval_data", lambda *a, **kw: reads.append(1) or real_read(*a, **kw))
+    with pytest.raises(UserError, match=r"not writable \(read-only file system\): pass --out DIR") as err:
+        main(["--model", str(model), "--limit", "4"])
+    assert "\n" not in str(err.value) and not reads  # refused before any set was read or scored
+    out = tmp_path / "report"
+    with caplog.at_level(logging.INFO, logger="siamese.evaluate"):
+        main(["--model", str(model), "--limit", "4", "--out", str(out)])
+    assert (out / "report.json").is_file() and not (model / "report.json").exists()
+    assert f"go to {out}, not the model folder" in caplog.text

@@ -43,3 +43,47 @@ def test_max_seq_length_past_the_base_models_positions_is_refused_before_trainin
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "model.max_seq_length=64" in err and "32 position" in err
     assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
+
+
+def first_batches(cfg, workers: int, count: int) -> list[dict]:
+    """The first `count` collated training batches the trainer's dataloader gives with `workers` workers."""
+    import dataclasses
+
+    from siamese.nli_data import RowCounts, train_stream
+    from siamese.train import build_trainer
+
+    cfg = dataclasses.replace(cfg, impl=dataclasses.replace(cfg.impl, dataloader_num_workers=workers))
+    stream = train_stream(cfg.data, cfg.train.batch_size, cfg.impl.length_bucket_batches, cfg.train.seed, RowCounts())
+    loader = build_trainer(cfg, stream, None, None, []).get_train_dataloader()
+    batches = []
+    for batch in loader:
+        batches.append({k: v.tolist() if hasattr(v, "tolist") else v for k, v in batch.items()})
+        if len(batches) == count:
+            return batches
+    return batches
+
+
+# impl.dataloader_num_workers, a speed-only setting, changed which pairs were trained on: datasets re-seeds
+# the shuffle buffer inside each worker (80 of 512 pairs of a pass differed) and gives each worker its own files.
+@pytest.mark.parametrize("files", [1, 2])
+def test_dataloader_workers_do_not_change_the_training_pairs(repo_root, tiny_bert, tmp_path, data_dir, files):
+    import gzip
+
+    from common.config import load_config
+    from siamese.config import SiameseConfig
+
+    with gzip.open(data_dir / "mnli" / "train.jsonl.gz", "rt", encoding="utf-8") as fh:
+        lines = [next(fh) for _ in range(400)]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i in range(files):
+        (folder / f"part-{i}.jsonl").write_text("".join(lines[i::files]), encoding="utf-8")
+    overrides = [
+        f"model.base_model={tiny_bert}", f"output_dir={tmp_path}", "model.max_seq_length=32", "data.eval_pairs=0",
+        f"data.train_sources=[{{path: {folder}, config_name: null}}]", "data.shuffle_buffer=64",
+        "data.max_train_pairs=null",
+    ]  # fmt: skip
+    cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml", overrides)
+    in_process = first_batches(cfg, 0, 12)
+    assert len(in_process) == 12
+    assert first_batches(cfg, 2, 12) == in_process

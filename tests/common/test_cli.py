@@ -1,0 +1,43 @@
+"""The command lines of both stages: options and `key=value` overrides in any order."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import REPO_ROOT
+
+
+class Stop(Exception):
+    """Raised by a stand-in for the training, once the parsed command line has been seen."""
+
+
+# `--resume` between overrides ended the override list: "unrecognized arguments: train.max_steps=20".
+def test_pretrain_reads_overrides_after_resume(tmp_path, monkeypatch):
+    from pretrain import train
+    from pretrain.__main__ import main
+
+    def seen(cfg, resume=False):
+        raise Stop(cfg, resume)
+
+    monkeypatch.setattr(train, "run", seen)
+    argv = ["--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
+            "--resume", "train.max_steps=20"]  # fmt: skip
+    with pytest.raises(Stop) as stop:
+        main(argv)
+    cfg, resume = stop.value.args
+    assert resume and cfg.run_name == "x" and cfg.train.max_steps == 20
+
+
+def test_siamese_reads_overrides_after_resume(tmp_path, monkeypatch):
+    from siamese import train
+
+    def seen(cfg, resume=False, pairs=None):
+        raise Stop(cfg, resume)
+
+    monkeypatch.setattr(train, "fit", seen)
+    argv = ["--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
+            "--resume", "train.max_steps=20"]  # fmt: skip
+    with pytest.raises(Stop) as stop:
+        train.main(argv)
+    cfg, resume = stop.value.args
+    assert resume and cfg.run_name == "x" and cfg.train.max_steps == 20

@@ -1,0 +1,57 @@
+"""The run folder of `python -m siamese`: one run in it at a time, refused at once when it cannot be written,
+and a resumed run continuing its W&B run."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.cli import run_cli
+from siamese.train import main
+from tests.pretrain.test_run_folder import last_error, offline_run_ids
+from tests.processes import kill, start_until
+from tests.siamese.test_train import debug_args
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_second_run_in_a_busy_folder_is_refused(repo_root, tiny_bert, tmp_path, capsys):
+    long = ("train.max_steps=100000", "train.save_steps=100000", "train.eval_steps=100000", "data.eval_pairs=0",
+            "data.max_train_pairs=null", "impl.num_threads=1")  # fmt: skip
+    first = start_until("siamese", debug_args(repo_root, tiny_bert, tmp_path, *long), " steps × ", tmp_path / "log")
+    try:
+        assert run_cli(main, debug_args(repo_root, tiny_bert, tmp_path, "train.learning_rate=5.0e-4")) == 2
+        err = last_error(capsys)
+        assert "in use by another run" in err and f"pid {first.pid}" in err, err
+        assert first.poll() is None and not (tmp_path / "siamese-debug" / "model").exists()
+    finally:
+        kill(first)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(
+    repo_root, tiny_bert, tmp_path, capsys, monkeypatch, read_only
+):
+    from siamese import model as siamese_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the base model was loaded for a run that cannot write its output")
+
+    monkeypatch.setattr(siamese_model, "build_model", no_model)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert run_cli(main, debug_args(repo_root, tiny_bert, blocker / "outputs")) == 2
+    assert "not writable (not a directory)" in last_error(capsys)
+    out = tmp_path / "outputs"
+    out.mkdir()
+    read_only(out)
+    assert run_cli(main, debug_args(repo_root, tiny_bert, out)) == 2
+    err = last_error(capsys)
+    assert "not writable (read-only file system)" in err and "output_dir=" in err, err
+
+
+def test_a_resumed_run_continues_its_wandb_run(repo_root, tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    main(debug_args(repo_root, tiny_bert, tmp_path, "wandb.mode=auto", "train.max_steps=2", "data.eval_pairs=0"))
+    main(debug_args(repo_root, tiny_bert, tmp_path, "wandb.mode=auto", "train.max_steps=4", "data.eval_pairs=0",
+                    "--resume"))  # fmt: skip
+    ids = offline_run_ids(tmp_path / "siamese-debug")
+    assert len(ids) == 2 and ids[0] == ids[1], ids
