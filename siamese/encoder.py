@@ -131,14 +131,14 @@ class NLIEncoder:
         return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
 
     @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """(n, d) embeddings as the model outputs them (post-processed, if the model has post-processing)."""
-        return self.postprocess(self.embed_core(texts, batch_size, progress))
+        return self.postprocess(self.embed_core(texts, batch_size))
 
     @torch.inference_mode()
-    def embed_core(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def embed_core(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
         """(n, d) embeddings before post-processing: what the NLI head reads."""
-        return self.core.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=progress)
+        return self.core.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
 
     @torch.inference_mode()
     def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -144,7 +144,6 @@ class SimilarityReference:
     source: str
     mean: float
     std: float
-    extra: dict = field(default_factory=dict)
 
     def percentile(self, cosine: float) -> float:
         """The share of random pairs (0-100) whose cosine is below `cosine`, interpolated between percentiles."""
