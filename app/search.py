@@ -114,15 +114,16 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def search_table(index: SearchIndex, encoder: NLIEncoder, query: str, k: int) -> pd.DataFrame:
-    """rank, sentence, cosine for the top `k` sentences of `index` for `query`. UserError for an empty query."""
+    """rank, cosine, sentence for the top `k` sentences of `index` for `query`. UserError for an empty query."""
     if not has_visible_content(query):
         raise UserError("Please enter a query (empty text, or only spaces or invisible characters, finds nothing).")
     embedding = encoder.embed([query]).float().cpu().numpy()[0]
     hits = index.search(embedding, k)
+    # cosine before the sentence: side by side with the baseline, a long sentence would push it out of view
     return pd.DataFrame(
         {
             "rank": range(1, len(hits) + 1),
-            "sentence": [index.sentences[i] for i, _ in hits],
             "cosine": [score for _, score in hits],
+            "sentence": [index.sentences[i] for i, _ in hits],
         }
     )
