@@ -239,8 +239,9 @@ def fit_postprocessing(
     seed: int,
     batch_size: int = 64,
 ) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
-    """Choose and attach the post-processing; returns the model to save (with the Dense module appended when a
-    transform was chosen), the decision and the random-pair reference of the final embeddings.
+    """Choose and attach the post-processing; returns the model to save (the same modules, then the Dense module
+    when a transform was chosen; `model` itself is not changed), the decision and the random-pair reference of the
+    final embeddings.
 
     Args:
         model: the trained encoder, without post-processing.
@@ -260,7 +261,10 @@ def fit_postprocessing(
     modules = 0
     if chosen.method != "none":
         mean, matrix = fit_transform(fit, chosen.method, chosen.dims)
-        model.append(dense_module(mean, matrix).to(model.device))
+        # A new SentenceTransformer over the same modules plus the transform: the trained model itself stays
+        # as it was (under several processes only the main process calibrates, and the ranks must agree).
+        dense = dense_module(mean, matrix).to(model.device)
+        model = SentenceTransformer(modules=[*(model[i] for i in range(len(model))), dense], device=str(model.device))
         final = apply_transform(fit, mean, matrix)
         modules = 1
     decision = Decision(

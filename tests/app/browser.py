@@ -116,13 +116,7 @@ def predict_in_browser(driver, url: str, premise: str, hypothesis: str, timeout:
         box.send_keys(text)
     driver.find_element(By.XPATH, "//button[.//p[text()='Predict']]").click()
 
-    def label_value(d):
-        for metric in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
-            if "Predicted label" in metric.text:
-                return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
-        return False
-
-    label = wait.until(label_value)
+    label = wait.until(lambda d: metric_value(d, "Predicted label"))
     wait.until(
         lambda d: d.find_elements(
             By.CSS_SELECTOR, '[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg'
@@ -130,6 +124,16 @@ def predict_in_browser(driver, url: str, premise: str, hypothesis: str, timeout:
     )
     time.sleep(1.0)  # let the chart finish drawing before a screenshot
     return label
+
+
+def metric_value(driver, label: str) -> str | bool:
+    """The value of the first metric whose label contains `label`, or False while there is none (for waits)."""
+    from selenium.webdriver.common.by import By
+
+    for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
+        if label in metric.text:
+            return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
+    return False
 
 
 def page_text(driver) -> str:
@@ -142,14 +146,7 @@ def compare_with_baseline(driver, timeout: float = 120.0) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Compare with')]]").click()
-
-    def baseline_value(d):
-        for metric in d.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
-            if "all-MiniLM-L6-v2" in metric.text:
-                return metric.find_element(By.CSS_SELECTOR, '[data-testid="stMetricValue"]').text.strip()
-        return False
-
-    return WebDriverWait(driver, timeout).until(baseline_value)
+    return WebDriverWait(driver, timeout).until(lambda d: metric_value(d, "all-MiniLM-L6-v2"))
 
 
 def search_in_browser(driver, query: str, compare: bool = False, timeout: float = 180.0) -> str:

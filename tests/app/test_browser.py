@@ -18,13 +18,18 @@ from tests.app.browser import (
 )
 
 
-@pytest.mark.browser
-def test_prediction_in_headless_chromium(tiny_model_dir, tmp_path):
+def require_browser() -> None:
+    """Skip without Chromium here; in CI (which installs it) its absence is a failure, not a skip."""
     reason = browser_missing()
     if reason:
         if os.environ.get("CI"):
             pytest.fail(f"browser test cannot run in CI: {reason}")
         pytest.skip(reason)
+
+
+@pytest.mark.browser
+def test_prediction_in_headless_chromium(tiny_model_dir, tmp_path):
+    require_browser()
     with (
         streamlit_server(tiny_model_dir, env={"APP_OUTPUTS_DIR": str(tmp_path)}) as url,
         chromium() as driver,
@@ -38,11 +43,7 @@ def test_prediction_in_headless_chromium(tiny_model_dir, tmp_path):
 
 @pytest.mark.browser
 def test_calibration_search_and_baseline_in_headless_chromium(tiny_model_dir, tmp_path):
-    reason = browser_missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"browser test cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require_browser()
     with (
         streamlit_server(tiny_model_dir, env={"APP_OUTPUTS_DIR": str(tmp_path)}) as url,
         chromium(height=1600) as driver,

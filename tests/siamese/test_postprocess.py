@@ -144,10 +144,12 @@ def test_a_calibrated_folder_loads_as_a_sentence_transformer_and_keeps_the_head_
     target = tmp_path / "model"
     shutil.copytree(tiny_model_dir, target)
     encoder = NLIEncoder.load(target, device="cpu")
+    modules_before = len(encoder.model)
     model, decision, reference = fit_postprocessing(
         encoder.model, fit_texts(data_dir), "MNLI train", method, None,
         stsb_validation if method == "auto" else None, "STS-B validation", 500, seed=0,
     )  # fmt: skip
+    assert len(encoder.model) == modules_before  # the trained model is left as it was
     model.save(str(target))
     save_postprocessing(decision, reference, target)
 
