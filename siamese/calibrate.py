@@ -18,12 +18,14 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from common.atomic import atomic_dir
+from common.atomic import atomic_dir, require_writable
 from common.cli import run_cli
-from common.config import load_config
+from common.config import REPO_ROOT, load_config
 from common.errors import UserError
 from common.sources import looks_local
-from siamese.config import DataConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
+from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
+from siamese.encoder import NLIEncoder
+from siamese.model import build_model, resolve_base
 from siamese.nli_data import first_pairs, source_name
 from siamese.postprocess import (
     POSTPROCESS_FILE,
@@ -84,10 +86,6 @@ KEPT_FILES = ("nli_head.safetensors", "nli_labels.json", "run_info.json", "resol
 
 def load_core(name: str) -> tuple[SentenceTransformer, Path | None]:
     """The encoder without any post-processing, and its folder when it is one of ours (to keep its head)."""
-    from siamese.config import ImplConfig
-    from siamese.encoder import NLIEncoder
-    from siamese.model import build_model, resolve_base
-
     path = Path(resolve_base(name)).expanduser()
     if path.is_dir() and (path / "modules.json").is_file():
         return NLIEncoder.load(path).core, path
@@ -109,14 +107,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "overrides", nargs="*", help="key=value overrides of that config, e.g. postprocess.method=whiten"
     )
     args = parser.parse_args(argv)
-    from common.config import REPO_ROOT
-
     cfg = load_config(
         SiameseConfig, args.config or REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml", args.overrides
     )
     out = Path(args.out)
     if out.resolve() == Path(args.model).expanduser().resolve():
         raise UserError("--out must differ from --model: the calibrated model is a new folder")
+    require_writable(out.parent, "pass --out in a writable folder")  # before minutes of encoding
     model, folder = load_core(args.model)
     model, decision, reference = calibrate(model, cfg.postprocess, cfg.data, cfg.train.seed)
     with atomic_dir(out) as tmp:
