@@ -68,6 +68,9 @@ def load_baseline_encoder() -> NLIEncoder:
     return load_baseline(BASELINE_NAME)
 
 
+BASELINE_KEY = ("baseline", "")  # the cache key of the baseline beside (path, stamp) of the model shown
+
+
 def encoder_for(model: tuple[str, str]) -> NLIEncoder:
     """The model shown (its path and stamp), or the baseline for the key ("baseline", "")."""
     return load_baseline_encoder() if model[0] == "baseline" else load_encoder(*model)
@@ -191,9 +194,6 @@ def pair_tab(model: tuple[str, str], compare: bool) -> None:
         show_prediction(cached_prediction(model, *pair), *pair)
         if compare and not isinstance(result := cached_prediction(BASELINE_KEY, *pair), EmptyInput):
             show_baseline(result)
-
-
-BASELINE_KEY = ("baseline", "")
 
 
 def show_baseline(result: PairResult) -> None:
