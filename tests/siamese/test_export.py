@@ -113,3 +113,18 @@ def test_evaluation_runs_on_the_int8_export(tiny_exported_dir, tmp_path):
                        "--out", str(tmp_path), "--no-base-stsb"])  # fmt: skip
     assert report["backend"] == "onnx-int8"
     assert report["mnli_validation_matched"]["n"] == 8 and report["stsb_test"]["spearman"] is not None
+
+
+def test_the_benchmark_measures_every_backend_of_an_exported_model(tiny_exported_dir, capsys):
+    from bench.onnx_latency import main as bench
+
+    (result,) = bench(["--model", str(tiny_exported_dir), "--limit", "80", "--sentences", "64", "--pairs", "10"])
+    assert result["export_s"] is None  # already exported: used as it is
+    rows = {row["backend"]: row for row in result["backends"]}
+    assert list(rows) == ["torch", "onnx", "onnx-int8"]
+    assert rows["onnx-int8"]["mb"] < rows["onnx"]["mb"]
+    for row in rows.values():
+        assert row["sentences_per_s"] > 0 and row["pair_median_ms"] > 0 and 0 <= row["mnli_validation_matched"] <= 1
+    assert abs(rows["onnx"]["stsb_test"] - rows["torch"]["stsb_test"]) < 1e-3
+    out = capsys.readouterr().out
+    assert out.count(f"| {tiny_exported_dir} |") == 3 and "× torch's sentences/s" in out
