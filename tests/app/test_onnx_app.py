@@ -34,3 +34,19 @@ def test_a_model_that_was_never_exported_is_one_line_error(app_env, monkeypatch,
     monkeypatch.setenv("APP_BACKEND", "onnx")
     at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
     assert not at.exception and "python -m siamese.export" in at.error[0].value
+
+
+def test_bert_app_passes_the_backend_to_streamlit(monkeypatch):
+    import subprocess
+
+    from app import launch
+
+    seen = {}
+
+    def run(command, check):
+        seen["command"] = command
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(launch.subprocess, "run", run)
+    assert launch.launch(None, 8600, "onnx-int8") == 0
+    assert seen["command"][-3:] == ["--", "--backend", "onnx-int8"]
