@@ -113,6 +113,7 @@ def test_evaluation_runs_on_the_int8_export(tiny_exported_dir, tmp_path):
                        "--out", str(tmp_path), "--no-base-stsb"])  # fmt: skip
     assert report["backend"] == "onnx-int8"
     assert report["mnli_validation_matched"]["n"] == 8 and report["stsb_test"]["spearman"] is not None
+    assert "Backend: onnx-int8" in (tmp_path / "report.md").read_text()
 
 
 def test_the_benchmark_measures_every_backend_of_an_exported_model(tiny_exported_dir, capsys):
