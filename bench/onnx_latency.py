@@ -6,6 +6,7 @@
 For each model: a folder exported by `python -m siamese.export` is used as it is; any other model is exported
 first into a temporary folder (the export's time is reported). Then, per backend, measured one after another in
 the same process so that the ratios between them hold even on a busy machine: the file the backend loads (MB),
+the worst embedding cosine to torch on the export's check sentences (onnx/export.json),
 single-pair latency (median and p95 of `--pairs` MNLI dev matched pairs, each predicted alone as the app does),
 sentences/s embedding `--sentences` MNLI dev sentences in batches of 64, and quality: MNLI dev matched and
 mismatched accuracy (models with an NLI head) and STS-B test Spearman, through siamese/evaluate.py's readers and
@@ -87,8 +88,8 @@ def measure(folder: Path, backend: str, texts: list[str], pairs: list[tuple[str,
 def table(results: list[dict]) -> tuple[str, list[str]]:
     """The markdown header and rows: one row per model and backend, ratios against that model's torch row."""
     header = (
-        "| model | backend | weights MB | pair median ms | pair p95 ms | sentences/s | × torch | "
-        "MNLI-m acc | MNLI-mm acc | STS-B test ρ |"
+        "| model | backend | weights MB | worst cosine to torch | pair median ms | pair p95 ms | sentences/s | "
+        "× torch | MNLI-m acc | MNLI-mm acc | STS-B test ρ |"
     )
     rows = []
 
@@ -99,7 +100,8 @@ def table(results: list[dict]) -> tuple[str, list[str]]:
         torch_rate = result["backends"][0]["sentences_per_s"]
         for row in result["backends"]:
             rows.append(
-                f"| {result['name']} | {row['backend']} | {row['mb']:.1f} | {row['pair_median_ms']:.1f} | "
+                f"| {result['name']} | {row['backend']} | {row['mb']:.1f} | {row['cosine_min']:.4f} | "
+                f"{row['pair_median_ms']:.1f} | "
                 f"{row['pair_p95_ms']:.1f} | {row['sentences_per_s']:.0f} | {row['sentences_per_s'] / torch_rate:.2f} | "
                 f"{pct(row.get('mnli_validation_matched'))} | {pct(row.get('mnli_validation_mismatched'))} | "
                 f"{pct(row['stsb_test'])} |"
@@ -137,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     import torch
 
     from siamese.evaluate import EVAL_SETS, check_sources, eval_source, read_eval_data
+    from siamese.export import EXPORT_FILE
     from siamese.onnx_backend import BACKENDS
     from siamese.scores import stsb_scale
 
@@ -154,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         for model in args.model:
             folder, export_s = exported(model, Path(scratch))
             backends = [measure(folder, backend, texts, pairs, data) for backend in BACKENDS]
+            checked = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))["variants"]
+            for row in backends:
+                row["cosine_min"] = checked.get(row["backend"], {}).get("cosine_min", 1.0)
             results.append({"name": model, "folder": str(folder), "export_s": export_s, "backends": backends})
     from bench.harness import append_results, machine
 

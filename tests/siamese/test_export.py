@@ -123,7 +123,8 @@ def test_the_benchmark_measures_every_backend_of_an_exported_model(tiny_exported
     assert result["export_s"] is None  # already exported: used as it is
     rows = {row["backend"]: row for row in result["backends"]}
     assert list(rows) == ["torch", "onnx", "onnx-int8"]
-    assert rows["onnx-int8"]["mb"] < rows["onnx"]["mb"]
+    assert rows["onnx-int8"]["mb"] < rows["onnx"]["mb"] and rows["torch"]["cosine_min"] == 1.0
+    assert rows["onnx"]["cosine_min"] >= 0.999
     for row in rows.values():
         assert row["sentences_per_s"] > 0 and row["pair_median_ms"] > 0 and 0 <= row["mnli_validation_matched"] <= 1
     assert abs(rows["onnx"]["stsb_test"] - rows["torch"]["stsb_test"]) < 1e-3
