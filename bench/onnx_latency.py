@@ -1,14 +1,14 @@
 """What serving through ONNX buys: torch vs ONNX fp32 vs int8, in one run on this CPU.
 
     python -m bench.onnx_latency --model outputs/siamese-cpu-small/model --model all-MiniLM-L6-v2
-        [--sentences 1000] [--pairs 50] [--limit N] [--threads 1] [--json out.json] [--record]
+        [--sentences 1000] [--repeats 3] [--pairs 50] [--limit N] [--threads 1] [--json out.json] [--record]
 
 For each model: a folder exported by `python -m siamese.export` is used as it is; any other model is exported
 first into a temporary folder (the export's time is reported). Then, per backend, measured one after another in
 the same process so that the ratios between them hold even on a busy machine: the file the backend loads (MB),
 the worst embedding cosine to torch on the export's check sentences (onnx/export.json),
 single-pair latency (median and p95 of `--pairs` MNLI dev matched pairs, each predicted alone as the app does),
-sentences/s embedding `--sentences` MNLI dev sentences in batches of 64, and quality: MNLI dev matched and
+sentences/s embedding `--sentences` MNLI dev sentences in batches of 64 (median of `--repeats` passes), and quality: MNLI dev matched and
 mismatched accuracy (models with an NLI head) and STS-B test Spearman, through siamese/evaluate.py's readers and
 siamese/scores.py. `--limit N` scores the first N pairs of each set only. `--record` appends the table to
 docs/benchmarks.md.
@@ -57,8 +57,9 @@ def weights_mb(folder: Path, backend: str) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
-def measure(folder: Path, backend: str, texts: list[str], pairs: list[tuple[str, str]], data) -> dict:
-    """All figures of one backend on one exported folder (see the module docstring)."""
+def measure(folder: Path, backend: str, texts: list[str], pairs: list[tuple[str, str]], data, repeats: int = 3) -> dict:
+    """All figures of one backend on one exported folder (see the module docstring); sentences/s is the median
+    of `repeats` passes over `texts`, so one pass slowed by another process on the machine does not decide it."""
     from siamese.encoder import NLIEncoder
     from siamese.scores import nli_metrics, stsb_metrics
 
@@ -74,9 +75,12 @@ def measure(folder: Path, backend: str, texts: list[str], pairs: list[tuple[str,
         times.append((time.perf_counter() - start) * 1000)
     row["pair_median_ms"], row["pair_p95_ms"] = float(np.median(times)), float(np.percentile(times, 95))
     encoder.embed(texts[:BATCH], batch_size=BATCH)
-    start = time.perf_counter()
-    encoder.embed(texts, batch_size=BATCH)
-    row["sentences_per_s"] = len(texts) / (time.perf_counter() - start)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.embed(texts, batch_size=BATCH)
+        rates.append(len(texts) / (time.perf_counter() - start))
+    row["sentences_per_s"] = float(np.median(rates))
     for split, rows in data.nli.items():
         if encoder.head is not None:
             predicted = encoder.predict(rows["premise"], rows["hypothesis"], batch_size=BATCH).probs.argmax(axis=1)
@@ -129,12 +133,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--sentences", type=int, default=1000, help="sentences embedded for sentences/s")
     parser.add_argument("--pairs", type=int, default=50, help="pairs predicted one at a time for latency")
     parser.add_argument("--limit", type=int, help="score the first N pairs of each evaluation set (default: all)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the sentences; the median is kept")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime alike")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--record", action="store_true", help="append the table to docs/benchmarks.md")
     args = parser.parse_args(argv)
-    if args.sentences < BATCH or args.pairs < 10:
-        raise UserError(f"--sentences must be at least {BATCH} and --pairs at least 10")
+    if args.sentences < BATCH or args.pairs < 10 or args.repeats < 1:
+        raise UserError(f"--sentences must be at least {BATCH}, --pairs at least 10 and --repeats at least 1")
 
     import torch
 
@@ -156,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="onnx-bench-") as scratch:
         for model in args.model:
             folder, export_s = exported(model, Path(scratch))
-            backends = [measure(folder, backend, texts, pairs, data) for backend in BACKENDS]
+            backends = [measure(folder, backend, texts, pairs, data, args.repeats) for backend in BACKENDS]
             checked = json.loads((folder / EXPORT_FILE).read_text(encoding="utf-8"))["variants"]
             for row in backends:
                 row["cosine_min"] = checked.get(row["backend"], {}).get("cosine_min", 1.0)
