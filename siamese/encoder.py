@@ -109,11 +109,12 @@ class NLIEncoder:
         from sentence_transformers import SentenceTransformer
 
         path = Path(path)
-        file = None if check_backend(backend) == "torch" else onnx_file(path, backend)
+        check_backend(backend)
         if not path.is_dir():
             raise UserError(f"model path {path} is not a directory")
         if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
             raise UserError(f"model path {path} holds no model (no modules.json or config.json)")
+        file = None if backend == "torch" else onnx_file(path, backend)
         # ONNX Runtime runs on the CPU here (onnxruntime's CPU build): the modules around it stay there too.
         device = resolve_device(device or "auto") if file is None else "cpu"
         try:
