@@ -111,12 +111,15 @@ def quantize_int8(source: Path, target: Path) -> None:
 def export(model_dir: Path, out: Path, int8: bool = True) -> dict:
     """Write the exported folder `out` (see the module docstring) atomically; returns what export.json holds.
 
-    Raises UserError (one line) when the model cannot be loaded, `out` is `model_dir`, or the fp32 export
-    disagrees with torch.
+    Raises UserError (one line) when the model cannot be loaded or does not start with a Transformer, `out` is
+    `model_dir` or inside it, or the fp32 export disagrees with torch.
     """
-    if out.expanduser().resolve() == model_dir.expanduser().resolve():
-        raise UserError("--out must differ from --model: the export is a new folder beside the model")
+    source, target = model_dir.expanduser().resolve(), out.expanduser().resolve()
+    if target == source or source in target.parents:
+        raise UserError("--out must be outside --model: the export is a new folder beside the model, not in it")
     reference = NLIEncoder.load(model_dir, device="cpu")
+    if not hasattr(reference.model[0], "auto_model"):
+        raise UserError(f"{model_dir}: its first module is a {type(reference.model[0]).__name__}, not a Transformer")
     backends = ["onnx", *(["onnx-int8"] if int8 else [])]
     with atomic_dir(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ONNX_DIR, ".tmp-*"))

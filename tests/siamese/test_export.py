@@ -101,9 +101,11 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_writes_nothing(
     assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
-def test_the_command_refuses_to_export_over_its_source(tiny_whitened_dir, capsys):
-    assert run_cli(main, ["--model", str(tiny_whitened_dir), "--out", str(tiny_whitened_dir)]) == 2
-    assert "--out must differ" in capsys.readouterr().err
+@pytest.mark.parametrize("inside", ["", "export"])
+def test_the_command_refuses_to_export_over_or_into_its_source(tiny_whitened_dir, capsys, inside):
+    assert run_cli(main, ["--model", str(tiny_whitened_dir), "--out", str(tiny_whitened_dir / inside)]) == 2
+    assert "--out must be outside --model" in capsys.readouterr().err
+    assert not (tiny_whitened_dir / "export").exists()
 
 
 def test_evaluation_runs_on_the_int8_export(tiny_exported_dir, tmp_path):
