@@ -2,11 +2,11 @@
 
 `python -m siamese.export` (siamese/export.py) writes the files in sentence-transformers' own layout,
 `onnx/model.onnx` and `onnx/model_qint8_avx2.onnx` beside the torch weights. sentence-transformers reads that
-layout through optimum-onnx, whose only release (0.1.0) requires transformers < 4.58 and fails to import with the
+layout through optimum-onnx, whose latest release (0.1.0) requires transformers < 4.58 and fails to import with the
 transformers 5 this project uses; so this module does what its ONNX backend does: an ONNX Runtime session stands
 in for the transformers model inside the `Transformer` module, and tokenization, pooling and any post-processing
 module (siamese/postprocess.py) stay as they are. Everything except the transformer itself is unchanged, so the
-NLI head and the random-pair reference read the same embeddings as with torch.
+NLI head reads the embedding at the same point as with torch (before post-processing).
 """
 
 from __future__ import annotations
