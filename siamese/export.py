@@ -85,10 +85,11 @@ def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantization of `source`'s MatMul weights into `target`: signed 8-bit weights with one
     scale per output channel, 7-bit range; activations are quantized per batch at run time.
 
-    Measured on this AVX2 CPU (docs/benchmarks.md, "ONNX and int8"): unsigned weights ran all-MiniLM-L6-v2 at
-    half the speed; one scale per tensor or the full 8-bit range lowered its worst embedding cosine to torch
-    from 0.97 to 0.71-0.96 (AVX2 without VNNI sums u8·s8 products in saturating 16-bit pairs, which ONNX
-    Runtime's reduce_range avoids). The token embedding table (a Gather) stays fp32.
+    Measured here (docs/benchmarks.md, "ONNX and int8"; an AMD EPYC with AVX-512 VNNI): unsigned weights ran
+    all-MiniLM-L6-v2 at about half the speed; one scale per tensor or the full 8-bit range lowered its worst
+    embedding cosine to torch from 0.97 to 0.71-0.96. The 7-bit range is also ONNX Runtime's advice for CPUs with
+    AVX2 but no VNNI, which sum u8·s8 products in saturating 16-bit pairs; the "avx2" in the file name is
+    sentence-transformers' name for such a portable x86 file. The token embedding table (a Gather) stays fp32.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
