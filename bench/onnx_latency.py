@@ -177,7 +177,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     if args.record:
-        command = "python -m bench.onnx_latency " + " ".join(argv if argv is not None else [])
+        import sys
+
+        command = "python -m bench.onnx_latency " + " ".join(argv if argv is not None else sys.argv[1:])
         append_results("ONNX and int8 (bench/onnx_latency.py)", command, rows, header)
     return results
 
