@@ -1,5 +1,5 @@
-"""`bert-app [--model DIR] [--port 8501]`: start the Streamlit app (the same as `streamlit run
-app/streamlit_app.py -- --model DIR`)."""
+"""`bert-app [--model DIR] [--backend torch|onnx|onnx-int8] [--port 8501]`: start the Streamlit app (the same
+as `streamlit run app/streamlit_app.py -- --model DIR --backend B`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ from pathlib import Path
 APP = Path(__file__).resolve().parent / "streamlit_app.py"
 
 
-def launch(model: Path | None = None, port: int = 8501) -> int:
+def launch(model: Path | None = None, port: int = 8501, backend: str | None = None) -> int:
     """Run the app until Ctrl+C; returns streamlit's exit status."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
     command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    app_args = (["--model", str(model)] if model is not None else []) + (["--backend", backend] if backend else [])
+    if app_args:
+        command += ["--", *app_args]
     if model is not None:
-        command += ["--", "--model", str(model)]
         print(f"starting the app on {model}: open http://localhost:{port} (Ctrl+C stops it)", flush=True)
     return subprocess.run(command, check=False).returncode
 
@@ -25,9 +27,11 @@ def launch(model: Path | None = None, port: int = 8501) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bert-app", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, help="model folder (default: the newest trained run under outputs/)")
+    # Not checked here, so the launcher stays free of torch: the app refuses an unknown one in one line.
+    parser.add_argument("--backend", help="torch (default), onnx or onnx-int8: the model's ONNX export")
     parser.add_argument("--port", type=int, default=8501)
     args = parser.parse_args(argv)
-    sys.exit(launch(args.model, args.port))
+    sys.exit(launch(args.model, args.port, args.backend))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,13 @@ from typing import Any
 
 from common.config import REPO_ROOT
 from siamese.encoder import HEAD_FILE
+from siamese.onnx_backend import BACKENDS
 from siamese.postprocess import POSTPROCESS_FILE
 
 BASELINE_NAME = "all-MiniLM-L6-v2"
 OUTPUTS_ENV = "APP_OUTPUTS_DIR"
 MODEL_ENV = "APP_MODEL_DIR"
+BACKEND_ENV = "APP_BACKEND"
 # What a newcomer runs to get a model the app can show: the CPU-small recipes of both stages, then evaluation
 # (which writes the report.json the model card reads).
 TRAIN_COMMAND = """python -m pretrain --config configs/pretrain/cpu-small.yaml
@@ -42,6 +44,15 @@ def requested_model(argv: Sequence[str], env: Mapping[str, str] = os.environ) ->
     args, _ = parser.parse_known_args(list(argv))
     chosen = args.model or env.get(MODEL_ENV)
     return Path(chosen).expanduser() if chosen else None
+
+
+def requested_backend(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> str:
+    """What runs the model: `-- --backend onnx-int8` on the command line, else $APP_BACKEND, else "torch".
+    A name outside BACKENDS is returned as given, so loading it fails with the one-line list of choices."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--backend", default=None)
+    args, _ = parser.parse_known_args(list(argv))
+    return args.backend or env.get(BACKEND_ENV) or BACKENDS[0]
 
 
 def model_choices(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> list[Path]:

@@ -25,6 +25,7 @@ from app.models import (
     model_stamp,
     outputs_root,
     read_model_card,
+    requested_backend,
 )
 from app.predict import (
     EmptyInput,
@@ -46,16 +47,17 @@ from app.search import (
 )
 from common.errors import UserError
 from siamese.encoder import NLIEncoder
+from siamese.onnx_backend import describe as describe_backend
 from siamese.postprocess import SimilarityReference
 
 
 @st.cache_resource(show_spinner="Loading the model…")
-def load_encoder(path: str, stamp: str) -> NLIEncoder:
+def load_encoder(path: str, stamp: str, backend: str = "torch") -> NLIEncoder:
     """`stamp` is only a cache key: a model retrained into the same folder is loaded afresh."""
     import torch
 
     torch.set_num_threads(cpu_threads())
-    return NLIEncoder.load(path)
+    return NLIEncoder.load(path, backend=backend)
 
 
 @st.cache_resource(show_spinner=f"Loading {BASELINE_NAME}…")
@@ -73,7 +75,7 @@ BASELINE_KEY = ("baseline", "")  # the cache key of the baseline beside (path, s
 
 def encoder_for(model: tuple[str, str]) -> NLIEncoder:
     """The model shown (its path and stamp), or the baseline for the key ("baseline", "")."""
-    return load_baseline_encoder() if model[0] == "baseline" else load_encoder(*model)
+    return load_baseline_encoder() if model[0] == "baseline" else load_encoder(*model, requested_backend(sys.argv[1:]))
 
 
 @st.cache_resource(show_spinner="Measuring cosines of random sentence pairs…")
@@ -127,7 +129,7 @@ def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
     path = st.sidebar.selectbox("Model", choices, format_func=lambda p: model_label(p, root), key="model")
     try:
         stamp = model_stamp(path)
-        encoder = load_encoder(str(path), stamp)
+        encoder = load_encoder(str(path), stamp, requested_backend(sys.argv[1:]))
     except UserError as err:
         st.error(md_escape(str(err)))
         st.stop()
@@ -140,6 +142,7 @@ def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
     st.sidebar.text(f"folder: {path}")
     st.sidebar.text(f"pretrained from: {card.base_model or 'unknown'}")
     st.sidebar.text(f"max length: {encoder.max_seq_length} tokens")
+    st.sidebar.text(f"backend: {describe_backend(encoder.backend)}")
     for title, section, key, fmt in (
         ("MNLI dev matched accuracy", "mnli_validation_matched", "accuracy", "{:.1%}"),
         ("MNLI dev mismatched accuracy", "mnli_validation_mismatched", "accuracy", "{:.1%}"),

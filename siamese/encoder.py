@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from common.device import resolve_device
 from common.errors import UserError
+from siamese.onnx_backend import check_backend, onnx_file, use_onnx
 from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
 
 # GLUE / Hub convention for MNLI and SNLI.
@@ -76,7 +77,8 @@ class NLIEncoder:
 
     `model` is the whole SentenceTransformer (what `SentenceTransformer(path).encode` gives); `postprocessing`
     counts its trailing post-processing modules, which the head does not see; `reference` is the random-pair
-    cosine distribution saved with the model (None when the folder has none).
+    cosine distribution saved with the model (None when the folder has none); `backend` says what runs the
+    transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py).
     """
 
     def __init__(
@@ -86,8 +88,10 @@ class NLIEncoder:
         labels: tuple[str, ...] = LABELS,
         postprocessing: int = 0,
         reference: SimilarityReference | None = None,
+        backend: str = "torch",
     ) -> None:
         self.model = model
+        self.backend = backend
         self.head = head
         self.labels = labels
         self.postprocessing = postprocessing
@@ -96,22 +100,32 @@ class NLIEncoder:
         self.core = without_postprocessing(model, postprocessing)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None) -> NLIEncoder:
+    def load(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> NLIEncoder:
+        """The encoder in folder `path`; `backend` "onnx" / "onnx-int8" runs its exported ONNX file on the CPU.
+
+        Raises UserError (one line) for a folder without a model, one that cannot be loaded, a missing ONNX file
+        or a head that does not fit the model.
+        """
         from sentence_transformers import SentenceTransformer
 
         path = Path(path)
+        check_backend(backend)
         if not path.is_dir():
             raise UserError(f"model path {path} is not a directory")
         if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
             raise UserError(f"model path {path} holds no model (no modules.json or config.json)")
-        device = resolve_device(device or "auto")
+        file = None if backend == "torch" else onnx_file(path, backend)
+        # ONNX Runtime runs on the CPU here (onnxruntime's CPU build): the modules around it stay there too.
+        device = resolve_device(device or "auto") if file is None else "cpu"
         try:
             model = SentenceTransformer(str(path), device=device, local_files_only=True)
         except Exception as err:  # a broken folder: say which, in one line
             raise UserError(f"model path {path} could not be loaded: {str(err).splitlines()[0]}") from None
         model.eval()
+        if file is not None:
+            use_onnx(model, file)
         postprocessing = postprocessing_modules(path)
-        encoder = cls(model, None, LABELS, postprocessing, SimilarityReference.load(path))
+        encoder = cls(model, None, LABELS, postprocessing, SimilarityReference.load(path), backend)
         if (path / HEAD_FILE).is_file():
             encoder.head, encoder.labels = load_head(path, device=device)
             dim = encoder.core.get_embedding_dimension()

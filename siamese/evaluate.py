@@ -30,6 +30,7 @@ from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model, hub_model_kwargs, resolve_base
 from siamese.nli_data import read_pairs
+from siamese.onnx_backend import BACKENDS
 from siamese.postprocess import POSTPROCESS_FILE
 from siamese.report import (
     base_section,
@@ -213,6 +214,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         action="store_true",
         help="skip the STS-B Spearman of the base model (run_info.json's base_model) before fine-tuning",
     )
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8",
+    )
     parser.add_argument("--out", help="where report.json/.md and plots go (default: the model folder)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N pairs of each set (quick looks, tests)")
     parser.add_argument("--mnli-matched", help="MNLI dev matched source (file or Hub id)")
@@ -236,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Everything that can fail fast does, before minutes go into evaluating: sources, then both models.
     check_sources(sources)
     model_dir = Path(args.model)
-    encoder = NLIEncoder.load(model_dir)
+    encoder = NLIEncoder.load(model_dir, backend=args.backend)
     baseline_encoder = load_baseline(args.baseline) if args.baseline else None
     base = None if args.no_base_stsb else load_base_encoder(model_dir)
     out_dir = Path(args.out) if args.out else model_dir
@@ -248,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
     data = read_eval_data(sources, args.limit, scale)
     report, samples = evaluate_encoder(encoder, "model", data, out_dir)
-    report = {"model": str(model_dir)} | report | {"base": None, "baseline": None, "limit": args.limit}
+    report = (
+        {"model": str(model_dir), "backend": args.backend}
+        | report
+        | {"base": None, "baseline": None, "limit": args.limit}
+    )
     report["postprocessing"] = read_postprocessing(model_dir)
     if base is not None:
         stsb = stsb_metrics(base.encoder, *data.stsb)

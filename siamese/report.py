@@ -90,6 +90,8 @@ def format_metric(value: Any) -> str:
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
     lines = [f"# Evaluation of `{report['model']}`", ""]
+    if report.get("backend", "torch") != "torch":  # an ONNX export (siamese/export.py) run by ONNX Runtime
+        lines += [f"Backend: {report['backend']} (the model's ONNX export, run by ONNX Runtime).", ""]
     if report.get("baseline"):
         lines += [f"Baseline: `{report['baseline']['model']}` (no NLI head: STS-B and cosine statistics only).", ""]
     lines += ["| metric | " + " | ".join(name for name, _ in models) + " |", "|---" * (len(models) + 1) + "|"]

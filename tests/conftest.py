@@ -90,3 +90,38 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(os, "statvfs", statvfs)
     monkeypatch.setattr(os, "mkdir", mkdir)
     return lambda folder: frozen.append(Path(folder).resolve())
+
+
+@pytest.fixture(scope="session")
+def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a whitening Dense module appended, in the layout siamese/calibrate.py writes: the
+    post-processing the ONNX export must keep as a torch module after the ONNX transformer."""
+    import json
+    import shutil
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from siamese.postprocess import POSTPROCESS_FILE, Candidate, Decision, dense_module, fit_transform
+
+    target = tmp_path_factory.mktemp("whitened") / "model"
+    model = SentenceTransformer(str(tiny_model_dir), device="cpu")
+    d = model.get_embedding_dimension()
+    cloud = np.random.default_rng(0).normal(0.3, 0.2, size=(4 * d, d))  # an affine map that is not the identity
+    model.append(dense_module(*fit_transform(cloud, "whiten")))
+    model.save(str(target))
+    for name in ("nli_head.safetensors", "nli_labels.json", "run_info.json", "report.json"):
+        shutil.copy2(tiny_model_dir / name, target / name)
+    decision = Decision(Candidate("whiten"), [Candidate("whiten")], None, len(cloud), "random vectors", modules=1)
+    (target / POSTPROCESS_FILE).write_text(json.dumps(decision.as_dict()), encoding="utf-8")
+    return target
+
+
+@pytest.fixture(scope="session")
+def tiny_exported_dir(tiny_whitened_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny_whitened_dir` exported by siamese/export.py: torch weights plus onnx/ (fp32 and int8)."""
+    from siamese.export import export
+
+    target = tmp_path_factory.mktemp("exported") / "model"
+    export(tiny_whitened_dir, target)
+    return target
