@@ -42,7 +42,7 @@ def run(pairs: int, args: argparse.Namespace, model: str, out: Path) -> dict:
     argv = [
         "--config", str(REPO / "configs" / "siamese" / "debug.yaml"),
         f"model.base_model={model}", f"output_dir={out}", f"run_name=mem-{pairs}",
-        f"model.max_seq_length={args.max_seq_length}", f"train.batch_size={args.batch_size}",
+        f"model.max_seq_length={args.max_seq_length}", f"train.per_device_train_batch_size={args.batch_size}",
         f"train.max_steps={steps}", f"train.save_steps={steps}", "train.logging_steps=100",
         "data.max_train_pairs=null", "data.eval_pairs=0", f"data.shuffle_buffer={args.shuffle_buffer}",
         "wandb.mode=disabled",

@@ -55,7 +55,7 @@ def ours(args: argparse.Namespace, out: Path) -> float:
 
     model_dir = siamese_main([
         "--config", args.config, f"model.base_model={args.model}", f"output_dir={out}", "run_name=bench",
-        f"model.max_seq_length={args.max_seq_length}", f"train.batch_size={args.batch_size}",
+        f"model.max_seq_length={args.max_seq_length}", f"train.per_device_train_batch_size={args.batch_size}",
         f"train.max_steps={args.steps}", f"train.save_steps={args.steps}", "data.eval_pairs=0",
         f"data.train_sources=[{{path: '{MNLI}', config_name: null}}]", "train.max_train_minutes=null",
         f"impl.num_threads={args.threads}", "wandb.mode=disabled",

@@ -96,14 +96,24 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_resume_settings(checkpoint: str, config: dict[str, Any], changeable: Collection[str]) -> list[str]:
+def check_resume_settings(
+    checkpoint: str,
+    config: dict[str, Any],
+    changeable: Collection[str],
+    renamed: dict[str, str] | None = None,
+    implied: dict[str, Any] | None = None,
+) -> list[str]:
     """Compare the resumed checkpoint's config with this run's; return the applied changes as lines.
 
     `changeable` names dotted keys (or section prefixes ending in ".") that may change on resume; any other
-    difference is a ConfigError naming the key, its old and its new value.
+    difference is a ConfigError naming the key, its old and its new value. A checkpoint written before a
+    key was renamed is read under its new name (`renamed`: {old: new}); one written before a key existed
+    counts as having the value it was trained with then (`implied`: {key: value}).
     """
     recorded = read_run_config(checkpoint)
     old = flatten({k: v for k, v in recorded.items() if k not in RECORDED})
+    old = {(renamed or {}).get(k, k): v for k, v in old.items()}
+    old = {k: v for k, v in (implied or {}).items() if k not in old} | old
     new = flatten(config)
     applied = []
     for key in sorted(old.keys() | new.keys()):

@@ -9,22 +9,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.config import load_config
+from common.config import REPO_ROOT, describe_keys, format_default, load_config
 from common.errors import UserError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-def config_parser(prog: str, description: str, default_config: str | Path) -> argparse.ArgumentParser:
+def default_config(schema: type) -> Path:
+    """configs/<stage>/cpu-small.yaml: the recipe that runs on a laptop CPU in minutes."""
+    return REPO_ROOT / "configs" / schema.stage / "cpu-small.yaml"
+
+
+def keys_help(schema: type) -> str:
+    """One line per config key: dotted name, type, default, help; resumable keys marked (the same text as
+    docs/configuration.md, from the fields' metadata: common/config.py `describe_keys`)."""
+    lines = []
+    for info in describe_keys(schema):
+        mark = " [resumable]" if info.resumable else ""
+        lines.append(f"  {info.dotted} ({info.type}; default {format_default(info.default)}){mark}\n      {info.help}")
+    return "\n".join(lines)
+
+
+def config_parser(prog: str, description: str, schema: type) -> argparse.ArgumentParser:
+    """`--config FILE` and `key=value` overrides; `--help` ends with examples and every config key.
+
+    The examples are the config class's `examples` (each one checked by tests/common/test_cli.py)."""
+    config = default_config(schema)
+    shown = config.relative_to(REPO_ROOT)
+    examples = "\n".join(f"  {prog} --config {shown} {example}" for example in schema.examples)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
-        epilog="Overrides use dotted keys, e.g. train.lr=3.0e-4 model.num_hidden_layers=4; "
-        "every key is checked against the config schema before any work starts.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n{examples}\n\nOverrides use dotted keys; every key is checked against the config schema "
+        f"before any work starts. [resumable]: --resume may change it.\nconfig keys (also docs/configuration.md):\n"
+        f"{keys_help(schema)}",
     )
-    parser.add_argument("--config", default=str(default_config), help=f"YAML config (default: {default_config})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--config", default=str(config), help=f"YAML config (default: {shown})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=500")
     return parser
 
 

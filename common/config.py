@@ -2,6 +2,11 @@
 
 Everything is checked before any heavy work starts: an unknown key, a value of the wrong type or an
 impossible value is a one-line `ConfigError` naming the dotted key (nanoGPT's configurator habit).
+
+Each key carries its own help and resume rule as field metadata (`key(...)`); `describe_keys` reads them
+for `--help`, `resumable_keys` for what `--resume` may change, and `python -m common.config_docs` writes
+docs/configuration.md from the same place. A section renames a key with a `renamed` class attribute, so
+an old config gets a one-line error naming the new key and an old checkpoint's record is read under it.
 """
 
 from __future__ import annotations
@@ -10,8 +15,9 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
@@ -22,6 +28,137 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Configs name data as ${BERT_DATA_DIR}/...; by default that is the shared data folder beside the checkout.
 os.environ.setdefault("BERT_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
+
+
+HELP, RESUMABLE = "help", "resumable"
+
+
+def key(default: Any = dataclasses.MISSING, help: str = "", *, resumable: bool = False, factory: Any = None) -> Any:
+    """A config field with its help text and resume rule: `resumable` keys may change on `--resume`, and the
+    change applies from the resumed step on; any other change is refused (common/checkpoints.py)."""
+    metadata = {HELP: help, RESUMABLE: resumable}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyInfo:
+    """One config key as `--help` and docs/configuration.md show it."""
+
+    dotted: str
+    type: str
+    default: Any
+    help: str
+    resumable: bool
+
+
+def _field_metadata(cls: type, name: str) -> dict[str, Any]:
+    """A field's metadata, inherited from the nearest base class that documents it (a section that only
+    changes a default, e.g. pretraining's learning rate, keeps the shared key's help)."""
+    for klass in cls.__mro__:
+        if dataclasses.is_dataclass(klass):
+            for f in dataclasses.fields(klass):
+                if f.name == name and f.metadata.get(HELP):
+                    return dict(f.metadata)
+    return {}
+
+
+def _section_classes(tp: Any) -> list[type]:
+    """The dataclass(es) a field's type holds: a section, a list of sections, or a tagged union of them."""
+    if dataclasses.is_dataclass(tp):
+        return [tp]
+    return [c for arg in get_args(tp) for c in _section_classes(arg)]
+
+
+def _default_of(f: dataclasses.Field, instance: Any) -> Any:
+    """The field's default: read from the section's default instance when it has one (a section's default can
+    differ from its class's, e.g. postprocess.selection_source), lists of sections as plain mappings."""
+    if instance is not None:
+        value = getattr(instance, f.name)
+    elif f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+    else:
+        return None
+    if isinstance(value, list):
+        return [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
+    return to_dict(value) if dataclasses.is_dataclass(value) else value
+
+
+def describe_keys(schema: type, prefix: str = "", resumable: bool = False, instance: Any = None) -> Iterator[KeyInfo]:
+    """Every leaf key of `schema`, dotted, with type, default, help and whether `--resume` may change it.
+    A section whose class sets `resumable_section = True` (e.g. `impl`, speed only) is resumable whole; a
+    tagged union (`model.architecture`) lists each option's keys once, the default option's first."""
+    hints = typing.get_type_hints(schema)
+    resumable = resumable or getattr(schema, "resumable_section", False)
+    if instance is None and all(
+        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        for f in dataclasses.fields(schema)
+    ):  # type: ignore[misc]
+        instance = schema()
+    seen: set[str] = set()
+    for f in dataclasses.fields(schema):
+        meta = _field_metadata(schema, f.name)
+        tp = hints[f.name]
+        sections = _section_classes(tp)
+        is_list = get_origin(tp) in (list, tuple) or any(get_origin(a) in (list, tuple) for a in get_args(tp))
+        if sections and not is_list:
+            value = getattr(instance, f.name, None) if instance is not None else None
+            for section in sections:
+                default = value if isinstance(value, section) else None
+                inner = resumable or meta.get(RESUMABLE, False)
+                for info in describe_keys(section, f"{prefix}{f.name}.", inner, default):
+                    if info.dotted not in seen:
+                        seen.add(info.dotted)
+                        yield info
+            continue
+        yield KeyInfo(
+            dotted=f"{prefix}{f.name}",
+            type=_doc_type(tp),
+            default=_default_of(f, instance),
+            help=meta.get(HELP, ""),
+            resumable=resumable or bool(meta.get(RESUMABLE)),
+        )
+
+
+def _doc_type(tp: Any) -> str:
+    """A type as a reader writes it: `auto | cpu | cuda`, `int | null`, `list[str]`."""
+    if get_origin(tp) is Literal:
+        return " | ".join(str(v) for v in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _doc_type(a) for a in get_args(tp))
+    if get_origin(tp) in (list, tuple):
+        return f"list[{_doc_type(get_args(tp)[0])}]" if get_args(tp) else "list"
+    return _type_name(tp)
+
+
+def format_default(value: Any) -> str:
+    """A default as it would be written in YAML (`null`, `true`, `5.0e-04`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e5):
+        return f"{value:.1e}"
+    if isinstance(value, list):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return str(value)
+
+
+def resumable_keys(schema: type) -> tuple[str, ...]:
+    """The dotted keys `--resume` may change (common/checkpoints.py `check_resume_settings`)."""
+    return tuple(info.dotted for info in describe_keys(schema) if info.resumable)
+
+
+def renamed_keys(schema: type, prefix: str = "") -> dict[str, str]:
+    """{old dotted key: new dotted key} over every section's `renamed` attribute."""
+    out = {f"{prefix}{old}": f"{prefix}{new}" for old, new in getattr(schema, "renamed", {}).items()}
+    for f in dataclasses.fields(schema):
+        for section in _section_classes(typing.get_type_hints(schema)[f.name]):
+            out |= renamed_keys(section, f"{prefix}{f.name}.")
+    return out
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -133,7 +270,16 @@ def _tagged_options(options: tuple[Any, ...]) -> tuple[str, dict[str, type]] | N
 def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    renamed: dict[str, str] = getattr(cls, "renamed", {})
+    removed: dict[str, str] = getattr(cls, "removed", {})
     for key in data:
+        if key in removed:
+            raise ConfigError(f"config key '{prefix}{key}' was removed: {removed[key]}; delete it from your config")
+        if key in renamed:
+            raise ConfigError(
+                f"config key '{prefix}{key}' is now called '{prefix}{renamed[key]}' (one name for it in both stages): "
+                "rename it in your config or override"
+            )
         if key not in names:
             tags = [f"{prefix}{t}={getattr(cls, t, None) or data.get(t)}" for t in TAG_FIELDS if t in names]
             where = f"known for {tags[0]}" if tags else "known in this section"
@@ -166,7 +312,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=3.0e-4)")
+            raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.learning_rate=3.0e-4)")
         pairs.append((key.strip(), value))
     return pairs
 
@@ -204,8 +350,9 @@ def save_config(config: Any, path: str | Path) -> None:
 class RunConfig:
     """What every stage's config starts with: where its run folder lives."""
 
-    run_name: str = "run"
-    output_dir: str = "outputs"  # the run lives in <output_dir>/<run_name>/
+    renamed: ClassVar[dict[str, str]] = {}
+    run_name: str = key("run", "the run's folder name under output_dir (checkpoints, model, logs)")
+    output_dir: str = key("outputs", "the folder the run folder <output_dir>/<run_name>/ lives in", resumable=True)
 
     def check(self) -> None:
         require(bool(self.run_name.strip()) and "/" not in self.run_name, "run_name", "must be a plain folder name")

@@ -19,18 +19,25 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from common.config import key
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class WandbConfig:
-    project: str = "bert-sentence-encoder"
-    entity: str | None = None
-    run_name: str | None = None  # default: the output folder's name
-    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    tags: list[str] | None = None
+    """Tracking only: `--resume` may change any of it."""
+
+    resumable_section: ClassVar[bool] = True
+    project: str = key("bert-sentence-encoder", "the W&B project runs log to")
+    entity: str | None = key(None, "the W&B team or user; null: your default entity")
+    run_name: str | None = key(None, "the W&B run's name; null: the run folder's name")
+    mode: Literal["auto", "online", "offline", "disabled"] = key(
+        "auto", "auto: WANDB_MODE if set, else online with WANDB_API_KEY, else offline (`wandb sync` uploads later)"
+    )
+    tags: list[str] | None = key(None, "W&B tags of the run")
 
 
 def resolve_mode(mode: str) -> str:

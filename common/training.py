@@ -1,5 +1,6 @@
-"""What both stages add to transformers' Trainer, written once: the stop decisions (NaN/inf, time
-budget), warmup → plateau scheduling, the out-of-memory message and the arguments every run shares.
+"""What both stages add to transformers' Trainer, written once: the TrainingArguments built from the shared
+`train` / `impl` keys, the stop decisions (NaN/inf, time budget), warmup → plateau scheduling, a progress
+bar that knows the time budget, throughput logging and the out-of-memory message.
 
 Every stop decision is the same on all ranks, so no process leaves the others waiting in an
 all-reduce: the NaN check reads the loss the Trainer has already averaged over all processes at a
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from common.checkpoints import newest_checkpoint
 from common.errors import UserError
 from common.schedule import WarmupPlateauSchedule
+from common.stage_config import SharedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +79,16 @@ class TimeBudget(TrainerCallback, ExportableState):
     def __init__(self, minutes: float, spent_seconds: float = 0.0) -> None:
         self.minutes, self.spent_seconds = minutes, spent_seconds
         self._since = time.monotonic()
+        self.stopped_training = False  # this budget ended the run (not max_steps or early stopping)
 
     def _elapsed(self) -> float:
         return self.spent_seconds + time.monotonic() - self._since
+
+    def remaining_seconds(self) -> float:
+        return max(0.0, 60 * self.minutes - self._elapsed())
+
+    def spent(self) -> bool:
+        return self._elapsed() > 60 * self.minutes
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._since = time.monotonic()
@@ -89,6 +98,7 @@ class TimeBudget(TrainerCallback, ExportableState):
             return control
         if any_rank(self._elapsed() > 60 * self.minutes, args.device):
             log.warning("time budget of %g min spent at step %d: stopping", self.minutes, state.global_step)
+            self.stopped_training = True
             control.should_training_stop = True
             control.should_save = control.should_log = True
             control.should_evaluate = args.eval_strategy != "no"
@@ -128,6 +138,37 @@ class GridEarlyStopping(EarlyStoppingCallback):
             super().on_evaluate(args, state, control, metrics, **kwargs)
 
 
+class TimeCappedProgress(ProgressCallback):
+    """transformers' progress bar, with the steps a time budget leaves as its total: a 3,000-step run that
+    the budget ends near step 1,100 shows ~1,100 and the time left to the cap, not 3,000 and "33:00".
+
+    The total is re-estimated from this session's seconds per step (evaluation and saving included, as they
+    spend the same budget), so it settles within a few logging intervals.
+    """
+
+    def __init__(self, budget: TimeBudget) -> None:
+        super().__init__()
+        self.budget = budget
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self._start_step, self._start = state.global_step, time.monotonic()
+        if self.training_bar is not None:
+            self.training_bar.set_description(f"time budget {self.budget.minutes:g} min")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        done = state.global_step - self._start_step
+        if self.training_bar is None or done < 1:
+            return
+        per_step = (time.monotonic() - self._start) / done
+        projected = state.global_step + int(self.budget.remaining_seconds() / per_step)
+        total = max(state.global_step, min(state.max_steps, projected))
+        if abs(total - (self.training_bar.total or 0)) > 0.01 * total:
+            self.training_bar.total = total
+            self.training_bar.refresh()
+
+
 class ScheduleMixin:
     """The learning-rate schedule both stages share. Mix in before the Trainer class.
 
@@ -138,7 +179,9 @@ class ScheduleMixin:
       their base rates put back here.
     """
 
-    plateau: dict[str, Any] | None = None
+    def __init__(self, *args: Any, plateau: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.plateau = plateau
+        super().__init__(*args, **kwargs)
 
     def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
         if self.lr_scheduler is None and self.plateau is not None:
@@ -185,15 +228,18 @@ class StepClock(TrainerCallback):
 
 class ThroughputMixin:
     """Add `<unit>_per_s`, counted over all ranks, to every training log (tokens for pretraining, pairs for
-    fine-tuning). Set `units_per_step` (per optimizer step, all ranks) and `throughput_unit`."""
+    fine-tuning): `units_per_step` is per optimizer step over all ranks."""
 
-    units_per_step: float = 0.0
-    throughput_unit: str = "tokens"
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, units_per_step: float = 0.0, throughput_unit: str = "tokens", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.units_per_step, self.throughput_unit = units_per_step, throughput_unit
         self.step_clock = StepClock()
         self.add_callback(self.step_clock)  # type: ignore[attr-defined]
+        budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
+        bars = [c for c in self.callback_handler.callbacks if type(c) is ProgressCallback]  # type: ignore[attr-defined]
+        if budget is not None and bars:  # not in notebooks, whose bar is another class
+            self.remove_callback(bars[0])  # type: ignore[attr-defined]
+            self.add_callback(TimeCappedProgress(budget))  # type: ignore[attr-defined]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.units_per_step:
@@ -215,21 +261,85 @@ def advise_on_out_of_memory(batch_key: str, batch_size: int, accumulation: int, 
         ) from None
 
 
-def shared_arguments(*, device: str, seed: int, report_to: list[str], bf16: bool) -> dict[str, Any]:
-    """TrainingArguments both stages pass alike (each adds its own batch, schedule and step settings)."""
-    return {
-        "seed": seed,
+def training_arguments(
+    arguments_class: type, cfg: Any, device: str, report_to: list[str], **stage_arguments: Any
+) -> Any:
+    """`arguments_class` (TrainingArguments or SentenceTransformerTrainingArguments) from a stage config's
+    shared `train` / `impl` keys (common/stage_config.py); `stage_arguments` add or replace the stage's own.
+
+    With train.lr_scheduler_type=reduce_lr_on_plateau the Trainer runs a constant schedule that
+    `ScheduleMixin` replaces by common/schedule.py's warmup → plateau (`plateau_settings`).
+    """
+    t, impl = cfg.train, cfg.impl
+    arguments: dict[str, Any] = {
+        "output_dir": str(cfg.run_dir / "checkpoints"),
+        "run_name": cfg.wandb.run_name or cfg.run_name,
+        "max_steps": t.max_steps or -1,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.eval_batch_size(),
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,  # the Trainer exempts biases and LayerNorm weights
+        "adam_beta1": t.adam_beta1,
+        "adam_beta2": t.adam_beta2,
+        "adam_epsilon": t.adam_epsilon,
+        "max_grad_norm": t.max_grad_norm,
+        "optim": "adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        "warmup_steps": 0 if t.plateau else t.warmup_step_count(),
+        "lr_scheduler_type": "constant" if t.plateau else t.lr_scheduler_type,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": "steps",
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "dataloader_num_workers": impl.dataloader_num_workers,
+        "dataloader_pin_memory": impl.dataloader_pin_memory and device == "cuda",
+        "seed": t.seed,
         "use_cpu": device == "cpu",
-        "bf16": bf16 and device == "cuda",
+        "bf16": impl.bf16 and device == "cuda",
         "report_to": report_to,
         "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
         "logging_first_step": True,
-        "save_strategy": "steps",
         "ddp_find_unused_parameters": False,
         # Each rank reads its own rows; dispatching would concatenate batches padded to different lengths.
         "accelerator_config": {"dispatch_batches": False},
         "disable_tqdm": False,
     }
+    return arguments_class(**(arguments | stage_arguments))
+
+
+def plateau_settings(t: SharedTrainConfig) -> dict[str, Any] | None:
+    """WarmupPlateauSchedule's keyword arguments for train.lr_scheduler_type=reduce_lr_on_plateau, else None."""
+    if not t.plateau:
+        return None
+    return {
+        "warmup_steps": t.warmup_step_count(),
+        "factor": t.plateau_factor,
+        "patience": t.plateau_patience,
+        "threshold": t.plateau_threshold,
+        "min_lr": t.min_lr,
+    }
+
+
+def stage_callbacks(t: SharedTrainConfig) -> list[TrainerCallback]:
+    """The stops and schedule steps every stage trains with: NaN/inf stop, the plateau step, the time budget."""
+    callbacks: list[TrainerCallback] = [StopOnNonFiniteLoss()]
+    if t.plateau:
+        callbacks.append(PlateauStep())
+    if t.max_train_minutes:
+        callbacks.append(TimeBudget(t.max_train_minutes))
+    return callbacks
+
+
+def stop_reason(trainer: Trainer) -> str:
+    """Why training ended: max_steps, the time budget, or early stopping."""
+    if trainer.state.global_step >= trainer.state.max_steps:
+        return "max_steps"
+    budget = next((c for c in trainer.callback_handler.callbacks if isinstance(c, TimeBudget)), None)
+    if budget is not None and budget.stopped_training:
+        return f"time budget train.max_train_minutes={budget.minutes:g}"
+    return "early stop: validation loss stopped improving"
 
 
 def setup_process(device: str, num_threads: int | None, seed: int):

@@ -25,6 +25,7 @@ from common.cli import run_cli
 from common.config import REPO_ROOT, load_config
 from common.errors import UserError
 from common.runlock import PIPELINE_LOCK, claim_run_folder
+from common.stage import checkpoint_step
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
 
@@ -34,8 +35,16 @@ CONFIGS = REPO_ROOT / "configs"
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-config", default=str(CONFIGS / "pretrain" / "cpu-small.yaml"))
-    parser.add_argument("--siamese-config", default=str(CONFIGS / "siamese" / "cpu-small.yaml"))
+    parser.add_argument(
+        "--pretrain-config",
+        default=str(CONFIGS / "pretrain" / "cpu-small.yaml"),
+        help="YAML config of the pretraining stage (default: configs/pretrain/cpu-small.yaml; keys: python -m pretrain --help)",
+    )
+    parser.add_argument(
+        "--siamese-config",
+        default=str(CONFIGS / "siamese" / "cpu-small.yaml"),
+        help="YAML config of the fine-tuning stage (default: configs/siamese/cpu-small.yaml; keys: python -m siamese --help)",
+    )
     parser.add_argument("--output-dir", help="put both runs under this folder instead of the configs' output_dir")
     parser.add_argument(
         "--retrain",
@@ -61,7 +70,7 @@ def stage_argv(config: str, run_dir: Path, extra: list[str]) -> list[str]:
     return ["--config", config, *resume, *extra]
 
 
-def run_stage(module: str, main: Callable[[list[str]], object], argv: list[str], nproc: int) -> None:
+def launch_stage(module: str, main: Callable[[list[str]], object], argv: list[str], nproc: int) -> None:
     """In this process for one process; under `torchrun --standalone` for several."""
     if nproc == 1:
         main(argv)
@@ -73,6 +82,14 @@ def run_stage(module: str, main: Callable[[list[str]], object], argv: list[str],
     done = subprocess.run([*command, "-m", module, *argv], env=env, check=False)
     if done.returncode != 0:
         raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
+
+
+def resume_point(run_dir: Path) -> str:
+    """Where a stage will start: "continuing from <checkpoint> at step N" or "from step 0"."""
+    checkpoint = newest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        return "from step 0"
+    return f"continuing from {checkpoint} at step {checkpoint_step(checkpoint)}"
 
 
 def check_resumed_world_sizes(run_dirs: list[Path], nproc: int) -> None:
@@ -107,23 +124,25 @@ def main(argv: Sequence[str] | None = None) -> Path:
         stages = [(pretrain_cfg.run_dir, pretrain_done), (siamese_cfg.run_dir, siamese_done)]
         check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], args.nproc)
 
-        from pretrain.__main__ import main as pretrain_main
+        from pretrain.train import main as pretrain_main
         from siamese.evaluate import main as evaluate_main
         from siamese.train import main as siamese_main
 
         if pretrain_done:
             log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
         else:
-            log.info("1/3 pretraining → %s", pretrained)
+            log.info("1/3 pretraining → %s (%s)", pretrained, resume_point(pretrain_cfg.run_dir))
             argv_ = stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out)
-            run_stage("pretrain", pretrain_main, argv_, args.nproc)
+            launch_stage("pretrain", pretrain_main, argv_, args.nproc)
 
         if siamese_done:
             log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
         else:
-            log.info("2/3 siamese fine-tuning of %s → %s", pretrained, siamese_model)
+            log.info(
+                "2/3 siamese fine-tuning of %s → %s (%s)", pretrained, siamese_model, resume_point(siamese_cfg.run_dir)
+            )
             argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
-            run_stage("siamese", siamese_main, argv_, args.nproc)
+            launch_stage("siamese", siamese_main, argv_, args.nproc)
 
         log.info("3/3 evaluation of %s", siamese_model)
         evaluate = ["--model", str(siamese_model)]

@@ -7,10 +7,11 @@ and validated by `common.config.load_config` before any data are touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from common.config import RunConfig, require
+from common.config import RunConfig, key, require
 from common.sources import hub_only_setting
+from common.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig
 from common.tracking import WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
@@ -18,25 +19,38 @@ LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (o
 
 @dataclass
 class DataConfig:
-    # A Hub dataset id, or a local .txt/.jsonl/.jsonl.gz/.parquet file, glob or folder.
-    source: str = "Skylion007/openwebtext"
-    revision: str | None = "refs/convert/parquet"  # datasets >= 4 cannot run loading scripts: use parquet
-    config_name: str | None = None
-    split: str = "train"
-    text_column: str = "text"
-    # Speed only: stream the source (a Hub dataset is never downloaded whole) or, false, convert it to a
-    # local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py).
-    streaming: bool = True
-    max_documents: int | None = 100_000  # the first N documents of the source; null: all of them
-    min_chars: int = 64  # documents shorter than this after cleaning are dropped
-    validation_fraction: float = 0.01  # document-level split
-    split_seed: int = 42  # the split stays fixed when train.seed changes
-    block_size: int = 128  # tokens per packed block, [CLS] and [SEP] included
-    # Speed only (not in the cache key; the blocks are the same for any value): worker processes that
-    # clean and tokenize, and the documents per chunk handed to one of them (memory per chunk in flight).
-    num_proc: int = 2
-    chunk_documents: int = 1000
-    cache_dir: str = ".cache/pretrain"  # packed blocks + tokenizer, keyed by a hash of what determines them
+    source: str = key(
+        "Skylion007/openwebtext",
+        "a Hub dataset id, or a local .txt / .jsonl / .jsonl.gz / .parquet file, glob or folder",
+    )
+    revision: str | None = key(
+        "refs/convert/parquet",
+        "Hub datasets only: the git revision (datasets >= 4 cannot run loading scripts: use parquet)",
+    )
+    config_name: str | None = key(None, "Hub datasets only: the dataset's configuration name")
+    split: str = key("train", "the split read as the corpus")
+    text_column: str = key("text", "the column holding each document's text")
+    streaming: bool = key(
+        True,
+        "speed only: stream the source (a Hub dataset is never downloaded whole) or, false, convert it to a "
+        "local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py)",
+        resumable=True,
+    )
+    max_documents: int | None = key(100_000, "the first N documents of the source; null: all of them")
+    min_chars: int = key(64, "documents shorter than this (characters, after cleaning) are dropped")
+    validation_fraction: float = key(0.01, "share of documents held out for validation (a document-level split)")
+    split_seed: int = key(42, "seed of the train/validation split; it stays fixed when train.seed changes")
+    block_size: int = key(128, "tokens per packed block, [CLS] and [SEP] included")
+    num_proc: int = key(
+        2, "speed only: worker processes that clean and tokenize (not in the cache key)", resumable=True
+    )
+    chunk_documents: int = key(
+        1000, "speed only: documents per chunk handed to one worker (memory per chunk in flight)", resumable=True
+    )
+    cache_dir: str = key(
+        ".cache/pretrain", "packed blocks + tokenizer, in a folder keyed by a hash of what determines them",
+        resumable=True,
+    )  # fmt: skip
 
     def check(self) -> None:
         require(bool(self.source.strip()), "source", "must name a Hub dataset or a local file")
@@ -56,14 +70,18 @@ class DataConfig:
 
 @dataclass
 class TokenizerConfig:
-    # The vocabulary size is model.vocab_size, so tokenizer and model cannot disagree.
-    lowercase: bool = True
-    min_frequency: int = 2
-    limit_alphabet: int = 1000
-    # The WordPiece vocabulary is learnt from the first N cleaned training documents, streamed (only word
-    # counts are held): bounded time and memory at any corpus size. 10k is what run_mlm-style recipes use;
-    # a 30k vocabulary from 10k IMDB reviews (13 MB) took 4-9 s on the shared 2-core development machine.
-    max_training_documents: int = 10_000
+    """The WordPiece tokenizer trained on the corpus; its vocabulary size is model.vocab_size, so tokenizer
+    and model cannot disagree."""
+
+    lowercase: bool = key(True, "lowercase and strip accents before tokenizing (BERT uncased)")
+    min_frequency: int = key(2, "a word piece must occur this often to enter the vocabulary")
+    limit_alphabet: int = key(1000, "the most frequent characters kept as the base alphabet")
+    # 10k is what run_mlm-style recipes use; a 30k vocabulary from 10k IMDB reviews (13 MB) took 4-9 s on the
+    # shared 2-core development machine.
+    max_training_documents: int = key(
+        10_000,
+        "the vocabulary is learnt from the first N cleaned training documents, streamed (only word counts are held)",
+    )
 
     def check(self) -> None:
         require(self.min_frequency >= 1, "min_frequency", "must be at least 1")
@@ -81,24 +99,26 @@ def _require_activation(name: str, key: str) -> None:
 class EncoderShape:
     """The fields every architecture has, under the names all three Hugging Face configs use."""
 
-    vocab_size: int = 30_528
-    hidden_size: int = 512
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
-    max_position_embeddings: int = 512
-    initializer_range: float = 0.02
+    vocab_size: int = key(
+        30_528, "WordPiece vocabulary size, also the tokenizer's (a multiple of 64: fast matmuls on GPU)"
+    )
+    hidden_size: int = key(512, "width of every layer")
+    num_hidden_layers: int = key(8, "transformer layers")
+    num_attention_heads: int = key(8, "attention heads per layer (must divide hidden_size)")
+    intermediate_size: int = key(2048, "width of each layer's feed-forward network")
+    max_position_embeddings: int = key(512, "longest sequence the model accepts (>= data.block_size)")
+    initializer_range: float = key(0.02, "standard deviation of the initial weights")
 
     def check(self) -> None:
         require(self.vocab_size >= 128, "vocab_size", "must be at least 128")
         require(self.vocab_size % 64 == 0, "vocab_size", "must be a multiple of 64 (fast matmuls on GPU)")
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
-            require(getattr(self, key) > 0, key, "must be positive")
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            require(getattr(self, name) > 0, name, "must be positive")
         require(self.hidden_size % self.num_attention_heads == 0, "num_attention_heads", "must divide hidden_size")
         require(self.max_position_embeddings > 0, "max_position_embeddings", "must be positive")
         require(0 < self.initializer_range < 1, "initializer_range", "must be in (0, 1)")
-        for key in self.dropout_keys():
-            require(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
+        for name in self.dropout_keys():
+            require(0.0 <= getattr(self, name) < 1.0, name, "must be in [0, 1)")
 
     def dropout_keys(self) -> tuple[str, ...]:
         return ()
@@ -108,12 +128,14 @@ class EncoderShape:
 class BertModelConfig(EncoderShape):
     """`transformers.BertConfig` fields: post-LayerNorm blocks, learned absolute positions, GELU FFN."""
 
-    architecture: Literal["bert"] = "bert"
-    hidden_act: str = "gelu"
-    type_vocab_size: int = 2
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    layer_norm_eps: float = 1.0e-12
+    architecture: Literal["bert"] = key(
+        "bert", "bert (BertForMaskedLM), nomic_bert (rotary positions, gated FFN) or modernbert (pre-LayerNorm, rotary)"
+    )
+    hidden_act: str = key("gelu", "the feed-forward activation (a name transformers knows: gelu, relu, silu ...)")
+    type_vocab_size: int = key(2, "segment (token type) embeddings")
+    hidden_dropout_prob: float = key(0.1, "dropout on embeddings and every layer's outputs")
+    attention_probs_dropout_prob: float = key(0.1, "dropout on the attention probabilities")
+    layer_norm_eps: float = key(1.0e-12, "LayerNorm ε")
 
     def dropout_keys(self) -> tuple[str, ...]:
         return ("hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -136,7 +158,7 @@ class NomicBertModelConfig(EncoderShape):
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1.0e-12
-    rope_theta: float = 1000.0  # NomicBertConfig's default θ; stored as rope_parameters in config.json
+    rope_theta: float = key(1000.0, "nomic_bert: rotary base θ (NomicBertConfig's default; saved as rope_parameters)")
 
     def dropout_keys(self) -> tuple[str, ...]:
         return ("hidden_dropout_prob", "attention_probs_dropout_prob")
@@ -154,13 +176,15 @@ class ModernBertModelConfig(EncoderShape):
 
     architecture: Literal["modernbert"] = "modernbert"
     intermediate_size: int = 1365
-    hidden_activation: str = "gelu"
-    norm_eps: float = 1.0e-5
-    norm_bias: bool = False
-    embedding_dropout: float = 0.0
-    attention_dropout: float = 0.0
-    mlp_dropout: float = 0.0
-    global_rope_theta: float = 160_000.0  # ModernBertConfig's default θ for global layers
+    hidden_activation: str = key("gelu", "modernbert: the gated FFN's activation")
+    norm_eps: float = key(1.0e-5, "modernbert: LayerNorm ε")
+    norm_bias: bool = key(False, "modernbert: LayerNorm with a bias")
+    embedding_dropout: float = key(0.0, "modernbert: dropout on the embeddings")
+    attention_dropout: float = key(0.0, "modernbert: dropout on the attention probabilities")
+    mlp_dropout: float = key(0.0, "modernbert: dropout in the feed-forward network")
+    global_rope_theta: float = key(
+        160_000.0, "modernbert: rotary base θ of the global layers (ModernBertConfig's default)"
+    )
 
     def dropout_keys(self) -> tuple[str, ...]:
         return ("embedding_dropout", "attention_dropout", "mlp_dropout")
@@ -175,67 +199,59 @@ ModelConfig = BertModelConfig | NomicBertModelConfig | ModernBertModelConfig
 
 
 @dataclass
-class TrainConfig:
-    """TrainingArguments names where TrainingArguments has the setting (DataCollatorForLanguageModeling's for
-    the masking)."""
+class TrainConfig(SharedTrainConfig):
+    """The shared optimisation keys (common/stage_config.py) with pretraining's defaults, plus the masking
+    (DataCollatorForLanguageModeling's names), a short-block warm-up and MLM evaluation."""
 
     learning_rate: float = 5.0e-4
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_epsilon: float = 1.0e-6
-    max_grad_norm: float = 1.0
-    warmup_steps: int = 1000
-    per_device_train_batch_size: int = 256
-    per_device_eval_batch_size: int = 256
-    gradient_accumulation_steps: int = 1
-    max_steps: int | None = 20_000  # null: num_train_epochs passes over the training blocks
-    num_train_epochs: float = 1.0
-    max_train_minutes: float | None = None  # also stop (with a checkpoint) once training took this long
-    # Masking: the share of (non-special) tokens selected, and how a selected token is corrupted:
-    # [MASK] with mask_replace_prob, a random token with random_replace_prob, else left as it is.
-    # BERT: 0.15 / 0.8 / 0.1. Validation is also always scored at BERT's setting, so runs compare.
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
-    # A short-block warm-up (cramming's sequence-length curriculum): for the first short_block_steps
-    # steps each block is cut into pieces of short_block_size tokens (same tokens per step).
-    short_block_steps: int = 0
-    short_block_size: int = 32
-    # "zero": transformers' own start. "unigram": the MLM head's bias starts at the log token frequencies of
-    # the training blocks, so the loss starts at the unigram entropy instead of ln(vocab) — but a rotary
-    # model then left the plateau ~200 steps later (docs/cpu-recipe-experiments.md), so it is not the default.
-    output_bias_init: Literal["unigram", "zero"] = "zero"
-    logging_steps: int = 50
-    eval_steps: int = 500
-    max_eval_batches: int | None = 20  # evaluate on a fixed, pre-masked prefix of the validation blocks
-    cloze_sentences: int = 500  # held-out sentences with one content word masked, scored at the end
-    save_steps: int = 1000
-    save_total_limit: int = 2
-    plateau_factor: float = 0.5  # ReduceLROnPlateau on validation loss, after warmup
-    plateau_patience: int = 2  # evaluations without improvement before the lr drops
-    plateau_threshold: float = 1.0e-3
+    warmup_steps: float = 1000
+    lr_scheduler_type: Scheduler = "reduce_lr_on_plateau"
     min_lr: float = 1.0e-6
-    early_stopping_patience: int | None = None  # evaluations without improvement before stopping
+    per_device_train_batch_size: int = 256
+    per_device_eval_batch_size: int | None = 256
+    max_steps: int | None = key(
+        20_000, "optimizer steps to train for; null: num_train_epochs passes over the blocks", resumable=True
+    )
+    num_train_epochs: float = key(1.0, "passes over the training blocks when max_steps is null", resumable=True)
+    save_steps: int = 1000
     seed: int = 0
+    mlm_probability: float = key(
+        0.15,
+        "share of (non-special) tokens selected for prediction; validation is also scored at BERT's 15 % / 80-10-10",
+    )
+    mask_replace_prob: float = key(0.8, "a selected token becomes [MASK] with this probability")
+    random_replace_prob: float = key(
+        0.1, "a selected token becomes a random token with this probability (else it stays)"
+    )
+    short_block_steps: int = key(
+        0, "cramming's sequence-length curriculum: for the first N steps each block is cut into short_block_size pieces"
+    )
+    short_block_size: int = key(32, "tokens per piece during the short-block warm-up (same tokens per step)")
+    # "unigram" starts the loss at the unigram entropy instead of ln(vocab), but a rotary model then left the
+    # plateau ~200 steps later (docs/cpu-recipe-experiments.md), so it is not the default.
+    output_bias_init: Literal["unigram", "zero"] = key(
+        "zero",
+        "the MLM head's bias at step 0: transformers' zeros, or the log token frequencies of the training blocks",
+    )
+    max_eval_batches: int | None = key(
+        20, "evaluate on a fixed, pre-masked prefix of this many validation batches; null: all of them"
+    )
+    cloze_sentences: int = key(
+        500, "held-out sentences with one content word masked, scored at the end against frequency alone",
+        resumable=True,
+    )  # fmt: skip
+    early_stopping_patience: int | None = key(
+        None, "stop after this many evaluations without a better validation loss; null: never", resumable=True
+    )
 
     def check(self) -> None:
-        require(self.learning_rate > 0, "learning_rate", "must be positive")
-        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        require(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "betas must be in [0, 1)")
-        require(self.adam_epsilon > 0, "adam_epsilon", "must be positive")
-        require(self.max_grad_norm > 0, "max_grad_norm", "must be positive")
-        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
-            require(getattr(self, key) >= 1, key, "must be at least 1")
-        require(self.max_steps is None or self.max_steps > 0, "max_steps", "must be positive or null")
+        super().check()
         require(self.num_train_epochs > 0, "num_train_epochs", "must be positive")
-        require(
-            self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0 or null"
-        )
         require(0.0 < self.mlm_probability < 1.0, "mlm_probability", "must be in (0, 1)")
-        for key in ("mask_replace_prob", "random_replace_prob"):
-            require(0.0 <= getattr(self, key) <= 1.0, key, "must be in [0, 1]")
+        for name in ("mask_replace_prob", "random_replace_prob"):
+            require(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
         require(
             self.mask_replace_prob + self.random_replace_prob <= 1.0,
             "random_replace_prob",
@@ -243,14 +259,8 @@ class TrainConfig:
         )
         require(self.short_block_steps >= 0, "short_block_steps", "must be >= 0")
         require(self.short_block_size >= 4, "short_block_size", "must be at least 4")
-        for key in ("logging_steps", "eval_steps", "save_steps", "save_total_limit"):
-            require(getattr(self, key) >= 1, key, "must be at least 1")
         require(self.max_eval_batches is None or self.max_eval_batches >= 1, "max_eval_batches", "must be >= 1 or null")
         require(self.cloze_sentences >= 0, "cloze_sentences", "must be >= 0")
-        require(0.0 < self.plateau_factor < 1.0, "plateau_factor", "must be in (0, 1)")
-        require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
-        require(self.plateau_threshold >= 0, "plateau_threshold", "must be >= 0")
-        require(0 <= self.min_lr <= self.learning_rate, "min_lr", "must be in [0, learning_rate]")
         require(
             self.early_stopping_patience is None or self.early_stopping_patience >= 1,
             "early_stopping_patience",
@@ -258,49 +268,16 @@ class TrainConfig:
         )
 
 
-# What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
-RESUMABLE_KEYS = (
-    "train.learning_rate",
-    "train.min_lr",
-    "train.warmup_steps",
-    "train.plateau_factor",
-    "train.plateau_patience",
-    "train.plateau_threshold",
-    "train.max_steps",
-    "train.num_train_epochs",
-    "train.max_train_minutes",
-    "train.early_stopping_patience",
-    "train.logging_steps",
-    "train.eval_steps",
-    "train.save_steps",
-    "train.save_total_limit",
-    "train.cloze_sentences",
-    "impl.",
-    "wandb.",
-    "output_dir",
-    "data.num_proc",
-    "data.chunk_documents",
-    "data.streaming",
-    "data.cache_dir",
-)
+# Values a checkpoint written before a key existed was trained with (read by common/checkpoints.py).
+IMPLIED_BY_OLD_CHECKPOINTS = {"train.lr_scheduler_type": "reduce_lr_on_plateau", "impl.dataloader_pin_memory": True}
 
 
 @dataclass
-class ImplConfig:
-    """Settings that change speed, not results (cramming's `impl`): benchmarks may flip them."""
-
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True  # autocast; only used on CUDA (this CPU has no fast bf16)
-    compile: bool = True  # torch.compile; only used on CUDA (minutes of compile time on CPU)
-    masked_only_head: bool = True  # run the MLM head only where labels != -100 (same loss, less work)
-    tf32: bool = True
-    num_threads: int | None = None  # torch CPU threads; null: torch's default
-    # Processes that read and mask blocks ahead of the GPU (0: in the training process, fine on a CPU).
-    dataloader_num_workers: int = 0
-
-    def check(self) -> None:
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
-        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+class ImplConfig(SharedImplConfig):
+    bf16: bool = True
+    compile: bool = key(True, "torch.compile the encoder and head; CUDA only (minutes of compile time on CPU)")
+    masked_only_head: bool = key(True, "run the MLM head only where labels != -100 (same loss, less work)")
+    tf32: bool = key(True, "TF32 matmuls on Ampere or newer GPUs")
 
 
 @dataclass
@@ -312,6 +289,13 @@ class PretrainConfig(RunConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     impl: ImplConfig = field(default_factory=ImplConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    examples: ClassVar[tuple[str, ...]] = (
+        "train.learning_rate=3.0e-4 model.num_hidden_layers=4",
+        "--resume train.max_train_minutes=30",
+        "model.architecture=bert impl.num_threads=1",
+    )
+    stage: ClassVar[str] = "pretrain"
 
     def check(self) -> None:
         super().check()

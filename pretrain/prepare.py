@@ -17,11 +17,8 @@ from typing import Any
 import datasets  # noqa: F401 - loaded here, so wall_s below times the preparation, not library imports
 
 from common.cli import config_parser, parse_config, run_cli
-from common.config import REPO_ROOT
 from pretrain.blocks import cache_key, prepare_data
 from pretrain.config import PretrainConfig
-
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "pretrain" / "cpu-small.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -30,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = config_parser(
         "python -m pretrain.prepare",
         "Tokenize and pack the pretraining data of a config, without training.",
-        DEFAULT_CONFIG,
+        PretrainConfig,
     )
     cfg, _ = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
     folder = Path(cfg.data.cache_dir) / cache_key(cfg)

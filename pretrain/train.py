@@ -1,4 +1,4 @@
-"""MLM pretraining on transformers' Trainer: packed blocks → masked examples → model → trainer → metrics.
+"""MLM pretraining as a stage (common/stage.py): packed blocks → masked examples → model → trainer → metrics.
 
 Runs the same on one process and under `torchrun --nproc_per_node=N` / `accelerate launch`: the data
 cache is built by the main process first, accelerate's sampler shards the blocks by rank with a new
@@ -8,37 +8,27 @@ the main process writes the final model, metrics, plots and W&B.
 
 from __future__ import annotations
 
+import json
 import logging
-import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
 
-from common.checkpoints import (
-    SaveRunConfig,
-    check_resume_settings,
-    check_world_size,
-    choose_checkpoint,
-    recorded_wandb_id,
-)
-from common.config import to_dict
+from common.checkpoints import SaveRunConfig
+from common.cli import config_parser, parse_config
+from common.config import save_config, to_dict
 from common.device import resolve_device
 from common.errors import DataError
-from common.tracking import finish_run, trainer_report_to
-from common.training import (
-    GridEarlyStopping,
-    PlateauStep,
-    StopOnNonFiniteLoss,
-    TimeBudget,
-    advise_on_out_of_memory,
-    setup_process,
-    shared_arguments,
-)
+from common.stage import Stage, run_stage
+from common.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
 from pretrain.attention import attention_profile
 from pretrain.blocks import PackedData, prepare_data
 from pretrain.cloze import cloze_accuracy, cloze_items
-from pretrain.config import RESUMABLE_KEYS, PretrainConfig
+from pretrain.config import IMPLIED_BY_OLD_CHECKPOINTS, PretrainConfig
+from pretrain.export import export_model
 from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
 from pretrain.model import build_model, count_parameters, init_output_bias
 from pretrain.trainer import MLMTrainer, ShortBlockWarmup
@@ -46,40 +36,6 @@ from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 log = logging.getLogger(__name__)
 
 BERT_MASKING = (0.15, 0.8, 0.1)  # Devlin et al. 2019: the validation set every run is also scored on
-
-
-def training_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -> TrainingArguments:
-    t = cfg.train
-    return TrainingArguments(
-        output_dir=str(cfg.run_dir / "checkpoints"),
-        run_name=cfg.wandb.run_name or cfg.run_name,
-        max_steps=t.max_steps or -1,
-        num_train_epochs=t.num_train_epochs,
-        per_device_train_batch_size=t.per_device_train_batch_size,
-        per_device_eval_batch_size=t.per_device_eval_batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,  # the Trainer exempts biases and LayerNorm weights
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        adam_epsilon=t.adam_epsilon,
-        max_grad_norm=t.max_grad_norm,
-        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch",
-        logging_steps=t.logging_steps,
-        eval_strategy="steps",
-        eval_steps=t.eval_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
-        greater_is_better=False if t.early_stopping_patience else None,
-        dataloader_drop_last=True,
-        dataloader_num_workers=cfg.impl.dataloader_num_workers,
-        dataloader_pin_memory=device == "cuda",
-        remove_unused_columns=False,
-        label_names=["labels"],
-        tf32=cfg.impl.tf32 if device == "cuda" else None,
-        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=cfg.impl.bf16),
-    )
 
 
 def build_trainer(
@@ -91,19 +47,30 @@ def build_trainer(
     if fresh and t.output_bias_init == "unigram":
         init_output_bias(model, data.token_counts)
     masker = BlockMasker(data.tokenizer, t.mlm_probability, t.mask_replace_prob, t.random_replace_prob)
-    limit = t.max_eval_batches * t.per_device_eval_batch_size if t.max_eval_batches else None
+    limit = t.max_eval_batches * t.eval_batch_size() if t.max_eval_batches else None
     eval_sets = {"": FixedMaskedBlocks(data.validation, masker, t.seed + 1, limit)}
     if (t.mlm_probability, t.mask_replace_prob, t.random_replace_prob) != BERT_MASKING:
         bert = BlockMasker(data.tokenizer, *BERT_MASKING)
         eval_sets["bert15_"] = FixedMaskedBlocks(data.validation, bert, t.seed + 1, limit)
-    stops: list = [StopOnNonFiniteLoss(), PlateauStep(), SaveRunConfig(run_record(cfg, data))]
-    if t.max_train_minutes:
-        stops.append(TimeBudget(t.max_train_minutes))
+    stops = [SaveRunConfig(run_record(cfg, data)), *stage_callbacks(t)]
     if t.early_stopping_patience:
         stops.append(GridEarlyStopping(early_stopping_patience=t.early_stopping_patience))
     if t.short_block_steps:
         stops.append(ShortBlockWarmup(t.short_block_steps, t.short_block_size))
-    args = training_arguments(cfg, device, report_to)
+    args = training_arguments(
+        TrainingArguments,
+        cfg,
+        device,
+        report_to,
+        num_train_epochs=t.num_train_epochs,
+        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
+        greater_is_better=False if t.early_stopping_patience else None,
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        tf32=cfg.impl.tf32 if device == "cuda" else None,
+    )
+    world = args.world_size
     trainer = MLMTrainer(
         model=model,
         args=args,
@@ -112,16 +79,10 @@ def build_trainer(
         data_collator=stack,
         processing_class=data.tokenizer,
         callbacks=stops + (callbacks or []),
+        plateau=plateau_settings(t),
+        units_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps * world * cfg.data.block_size,
+        throughput_unit="tokens",
     )
-    trainer.plateau = {
-        "warmup_steps": t.warmup_steps,
-        "factor": t.plateau_factor,
-        "patience": t.plateau_patience,
-        "threshold": t.plateau_threshold,
-        "min_lr": t.min_lr,
-    }
-    trainer.units_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * args.world_size
-    trainer.units_per_step *= cfg.data.block_size
     if device == "cuda" and cfg.impl.compile:
         # Module.compile() keeps state_dict keys, so checkpoints stay plain; the head sees a different
         # number of masked positions in every batch.
@@ -145,52 +106,65 @@ def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) 
         )
 
 
-def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedData, dict[str, Any]]:
-    """Train on every rank; returns the trainer, the data and the final metrics (computed on every rank)."""
-    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
-    checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
-    state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
-    if checkpoint:
-        check_world_size(checkpoint, state.num_processes)  # before the data: the cache may take minutes to build
-    with state.main_process_first():  # one process builds the cache, the others then read it
-        data = prepare_data(cfg)
-    if checkpoint:
-        check_resume_settings(checkpoint, run_record(cfg, data), RESUMABLE_KEYS)
-    check_enough_blocks(cfg, data, state.num_processes)
-    report_to = trainer_report_to(
-        cfg.wandb,
-        cfg.run_dir,
-        to_dict(cfg),
-        "pretrain",
-        is_main=state.is_main_process,
-        resume_id=recorded_wandb_id(checkpoint),
-    )
-    trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)
-    t = cfg.train
-    log.info(
-        "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
-        cfg.model.architecture,
-        count_parameters(trainer.model) / 1e6,
-        cfg.model.num_hidden_layers,
-        cfg.model.hidden_size,
-        cfg.model.num_attention_heads,
-        cfg.model.intermediate_size,
-        cfg.model.vocab_size,
-        trainer.args.device,
-        state.num_processes,
-        trainer.units_per_step,
-    )
-    with advise_on_out_of_memory(
-        "train.per_device_train_batch_size", t.per_device_train_batch_size, t.gradient_accumulation_steps, "blocks"
-    ):
-        trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = final_metrics(cfg, trainer, data)
-    return trainer, data, metrics
+class PretrainStage(Stage):
+    """`python -m pretrain`: blocks from the corpus cache, the MLM Trainer, validation + cloze metrics, and a
+    model folder that loads with `AutoModelForMaskedLM.from_pretrained` and `SentenceTransformer(path)`."""
+
+    name, unit, example = "pretrain", "tokens", "blocks"
+    implied_by_old_checkpoints = IMPLIED_BY_OLD_CHECKPOINTS
+
+    def __init__(self, cfg: PretrainConfig) -> None:
+        super().__init__(cfg)
+        self.data: PackedData | None = None
+
+    def prepare(self, world_size: int) -> None:
+        self.data = prepare_data(self.cfg)
+        check_enough_blocks(self.cfg, self.data, world_size)
+
+    def record(self) -> dict[str, Any]:
+        return run_record(self.cfg, self.packed)
+
+    def build_trainer(self, report_to: list[str], fresh: bool) -> MLMTrainer:
+        trainer = build_trainer(self.cfg, self.packed, report_to, fresh)
+        m = self.cfg.model
+        log.info(
+            "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
+            m.architecture,
+            count_parameters(trainer.model) / 1e6,
+            m.num_hidden_layers,
+            m.hidden_size,
+            m.num_attention_heads,
+            m.intermediate_size,
+            m.vocab_size,
+            trainer.args.device,
+            trainer.args.world_size,
+            trainer.units_per_step,
+        )
+        return trainer
+
+    def stage_metrics(self, trainer: MLMTrainer) -> dict[str, Any]:
+        stats = {k: v for k, v in self.packed.stats.items() if k != "unigram_entropy"}
+        return final_metrics(self.cfg, trainer, self.packed) | stats
+
+    def export(self, trainer: MLMTrainer, metrics: dict[str, Any]) -> Path:
+        from pretrain.plots import plot_curves
+
+        cfg, model_dir = self.cfg, self.cfg.run_dir / "model"
+        save_config(cfg, cfg.run_dir / "resolved_config.yaml")
+        export_model(model_dir, trainer.model, self.packed.tokenizer, cfg, metrics)
+        (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        plot_curves(trainer.state.log_history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
+        return model_dir
+
+    @property
+    def packed(self) -> PackedData:
+        if self.data is None:
+            raise RuntimeError("PretrainStage.prepare() has not run")
+        return self.data
 
 
 def final_metrics(cfg: PretrainConfig, trainer: MLMTrainer, data: PackedData) -> dict[str, Any]:
     """Validation loss (also at BERT's masking), cloze accuracy vs frequency, attention vs uniform."""
-    state, history = trainer.state, trainer.state.log_history
     evaluation = trainer.evaluate()
     metrics: dict[str, Any] = {k.removeprefix("eval_"): v for k, v in evaluation.items()}
     metrics = {f"val_{k}": v for k, v in metrics.items()}
@@ -202,28 +176,34 @@ def final_metrics(cfg: PretrainConfig, trainer: MLMTrainer, data: PackedData) ->
     metrics["attention_entropy"] = [round(p["entropy"], 3) for p in profile]
     metrics["attention_uniform_entropy"] = profile[0]["uniform_entropy"] if profile else None
     metrics["attention_neighbour_weight"] = [round((p["previous"] + p["next"]) / 2, 4) for p in profile]
-    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h]
-    metrics |= {
-        "step": state.global_step,
-        "unigram_entropy": data.stats["unigram_entropy"],
-        "parameters": count_parameters(trainer.model),
-        "tokens_seen": state.global_step * trainer.units_per_step,
-        "tokens_per_s": sorted(rates)[len(rates) // 2] if rates else math.nan,
-        "processes": trainer.args.world_size,
-        "stop_reason": stop_reason(trainer),
-    }
+    metrics |= {"unigram_entropy": data.stats["unigram_entropy"], "parameters": count_parameters(trainer.model)}
     trainer.log({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     return metrics
 
 
-def stop_reason(trainer: MLMTrainer) -> str:
-    if trainer.state.global_step >= trainer.state.max_steps:
-        return "max_steps"
-    budget = next((c for c in trainer.callback_handler.callbacks if c.__class__.__name__ == "TimeBudget"), None)
-    if budget is not None and budget.state()["attributes"]["spent_seconds"] > 60 * budget.minutes:
-        return f"time budget train.max_train_minutes={budget.minutes:g}"
-    return "early stop: validation loss stopped improving"
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = config_parser(
+        "python -m pretrain", "Pretrain a small BERT with masked language modelling.", PretrainConfig
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
+    cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
+
+    result = run_stage(PretrainStage(cfg), resume=args.resume)
+    if result.trainer.is_world_process_zero():
+        print(summary(result.metrics, result.model_dir, cfg.run_dir / "loss_lr.png"))
+    return result.metrics
 
 
-def finish(metrics: dict[str, Any]) -> None:
-    finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+def summary(metrics: dict, model_dir, plot) -> str:
+    return (
+        f"done in {metrics['wall_time_s'] / 60:.1f} min, {metrics['step']} steps ({metrics['stop_reason']}): "
+        f"validation loss {metrics['val_loss']:.3f} nats at the training masking, {metrics['val_bert15_loss']:.3f} at "
+        f"BERT's 15 % (perplexity {metrics['val_bert15_perplexity']:.1f}, masked accuracy "
+        f"{metrics['val_bert15_accuracy']:.3f}) vs unigram entropy {metrics['unigram_entropy']:.3f} nats\n"
+        f"cloze (one content word masked in {metrics.get('cloze_items', 0)} held-out sentences): top-1 "
+        f"{metrics.get('cloze_top1', 0):.1%}, top-5 {metrics.get('cloze_top5', 0):.1%} vs frequency alone "
+        f"{metrics.get('cloze_frequency_top1', 0):.1%} / {metrics.get('cloze_frequency_top5', 0):.1%}\n"
+        f"attention entropy per layer {metrics['attention_entropy']} (uniform {metrics['attention_uniform_entropy']:.2f})\n"
+        f"model: {model_dir}\ncurves: {plot}\n"
+        f'try: python -m pretrain.fill_mask --model {model_dir} "the movie was [MASK] ."'
+    )

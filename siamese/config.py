@@ -1,29 +1,36 @@
 """The Siamese stage's config schema: YAML data → typed sections, each handed to the part that uses it.
 
 Sections mirror the pretraining stage: `model` (what to fine-tune), `data` (what to read), `loss`
-(which objective), `train` (SentenceTransformerTrainingArguments names), `impl` (speed-only settings
-that must not change results), `wandb` (tracking).
+(which objective), `train` (the keys both stages share under TrainingArguments names, common/stage_config.py,
+plus the NLI head's), `postprocess` (fitted after training), `impl` (speed-only settings that must not
+change results), `wandb` (tracking).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
-from common.config import RunConfig, require
+from common.config import RunConfig, key, require
 from common.sources import hub_only_setting
+from common.stage_config import SharedImplConfig, SharedTrainConfig
 from common.tracking import WandbConfig
 
 
 @dataclass
 class ModelConfig:
-    # A pretraining output (any `from_pretrained` BERT folder) or a SentenceTransformer folder / Hub id.
-    base_model: str = "outputs/pretrain-cpu-small/model"
-    max_seq_length: int = 128
-    pooling: Literal["mean", "cls", "max"] = "mean"
-    # BertConfig dropout fields, applied on top of the base model's config (null: keep the base's).
-    hidden_dropout_prob: float | None = None
-    attention_probs_dropout_prob: float | None = None
+    base_model: str = key(
+        "outputs/pretrain-cpu-small/model",
+        "a pretraining output (any from_pretrained BERT folder) or a SentenceTransformer folder / Hub id",
+    )
+    max_seq_length: int = key(128, "tokens per sentence; longer sentences are cut")
+    pooling: Literal["mean", "cls", "max"] = key("mean", "how token embeddings become one sentence embedding")
+    hidden_dropout_prob: float | None = key(
+        None, "BertConfig dropout on top of the base model's; null: keep the base's"
+    )
+    attention_probs_dropout_prob: float | None = key(
+        None, "attention dropout on top of the base model's; null: keep the base's"
+    )
 
     def check(self) -> None:
         require(bool(self.base_model.strip()), "base_model", "must name a model folder or Hub id")
@@ -37,12 +44,13 @@ class ModelConfig:
 class SourceConfig:
     """One NLI source: a local file/glob/dir, or a Hub dataset id with its config and split."""
 
-    path: str = "nyu-mll/glue"
-    config_name: str | None = "mnli"
-    split: str = "train"
-    revision: str | None = None
-    # Relative share when several training sources are interleaved (ignored for evaluation).
-    weight: float = 1.0
+    path: str = key(
+        "nyu-mll/glue", "a local .jsonl / .jsonl.gz / .parquet / .csv file, glob or folder, or a Hub dataset id"
+    )
+    config_name: str | None = key("mnli", "Hub datasets only: the configuration (null for a local file)")
+    split: str = key("train", "the split to read")
+    revision: str | None = key(None, "Hub datasets only: the git revision")
+    weight: float = key(1.0, "relative share when several training sources are interleaved (ignored for evaluation)")
 
     def check(self) -> None:
         require(bool(self.path.strip()), "path", "must name a file or Hub dataset")
@@ -63,14 +71,23 @@ def _default_eval_sources() -> list[SourceConfig]:
 
 @dataclass
 class DataConfig:
-    train_sources: list[SourceConfig] = field(default_factory=_default_train_sources)
-    # Held-out pairs the trainer scores during training (eval loss drives ReduceLROnPlateau).
-    eval_sources: list[SourceConfig] = field(default_factory=_default_eval_sources)
-    eval_pairs: int = 1000
-    shuffle_buffer: int = 10_000
-    max_train_pairs: int | None = None  # null: the whole stream (cycled until max_steps)
-    # Premises remembered while looking for an entailment + contradiction pair (MNRL triplets).
-    triplet_window: int = 50_000
+    train_sources: list[SourceConfig] = key(
+        help="NLI sources streamed for training (premise, hypothesis, label), each {path, config_name, split, revision, weight}",
+        factory=_default_train_sources,
+    )
+    eval_sources: list[SourceConfig] = key(
+        help="held-out NLI pairs scored during training (the first source): accuracy, eval loss for reduce_lr_on_plateau",
+        factory=_default_eval_sources,
+        resumable=True,
+    )
+    eval_pairs: int = key(1000, "held-out pairs read from the first eval source (0: no evaluation)", resumable=True)
+    shuffle_buffer: int = key(10_000, "pairs in the streaming shuffle buffer (1: no shuffling)")
+    max_train_pairs: int | None = key(
+        None, "read at most this many training pairs; null: the whole stream (cycled until max_steps)"
+    )
+    triplet_window: int = key(
+        50_000, "loss.name=mnrl: premises remembered while looking for an entailment + contradiction pair"
+    )
 
     def check(self) -> None:
         require(len(self.train_sources) > 0, "train_sources", "needs at least one source")
@@ -82,12 +99,14 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    # softmax: SBERT's classifier over (u, v, |u-v|); mnrl: in-batch ranking of (premise, entailment,
-    # contradiction) triplets; both: the two on the same pairs, weighted.
-    name: Literal["softmax", "mnrl", "both"] = "softmax"
-    softmax_weight: float = 1.0
-    mnrl_weight: float = 1.0
-    mnrl_scale: float = 20.0
+    name: Literal["softmax", "mnrl", "both"] = key(
+        "softmax",
+        "softmax: SBERT's classifier over (u, v, |u-v|); mnrl: in-batch ranking of (premise, entailment, "
+        "contradiction) triplets; both: the two on the same pairs, weighted",
+    )
+    softmax_weight: float = key(1.0, "loss.name=both: weight of the softmax loss")
+    mnrl_weight: float = key(1.0, "loss.name=both: weight of the ranking loss")
+    mnrl_scale: float = key(20.0, "the ranking loss's scale (inverse temperature) on cosine similarities")
 
     def check(self) -> None:
         require(self.softmax_weight >= 0, "softmax_weight", "must be >= 0")
@@ -96,49 +115,38 @@ class LossConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(SharedTrainConfig):
+    """The shared optimisation keys (common/stage_config.py) with fine-tuning's defaults (SBERT's), plus the
+    NLI head's own rate, warm start and best-checkpoint choice."""
+
     learning_rate: float = 2.0e-5
-    weight_decay: float = 0.01
-    warmup_steps: float = 0.1  # a float < 1 is a fraction of max_steps, as in TrainingArguments
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = 1.0
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 2000
-    lr_scheduler: Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"] = "linear"
-    plateau_factor: float = 0.5
-    plateau_patience: int = 2
-    eval_steps: int = 500
-    save_steps: int = 500
-    save_total_limit: int = 2
-    logging_steps: int = 50
-    # Stop (and save) after this many minutes even if max_steps is not reached: a cap for busy machines.
-    max_train_minutes: float | None = None
-    seed: int = 42
-    # The NLI head (the loss's classifier) in its own AdamW parameter group at this rate (null: the encoder's).
+    warmup_steps: float = 0.1
+    per_device_train_batch_size: int = 16
+    max_steps: int = key(
+        2000, "optimizer steps to train for (a stream has no length, so steps bound the run)", resumable=True
+    )
     # Unit-norm embeddings (all-MiniLM-L6-v2 ends in Normalize) feed the head features of ~0.05: at the
-    # encoder's rate its logits barely move in a short run while the encoder is trained through it (README, "Siamese fine-tuning").
-    head_learning_rate: float | None = None
-    # Fit the head on the frozen encoder's features of this many training pairs before fine-tuning (0: off;
-    # siamese/head_init.py), so the encoder is never trained through a random head.
-    head_init_pairs: int = 0
-    # Keep the checkpoint that scores best on the held-out NLI pairs (eval loss for mnrl), never on STS.
-    select_best: bool = False
+    # encoder's rate its logits barely move in a short run while the encoder is trained through it
+    # (docs/results.md, "Siamese fine-tuning: the recipe").
+    head_learning_rate: float | None = key(
+        None, "the NLI head in its own AdamW parameter groups at this rate; null: the encoder's", resumable=True
+    )
+    head_init_pairs: int = key(
+        0,
+        "fit the NLI head on the frozen encoder's features of this many training pairs first (0: off; siamese/head_init.py)",
+    )
+    select_best: bool = key(
+        False, "ship the checkpoint with the best held-out NLI accuracy (eval loss for mnrl), never chosen on STS"
+    )
 
     def check(self) -> None:
-        require(self.learning_rate > 0, "learning_rate", "must be > 0")
-        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        require(self.batch_size >= 2, "batch_size", "must be >= 2 (ranking losses need in-batch negatives)")
-        require(self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps", "must be >= 1")
-        require(self.max_steps >= 1, "max_steps", "must be >= 1 (a stream has no length, so steps bound the run)")
-        require(0 < self.plateau_factor < 1, "plateau_factor", "must be in (0, 1)")
-        require(self.plateau_patience >= 0, "plateau_patience", "must be >= 0")
-        for name in ("eval_steps", "save_steps", "logging_steps"):
-            require(getattr(self, name) >= 1, name, "must be >= 1")
-        require(self.save_total_limit >= 1, "save_total_limit", "must be >= 1")
-        require(self.max_train_minutes is None or self.max_train_minutes > 0, "max_train_minutes", "must be > 0")
+        super().check()
+        require(self.max_steps is not None, "max_steps", "must be set (a stream has no length, so steps bound the run)")
+        require(
+            self.per_device_train_batch_size >= 2,
+            "per_device_train_batch_size",
+            "must be >= 2 (ranking losses need in-batch negatives)",
+        )
         require(self.head_learning_rate is None or self.head_learning_rate > 0, "head_learning_rate", "must be > 0")
         require(self.head_init_pairs >= 0, "head_init_pairs", "must be >= 0 (0: no warm start)")
         require(
@@ -148,33 +156,24 @@ class TrainConfig:
             "can be chosen",
         )
 
-    def warmup_step_count(self) -> int:
-        return int(self.warmup_steps * self.max_steps) if self.warmup_steps < 1 else int(self.warmup_steps)
-
 
 @dataclass
-class ImplConfig:
-    """Speed-only settings: they may change how fast a run goes, not what it learns (up to float noise)."""
+class ImplConfig(SharedImplConfig):
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = key("sdpa", "the encoder's attention kernel")
+    merge_pair_forward: bool = key(
+        False, "embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding)"
+    )
+    length_bucket_batches: int = key(
+        32, "sort pairs by length inside windows of this many batches so each batch pads little (0: off)"
+    )
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # CUDA only; this CPU has no fast bf16
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    # Embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding).
-    merge_pair_forward: bool = False
-    # Sort pairs by length inside windows of this many batches so each batch pads little (0: off).
-    length_bucket_batches: int = 32
-    dataloader_num_workers: int = 0
-    dataloader_pin_memory: bool = False
-    # CPU threads for torch (null: torch's default, one per core). On a CPU shared with other jobs, 1 can be
-    # several times faster than 2: OpenMP threads that are descheduled make every barrier wait.
-    num_threads: int | None = None
-    # Raise at once when the loss turns NaN/inf, so the last good checkpoint stays the newest one.
-    stop_on_nonfinite_loss: bool = True
 
-    def check(self) -> None:
-        require(self.length_bucket_batches >= 0, "length_bucket_batches", "must be >= 0")
-        require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
-        require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
+# Values a checkpoint written before a key existed was trained with (read by common/checkpoints.py).
+IMPLIED_BY_OLD_CHECKPOINTS = {
+    "train.adam_epsilon": 1.0e-8,
+    "train.plateau_threshold": 1.0e-3,
+    "train.min_lr": 0.0,
+}
 
 
 def _default_selection_source() -> SourceConfig:
@@ -183,45 +182,31 @@ def _default_selection_source() -> SourceConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Post-processing fitted after training and saved in the model (siamese/postprocess.py)."""
+    """Post-processing fitted after training and saved in the model (siamese/postprocess.py); nothing in a
+    checkpoint depends on it, so `--resume` may change any of it."""
 
-    # auto: none / centre / whiten (and whiten to `dims`), whichever scores the best STS-B validation Spearman
-    # ("none" wins a tie); or one method, fitted without selection.
-    method: Literal["auto", "none", "centre", "whiten"] = "auto"
-    dims: int | None = None  # whitening to this many dimensions (auto: an extra candidate); null = all
-    # Training sentences (premises and hypotheses of the first training pairs, each once) the transform and the
-    # random-pair reference are fitted on.
-    fit_sentences: int = 20_000
-    # STS-B validation, never test: what `auto` selects on (a local file or the Hub's sentence-transformers/stsb).
-    selection_source: SourceConfig = field(default_factory=_default_selection_source)
-    reference_pairs: int = 5_000  # random sentence pairs whose cosines the app compares a pair's cosine with
+    resumable_section: ClassVar[bool] = True
+    method: Literal["auto", "none", "centre", "whiten"] = key(
+        "auto",
+        "auto: none / centre / whiten (and whiten to dims), whichever scores the best STS-B validation Spearman "
+        "(none wins a tie); or one method, fitted without selection",
+    )
+    dims: int | None = key(None, "whiten to this many dimensions (auto: an extra candidate); null: all")
+    fit_sentences: int = key(
+        20_000, "training sentences (premises and hypotheses of the first pairs, each once) the transform is fitted on"
+    )
+    selection_source: SourceConfig = key(
+        help="what auto selects on: STS-B validation, never test (a local file or the Hub's sentence-transformers/stsb)",
+        factory=_default_selection_source,
+    )
+    reference_pairs: int = key(
+        5_000, "random training-sentence pairs whose cosines the app compares a pair's cosine with"
+    )
 
     def check(self) -> None:
         require(self.dims is None or self.dims >= 1, "dims", "must be >= 1 or null")
         require(self.fit_sentences >= 2, "fit_sentences", "must be >= 2")
         require(self.reference_pairs >= 100, "reference_pairs", "must be >= 100 (its percentiles are shown)")
-
-
-# What `--resume` may change (applied from the resumed step on); anything else must match the checkpoint.
-RESUMABLE_KEYS = (
-    "train.learning_rate",
-    "train.head_learning_rate",  # its value only: null ↔ a rate changes the optimizer's groups (siamese/train.py)
-    "train.warmup_steps",
-    "train.max_steps",
-    "train.plateau_factor",
-    "train.plateau_patience",
-    "train.eval_steps",
-    "train.save_steps",
-    "train.save_total_limit",
-    "train.logging_steps",
-    "train.max_train_minutes",
-    "data.eval_sources",
-    "data.eval_pairs",
-    "postprocess.",  # fitted after training: nothing in a checkpoint depends on it
-    "impl.",
-    "wandb.",
-    "output_dir",
-)
 
 
 @dataclass
@@ -235,11 +220,18 @@ class SiameseConfig(RunConfig):
     impl: ImplConfig = field(default_factory=ImplConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
+    examples: ClassVar[tuple[str, ...]] = (
+        "train.learning_rate=5.0e-5 loss.name=both",
+        "model.base_model=outputs/pretrain-cpu-small/model train.max_steps=500",
+        "--resume train.max_steps=3000",
+    )
+    stage: ClassVar[str] = "siamese"
+
     def check(self) -> None:
         super().check()
         require(
-            self.train.lr_scheduler != "reduce_lr_on_plateau" or self.data.eval_pairs > 0,
-            "train.lr_scheduler",
+            not self.train.plateau or self.data.eval_pairs > 0,
+            "train.lr_scheduler_type",
             "reduce_lr_on_plateau steps on the eval loss: set data.eval_pairs > 0",
         )
         require(
@@ -247,9 +239,9 @@ class SiameseConfig(RunConfig):
             "train.select_best",
             "chooses a checkpoint by its score on held-out pairs: set data.eval_pairs > 0",
         )
-        for key in ("head_learning_rate", "head_init_pairs"):
+        for name in ("head_learning_rate", "head_init_pairs"):
             require(
-                self.loss.name != "mnrl" or getattr(self.train, key) in (None, 0),
-                f"train.{key}",
+                self.loss.name != "mnrl" or getattr(self.train, name) in (None, 0),
+                f"train.{name}",
                 "loss.name=mnrl trains no NLI head: leave it unset, or use loss.name=softmax or both",
             )

@@ -19,11 +19,10 @@ from safetensors.torch import load_file, save_file
 
 from common.device import resolve_device
 from common.errors import UserError
+from siamese.labels import LABELS
 from siamese.onnx_backend import check_backend, onnx_file, use_onnx
 from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
 
-# GLUE / Hub convention for MNLI and SNLI.
-LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"
 

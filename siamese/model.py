@@ -23,7 +23,8 @@ from common.device import resolve_device
 from common.errors import UserError
 from common.sources import hub_reachable
 from siamese.config import ImplConfig, LossConfig, ModelConfig
-from siamese.encoder import LABELS, head_features
+from siamese.encoder import head_features
+from siamese.labels import LABELS
 
 log = logging.getLogger(__name__)
 

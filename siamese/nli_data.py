@@ -22,7 +22,7 @@ from common.errors import DataError
 from common.sources import json_value, load_source, reading
 from common.text import has_visible_content
 from siamese.config import DataConfig, SourceConfig
-from siamese.encoder import LABELS
+from siamese.labels import LABELS
 
 log = logging.getLogger(__name__)
 
@@ -279,6 +279,11 @@ class _Triplets:
             self.counts[1] += len(out["anchor"])
             self.counts[3] += evicted  # premises that never met their partner within the window
         return out
+
+
+def triplets_of(pairs: dict[str, list], window: int) -> dict[str, list]:
+    """(anchor, positive, negative) columns from in-memory pairs (held-out evaluation of the ranking loss)."""
+    return _Triplets(window, RowCounts().array("eval"))(pairs)
 
 
 def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> IterableDataset:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from common.tracking import run_wandb_config, start_tracking
-from siamese.encoder import LABELS
+from siamese.labels import LABELS
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:

@@ -1,12 +1,14 @@
-"""Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI: `python -m siamese --config ...`.
+"""Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (common/stage.py):
+`python -m siamese --config ...`.
 
-Reads top to bottom: config → model + loss → streamed data → trainer → final folder. The final folder
+Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → final folder. The folder
 (`outputs/<run_name>/model/`) is written atomically and holds the SentenceTransformer, the NLI head,
 `resolved_config.yaml`, `run_info.json` and `metrics.json`, so evaluation and the app need nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,93 +22,59 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
-from common.checkpoints import (
-    SaveRunConfig,
-    check_resume_settings,
-    check_world_size,
-    choose_checkpoint,
-    read_run_config,
-    recorded_wandb_id,
-)
+from common.checkpoints import SaveRunConfig, read_run_config
 from common.cli import config_parser, parse_config
-from common.config import REPO_ROOT, save_config, to_dict
+from common.config import save_config, to_dict
 from common.device import resolve_device
 from common.errors import ConfigError, UserError
-from common.runlock import claim_run_folder
-from common.tracking import finish_run, trainer_report_to
-from common.training import (
-    PlateauStep,
-    StopOnNonFiniteLoss,
-    TimeBudget,
-    advise_on_out_of_memory,
-    setup_process,
-    shared_arguments,
-)
+from common.stage import Stage, run_stage
+from common.training import plateau_settings, stage_callbacks, training_arguments
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
-from siamese.config import RESUMABLE_KEYS, SiameseConfig
+from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
 from siamese.nli_data import (
     RowCounts,
-    _Triplets,
     first_pairs,
     preview_row,
     read_pairs,
     reading,
     source_name,
     train_stream,
+    triplets_of,
 )
 from siamese.postprocess import Decision, SimilarityReference, save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 
 log = logging.getLogger(__name__)
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"
 
 
-def training_arguments(
+def siamese_arguments(
     cfg: SiameseConfig,
-    checkpoints: Path,
     device: str,
     report_to: list[str],
     head_pattern: str | None = None,
     best_metric: str | None = None,
-) -> Any:
-    """SentenceTransformerTrainingArguments from the config. `head_pattern` (the NLI head's parameter names,
-    `siamese.model.head_parameter_pattern`) gets `train.head_learning_rate` in its own parameter groups;
-    `best_metric` is the eval metric `train.select_best` keeps the best checkpoint by (an accuracy is
-    maximised, a loss minimised)."""
-    t, impl = cfg.train, cfg.impl
-    plateau = t.lr_scheduler == "reduce_lr_on_plateau"  # then common.schedule's warmup → plateau replaces it
+) -> SentenceTransformerTrainingArguments:
+    """SentenceTransformerTrainingArguments from the config (common/training.py `training_arguments`).
+    `head_pattern` (the NLI head's parameter names, `siamese.model.head_parameter_pattern`) gets
+    `train.head_learning_rate` in its own parameter groups; `best_metric` is the eval metric
+    `train.select_best` keeps the best checkpoint by (an accuracy is maximised, a loss minimised)."""
+    t = cfg.train
     evaluate = cfg.data.eval_pairs > 0
     head_rate = {head_pattern: t.head_learning_rate} if head_pattern and t.head_learning_rate is not None else {}
     select = t.select_best and evaluate and best_metric is not None
-    return SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoints),
-        run_name=cfg.wandb.run_name or cfg.run_name,
-        max_steps=t.max_steps,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        weight_decay=t.weight_decay,
-        adam_beta1=t.adam_beta1,
-        adam_beta2=t.adam_beta2,
-        max_grad_norm=t.max_grad_norm,
-        warmup_steps=0 if plateau else t.warmup_step_count(),
-        lr_scheduler_type="constant" if plateau else t.lr_scheduler,
+    return training_arguments(
+        SentenceTransformerTrainingArguments,
+        cfg,
+        device,
+        report_to,
         eval_strategy="steps" if evaluate else "no",
-        eval_steps=t.eval_steps,
-        save_steps=t.save_steps,
-        save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps,
         learning_rate_mapping=head_rate,
         load_best_model_at_end=select,
         metric_for_best_model=best_metric if select else None,
-        greater_is_better=not best_metric.endswith("loss") if select else None,
-        dataloader_num_workers=impl.dataloader_num_workers,
-        dataloader_pin_memory=impl.dataloader_pin_memory and device == "cuda",
-        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=impl.bf16),
+        greater_is_better=not best_metric.endswith("loss") if select and best_metric else None,
     )
 
 
@@ -116,7 +84,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
         return None, None
     pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts)
     if cfg.loss.name == "mnrl":
-        triplets = _Triplets(cfg.data.triplet_window, RowCounts().array("eval"))(pairs)
+        triplets = triplets_of(pairs, cfg.data.triplet_window)
         if not triplets["anchor"]:
             raise UserError(
                 f"{source_name(cfg.data.eval_sources[0])}: no premise with both an entailment "
@@ -129,22 +97,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
 def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None) -> Path:
     """Train on every rank and write `outputs/<run_name>/model/` (main process); `pairs` replaces the
     configured sources (tests)."""
-    started = time.time()
-    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
-    # Writable and not in use by another run, or refused before any data are read; held until the model is out.
-    with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
-        trainer, counts, metrics = run(cfg, resume=resume, pairs=pairs)
-        metrics["wall_time_s"] = time.time() - started
-        model_dir = cfg.run_dir / "model"
-        if trainer.is_world_process_zero():
-            calibrated = time.time()
-            model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, pairs)
-            metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - calibrated}
-            save_final(cfg, model, trainer.classifier, metrics, counts, cfg.run_dir, decision, reference)
-            finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            log.info("done in %.0f s: %s", time.time() - started, model_dir)
-        trainer.accelerator.wait_for_everyone()
-    return model_dir
+    return run_stage(SiameseStage(cfg, pairs), resume=resume).model_dir
 
 
 def build_trainer(
@@ -160,18 +113,13 @@ def build_trainer(
     loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
     classifier = siamese_model.loss_classifier(loss)
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
-    plateau = cfg.train.lr_scheduler == "reduce_lr_on_plateau"
-    callbacks: list = [StopOnNonFiniteLoss(), SaveRunConfig(to_dict(cfg))]
-    if plateau:
-        callbacks.append(PlateauStep())
-    if cfg.train.max_train_minutes is not None:
-        callbacks.append(TimeBudget(cfg.train.max_train_minutes))
+    t = cfg.train
     evaluator = None
     if classifier is not None and eval_pairs is not None:
-        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, EVAL_NAME, batch_size=cfg.train.batch_size * 2)
+        evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, EVAL_NAME, batch_size=t.eval_batch_size() * 2)
     best_metric = BEST_NLI_METRIC if evaluator is not None else "eval_loss"  # never an STS score
     head_pattern = siamese_model.head_parameter_pattern(loss)
-    args = training_arguments(cfg, cfg.run_dir / "checkpoints", device, report_to, head_pattern, best_metric)
+    args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
     trainer = SiameseTrainer(
         model=model,
         args=args,
@@ -179,75 +127,76 @@ def build_trainer(
         eval_dataset=eval_set,
         loss=loss,
         evaluator=evaluator,
-        callbacks=callbacks,
+        callbacks=[SaveRunConfig(to_dict(cfg)), *stage_callbacks(t)],
         classifier=classifier,
+        plateau=plateau_settings(t),
+        units_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps * args.world_size,
+        throughput_unit="pairs",
     )
-    if plateau:
-        trainer.plateau = {
-            "warmup_steps": cfg.train.warmup_step_count(),
-            "factor": cfg.train.plateau_factor,
-            "patience": cfg.train.plateau_patience,
-            "threshold": 1.0e-3,
-            "min_lr": 0.0,
-        }
-    trainer.units_per_step = cfg.train.batch_size * cfg.train.gradient_accumulation_steps * args.world_size
-    trainer.throughput_unit = "pairs"
     return trainer
 
 
-def run(
-    cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None
-) -> tuple[SiameseTrainer, RowCounts, dict[str, Any]]:
-    """Fine-tune on every rank; returns the trainer, the row counts and the final metrics.
+class SiameseStage(Stage):
+    """`python -m siamese`: the NLI stream read once in order, SentenceTransformerTrainer with the NLI loss,
+    held-out NLI accuracy, then post-processing fitted and a SentenceTransformer folder written.
 
     Under several processes each rank reads the same seeded stream and accelerate keeps every N-th
     batch-sized slice of it for that rank (no batch dispatch, so per-batch padding stays per rank).
     """
-    # The seed makes the head's initialisation the same on every rank.
-    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
-    checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
-    state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
-    if checkpoint:
-        check_world_size(checkpoint, state.num_processes)
-        check_resume_settings(checkpoint, to_dict(cfg), RESUMABLE_KEYS)
-        check_head_groups(checkpoint, cfg.train.head_learning_rate)
 
-    # Data first: an unreachable or malformed source fails before any time goes into loading a model.
-    counts = RowCounts()
-    train = train_stream(
-        cfg.data,
-        cfg.train.batch_size * state.num_processes,  # length buckets of the global batch, then split by rank
-        cfg.impl.length_bucket_batches,
-        cfg.train.seed,
-        counts,
-        triplets=cfg.loss.name == "mnrl",
-        pairs=pairs,
-    )
-    eval_pairs, eval_set = eval_data(cfg, counts)
-    where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
-    log.info("first training row: %s", preview_row(train, counts, where))  # not counted: training reads it again
-    report_to = trainer_report_to(
-        cfg.wandb,
-        cfg.run_dir,
-        to_dict(cfg),
-        "siamese",
-        is_main=state.is_main_process,
-        resume_id=recorded_wandb_id(checkpoint),
-    )
-    trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
-    warm_start = maybe_warm_start(cfg, trainer, checkpoint, eval_pairs, pairs)
-    per_step, t = trainer.units_per_step, cfg.train
-    log.info("%d steps × %d pairs (all ranks) = %d pairs", t.max_steps, per_step, t.max_steps * per_step)
-    with (
-        reading(where),
-        advise_on_out_of_memory("train.batch_size", t.batch_size, t.gradient_accumulation_steps, "pairs"),
-        refusing_unsafe_pickles(checkpoint),
-    ):
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = final_metrics(trainer, result, trainer.evaluator, per_step)
-    if warm_start is not None:
-        metrics["head_init"] = warm_start.as_dict()
-    return trainer, counts, metrics
+    name, unit, example = "siamese", "pairs", "pairs"
+    implied_by_old_checkpoints = IMPLIED_BY_OLD_CHECKPOINTS
+
+    def __init__(self, cfg: SiameseConfig, pairs: list[IterableDataset] | None = None) -> None:
+        super().__init__(cfg)
+        self.pairs, self.counts = pairs, RowCounts()
+        self.warm_start: WarmStart | None = None
+
+    def prepare(self, world_size: int) -> None:
+        # Data first: an unreachable or malformed source fails before any time goes into loading a model.
+        cfg = self.cfg
+        self.train = train_stream(
+            cfg.data,
+            cfg.train.per_device_train_batch_size * world_size,  # length buckets of the global batch, split by rank
+            cfg.impl.length_bucket_batches,
+            cfg.train.seed,
+            self.counts,
+            triplets=cfg.loss.name == "mnrl",
+            pairs=self.pairs,
+        )
+        self.eval_pairs, self.eval_set = eval_data(cfg, self.counts)
+        self.where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
+        # Not counted: training reads it again.
+        log.info("first training row: %s", preview_row(self.train, self.counts, self.where))
+
+    def check_resume(self, checkpoint: str) -> None:
+        check_head_groups(checkpoint, self.cfg.train.head_learning_rate)
+
+    def build_trainer(self, report_to: list[str], fresh: bool) -> SiameseTrainer:
+        return build_trainer(self.cfg, self.train, self.eval_pairs, self.eval_set, report_to)
+
+    def before_training(self, trainer: SiameseTrainer, checkpoint: str | None) -> None:
+        self.warm_start = maybe_warm_start(self.cfg, trainer, checkpoint, self.eval_pairs, self.pairs)
+        per_step, steps = trainer.units_per_step, self.cfg.train.max_steps
+        log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
+
+    def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(reading(self.where))
+        stack.enter_context(refusing_unsafe_pickles(checkpoint))
+        return stack
+
+    def stage_metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
+        metrics = final_metrics(trainer, trainer.evaluator)
+        if self.warm_start is not None:
+            metrics["head_init"] = self.warm_start.as_dict()
+        return metrics
+
+    def export(self, trainer: SiameseTrainer, metrics: dict[str, Any]) -> Path:
+        cfg, started = self.cfg, time.time()
+        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, self.pairs)
+        metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - started}
+        return save_final(cfg, model, trainer.classifier, metrics, self.counts, cfg.run_dir, decision, reference)
 
 
 def maybe_warm_start(
@@ -265,7 +214,7 @@ def maybe_warm_start(
         log.info("resuming: the NLI head comes from %s, no warm start", checkpoint)
         return None
     fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, pairs)
-    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.batch_size * 2)
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.eval_batch_size() * 2)
 
 
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:
@@ -280,19 +229,12 @@ def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None
         )
 
 
-def final_metrics(trainer: SiameseTrainer, result, evaluator, per_step: int) -> dict[str, Any]:
-    """Loss, steps, pairs/s over all ranks, and the held-out NLI accuracy of the final model: the last
-    step's, or with `train.select_best` the best checkpoint's (then also `best_step`, `best_metric_name`,
-    `best_metric`)."""
-    pairs_per_s = [h["pairs_per_s"] for h in trainer.state.log_history if "pairs_per_s" in h]
-    metrics = {
-        "train_loss": result.training_loss,
-        "global_step": trainer.state.global_step,
-        "pairs_seen": trainer.state.global_step * per_step,
-        "train_runtime_s": result.metrics.get("train_runtime"),
-        "train_pairs_per_s": sorted(pairs_per_s)[len(pairs_per_s) // 2] if pairs_per_s else None,
-        "processes": trainer.args.world_size,
-    }
+def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
+    """The Trainer's runtime and the held-out NLI accuracy of the final model: the last step's, or with
+    `train.select_best` the best checkpoint's (then also `best_step`, `best_metric_name`, `best_metric`).
+    Steps, pairs seen and pairs/s are common/stage.py `run_metrics`."""
+    runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
+    metrics: dict[str, Any] = {"train_runtime_s": runtime}
     # With select_best the final model is the best checkpoint's, and its evaluation is the one to report.
     step = trainer.state.global_step
     if trainer.args.load_best_model_at_end and trainer.state.best_global_step:
@@ -338,7 +280,7 @@ def save_final(
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", DEFAULT_CONFIG)
-    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of this run")
+    parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
+    parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
     cfg, args = parse_config(parser, SiameseConfig, argv)
     return fit(cfg, resume=args.resume)

@@ -30,7 +30,7 @@ def main() -> None:
         return result
 
     module.run = spy
-    entry = importlib.import_module(f"{stage}.__main__" if stage == "pretrain" else "siamese.train")
+    entry = importlib.import_module(f"{stage}.train")
     entry.main(argv)
     trainer = trainers[0]
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}

@@ -101,7 +101,7 @@ def fine_tuning(tmp_path_factory, tiny_bert_for_distributed):
     """The debug fine-tuning on two processes × 8 pairs: (the folder holding its run, its argv)."""
     root = tmp_path_factory.mktemp("siamese-two")
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}"]
-    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", "train.batch_size=8"], 2)
+    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", "train.per_device_train_batch_size=8"], 2)
     return root, argv
 
 
@@ -118,7 +118,7 @@ def test_pretraining_on_two_processes_matches_one(pretraining):
 
 def test_fine_tuning_on_two_processes_matches_one(fine_tuning):
     root, argv = fine_tuning
-    launch("siamese", root / "one", [*argv, f"output_dir={root / 'one'}", "train.batch_size=16"], 1)
+    launch("siamese", root / "one", [*argv, f"output_dir={root / 'one'}", "train.per_device_train_batch_size=16"], 1)
     one_output(root / "two", "siamese-debug")
     assert_ranks_agree(root / "two")  # the NLI head too: it lives outside DDP's module
     assert_same_curve(root / "one" / "siamese-debug", root / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE)
@@ -141,7 +141,7 @@ def refused_on_other_process_count(capsys) -> str:
 # a two-process run resumed on one process went on at the wrong data position with wrong counters.
 def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining, tmp_path, capsys):
     from common.cli import run_cli
-    from pretrain.__main__ import main
+    from pretrain.train import main
 
     root, argv, _ = pretraining
     out = copy_run(root, "pretrain-debug", tmp_path)
@@ -157,7 +157,12 @@ def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning
 
     root, argv = fine_tuning
     out = copy_run(root, "siamese-debug", tmp_path)
-    assert run_cli(main, [*argv, f"output_dir={out}", "train.batch_size=8", "train.max_steps=9", "--resume"]) == 2
+    assert (
+        run_cli(
+            main, [*argv, f"output_dir={out}", "train.per_device_train_batch_size=8", "train.max_steps=9", "--resume"]
+        )
+        == 2
+    )
     refused_on_other_process_count(capsys)
     assert not (out / "siamese-debug" / "model").exists()
 

@@ -14,12 +14,12 @@ class Stop(Exception):
 # `--resume` between overrides ended the override list: "unrecognized arguments: train.max_steps=20".
 def test_pretrain_reads_overrides_after_resume(tmp_path, monkeypatch):
     from pretrain import train
-    from pretrain.__main__ import main
+    from pretrain.train import main
 
-    def seen(cfg, resume=False):
-        raise Stop(cfg, resume)
+    def seen(stage, resume=False):
+        raise Stop(stage.cfg, resume)
 
-    monkeypatch.setattr(train, "run", seen)
+    monkeypatch.setattr(train, "run_stage", seen)
     argv = ["--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
             "--resume", "train.max_steps=20"]  # fmt: skip
     with pytest.raises(Stop) as stop:
@@ -31,10 +31,10 @@ def test_pretrain_reads_overrides_after_resume(tmp_path, monkeypatch):
 def test_siamese_reads_overrides_after_resume(tmp_path, monkeypatch):
     from siamese import train
 
-    def seen(cfg, resume=False, pairs=None):
-        raise Stop(cfg, resume)
+    def seen(stage, resume=False):
+        raise Stop(stage.cfg, resume)
 
-    monkeypatch.setattr(train, "fit", seen)
+    monkeypatch.setattr(train, "run_stage", seen)
     argv = ["--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
             "--resume", "train.max_steps=20"]  # fmt: skip
     with pytest.raises(Stop) as stop:

@@ -7,8 +7,8 @@ import pytest
 from common.cli import run_cli
 from common.config import REPO_ROOT, load_config
 from common.errors import ConfigError
-from pretrain.__main__ import main
 from pretrain.config import PretrainConfig
+from pretrain.train import main
 
 CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
 

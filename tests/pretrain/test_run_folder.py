@@ -9,7 +9,7 @@ import re
 import pytest
 
 from common.cli import run_cli
-from pretrain.__main__ import main
+from pretrain.train import main
 from tests.processes import kill, start_until
 
 pytestmark = pytest.mark.slow

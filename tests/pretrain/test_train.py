@@ -13,9 +13,9 @@ from transformers import AutoModelForMaskedLM, pipeline
 from common.checkpoints import checkpoint_dirs, newest_checkpoint
 from common.errors import ConfigError, UserError
 from common.training import TrainingDiverged
-from pretrain.__main__ import main
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
+from pretrain.train import main
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow

@@ -27,7 +27,7 @@ def test_the_expected_configs_exist():
     ("override", "key"),
     [
         ("train.learning_rate=-1", "train.learning_rate"),
-        ("train.batch_size=abc", "train.batch_size"),
+        ("train.per_device_train_batch_size=abc", "train.per_device_train_batch_size"),
         ("loss.name=cosine", "loss.name"),
         ("train.lr=1.0e-4", "train.lr"),
         ("model.max_seq_length=4", "model.max_seq_length"),
@@ -45,7 +45,7 @@ def test_bad_values_name_the_key(override, key):
 
 def test_plateau_needs_evaluation():
     with pytest.raises(ConfigError, match="eval_pairs"):
-        load_config(SiameseConfig, None, ["train.lr_scheduler=reduce_lr_on_plateau", "data.eval_pairs=0"])
+        load_config(SiameseConfig, None, ["train.lr_scheduler_type=reduce_lr_on_plateau", "data.eval_pairs=0"])
 
 
 @pytest.mark.parametrize(

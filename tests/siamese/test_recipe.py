@@ -52,7 +52,7 @@ def test_fine_tuning_teaches_the_head_without_damaging_the_frozen_ranking(repo_r
 
     model_dir = main([
         "--config", str(repo_root / "configs" / "siamese" / "minilm-baseline.yaml"), f"output_dir={tmp_path}",
-        "train.max_steps=8", "train.batch_size=16", "train.save_steps=1000", "train.eval_steps=1000",
+        "train.max_steps=8", "train.per_device_train_batch_size=16", "train.save_steps=1000", "train.eval_steps=1000",
         "data.eval_pairs=0", "train.select_best=false",  # 8 steps: no checkpoints to choose from
         "data.shuffle_buffer=1000", "impl.num_threads=1", "wandb.mode=disabled",
         "train.head_init_pairs=512", "train.head_learning_rate=1.0e-3",  # the recipe under test

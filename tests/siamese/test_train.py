@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
+from common.checkpoints import newest_checkpoint
 from common.cli import run_cli
 from common.errors import ConfigError, UserError
 from siamese.encoder import HEAD_FILE, NLIEncoder
@@ -46,7 +47,7 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
     assert all(c["dropped_no_label"] == 0 for c in info["data_counts"].values())
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["global_step"] == 4 and "eval_mnli-dev_accuracy" in metrics
+    assert metrics["step"] == 4 and "eval_mnli-dev_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
     # the stage calibrated the model (configs/siamese/debug.yaml: method auto on STS-B validation)
     decision = json.loads((model_dir / "postprocessing.json").read_text())
@@ -68,7 +69,7 @@ def test_resume_continues_from_the_last_checkpoint_with_its_head(trained, repo_r
     model_dir, out = trained
     head_before = NLIEncoder.load(out / "siamese-debug" / "checkpoints" / "checkpoint-4", device="cpu").head
     resumed = main(debug_args(repo_root, tiny_bert, out, "train.max_steps=6", "--resume"))
-    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 6
+    assert json.loads((resumed / "metrics.json").read_text())["step"] == 6
     head_after = NLIEncoder.load(resumed, device="cpu").head
     # two more steps moved the restored head a little, not back to a fresh random one
     change = (head_after.weight - head_before.weight).abs().max().item()
@@ -133,14 +134,10 @@ def assert_same_final_model(a: Path, b: Path, atol: float) -> None:
 
 
 def has_complete_checkpoint(run: Path) -> bool:
-    """trainer_state.json is the last file of a checkpoint, and it is complete once it parses."""
-    for state in run.glob("checkpoints/checkpoint-*/trainer_state.json"):
-        try:
-            json.loads(state.read_text())
-            return True
-        except ValueError:  # still being written
-            pass
-    return False
+    """A checkpoint a resume would continue (common/checkpoints.py `is_complete`: trainer_state.json and then
+    run_config.json, both readable). Checking trainer_state.json alone let the kill land between the two, and
+    the resumed run then started from step 0."""
+    return newest_checkpoint(run / "checkpoints") is not None
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert, tmp_path, monkeypatch):
@@ -169,7 +166,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert,
 
     monkeypatch.setattr(trainer_module.SiameseTrainer, "training_step", counted_step)
     resumed = main([*args, "--resume"])
-    assert json.loads((resumed / "metrics.json").read_text())["global_step"] == 40
+    assert json.loads((resumed / "metrics.json").read_text())["step"] == 40
     assert len(steps) < 40 and (40 - len(steps)) % 3 == 0, len(steps)  # went on from a checkpoint, not the start
     assert_same_final_model(straight, resumed, atol=1e-6)
 
@@ -246,7 +243,7 @@ def test_other_objectives_train_end_to_end(repo_root, tiny_bert, tmp_path, loss,
 
 
 def test_plateau_schedule_gets_a_warmup(repo_root, tiny_bert, tmp_path):
-    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.lr_scheduler=reduce_lr_on_plateau",
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.lr_scheduler_type=reduce_lr_on_plateau",
                                 "train.warmup_steps=3", "train.logging_steps=1", "train.eval_steps=2"))  # fmt: skip
     state = json.loads((model_dir.parent / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     lrs = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
@@ -263,7 +260,7 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tin
     with pytest.raises(UserError) as err:
         main(debug_args(repo_root, tiny_bert, tmp_path, "train.gradient_accumulation_steps=2"))
     message = str(err.value)
-    assert "out of memory" in message and "train.batch_size=8" in message and "\n" not in message
+    assert "out of memory" in message and "train.per_device_train_batch_size=8" in message and "\n" not in message
     assert "train.gradient_accumulation_steps (now 2)" in message and "16 pairs per step" in message
     run = tmp_path / "siamese-debug"
     assert not (run / "model").exists() and not list(run.glob(".tmp-*"))  # no half-written final model
@@ -276,14 +273,14 @@ def run_capturing_trainer(monkeypatch, argv: list[str]):
     """`main(argv)`, returning the trainer it trained with (to read its optimizer's parameter groups)."""
     from siamese import train as train_module
 
-    trainers, real_run = [], train_module.run
+    trainers, real_run = [], train_module.run_stage
 
     def spy(*args, **kwargs):
         result = real_run(*args, **kwargs)
-        trainers.append(result[0])
+        trainers.append(result.trainer)
         return result
 
-    monkeypatch.setattr(train_module, "run", spy)
+    monkeypatch.setattr(train_module, "run_stage", spy)
     model_dir = main(argv)
     return trainers[-1], model_dir
 
@@ -304,7 +301,7 @@ def group_rates(trainer) -> dict[str, list[float]]:
 def test_the_head_trains_at_its_own_rate_also_after_a_resume(repo_root, tiny_bert, tmp_path, monkeypatch, scheduler):
     from siamese import train as train_module
 
-    args = debug_args(repo_root, tiny_bert, tmp_path, f"train.lr_scheduler={scheduler}", "train.warmup_steps=2",
+    args = debug_args(repo_root, tiny_bert, tmp_path, f"train.lr_scheduler_type={scheduler}", "train.warmup_steps=2",
                       "train.head_init_pairs=32")  # fmt: skip
     trainer, model_dir = run_capturing_trainer(monkeypatch, [*args, "train.head_learning_rate=1.0e-2"])
     scale = getattr(trainer.lr_scheduler, "scale", 1.0)  # the plateau schedule's one stored factor

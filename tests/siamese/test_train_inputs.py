@@ -28,7 +28,12 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
     ]  # fmt: skip
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     source = f"data.train_sources=[{{path: {path}, config_name: null}}]"
-    one_pass = ("data.max_train_pairs=null", "train.batch_size=8", "train.max_steps=7", "train.save_steps=7")
+    one_pass = (
+        "data.max_train_pairs=null",
+        "train.per_device_train_batch_size=8",
+        "train.max_steps=7",
+        "train.save_steps=7",
+    )
     model_dir = main(run_args(repo_root, tiny_bert, tmp_path, source, *one_pass))  # 56 labelled pairs = 7 steps of 8
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
@@ -53,7 +58,9 @@ def first_batches(cfg, workers: int, count: int) -> list[dict]:
     from siamese.train import build_trainer
 
     cfg = dataclasses.replace(cfg, impl=dataclasses.replace(cfg.impl, dataloader_num_workers=workers))
-    stream = train_stream(cfg.data, cfg.train.batch_size, cfg.impl.length_bucket_batches, cfg.train.seed, RowCounts())
+    stream = train_stream(
+        cfg.data, cfg.train.per_device_train_batch_size, cfg.impl.length_bucket_batches, cfg.train.seed, RowCounts()
+    )
     loader = build_trainer(cfg, stream, None, None, []).get_train_dataloader()
     batches = []
     for batch in loader:

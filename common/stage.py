@@ -1,0 +1,175 @@
+"""One training stage's lifecycle, the same for pretraining and fine-tuning: `run_stage(stage)`.
+
+    process group → run-folder lock → checkpoint to resume → data (main process first) → resume checks →
+    W&B → trainer → train → metrics (every rank) → export (main process) → wait for every rank
+
+A stage supplies only what is its own (`Stage`): its data, its Trainer, its metrics and how its model folder
+is written. Everything in between — which checkpoint a run continues and whether its settings allow it, the
+number of processes, the out-of-memory message, the counters every run reports — is written here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from transformers import Trainer
+
+from common.checkpoints import (
+    STATE,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
+    recorded_wandb_id,
+)
+from common.config import renamed_keys, resumable_keys, to_dict
+from common.device import resolve_device
+from common.runlock import claim_run_folder
+from common.tracking import finish_run, trainer_report_to
+from common.training import advise_on_out_of_memory, setup_process, stop_reason
+
+log = logging.getLogger(__name__)
+
+
+class Stage(ABC):
+    """The parts of one training stage. `cfg` is the stage's config (a RunConfig with `train`, `impl` and
+    `wandb` sections: common/stage_config.py)."""
+
+    name: ClassVar[str]  # the W&B job type and the metrics' prefix in W&B
+    unit: ClassVar[str]  # what a step consumes, counted over all ranks: "tokens" or "pairs"
+    example: ClassVar[str]  # what one per-device batch holds: "blocks" or "pairs"
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}  # see common/checkpoints.py check_resume_settings
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    @abstractmethod
+    def prepare(self, world_size: int) -> None:
+        """Read or build the data (the main process first, then the others: one cache build)."""
+
+    def record(self) -> dict[str, Any]:
+        """What each checkpoint records for a resume to be checked against (default: the config)."""
+        return to_dict(self.cfg)
+
+    def check_resume(self, checkpoint: str) -> None:  # noqa: B027 (optional: most stages need none)
+        """Stage-specific refusals of a resume, after the shared ones."""
+
+    @abstractmethod
+    def build_trainer(self, report_to: list[str], fresh: bool) -> Trainer:
+        """The Trainer; `fresh` is False when it will continue a checkpoint."""
+
+    def before_training(self, trainer: Trainer, checkpoint: str | None) -> None:  # noqa: B027 (optional)
+        """Work between building the trainer and training (e.g. the NLI head's warm start)."""
+
+    def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
+        """Around training and metrics: turns the stage's known failures into one-line errors."""
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def stage_metrics(self, trainer: Trainer) -> dict[str, Any]:
+        """The stage's own final metrics, computed on every rank (evaluations are collective)."""
+
+    @abstractmethod
+    def export(self, trainer: Trainer, metrics: dict[str, Any]) -> Path:
+        """Write the final model folder (main process only, atomically); returns it."""
+
+
+@dataclass
+class StageResult:
+    model_dir: Path
+    metrics: dict[str, Any]
+    trainer: Trainer
+
+
+def run_stage(stage: Stage, resume: bool = False) -> StageResult:
+    """Train `stage` on this process's rank and write its model folder from the main process.
+
+    Raises UserError (one line) for a run folder in use or not writable, a refused resume (changed settings,
+    another number of processes, a folder holding a run without `--resume`) and CUDA out of memory.
+    """
+    cfg, started = stage.cfg, time.perf_counter()
+    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    # Writable and not in use by another run, or refused before any data are read; held until the model is out.
+    with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
+        checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
+        state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+        if checkpoint:
+            check_world_size(checkpoint, state.num_processes)  # before the data: a cache may take minutes
+        with state.main_process_first():  # one process builds a cache, the others then read it
+            stage.prepare(state.num_processes)
+        if checkpoint:
+            schema = type(cfg)
+            check_resume_settings(
+                checkpoint,
+                stage.record(),
+                resumable_keys(schema),
+                renamed_keys(schema),
+                stage.implied_by_old_checkpoints,
+            )
+            stage.check_resume(checkpoint)
+        report_to = trainer_report_to(
+            cfg.wandb,
+            cfg.run_dir,
+            to_dict(cfg),
+            stage.name,
+            is_main=state.is_main_process,
+            resume_id=recorded_wandb_id(checkpoint),
+        )
+        trainer = stage.build_trainer(report_to, fresh=checkpoint is None)
+        log.info("%s: %s", stage.name, starting_point(checkpoint, trainer.args.max_steps))
+        stage.before_training(trainer, checkpoint)
+        t = cfg.train
+        batch = "train.per_device_train_batch_size"
+        with (
+            advise_on_out_of_memory(batch, t.per_device_train_batch_size, t.gradient_accumulation_steps, stage.example),
+            stage.training_context(checkpoint),
+        ):
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+            metrics = run_metrics(trainer, stage.unit, result.training_loss) | stage.stage_metrics(trainer)
+        metrics["wall_time_s"] = time.perf_counter() - started
+        model_dir = cfg.run_dir / "model"
+        if trainer.is_world_process_zero():
+            stage.export(trainer, metrics)
+            finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            log.info("%s done in %.1f min: %s", stage.name, (time.perf_counter() - started) / 60, model_dir)
+        state.wait_for_everyone()
+    return StageResult(model_dir, metrics, trainer)
+
+
+def starting_point(checkpoint: str | None, max_steps: int) -> str:
+    """ "continuing from outputs/x/checkpoints/checkpoint-300 (step 300 of 2000)" or "starting at step 0"."""
+    if checkpoint is None:
+        return f"starting at step 0 of {max_steps}" if max_steps > 0 else "starting at step 0"
+    step = checkpoint_step(checkpoint)
+    return (
+        f"continuing from {checkpoint} (step {step} of {max_steps})"
+        if max_steps > 0
+        else f"continuing from {checkpoint} (step {step})"
+    )
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """The optimizer step a complete checkpoint was written at (its trainer_state.json)."""
+    return int(json.loads((Path(checkpoint) / STATE).read_text())["global_step"])
+
+
+def run_metrics(trainer: Trainer, unit: str, train_loss: float) -> dict[str, Any]:
+    """What every stage reports under one name: steps, units seen and per second (the median logging
+    window, over all ranks), processes, why it stopped, the mean training loss."""
+    state = trainer.state
+    rates = sorted(h[f"{unit}_per_s"] for h in state.log_history if f"{unit}_per_s" in h)
+    return {
+        "step": state.global_step,
+        f"{unit}_seen": state.global_step * trainer.units_per_step,  # type: ignore[attr-defined]
+        f"{unit}_per_s": rates[len(rates) // 2] if rates else math.nan,
+        "processes": trainer.args.world_size,
+        "stop_reason": stop_reason(trainer),
+        "train_loss": train_loss,
+    }
