@@ -22,16 +22,15 @@ def main() -> None:
     setup_logging()
     trainers = []
     module = importlib.import_module(f"{stage}.train")
-    real_run = module.run
+    real_run = module.run_stage
 
     def spy(*args, **kwargs):
         result = real_run(*args, **kwargs)
-        trainers.append(result[0])
+        trainers.append(result.trainer)
         return result
 
-    module.run = spy
-    entry = importlib.import_module(f"{stage}.train")
-    entry.main(argv)
+    module.run_stage = spy
+    module.main(argv)
     trainer = trainers[0]
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
     head = getattr(trainer, "classifier", None)
