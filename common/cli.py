@@ -31,13 +31,13 @@ def keys_help(schema: type) -> str:
     return "\n".join(lines)
 
 
-def config_parser(prog: str, description: str, schema: type) -> argparse.ArgumentParser:
-    """`--config FILE` and `key=value` overrides; `--help` ends with examples and every config key.
-
-    The examples are the config class's `examples` (each one checked by tests/common/test_cli.py)."""
+def config_parser(prog: str, description: str, schema: type, resume: bool = True) -> argparse.ArgumentParser:
+    """`--config FILE`, `--resume` (a training stage) and `key=value` overrides; `--help` ends with examples
+    and every config key. The examples are the config class's `examples` (each one checked by
+    tests/common/test_documented_commands.py)."""
     config = default_config(schema)
     shown = config.relative_to(REPO_ROOT)
-    examples = "\n".join(f"  {prog} --config {shown} {example}" for example in schema.examples)
+    examples = "\n".join(f"  {prog} --config {shown} {example}" for example in (schema.examples if resume else ()))
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -48,6 +48,8 @@ def config_parser(prog: str, description: str, schema: type) -> argparse.Argumen
     )
     parser.add_argument("--config", default=str(config), help=f"YAML config (default: {shown})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=500")
+    if resume:
+        parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
     return parser
 
 

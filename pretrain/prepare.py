@@ -28,6 +28,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "python -m pretrain.prepare",
         "Tokenize and pack the pretraining data of a config, without training.",
         PretrainConfig,
+        resume=False,
     )
     cfg, _ = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
     folder = Path(cfg.data.cache_dir) / cache_key(cfg)

@@ -185,7 +185,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser = config_parser(
         "python -m pretrain", "Pretrain a small BERT with masked language modelling.", PretrainConfig
     )
-    parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
     cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
     result = run_stage(PretrainStage(cfg), resume=args.resume)

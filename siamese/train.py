@@ -281,6 +281,5 @@ def save_final(
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
-    parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
     cfg, args = parse_config(parser, SiameseConfig, argv)
     return fit(cfg, resume=args.resume)
