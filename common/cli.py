@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from common.config import REPO_ROOT, describe_keys, format_default, load_config
 from common.errors import UserError
+from common.load_report import quiet_unused_weight_reports
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def setup_logging() -> None:
     )
     for noisy in ("httpx", "urllib3", "filelock", "fsspec", "datasets.builder"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_unused_weight_reports()
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:

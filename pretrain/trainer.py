@@ -47,6 +47,18 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
         super().__init__(*args, eval_dataset=eval_sets[""], **kwargs)
         self.eval_sets = eval_sets
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """A checkpoint leaves out weights tied to others (the MLM decoder shares the word embeddings, its bias
+        the head's bias): they are loaded with those, so only keys sharing memory with no loaded tensor are
+        reported missing. The tie itself is checked, not assumed (transformers re-ties only when the missing
+        keys equal `_keys_to_ignore_on_save`, which these models leave empty)."""
+        self.model.tie_weights()
+        missing = set(load_result.missing_keys)
+        tensors = self.model.state_dict()
+        loaded = {t.data_ptr() for k, t in tensors.items() if k not in missing}
+        untied = sorted(k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded)
+        super()._issue_warnings_after_load(type(load_result)(untied, list(load_result.unexpected_keys)))
+
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> BlockOrder:
         """Every block once per epoch in a seeded order that is never materialised (pretrain/sampling.py)."""
         return BlockOrder(len(train_dataset if train_dataset is not None else self.train_dataset), self.args.seed)

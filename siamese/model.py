@@ -21,6 +21,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 
 from common.device import resolve_device
 from common.errors import UserError
+from common.load_report import quiet_unused_weight_reports
 from common.sources import hub_reachable
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import head_features
@@ -95,6 +96,7 @@ def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
     field its config does not have, a tokenizer larger than its embedding table.
     """
     device = resolve_device(impl.device)
+    quiet_unused_weight_reports()  # a pretraining output's MLM head is left out by design
     base = resolve_base(cfg.base_model)
     path = Path(base).expanduser()
     local = path.exists() or base.startswith(("/", ".", "~", "outputs"))

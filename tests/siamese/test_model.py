@@ -213,3 +213,50 @@ def test_hub_model_id_in_the_local_cache_loads_without_the_hub(tiny_bert, tmp_pa
     started = time.monotonic()
     model = build_model(ModelConfig(base_model="someone/cached-bert", max_seq_length=32), ImplConfig(device="cpu"))
     assert time.monotonic() - started < 20 and model.get_embedding_dimension() == 64
+
+
+def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert, tmp_path):
+    """Its MLM head is left out by design: one INFO line, not transformers' 10-line UNEXPECTED table (which
+    the same load emits without common/load_report.py's filter)."""
+    import logging
+    import shutil
+
+    from sentence_transformers.sentence_transformer.modules import Transformer
+    from transformers import BertConfig, NomicBertConfig, NomicBertForMaskedLM
+
+    from common.load_report import REPORTING_LOGGER, UnusedWeightsOnly
+    from siamese.config import ImplConfig, ModelConfig
+    from siamese.model import build_model
+
+    mlm = tmp_path / "mlm"  # NomicBERT, as configs/pretrain/cpu-small.yaml trains
+    bert = BertConfig.from_pretrained(tiny_bert)
+    shape = {k: getattr(bert, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")}
+    NomicBertForMaskedLM(NomicBertConfig(**shape, intermediate_size=64)).save_pretrained(mlm)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (tiny_bert / name).is_file():
+            shutil.copy(tiny_bert / name, mlm / name)
+
+    class Reports(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.seen: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.seen.append(record.getMessage())
+
+    logger, reports = logging.getLogger(REPORTING_LOGGER), Reports()
+    logger.addHandler(reports)
+    filters = [f for f in logger.filters if isinstance(f, UnusedWeightsOnly)]
+    try:
+        for f in filters:
+            logger.removeFilter(f)
+        Transformer(str(mlm))
+        assert any("LOAD REPORT" in m for m in reports.seen)  # what the filter removes is really there
+        reports.seen.clear()
+        build_model(ModelConfig(base_model=str(mlm), max_seq_length=32), ImplConfig(device="cpu"))
+        assert not any("LOAD REPORT" in m for m in reports.seen)
+    finally:
+        logger.removeHandler(reports)
+        for f in filters:
+            if f not in logger.filters:
+                logger.addFilter(f)

@@ -1,0 +1,44 @@
+"""transformers' LOAD REPORT: a table of only unused (UNEXPECTED) weights becomes one line; a report with
+weights the model needed and did not get stays as transformers prints it."""
+
+from __future__ import annotations
+
+import logging
+
+from common.load_report import REPORTING_LOGGER, UnusedWeightsOnly, report_statuses
+
+UNUSED = """\x1b[1mNomicBertModel LOAD REPORT\x1b[0m from: outputs/pretrain-cpu-small/model
+Key                                         | Status     |  |
+--------------------------------------------+------------+--+-
+cls.predictions.transform.dense.bias        | UNEXPECTED |  |
+cls.predictions.bias                        | UNEXPECTED |  |
+
+Notes:
+- UNEXPECTED:\tcan be ignored when loading from different task/architecture; not ok if you expect identical arch."""
+
+MISSING = UNUSED.replace(
+    "cls.predictions.bias                        | UNEXPECTED", "encoder.layer.0.attn.weight | MISSING   "
+)
+
+
+def record(message: str) -> logging.LogRecord:
+    return logging.LogRecord(REPORTING_LOGGER, logging.WARNING, __file__, 1, message, None, None)
+
+
+def test_rows_are_read_from_the_table():
+    assert report_statuses(UNUSED) == [
+        ("cls.predictions.transform.dense.bias", "UNEXPECTED"),
+        ("cls.predictions.bias", "UNEXPECTED"),
+    ]
+
+
+def test_a_report_of_unused_weights_only_is_one_info_line(caplog):
+    with caplog.at_level(logging.INFO, logger="common.load_report"):
+        assert UnusedWeightsOnly().filter(record(UNUSED)) is False
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "2 weights" in line and "outputs/pretrain-cpu-small/model" in line and "\x1b" not in line
+
+
+def test_a_report_with_a_missing_weight_is_kept():
+    assert UnusedWeightsOnly().filter(record(MISSING)) is True
+    assert UnusedWeightsOnly().filter(record("any other warning")) is True
