@@ -11,7 +11,7 @@ multiplied by `factor` whenever the validation loss has not improved (relative `
 `torch.optim.lr_scheduler.ReduceLROnPlateau` in "rel" mode) for more than `patience` evaluations.
 A checkpoint stores the plateau state only (scale, best loss, evaluations without improvement), never
 a rate: resuming with a new `learning_rate`, `min_lr` or plateau setting applies it at once.
-transformers' own "reduce_lr_on_plateau" has no warmup (NOTES.md); this combines the two.
+transformers' own "reduce_lr_on_plateau" has no warmup (transformers' get_scheduler builds ReduceLROnPlateau without one); this combines the two.
 """
 
 from __future__ import annotations

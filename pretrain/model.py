@@ -105,7 +105,7 @@ CLASSES: dict[str, tuple[type[PreTrainedModel], type[PreTrainedModel]]] = {
 
 def hf_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase):
     """The transformers config for `cfg`, with the tokenizer's special ids and SDPA attention
-    (transformers 5 builds eager attention unless told otherwise, NOTES.md)."""
+    (transformers 5 builds eager attention unless told otherwise)."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "architecture"}
     ids = {"pad_token_id": tokenizer.pad_token_id}
     if isinstance(cfg, BertModelConfig):

@@ -35,7 +35,7 @@ def train_tokenizer(
         wordpieces_prefix="##",
         show_progress=False,  # the caller's progress bar counts the documents
     )
-    # Without model_max_length the saved tokenizer claims 1e30 and never truncates (NOTES.md).
+    # Without model_max_length the saved tokenizer claims 1e30 and never truncates (tests/pretrain/test_data.py checks the saved value).
     tokenizer = BertTokenizerFast(
         tokenizer_object=wordpiece._tokenizer, do_lower_case=cfg.lowercase, model_max_length=model_max_length
     )

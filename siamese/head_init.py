@@ -3,7 +3,7 @@
 SoftmaxLoss's classifier starts random, and at the encoder's learning rate it stays close to random for
 most of a short run, while the encoder is trained through it (all-MiniLM-L6-v2's STS-B fell from
 82 to 30 in one pass over the 29k-pair subset). Here the head is first fitted as a multinomial logistic
-regression on fixed (u, v, |u-v|) features of the first training pairs — the issue's frozen baseline
+regression on fixed (u, v, |u-v|) features of the first training pairs — the frozen-encoder baseline of docs/results.md ("Siamese fine-tuning: the recipe")
 (scikit-learn's LogisticRegression, C = 1, 57.9 % on MNLI dev matched) — so training starts from a head
 that already separates the classes.
 """

@@ -63,3 +63,28 @@ def test_resume_keeps_the_plateau_state_but_takes_the_rates_from_the_new_config(
     assert [g["lr"] for g in new_optimizer.param_groups] == pytest.approx([2e-4, 2e-3])
     step(new_optimizer, new_schedule)
     assert new_schedule.get_last_lr() == pytest.approx([2e-4, 2e-3])
+
+
+def test_the_progress_bar_shows_the_steps_the_time_budget_leaves(monkeypatch):
+    """3,000 steps with a 13-minute cap that ends near step 1,100: the bar's total follows the budget, not
+    max_steps, so its remaining time is the time left to the cap."""
+    from types import SimpleNamespace
+
+    from common import training
+    from common.training import TimeBudget, TimeCappedProgress
+
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    budget = TimeBudget(minutes=13)
+    bar = TimeCappedProgress(budget)
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=3000, global_step=0)
+    args = SimpleNamespace()
+    budget.on_train_begin(args, state, None)
+    bar.on_train_begin(args, state, None)
+    assert bar.training_bar.total == 3000 and "13" in bar.training_bar.desc
+    for step in range(1, 101):  # 0.7 s a step: 780 s / 0.7 = ~1,114 steps in the budget
+        clock[0] += 0.7
+        state.global_step = step
+        bar.on_step_end(args, state, None)
+    assert abs(bar.training_bar.total - 1114) <= 12, bar.training_bar.total
+    bar.training_bar.close()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import sys
+import itertools
+import tracemalloc
 
 import pytest
+import torch
 
 from pretrain.sampling import BlockOrder
 
@@ -33,7 +35,29 @@ def test_the_order_depends_on_seed_and_epoch_only():
     assert 1000 < sum(gaps) / len(gaps) < 2300  # a random permutation of 5,000 averages ~1,667
 
 
+def peak_bytes_of(make_and_read) -> int:
+    """Peak bytes Python allocated while `make_and_read()` ran (tracemalloc: every object, values included —
+    `sys.getsizeof(obj.__dict__)` measured only the dict's table)."""
+    tracemalloc.start()
+    try:
+        make_and_read()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_memory_does_not_grow_with_the_number_of_blocks():
-    small, huge = BlockOrder(1000, seed=0), BlockOrder(70_000_000, seed=0)  # OpenWebText's ~9 B tokens
-    assert sys.getsizeof(huge.__dict__) == sys.getsizeof(small.__dict__)
+    def first_thousand(n: int):
+        def run() -> list[int]:
+            order = BlockOrder(n, seed=0)
+            order.set_epoch(1)
+            return list(itertools.islice(iter(order), 1000))
+
+        return run
+
+    small, huge = peak_bytes_of(first_thousand(1000)), peak_bytes_of(first_thousand(70_000_000))  # ~9 B tokens
+    assert huge < 2 * small + 64_000, (small, huge)  # a permutation of 70M indices would take gigabytes
+    # The measurement sees a materialised order: torch's RandomSampler's randperm(n).tolist() for 1M blocks.
+    assert peak_bytes_of(lambda: torch.randperm(1_000_000).tolist()) > 100 * huge
+    huge = BlockOrder(70_000_000, seed=0)
     assert len(huge) == 70_000_000 and 0 <= huge.position(123_456_789 % 70_000_000) < 70_000_000

@@ -37,9 +37,8 @@ def logged(out: Path, key: str, run: str = "pretrain-debug") -> list[tuple[int, 
 
 
 def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_path, capsys):
-    # From a zero output bias the loss starts at ln(vocab): the fall below shows gradients reach the model.
-    # (The default unigram start is tested in test_model.py; a 2-layer model needs more than 50 steps to
-    # leave that plateau.)
+    # From a zero output bias (the default) the loss starts at ln(vocab): the fall below shows gradients reach
+    # the model. (The unigram start, train.output_bias_init=unigram, is tested in test_model.py.)
     metrics = main(
         tiny_args("train.max_steps=50", "train.logging_steps=5", "train.eval_steps=25", "train.output_bias_init=zero")
     )

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from common.config import load_config
+from common.config import REPO_ROOT, load_config
 from common.errors import ConfigError
 from siamese.config import SiameseConfig
 
@@ -64,9 +64,14 @@ def test_the_head_and_selection_keys_refuse_what_cannot_work(overrides, key, say
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
-def test_the_new_keys_default_to_todays_recipe():
+def test_the_head_recipe_is_off_by_default_and_on_in_every_shipped_recipe():
+    """The schema's defaults are SBERT's (no head rate, no warm start, the last step); the shipped recipes turn
+    all three on (docs/results.md, "Siamese fine-tuning: the recipe")."""
     train = load_config(SiameseConfig, None).train
     assert (train.head_learning_rate, train.head_init_pairs, train.select_best) == (None, 0, False)
+    for name in ("cpu-small", "bert-medium", "minilm-baseline"):
+        shipped = load_config(SiameseConfig, REPO_ROOT / "configs" / "siamese" / f"{name}.yaml").train
+        assert shipped.head_learning_rate and shipped.head_init_pairs > 0 and shipped.select_best, name
     cfg = load_config(SiameseConfig, None, ["train.select_best=true", "train.eval_steps=300", "train.save_steps=600",
                                             "train.head_learning_rate=1.0e-3", "train.head_init_pairs=4096"])  # fmt: skip
     assert cfg.train.select_best and cfg.train.head_learning_rate == 1.0e-3 and cfg.train.head_init_pairs == 4096

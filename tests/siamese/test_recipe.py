@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 # it either way. (One standard error of an accuracy at n = 200, p ≈ 0.4 is 3.5 points: 6 points is well
 # clear of a head that learnt nothing.)
 ACCURACY_GAIN = 0.06
-# The frozen encoder's STS-B Spearman may fall by at most 0.02: the bar (82 → at least 80 on the
+# The frozen encoder's STS-B Spearman may fall by at most 0.02: the recipe's bar (82 → at least 80 on the
 # full test set). Before and after are ranked on the same pairs, so the slice adds no sampling noise to
 # the difference; the run is seeded, so the drop is a fixed number (measured: none, −0.0007).
 STS_MARGIN = 0.02
