@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one command: bert-medium pretraining throughput of our path against the reference path
-# and the bare-loop anchor (bench/pretrain_throughput.py), a profile of our step, the data path per loader
+# and the bare-loop anchor with a profile of our step (bench/pretrain_throughput.py), the data path per loader
 # worker (bench/step_overhead.py --loader-only), bert-medium pretraining on the offline IMDB stand-in (the
 # loss curve), the siamese stage on its model and the evaluation — what docs/benchmarks.md records under
 # "GPU check". bench/gpu_mission.sh sets up a bare device machine (wheels, data) and calls this with a
@@ -30,8 +30,7 @@ START=$SECONDS
 
 if [ "$DRY" = 1 ]; then  # a CPU rehearsal: tiny models, a few steps, nothing appended to docs/benchmarks.md
     PRE_CONFIG=configs/pretrain/debug.yaml SIA_CONFIG=configs/siamese/debug.yaml
-    BENCH=(--warmup 1 --windows 1 --steps-per-window 2 --no-record impl.num_threads=1)
-    PROFILE=(--warmup 1 --profile 2 --no-record impl.num_threads=1)
+    BENCH=(--warmup 1 --windows 1 --steps-per-window 2 --profile-after 2 --no-record impl.num_threads=1)
     LOADER=(--loader-seconds 1 --no-record)
     PRE_STEPS=(train.eval_steps=10 train.save_steps=20 impl.num_threads=1)
     SIA_STEPS=(train.max_steps=6 train.eval_steps=3 train.save_steps=3 impl.num_threads=1)
@@ -40,8 +39,7 @@ if [ "$DRY" = 1 ]; then  # a CPU rehearsal: tiny models, a few steps, nothing ap
     export OMP_NUM_THREADS=1
 else
     PRE_CONFIG=configs/pretrain/bert-medium.yaml SIA_CONFIG=configs/siamese/bert-medium.yaml
-    BENCH=(--warmup 5 --windows 3 --steps-per-window 10)
-    PROFILE=(--warmup 5 --profile 10)
+    BENCH=(--warmup 5 --windows 3 --steps-per-window 10 --profile-after 10)
     LOADER=(--loader-seconds 5)
     PRE_STEPS=(train.eval_steps=250 train.save_steps=1000)
     SIA_STEPS=(train.max_steps=460 train.eval_steps=100 train.save_steps=100)
@@ -81,11 +79,10 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "| transformers", 
 
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
     # 1. Tokens/s of `python -m pretrain`'s Trainer (bf16, SDPA, compile, masked-only head) vs the reference
-    #    path and the bare-loop anchor, MFU of each; then where a step's time goes; then the data path.
+    #    path and the bare-loop anchor, MFU of each, and where a step of ours spends its time (profiled after
+    #    its timed windows, in the same process); then the data path per loader worker.
     cp docs/benchmarks.md "$CHECK/benchmarks-before.md"
-    step throughput 240 python3 -m bench.pretrain_throughput --config "$PRE_CONFIG" "${BENCH[@]}" \
-        data.source="$CORPUS" ${PRETRAIN_OVERRIDES:-}
-    step profile 120 python3 -m bench.pretrain_throughput --config "$PRE_CONFIG" "${PROFILE[@]}" \
+    step throughput 270 python3 -m bench.pretrain_throughput --config "$PRE_CONFIG" "${BENCH[@]}" \
         data.source="$CORPUS" ${PRETRAIN_OVERRIDES:-}
     step loader 60 python3 -m bench.step_overhead --config "$PRE_CONFIG" --loader-only "${LOADER[@]}" \
         data.source="$CORPUS" ${PRETRAIN_OVERRIDES:-}

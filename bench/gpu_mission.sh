@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The longest mission one device call allows (10 minutes a command), on a bare H200 machine: install the
 # carried wheels, decompress the carried IMDB stand-in, then bench/gpu_check.sh with a total budget —
-# throughput of ours vs the reference path and the bare-loop anchor, the step profile, the data path per
+# throughput of ours vs the reference path and the bare-loop anchor with the step profile, the data path per
 # loader worker, bert-medium pretraining for whatever those leave of MISSION_SECONDS, the siamese stage and
 # the evaluation. Everything small comes back in $OUT/gpu-check.tgz, refreshed after each step.
 #
@@ -10,7 +10,7 @@
 #   CPU dry run: DRY=1 bash bench/gpu_mission.sh     (the debug configs, tiny steps; a few minutes here)
 #
 # MISSION_SECONDS (default 560) is the whole script's budget inside the call's 600 s: the install and
-# decompression, the bench steps (limits 240 + 120 + 60 s), then pretraining gets the rest less
+# decompression, the bench steps (limits 270 + 60 s), then pretraining gets the rest less
 # gpu_check.sh's RESERVE_SECONDS for what follows it (at least MIN_PRETRAIN_MINUTES, default 1.5: the
 # 2026-11-30 run left the unigram plateau only after ~1,500 steps). SKIP_BENCH=1 gives pretraining
 # the bench's time too (about 5 minutes then); SIAMESE_MINUTES defaults to 1 here.

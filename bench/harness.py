@@ -35,12 +35,19 @@ def sync(device: torch.device | str) -> None:
 
 
 def timed_windows(
-    step: Callable[[], int], *, warmup: int, windows: int, steps_per_window: int, device: torch.device | str
+    step: Callable[[], int],
+    *,
+    warmup: int,
+    windows: int,
+    steps_per_window: int,
+    device: torch.device | str,
+    cpu_rates: list[float] | None = None,
 ) -> list[float]:
     """Run `step` (returns the units it processed, e.g. tokens) and return units/s per window.
 
     Warm-up steps are not timed (allocation, autotuning, compilation); the median of the windows is the
-    figure to quote, the spread says how noisy the machine was.
+    figure to quote, the spread says how noisy the machine was. `cpu_rates`, if given, gets units per CPU
+    second of this process per window (what other jobs on a shared CPU change far less).
     """
     for _ in range(warmup):
         step()
@@ -48,11 +55,13 @@ def timed_windows(
     rates = []
     for _ in range(windows):
         units = 0
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(steps_per_window):
             units += step()
         sync(device)
         rates.append(units / (time.perf_counter() - start))
+        if cpu_rates is not None:
+            cpu_rates.append(units / max(time.process_time() - start_cpu, 1e-9))
     return rates
 
 

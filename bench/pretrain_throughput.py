@@ -20,6 +20,8 @@ measured matmul peak: bf16 on CUDA, fp32 with torch's threads on a CPU.
 `--profile N` instead profiles N steps of our path with torch.profiler and prints where a step's time
 goes: the phases of a Trainer step (forward, backward, optimizer, the Trainer's own work, waiting for
 the next batch), the calls that make the host wait for the device, and the operators that take most.
+`--profile-after N` profiles N steps of ours after its timed windows, in the same run (on a GPU: one
+compile less than a separate `--profile` run).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -149,23 +152,36 @@ def trainer_overrides(args: argparse.Namespace, total_steps: int, out: str) -> l
     ]
 
 
-def ours_rates(
-    args: argparse.Namespace, data, profile_steps: int = 0
-) -> tuple[list[float], torch.device, Any, list[float]]:
-    """Tokens/s per window of `python -m pretrain`'s Trainer (pretrain.train.build_trainer) on `data`, the
-    device, with `profile_steps` a torch.profiler trace of that many steps after the warm-up (else None),
-    and tokens per CPU second of this process per window."""
+@dataclass
+class OursRun:
+    """What one timed run of our path gives: tokens/s and tokens per CPU second of this process per window,
+    the device, and with profiled steps the profiler and the wall ms per profiled step."""
+
+    rates: list[float]
+    cpu_rates: list[float]
+    device: torch.device
+    profiler: Any = None
+    profile_ms: float = 0.0
+
+
+def ours_rates(args: argparse.Namespace, data, profile_steps: int = 0, profile_only: bool = True) -> OursRun:
+    """Time `python -m pretrain`'s Trainer (pretrain.train.build_trainer) on `data`: `args.windows` windows
+    of `args.steps_per_window` steps after `args.warmup`, then `profile_steps` steps under torch.profiler —
+    or, with `profile_only`, only the profiled steps right after the warm-up."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from pretrain.train import build_trainer
 
-    timed = profile_steps or args.windows * args.steps_per_window
-    spw = timed if profile_steps else args.steps_per_window
-    marks = [args.warmup + i * spw for i in range(timed // spw + 1)]
+    spw = args.steps_per_window
+    timed = 0 if profile_steps and profile_only else args.windows * spw
+    marks = [args.warmup + i * spw for i in range(timed // spw + 1)] if timed else [args.warmup]
+    if profile_steps:
+        marks.append(marks[-1] + profile_steps)
     with tempfile.TemporaryDirectory(prefix="throughput-") as out:
-        overrides = DEFAULT_OVERRIDES + args.overrides + trainer_overrides(args, args.warmup + timed, out)
+        total = args.warmup + timed + profile_steps
+        overrides = DEFAULT_OVERRIDES + args.overrides + trainer_overrides(args, total, out)
         cfg = load_config(PretrainConfig, args.config, overrides)
         trainer = build_trainer(cfg, data, report_to=[], fresh=True)
         times = StepTimes(trainer.args.device, set(marks))
@@ -174,7 +190,8 @@ def ours_rates(
         if profile_steps:
             cuda = trainer.args.device.type == "cuda"
             activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-            profiler = profile(activities=activities, schedule=schedule(wait=args.warmup, warmup=0, active=timed))
+            wait = args.warmup + timed
+            profiler = profile(activities=activities, schedule=schedule(wait=wait, warmup=0, active=profile_steps))
             trainer.add_callback(ProfilerStep(profiler))
             phases = StepPhases(trainer.model)
             phases.wrap_batches(trainer)
@@ -185,10 +202,12 @@ def ours_rates(
         else:
             trainer.train()
     tokens = args.batch_size * cfg.data.block_size
-    windows = list(zip(marks, marks[1:], strict=False))
+    timed_marks = marks[:-1] if profile_steps else marks
+    windows = list(zip(timed_marks, timed_marks[1:], strict=False)) if timed else []
     rates = [spw * tokens / (times.times[b] - times.times[a]) for a, b in windows]
     cpu_rates = [spw * tokens / max(times.cpu_times[b] - times.cpu_times[a], 1e-9) for a, b in windows]
-    return rates, trainer.args.device, profiler, cpu_rates
+    profile_ms = (times.times[marks[-1]] - times.times[marks[-2]]) * 1e3 / profile_steps if profile_steps else 0.0
+    return OursRun(rates, cpu_rates, trainer.args.device, profiler, profile_ms)
 
 
 class ProfilerStep(TrainerCallback):
@@ -267,18 +286,12 @@ def shape_label(cfg: PretrainConfig, batch_size: int) -> str:
     )
 
 
-def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> list[str]:
+def profile_rows(run: OursRun, steps: int) -> list[str]:
     """Where a step of our path spends its time, in ms per step: the phases (PHASES; host time, and on CUDA
     the device time of the kernels each launched), the calls that make the host wait for the device, the
-    device's busy share, and the operators with the most self time. Returns the table's rows."""
-    from pretrain.blocks import prepare_data
-
-    data = prepare_data(cfg)
-    rates, device, profiler, _ = ours_rates(args, data, profile_steps=args.profile)
-    wall_ms = args.batch_size * cfg.data.block_size / rates[0] * 1e3
-    on_gpu = device.type == "cuda"
-    events = profiler.key_averages()
-    n = args.profile
+    device's busy share, and the operators with the most self time."""
+    wall_ms, on_gpu, n = run.profile_ms, run.device.type == "cuda", steps
+    events = run.profiler.key_averages()
 
     def device_ms(event) -> float:
         return event.device_time_total / 1e3 / n
@@ -309,14 +322,27 @@ def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> list[str]:
     skip = ("ProfilerStep", "phase: ")
     ops = sorted(((e.key, self_ms(e)) for e in events if not e.key.startswith(skip)), key=lambda kv: -kv[1])
     rows += [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} | |" for name, ms in ops[:12]]
+    return rows
+
+
+def record_profile(args: argparse.Namespace, cfg: PretrainConfig, rows: list[str], wall_ms: float, steps: int) -> None:
     shape = shape_label(cfg, args.batch_size)
-    print(f"{shape}: {wall_ms:.1f} ms per step under the profiler ({n} steps after {args.warmup}); {machine()}")
+    print(f"{shape}: {wall_ms:.1f} ms per step under the profiler ({steps} steps); {machine()}")
     for row in rows:
         print(row)
     if not args.no_record:
         command = "python -m bench.pretrain_throughput " + " ".join(args.argv)
         title = f"Pretraining step profile (our path, {shape}, {wall_ms:.1f} ms per step)"
         append_results(title, command, rows, "| where | ms per step | share of step | what |")
+
+
+def run_profile(args: argparse.Namespace, cfg: PretrainConfig) -> list[str]:
+    """`--profile N`: profile N steps of our path right after the warm-up; returns the table's rows."""
+    from pretrain.blocks import prepare_data
+
+    run = ours_rates(args, prepare_data(cfg), profile_steps=args.profile)
+    rows = profile_rows(run, args.profile)
+    record_profile(args, cfg, rows, run.profile_ms, args.profile)
     return rows
 
 
@@ -334,14 +360,24 @@ def run_one(args: argparse.Namespace) -> dict:
         else:
             step = BareLoop(cfg, data, args.batch_size, device)
             settings = step.settings
+        cpu_rates: list[float] = []
         rates = timed_windows(
-            step, warmup=args.warmup, windows=args.windows, steps_per_window=args.steps_per_window, device=device
+            step,
+            warmup=args.warmup,
+            windows=args.windows,
+            steps_per_window=args.steps_per_window,
+            device=device,
+            cpu_rates=cpu_rates,
         )
     else:
-        rates = ours_rates(args, data)[0]
+        run = ours_rates(args, data, profile_steps=args.profile_after, profile_only=False)
+        rates, cpu_rates = run.rates, run.cpu_rates
+        if args.profile_after:  # profiled after the timed windows, which the profiler does not slow
+            settings = {"profile_rows": profile_rows(run, args.profile_after), "profile_ms": run.profile_ms}
     return {
         "tokens_per_s": median(rates),
         "windows": rates,
+        "tokens_per_cpu_s": median(cpu_rates),  # this process's CPU seconds: the steadier figure on a shared CPU
         "peak_gpu_mb": peak_gpu_mb(),
         "peak_rss_mb": peak_rss_mb(),
         "settings": settings,
@@ -353,7 +389,8 @@ PATHS = ("reference", "ours", "anchor")
 
 def main(argv: list[str] | None = None) -> dict:
     """Compare the paths (or profile ours); returns {"results": {path: child JSON}, "ours_over_reference",
-    "ours_over_anchor", "flops_per_token", "peak_tflops", "mfu": {path: share}} (the profile: {"rows"})."""
+    "ours_over_anchor", "flops_per_token", "peak_tflops", "mfu": {path: share}, with --profile-after
+    "profile_rows"} (with --profile: {"rows"})."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--config", default="configs/pretrain/bert-medium.yaml", help="model shape and training settings"
@@ -363,6 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps-per-window", type=int, default=10)
     parser.add_argument("--profile", type=int, metavar="N", help="profile N steps of our path instead of comparing")
+    parser.add_argument(
+        "--profile-after", type=int, default=0, metavar="N", help="also profile N steps of ours after its windows"
+    )
     parser.add_argument("--paths", default=",".join(PATHS), help="which paths to compare (default: all three)")
     parser.add_argument("--path", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--no-record", action="store_true", help="do not append to docs/benchmarks.md")
@@ -386,7 +426,8 @@ def main(argv: list[str] | None = None) -> dict:
     for path in paths:
         child = [sys.executable, "-m", "bench.pretrain_throughput", "--path", path, "--config", args.config]
         child += ["--batch-size", str(args.batch_size), "--warmup", str(args.warmup)]
-        child += ["--windows", str(args.windows), "--steps-per-window", str(args.steps_per_window), *args.overrides]
+        child += ["--windows", str(args.windows), "--steps-per-window", str(args.steps_per_window)]
+        child += ["--profile-after", str(args.profile_after if path == "ours" else 0), *args.overrides]
         out = subprocess.run(child, check=True, stdout=subprocess.PIPE, text=True).stdout
         results[path] = json.loads(out.strip().splitlines()[-1])
         print(
@@ -396,10 +437,16 @@ def main(argv: list[str] | None = None) -> dict:
         print("anchor settings: " + ", ".join(f"{k} {v}" for k, v in results["anchor"]["settings"].items()))
 
     summary: dict[str, Any] = {"results": results}
+    if args.profile_after:
+        profiled = results["ours"]["settings"]
+        summary["profile_rows"] = profiled["profile_rows"]
+        record_profile(args, cfg, profiled["profile_rows"], profiled["profile_ms"], args.profile_after)
     ours = results["ours"]["tokens_per_s"]
     for other in ("reference", "anchor"):
         if other in results:
             summary[f"ours_over_{other}"] = ours / results[other]["tokens_per_s"]
+            cpu = results["ours"]["tokens_per_cpu_s"] / results[other]["tokens_per_cpu_s"]
+            summary[f"ours_over_{other}_cpu"] = cpu
     flops = model_flops_per_token(cfg)
     peak = matmul_peak_tflops()
     unit = "bf16" if torch.cuda.is_available() else f"fp32, {torch.get_num_threads()} threads"
@@ -410,6 +457,13 @@ def main(argv: list[str] | None = None) -> dict:
         f"attention + head at the masked share) / measured {unit} matmul peak {peak:.3g} TFLOP/s: "
         + ", ".join(f"{path} {m:.1%}" for path, m in mfu.items())
     )
+    if not torch.cuda.is_available():  # on a GPU the host's CPU seconds say nothing about the work
+        print(
+            "per CPU second of each main process (steadier on a shared machine; loader workers not counted): "
+            + "; ".join(
+                f"ours / {o} = {summary[f'ours_over_{o}_cpu']:.2f}x" for o in ("reference", "anchor") if o in results
+            )
+        )
     memory = "peak_gpu_mb" if torch.cuda.is_available() else "peak_rss_mb"
     shape = shape_label(cfg, args.batch_size)
     ratios = "; ".join(
@@ -427,7 +481,8 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         for other in ("reference", "anchor"):
             if other in results:
-                rows.append(f"| **ratio ours/{other}** | | **{summary[f'ours_over_{other}']:.2f}×** | | |")
+                cpu = "" if torch.cuda.is_available() else f" (per CPU second {summary[f'ours_over_{other}_cpu']:.2f}×)"
+                rows.append(f"| **ratio ours/{other}** | | **{summary[f'ours_over_{other}']:.2f}×**{cpu} | | |")
         command = "python -m bench.pretrain_throughput " + " ".join(args.argv)
         header = f"| path | shape | tokens/s | {memory} | MFU ({flops / 1e6:.1f} MFLOP/token, {unit} peak {peak:.3g} TFLOP/s) |"
         append_results("Pretraining throughput", command, rows, header)

@@ -171,9 +171,9 @@ def step_overheads(args: argparse.Namespace, cfg: PretrainConfig, device: torch.
             wall[name] += w
             cpu[name] += c
             del step
-        rates, _, _, cpu_rates = ours_rates(args, args.data)
-        wall[TRAINER] += [tokens / r * 1e3 for r in rates]
-        cpu[TRAINER] += [tokens / r * 1e3 for r in cpu_rates]
+        run = ours_rates(args, args.data)
+        wall[TRAINER] += [tokens / r * 1e3 for r in run.rates]
+        cpu[TRAINER] += [tokens / r * 1e3 for r in run.cpu_rates]
     return wall, cpu
 
 

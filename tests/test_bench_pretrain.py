@@ -40,12 +40,14 @@ def test_throughput_bench_reports_ours_over_anchor_and_reference(overrides, caps
     from bench.pretrain_throughput import main
 
     argv = ["--config", DEBUG, "--batch-size", "8", "--warmup", "1", "--windows", "1", "--steps-per-window", "2"]
-    summary = main([*argv, "--no-record", *overrides])
+    summary = main([*argv, "--profile-after", "2", "--no-record", *overrides])
     results = summary["results"]
     assert set(results) == {"reference", "ours", "anchor"}
     for name in ("reference", "anchor"):
         expected = results["ours"]["tokens_per_s"] / results[name]["tokens_per_s"]
         assert summary[f"ours_over_{name}"] == pytest.approx(expected) and expected > 0
+        cpu = results["ours"]["tokens_per_cpu_s"] / results[name]["tokens_per_cpu_s"]
+        assert summary[f"ours_over_{name}_cpu"] == pytest.approx(cpu) and cpu > 0
     # one FLOP count and one peak for every path: MFU is proportional to tokens/s
     for name, r in results.items():
         mfu = r["tokens_per_s"] * summary["flops_per_token"] / (summary["peak_tflops"] * 1e12)
@@ -53,8 +55,10 @@ def test_throughput_bench_reports_ours_over_anchor_and_reference(overrides, caps
     settings = results["anchor"]["settings"]
     assert settings["attention"] == "sdpa" and settings["masked-only head"] is True
     assert settings["compile"] is False and settings["bf16 autocast"] is False and settings["AdamW"] == "foreach"
+    assert any(r.startswith("| phase: forward (host) |") for r in summary["profile_rows"])
     out = capsys.readouterr().out
     assert "ours / reference = " in out and "ours / anchor = " in out and "MFU = tokens/s × " in out
+    assert "ms per step under the profiler (2 steps)" in out and "per CPU second of each main process" in out
 
 
 def test_throughput_bench_refuses_paths_without_ours(overrides):
