@@ -114,3 +114,29 @@ def test_step_overhead_reports_loader_and_variants(overrides, capsys):
         result["step_ms"][TRAINER] - result["step_ms"]["bare loop + clipping + DataLoader"]
     )
     assert "Trainer − bare loop with clipping and DataLoader" in capsys.readouterr().out
+
+
+def test_step_clock_marks_only_the_window_ends():
+    """The bench's clock must not sync the device every step (that stops the host from running ahead)."""
+    from types import SimpleNamespace
+
+    from bench.pretrain_throughput import StepTimes
+
+    clock = StepTimes(torch.device("cpu"), marks={0, 3, 5})
+    clock.on_train_begin(None, SimpleNamespace(global_step=0), None)
+    for step in range(1, 7):
+        clock.on_step_end(None, SimpleNamespace(global_step=step), None)
+    assert sorted(clock.times) == sorted(clock.cpu_times) == [0, 3, 5]
+    assert clock.times[0] <= clock.times[3] <= clock.times[5]
+
+
+def test_timed_windows_reports_cpu_rates_when_asked():
+    from bench.harness import timed_windows
+
+    def step() -> int:  # some CPU work, 10 units
+        sum(i * i for i in range(20_000))
+        return 10
+
+    cpu: list[float] = []
+    rates = timed_windows(step, warmup=1, windows=3, steps_per_window=5, device="cpu", cpu_rates=cpu)
+    assert len(rates) == len(cpu) == 3 and all(r > 0 for r in rates + cpu)
