@@ -289,22 +289,23 @@ def shape_label(cfg: PretrainConfig, batch_size: int) -> str:
 def profile_rows(run: OursRun, steps: int) -> list[str]:
     """Where a step of our path spends its time, in ms per step: the phases (PHASES; host time, and on CUDA
     the device time of the kernels each launched), the calls that make the host wait for the device, the
-    device's busy share, and the operators with the most self time."""
+    device's busy share, and the operators (CPU: host self time) or kernels (CUDA: device time) that take
+    most. The profiler lists a range twice on CUDA (host side and device side, key_averages keeps them
+    apart by device type): phases and waits are read from the host-side entries, busy time and the
+    kernel rows from the device-side ones, so nothing is counted twice."""
+    from torch.autograd import DeviceType
+
     wall_ms, on_gpu, n = run.profile_ms, run.device.type == "cuda", steps
     events = run.profiler.key_averages()
-
-    def device_ms(event) -> float:
-        return event.device_time_total / 1e3 / n
-
-    def self_ms(event) -> float:  # device time where the work runs on the GPU, host time on CPU
-        return (event.self_device_time_total if on_gpu else event.self_cpu_time_total) / 1e3 / n
+    host = [e for e in events if e.device_type == DeviceType.CPU]
+    kernels = [e for e in events if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)]
 
     rows = []
-    by_key = {e.key: e for e in events}
+    by_key = {e.key: e for e in host}
     for name, what in PHASES.items():
         if name in by_key:
             e = by_key[name]
-            gpu = f"; device {device_ms(e):.1f}" if on_gpu else ""
+            gpu = f"; device {e.device_time_total / 1e3 / n:.1f}" if on_gpu else ""
             rows.append(
                 f"| {name} (host{'; device' if on_gpu else ''}) | {e.cpu_time_total / 1e3 / n:.1f}{gpu} | "
                 f"{e.cpu_time_total / 1e3 / n / wall_ms:.0%} | {what} |"
@@ -317,11 +318,15 @@ def profile_rows(run: OursRun, steps: int) -> list[str]:
                 f"{e.self_cpu_time_total / 1e3 / n / wall_ms:.0%} | host time in the call |"
             )
     if on_gpu:
-        busy = sum(e.self_device_time_total for e in events) / 1e3 / n
+        busy = sum(e.self_device_time_total for e in kernels) / 1e3 / n
         rows.append(f"| device busy (all kernels and copies) | {busy:.1f} | {busy / wall_ms:.0%} | idle the rest |")
-    skip = ("ProfilerStep", "phase: ")
-    ops = sorted(((e.key, self_ms(e)) for e in events if not e.key.startswith(skip)), key=lambda kv: -kv[1])
-    rows += [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} | |" for name, ms in ops[:12]]
+        top = sorted(((e.key, e.self_device_time_total / 1e3 / n) for e in kernels), key=lambda kv: -kv[1])
+        rows += [f"| kernel: `{name[:80]}` | {ms:.1f} | {ms / wall_ms:.0%} | |" for name, ms in top[:12]]
+    else:
+        skip = ("ProfilerStep", "phase: ")
+        ops = [(e.key, e.self_cpu_time_total / 1e3 / n) for e in host if not e.key.startswith(skip)]
+        ops.sort(key=lambda kv: -kv[1])
+        rows += [f"| op: `{name}` (self) | {ms:.1f} | {ms / wall_ms:.0%} | |" for name, ms in ops[:12]]
     return rows
 
 
