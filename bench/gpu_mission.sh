@@ -25,8 +25,15 @@ CARRIED=${CARRIED_DATA:-.gpu-data}
 if [ "$DRY" = 1 ]; then  # the wheels are for the device's Python 3.12; here the environment has the packages
     echo "== DRY: .whl/ not installed"
 elif compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || exit 1
+    install() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$@"; }
+    imports() { PYTHONPATH=/tmp/site python3 -c 'import datasets, transformers, sentence_transformers, pretrain.train, siamese.train'; }
+    install .whl/*.whl || exit 1
+    if ! imports; then  # e.g. a dependency of the newer transformers too old on the image: keep the image's
+        echo "== the carried transformers / sentence-transformers do not import here: using the image's"
+        rm -rf /tmp/site
+        install $(ls .whl/*.whl | grep -v -e transformers- -e sentence_transformers-) || exit 1
+        imports || exit 1
+    fi
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
