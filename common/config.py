@@ -134,6 +134,8 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
+        if key in getattr(cls, "RETIRED", {}):  # a key a section no longer has, with where it went
+            raise ConfigError(f"config key '{prefix}{key}' {cls.RETIRED[key]}")
         if key not in names:
             tags = [f"{prefix}{t}={getattr(cls, t, None) or data.get(t)}" for t in TAG_FIELDS if t in names]
             where = f"known for {tags[0]}" if tags else "known in this section"

@@ -22,6 +22,7 @@ from transformers.trainer_callback import ExportableState
 
 from common.checkpoints import newest_checkpoint
 from common.errors import UserError
+from common.precision import run_precision, skipped_by_loss_scaler
 from common.schedule import WarmupPlateauSchedule
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class StopOnNonFiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         bad = [k for k in ("loss", "grad_norm") if k in logs and not math.isfinite(float(logs[k]))]
+        bad = [k for k in bad if not skipped_by_loss_scaler(k, kwargs.get("optimizer"))]  # fp16's skipped steps
         if bad:
             last = newest_checkpoint(args.output_dir)
             raise TrainingDiverged(
@@ -211,16 +213,17 @@ def advise_on_out_of_memory(batch_key: str, batch_size: int, accumulation: int, 
     except torch.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
-            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device"
+            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device, or set impl.fit_batch=true"
         ) from None
 
 
-def shared_arguments(*, device: str, seed: int, report_to: list[str], bf16: bool) -> dict[str, Any]:
-    """TrainingArguments both stages pass alike (each adds its own batch, schedule and step settings)."""
+def shared_arguments(*, device: str, seed: int, report_to: list[str], precision: str) -> dict[str, Any]:
+    """TrainingArguments both stages pass alike (each adds its own batch, schedule and step settings);
+    `precision` is `impl.precision`, decided for `device` by common/precision.py."""
     return {
         "seed": seed,
         "use_cpu": device == "cpu",
-        "bf16": bf16 and device == "cuda",
+        **run_precision(device, precision).trainer_flags(),
         "report_to": report_to,
         "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
         "logging_first_step": True,

@@ -7,9 +7,10 @@ and validated by `common.config.load_config` before any data are touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from common.config import RunConfig, require
+from common.precision import RETIRED_BF16
 from common.sources import hub_only_setting
 from common.tracking import WandbConfig
 
@@ -289,8 +290,14 @@ RESUMABLE_KEYS = (
 class ImplConfig:
     """Settings that change speed, not results (cramming's `impl`): benchmarks may flip them."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = True  # autocast; only used on CUDA (this CPU has no fast bf16)
+    RETIRED: ClassVar[dict[str, str]] = {"bf16": RETIRED_BF16}
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu (common/device.py)
+    # auto: bf16 on GPUs with bf16 tensor cores, fp16 + loss scaling on T4 / V100, else fp32 (common/precision.py)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Before training, find the largest per-device batch that fits (halving it) and raise
+    # gradient_accumulation_steps so the batch per optimizer step stays the same (common/batch_fit.py).
+    fit_batch: bool = False
     compile: bool = True  # torch.compile; only used on CUDA (minutes of compile time on CPU)
     masked_only_head: bool = True  # run the MLM head only where labels != -100 (same loss, less work)
     tf32: bool = True

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
+from common.batch_fit import fit_trainer_batch
 from common.checkpoints import (
     SaveRunConfig,
     check_resume_settings,
@@ -25,6 +26,7 @@ from common.checkpoints import (
 from common.config import to_dict
 from common.device import resolve_device
 from common.errors import DataError
+from common.precision import choose_compile, choose_tf32, device_info, run_precision
 from common.tracking import finish_run, trainer_report_to
 from common.training import (
     GridEarlyStopping,
@@ -77,8 +79,8 @@ def training_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -
         dataloader_pin_memory=device == "cuda",
         remove_unused_columns=False,
         label_names=["labels"],
-        tf32=cfg.impl.tf32 if device == "cuda" else None,
-        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=cfg.impl.bf16),
+        tf32=choose_tf32(device_info(device), cfg.impl.tf32),  # None below compute capability 8.0
+        **shared_arguments(device=device, seed=t.seed, report_to=report_to, precision=cfg.impl.precision),
     )
 
 
@@ -122,7 +124,10 @@ def build_trainer(
     }
     trainer.units_per_step = t.per_device_train_batch_size * t.gradient_accumulation_steps * args.world_size
     trainer.units_per_step *= cfg.data.block_size
-    if device == "cuda" and cfg.impl.compile:
+    compile_model, why = choose_compile(device_info(device), cfg.impl.compile)
+    if cfg.impl.compile and not compile_model:
+        log.info("%s", why)
+    if compile_model:
         # Module.compile() keeps state_dict keys, so checkpoints stay plain; the head sees a different
         # number of masked positions in every batch.
         model.base_model.compile()
@@ -148,6 +153,7 @@ def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) 
 def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedData, dict[str, Any]]:
     """Train on every rank; returns the trainer, the data and the final metrics (computed on every rank)."""
     state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    precision = run_precision(resolve_device(cfg.impl.device), cfg.impl.precision)  # refused before any data
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
@@ -166,7 +172,6 @@ def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedDa
         resume_id=recorded_wandb_id(checkpoint),
     )
     trainer = build_trainer(cfg, data, report_to, fresh=checkpoint is None)
-    t = cfg.train
     log.info(
         "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
         cfg.model.architecture,
@@ -180,11 +185,13 @@ def run(cfg: PretrainConfig, resume: bool = False) -> tuple[MLMTrainer, PackedDa
         state.num_processes,
         trainer.units_per_step,
     )
-    with advise_on_out_of_memory(
-        "train.per_device_train_batch_size", t.per_device_train_batch_size, t.gradient_accumulation_steps, "blocks"
-    ):
+    fitted = fit_trainer_batch(
+        trainer, lambda n: stack([trainer.train_dataset[i] for i in range(n)]), cfg.impl.fit_batch
+    )
+    batch_key = "train.per_device_train_batch_size"
+    with advise_on_out_of_memory(batch_key, fitted.per_device, fitted.accumulation, "blocks"):
         trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = final_metrics(cfg, trainer, data)
+        metrics = final_metrics(cfg, trainer, data) | precision.as_metrics() | fitted.as_metrics()
     return trainer, data, metrics
 
 

@@ -8,9 +8,10 @@ that must not change results), `wandb` (tracking).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from common.config import RunConfig, require
+from common.precision import RETIRED_BF16
 from common.sources import hub_only_setting
 from common.tracking import WandbConfig
 
@@ -156,8 +157,14 @@ class TrainConfig:
 class ImplConfig:
     """Speed-only settings: they may change how fast a run goes, not what it learns (up to float noise)."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    bf16: bool = False  # CUDA only; this CPU has no fast bf16
+    RETIRED: ClassVar[dict[str, str]] = {"bf16": RETIRED_BF16}
+
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"  # auto: cuda, then mps, then cpu (common/device.py)
+    # auto: bf16 on GPUs with bf16 tensor cores, fp16 + loss scaling on T4 / V100, else fp32 (common/precision.py)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    # Before training, find the largest per-device batch that fits (halving it) and raise
+    # gradient_accumulation_steps so the batch per optimizer step stays the same (common/batch_fit.py).
+    fit_batch: bool = False
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     # Embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding).
     merge_pair_forward: bool = False

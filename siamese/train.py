@@ -20,6 +20,7 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
+from common.batch_fit import fit_trainer_batch, longest_pairs
 from common.checkpoints import (
     SaveRunConfig,
     check_resume_settings,
@@ -32,6 +33,7 @@ from common.cli import config_parser, parse_config
 from common.config import REPO_ROOT, save_config, to_dict
 from common.device import resolve_device
 from common.errors import ConfigError, UserError
+from common.precision import run_precision
 from common.runlock import claim_run_folder
 from common.tracking import finish_run, trainer_report_to
 from common.training import (
@@ -106,7 +108,7 @@ def training_arguments(
         greater_is_better=not best_metric.endswith("loss") if select else None,
         dataloader_num_workers=impl.dataloader_num_workers,
         dataloader_pin_memory=impl.dataloader_pin_memory and device == "cuda",
-        **shared_arguments(device=device, seed=t.seed, report_to=report_to, bf16=impl.bf16),
+        **shared_arguments(device=device, seed=t.seed, report_to=report_to, precision=impl.precision),
     )
 
 
@@ -205,6 +207,7 @@ def run(
     """
     # The seed makes the head's initialisation the same on every rank.
     state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    precision = run_precision(resolve_device(cfg.impl.device), cfg.impl.precision)  # refused before any data
     checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
     state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
     if checkpoint:
@@ -236,15 +239,17 @@ def run(
     )
     trainer = build_trainer(cfg, train, eval_pairs, eval_set, report_to)
     warm_start = maybe_warm_start(cfg, trainer, checkpoint, eval_pairs, pairs)
+    fitted = fit_trainer_batch(trainer, longest_pairs(trainer, cfg.model.max_seq_length), cfg.impl.fit_batch)
     per_step, t = trainer.units_per_step, cfg.train
     log.info("%d steps × %d pairs (all ranks) = %d pairs", t.max_steps, per_step, t.max_steps * per_step)
     with (
         reading(where),
-        advise_on_out_of_memory("train.batch_size", t.batch_size, t.gradient_accumulation_steps, "pairs"),
+        advise_on_out_of_memory("train.batch_size", fitted.per_device, fitted.accumulation, "pairs"),
         refusing_unsafe_pickles(checkpoint),
     ):
         result = trainer.train(resume_from_checkpoint=checkpoint)
-        metrics = final_metrics(trainer, result, trainer.evaluator, per_step)
+        metrics = final_metrics(trainer, result, trainer.evaluator, per_step) | precision.as_metrics()
+    metrics |= fitted.as_metrics()
     if warm_start is not None:
         metrics["head_init"] = warm_start.as_dict()
     return trainer, counts, metrics
