@@ -160,13 +160,17 @@ def test_without_a_loss_scaler_an_infinite_gradient_norm_stops_the_run(tmp_path)
 # --- one real fp16 step ------------------------------------------------------------------------------------
 
 
-def _tiny_mlm():
-    from transformers import BertConfig, BertForMaskedLM
+def _tiny_mlm(architecture: str):
+    """The project's training model (masked-only MLM head, pretrain/model.py), L2/H64."""
+    from transformers import BertConfig, NomicBertConfig
+
+    from pretrain.model import CLASSES
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=64, attn_implementation="sdpa")  # fmt: skip
-    return BertForMaskedLM(config)
+    config_class = {"bert": BertConfig, "nomic_bert": NomicBertConfig}[architecture]
+    config = config_class(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                          intermediate_size=128, max_position_embeddings=64, attn_implementation="sdpa")  # fmt: skip
+    return CLASSES[architecture][0](config)
 
 
 def _batch():
@@ -179,17 +183,19 @@ def _batch():
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def test_an_fp16_autocast_step_with_loss_scaling_trains_like_fp32_on_a_tiny_bert():
+@pytest.mark.parametrize("architecture", ["bert", "nomic_bert"])
+def test_an_fp16_autocast_step_with_loss_scaling_trains_like_fp32_on_a_tiny_bert(architecture: str):
     """A real fp16 step where this platform allows it: torch's CPU autocast in fp16 with a GradScaler (the
     Trainer's fp16 path needs CUDA; on CPU accelerate trains in fp32). CPU autocast keeps layer norm and softmax
     in fp16, harsher than CUDA's, which runs them in fp32."""
-    reference, half = _tiny_mlm(), _tiny_mlm()
+    reference, half = _tiny_mlm(architecture), _tiny_mlm(architecture)
     batch = _batch()
     loss32 = reference(**batch).loss
     loss32.backward()
     scaler = torch.amp.GradScaler("cpu")
     optimizer = torch.optim.AdamW(half.parameters(), lr=1e-3)
-    before = half.bert.embeddings.word_embeddings.weight.detach().clone()
+    embeddings = half.get_input_embeddings().weight
+    before = embeddings.detach().clone()
     with torch.autocast("cpu", dtype=torch.float16):
         loss16 = half(**batch).loss
     assert loss16.dtype == torch.float32 and torch.isfinite(loss16)  # cross-entropy runs in fp32
@@ -203,7 +209,7 @@ def test_an_fp16_autocast_step_with_loss_scaling_trains_like_fp32_on_a_tiny_bert
     assert abs(loss16.item() - loss32.item()) < 1e-2 * loss32.item()
     assert torch.isfinite(norm16) and abs(norm16.item() - norm32.item()) < 0.05 * norm32.item()
     assert all(p.dtype == torch.float32 for p in half.parameters())  # weights and optimizer stay fp32
-    assert not torch.equal(before, half.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(before, embeddings)
 
 
 # --- device --------------------------------------------------------------------------------------------------
