@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.precision import run_precision
 from pretrain.blocks import PackedData
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, mask_seed, stack
@@ -91,7 +92,7 @@ class BareLoop:
         self.optimizer = torch.optim.AdamW(
             groups, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon, **kind
         )
-        bf16 = cuda and cfg.impl.bf16
+        bf16 = cuda and run_precision("cuda", cfg.impl.precision).precision == "bf16"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         self.model, self.position = model, 0
         self.batches = premasked_batches(cfg, self.data, self.batch_size, self.device)

@@ -54,7 +54,7 @@ TRAIN_OVERRIDES = [
     "train.logging_steps=10",
     "train.max_train_minutes=null",
     "impl.compile=false",
-    "impl.bf16=false",
+    "impl.precision=fp32",
     "wandb.mode=disabled",
 ]
 

@@ -1,1 +1,13 @@
 """Shared layer under both stages: config validation, errors, data sources, run tracking."""
+
+import os as _os
+import sys as _sys
+
+# Ops Apple's MPS backend lacks run on the CPU instead of failing (common/device.py). torch reads the variable
+# when it is imported, so it is set here, before this project's modules import torch; a user's value wins.
+_preset = _os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK")
+_os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")
+# Whether torch saw the fallback on: it did if it is imported after this line, or if the user had set it.
+MPS_FALLBACK_AT_TORCH_IMPORT = (
+    _preset if "torch" in _sys.modules else _os.environ["PYTORCH_ENABLE_MPS_FALLBACK"]
+) == "1"

@@ -274,7 +274,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     removed: dict[str, str] = getattr(cls, "removed", {})
     for key in data:
         if key in removed:
-            raise ConfigError(f"config key '{prefix}{key}' was removed: {removed[key]}; delete it from your config")
+            raise ConfigError(f"config key '{prefix}{key}' {removed[key]}")
         if key in renamed:
             raise ConfigError(
                 f"config key '{prefix}{key}' is now called '{prefix}{renamed[key]}' (one name for it in both stages): "

@@ -16,12 +16,14 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from transformers import Trainer
 
+from common.batch_fit import fit_trainer_batch
 from common.checkpoints import (
     STATE,
     check_resume_settings,
@@ -31,6 +33,7 @@ from common.checkpoints import (
 )
 from common.config import renamed_keys, resumable_keys, to_dict
 from common.device import resolve_device
+from common.precision import run_precision
 from common.runlock import claim_run_folder
 from common.tracking import finish_run, trainer_report_to
 from common.training import advise_on_out_of_memory, setup_process, stop_reason
@@ -68,6 +71,10 @@ class Stage(ABC):
     def before_training(self, trainer: Trainer, checkpoint: str | None) -> None:  # noqa: B027 (optional)
         """Work between building the trainer and training (e.g. the NLI head's warm start)."""
 
+    @abstractmethod
+    def probe_inputs(self, trainer: Trainer) -> Callable[[int], dict[str, Any]]:
+        """n → a training batch of n examples as large as the data hold, for `impl.fit_batch`'s memory probe."""
+
     def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
         """Around training and metrics: turns the stage's known failures into one-line errors."""
         return contextlib.nullcontext()
@@ -95,7 +102,9 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     another number of processes, a folder holding a run without `--resume`) and CUDA out of memory.
     """
     cfg, started = stage.cfg, time.perf_counter()
-    state = setup_process(resolve_device(cfg.impl.device), cfg.impl.num_threads, cfg.train.seed)
+    device = resolve_device(cfg.impl.device)
+    state = setup_process(device, cfg.impl.num_threads, cfg.train.seed)
+    precision = run_precision(device, cfg.impl.precision)  # a precision the device lacks: refused before any data
     # Writable and not in use by another run, or refused before any data are read; held until the model is out.
     with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
         checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
@@ -125,14 +134,15 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         trainer = stage.build_trainer(report_to, fresh=checkpoint is None)
         log.info("%s: %s", stage.name, starting_point(checkpoint, trainer.args.max_steps))
         stage.before_training(trainer, checkpoint)
-        t = cfg.train
+        fitted = fit_trainer_batch(trainer, stage.probe_inputs(trainer), cfg.impl.fit_batch)
         batch = "train.per_device_train_batch_size"
         with (
-            advise_on_out_of_memory(batch, t.per_device_train_batch_size, t.gradient_accumulation_steps, stage.example),
+            advise_on_out_of_memory(batch, fitted.per_device, fitted.accumulation, stage.example),
             stage.training_context(checkpoint),
         ):
             result = trainer.train(resume_from_checkpoint=checkpoint)
             metrics = run_metrics(trainer, stage.unit, result.training_loss) | stage.stage_metrics(trainer)
+        metrics |= precision.as_metrics() | fitted.as_metrics()
         metrics["wall_time_s"] = time.perf_counter() - started
         model_dir = cfg.run_dir / "model"
         if trainer.is_world_process_zero():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from common.config import key, require
+from common.precision import RETIRED_BF16
 
 Scheduler = Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"]
 
@@ -114,11 +115,24 @@ class SharedImplConfig:
 
     resumable_section: ClassVar[bool] = True
     removed: ClassVar[dict[str, str]] = {
-        "stop_on_nonfinite_loss": "a NaN or infinite loss always stops the run (common/training.py StopOnNonFiniteLoss)"
+        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (common/training.py "
+        "StopOnNonFiniteLoss); delete it from your config",
+        "bf16": RETIRED_BF16,
     }
 
-    device: Literal["auto", "cpu", "cuda"] = key("auto", "auto: CUDA when there is a GPU, else the CPU")
-    bf16: bool = key(False, "bfloat16 autocast; CUDA only (ignored on CPU)")
+    device: Literal["auto", "cpu", "cuda", "mps"] = key(
+        "auto", "auto: cuda, then mps (Apple silicon), then cpu (common/device.py)"
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = key(
+        "auto",
+        "auto: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with loss scaling on 7.x "
+        "(T4, V100), fp32 elsewhere and on CPU / MPS (common/precision.py)",
+    )
+    fit_batch: bool = key(
+        False,
+        "before training, find the largest per-device batch that fits in GPU memory and raise "
+        "gradient_accumulation_steps so the batch per optimizer step stays the same (common/batch_fit.py)",
+    )
     num_threads: int | None = key(
         None, "torch CPU threads; null: torch's default. On a CPU shared with other jobs 1 can be several times faster"
     )

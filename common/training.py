@@ -23,6 +23,7 @@ from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from common.checkpoints import newest_checkpoint
 from common.errors import UserError
+from common.precision import run_precision, skipped_by_loss_scaler
 from common.schedule import WarmupPlateauSchedule
 from common.stage_config import SharedTrainConfig
 
@@ -59,6 +60,7 @@ class StopOnNonFiniteLoss(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         bad = [k for k in ("loss", "grad_norm") if k in logs and not math.isfinite(float(logs[k]))]
+        bad = [k for k in bad if not skipped_by_loss_scaler(k, kwargs.get("optimizer"))]  # fp16's skipped steps
         if bad:
             last = newest_checkpoint(args.output_dir)
             raise TrainingDiverged(
@@ -257,7 +259,7 @@ def advise_on_out_of_memory(batch_key: str, batch_size: int, accumulation: int, 
     except torch.OutOfMemoryError:
         raise UserError(
             f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
-            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device"
+            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device, or set impl.fit_batch=true"
         ) from None
 
 
@@ -297,7 +299,7 @@ def training_arguments(
         "dataloader_pin_memory": impl.dataloader_pin_memory and device == "cuda",
         "seed": t.seed,
         "use_cpu": device == "cpu",
-        "bf16": impl.bf16 and device == "cuda",
+        **run_precision(device, impl.precision).trainer_flags(),
         "report_to": report_to,
         "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
         "logging_first_step": True,

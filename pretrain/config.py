@@ -274,10 +274,11 @@ IMPLIED_BY_OLD_CHECKPOINTS = {"train.lr_scheduler_type": "reduce_lr_on_plateau",
 
 @dataclass
 class ImplConfig(SharedImplConfig):
-    bf16: bool = True
-    compile: bool = key(True, "torch.compile the encoder and head; CUDA only (minutes of compile time on CPU)")
+    compile: bool = key(
+        True, "torch.compile the encoder and head; CUDA with compute capability >= 7.0 only (minutes of compile on CPU)"
+    )
     masked_only_head: bool = key(True, "run the MLM head only where labels != -100 (same loss, less work)")
-    tf32: bool = key(True, "TF32 matmuls on Ampere or newer GPUs")
+    tf32: bool = key(True, "TF32 matmuls; used on compute capability >= 8.0 only (transformers refuses it below)")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from common.cli import config_parser, parse_config
 from common.config import save_config, to_dict
 from common.device import resolve_device
 from common.errors import DataError
+from common.precision import choose_compile, choose_tf32, device_info
 from common.stage import Stage, run_stage
 from common.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
 from pretrain.attention import attention_profile
@@ -36,6 +37,25 @@ from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 log = logging.getLogger(__name__)
 
 BERT_MASKING = (0.15, 0.8, 0.1)  # Devlin et al. 2019: the validation set every run is also scored on
+
+
+def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -> TrainingArguments:
+    """TrainingArguments from the config (common/training.py `training_arguments`) plus MLM's own: epochs,
+    early stopping on the validation loss, whole batches only, the blocks' columns, tf32 where it exists."""
+    t = cfg.train
+    return training_arguments(
+        TrainingArguments,
+        cfg,
+        device,
+        report_to,
+        num_train_epochs=t.num_train_epochs,
+        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
+        greater_is_better=False if t.early_stopping_patience else None,
+        dataloader_drop_last=True,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        tf32=choose_tf32(device_info(device), cfg.impl.tf32),  # None below compute capability 8.0
+    )
 
 
 def build_trainer(
@@ -57,19 +77,7 @@ def build_trainer(
         stops.append(GridEarlyStopping(early_stopping_patience=t.early_stopping_patience))
     if t.short_block_steps:
         stops.append(ShortBlockWarmup(t.short_block_steps, t.short_block_size))
-    args = training_arguments(
-        TrainingArguments,
-        cfg,
-        device,
-        report_to,
-        num_train_epochs=t.num_train_epochs,
-        metric_for_best_model="eval_loss" if t.early_stopping_patience else None,
-        greater_is_better=False if t.early_stopping_patience else None,
-        dataloader_drop_last=True,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        tf32=cfg.impl.tf32 if device == "cuda" else None,
-    )
+    args = pretrain_arguments(cfg, device, report_to)
     world = args.world_size
     trainer = MLMTrainer(
         model=model,
@@ -83,7 +91,10 @@ def build_trainer(
         units_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps * world * cfg.data.block_size,
         throughput_unit="tokens",
     )
-    if device == "cuda" and cfg.impl.compile:
+    compile_model, why = choose_compile(device_info(device), cfg.impl.compile)
+    if cfg.impl.compile and not compile_model:
+        log.info("%s", why)
+    if compile_model:
         # Module.compile() keeps state_dict keys, so checkpoints stay plain; the head sees a different
         # number of masked positions in every batch.
         model.base_model.compile()
@@ -141,6 +152,9 @@ class PretrainStage(Stage):
             trainer.units_per_step,
         )
         return trainer
+
+    def probe_inputs(self, trainer: MLMTrainer):
+        return lambda n: stack([trainer.train_dataset[i] for i in range(n)])
 
     def stage_metrics(self, trainer: MLMTrainer) -> dict[str, Any]:
         stats = {k: v for k, v in self.packed.stats.items() if k != "unigram_entropy"}

@@ -22,6 +22,7 @@ from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from common.atomic import atomic_dir
+from common.batch_fit import longest_pairs
 from common.checkpoints import SaveRunConfig, read_run_config
 from common.cli import config_parser, parse_config
 from common.config import save_config, to_dict
@@ -179,6 +180,9 @@ class SiameseStage(Stage):
         self.warm_start = maybe_warm_start(self.cfg, trainer, checkpoint, self.eval_pairs, self.pairs)
         per_step, steps = trainer.units_per_step, self.cfg.train.max_steps
         log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
+
+    def probe_inputs(self, trainer: SiameseTrainer):
+        return longest_pairs(trainer, self.cfg.model.max_seq_length)
 
     def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()

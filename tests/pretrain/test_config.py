@@ -27,12 +27,12 @@ def test_recipes_ask_for_what_the_issue_asks():
     medium = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml")
     assert (medium.model.num_hidden_layers, medium.model.hidden_size, medium.model.num_attention_heads) == (8, 512, 8)
     assert medium.model.intermediate_size == 2048 and medium.data.max_documents == 100_000
-    assert medium.data.source == "Skylion007/openwebtext" and medium.impl.bf16 and medium.impl.compile
+    assert medium.data.source == "Skylion007/openwebtext" and medium.impl.precision == "auto" and medium.impl.compile
     assert medium.model.architecture == "bert"  # the 8-layer BERT the project promises
     small = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/cpu-small.yaml")
     assert small.model.num_hidden_layers == 8 and small.run_name == "pretrain-cpu-small"
     assert small.model.architecture == "nomic_bert"  # what leaves the plateau within the CPU budget
-    assert not small.impl.bf16 and not small.impl.compile
+    assert small.impl.precision == "fp32" and not small.impl.compile
 
 
 @pytest.mark.parametrize(

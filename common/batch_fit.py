@@ -1,0 +1,187 @@
+"""`impl.fit_batch`: the largest per-device batch that fits, with the batch per optimizer step kept.
+
+Before training, one forward and backward pass at the configured per-device batch is tried on the longest
+inputs the run can see (full blocks; pairs at `model.max_seq_length`). If it runs out of memory, or its peak
+plus AdamW's two moment buffers would pass MEMORY_FRACTION of the device, the next smaller divisor of
+per-device batch × accumulation is tried, and `gradient_accumulation_steps` rises by the same factor: the
+batch per optimizer step, and so the recipe, stay as configured (e.g. 256 × 1 → 128 × 2 → 64 × 4). Random
+states are restored after the probes and gradients dropped, so a fitted run learns what an unfitted one would.
+The choice is logged and kept in the run's metrics (`fit_batch_*`).
+
+Where torch reports no memory figures (CPU, MPS) only an out-of-memory error rules a size out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from common.errors import UserError
+
+log = logging.getLogger(__name__)
+# Share of the device's memory a probe may reach: the caching allocator reserves more than it hands out, and
+# batches of other lengths fragment it. A margin, chosen, not measured.
+MEMORY_FRACTION = 0.9
+KEY = "impl.fit_batch"
+
+
+@dataclass(frozen=True)
+class BatchFit:
+    """The per-device batch and accumulation a run trains with; `tried` lists (batch, outcome) in order."""
+
+    per_device: int
+    accumulation: int
+    tried: tuple[tuple[int, str], ...] = field(default=())
+    fitted: bool = True
+
+    def as_metrics(self) -> dict[str, Any]:
+        if not self.fitted:
+            return {}
+        return {
+            "fit_batch_per_device": self.per_device,
+            "fit_batch_accumulation": self.accumulation,
+            "fit_batch_tried": [f"{b}: {outcome}" for b, outcome in self.tried],
+        }
+
+    @property
+    def line(self) -> str:
+        tried = "; ".join(f"{b}: {outcome}" for b, outcome in self.tried)
+        return f"{KEY}: per-device batch {self.per_device} × accumulation {self.accumulation} ({tried})"
+
+
+def candidates(per_device: int, accumulation: int) -> list[int]:
+    """Per-device batches to try, largest first: the divisors of per_device × accumulation up to per_device
+    (so accumulation stays a whole number and the product stays the same)."""
+    total = per_device * accumulation
+    return [b for b in range(per_device, 0, -1) if total % b == 0]
+
+
+def fit_batch(
+    per_device: int,
+    accumulation: int,
+    probe: Callable[[int], int | None],
+    limit_bytes: int | None = None,
+    reserve_bytes: int = 0,
+) -> BatchFit:
+    """The largest candidate batch whose `probe` (one training pass at that batch; returns its peak memory in
+    bytes, or None where unknown) neither runs out of memory nor, with `reserve_bytes` added, passes
+    `limit_bytes`. Raises UserError (one line) when not even a batch of 1 fits."""
+    total, tried = per_device * accumulation, []
+    for batch in candidates(per_device, accumulation):
+        try:
+            peak = probe(batch)
+        except torch.OutOfMemoryError:
+            tried.append((batch, "out of memory"))
+            continue
+        if limit_bytes is not None and peak is not None and peak + reserve_bytes > limit_bytes:
+            tried.append((batch, f"{gib(peak + reserve_bytes)} GiB with optimizer state > {gib(limit_bytes)} GiB"))
+            continue
+        tried.append((batch, "fits" if peak is None else f"fits, {gib(peak + reserve_bytes)} GiB"))
+        return BatchFit(batch, total // batch, tuple(tried))
+    raise UserError(
+        f"{KEY}: not even a per-device batch of 1 fits ({'; '.join(f'{b}: {o}' for b, o in tried)}); use a smaller "
+        "model or shorter sequences"
+    )
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.1f}"
+
+
+def _all_ranks_min(value: int, device: torch.device) -> int:
+    """The smallest `value` over all ranks (each rank fits its own device; all must train alike)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def trainer_probe(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) -> Callable[[int], int | None]:
+    """A probe for `fit_batch`: one forward and backward pass of `trainer`'s loss on `make_inputs(batch)` under
+    the run's autocast; the peak memory allocated on CUDA (None elsewhere). Gradients are dropped after."""
+    model, device = trainer.model, trainer.args.device
+
+    def probe(batch: int) -> int | None:
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        model.train()
+        try:
+            inputs = trainer._prepare_inputs(make_inputs(batch))
+            with trainer.accelerator.autocast():
+                loss = trainer.compute_loss(model, inputs)
+            loss.backward()
+            return int(torch.cuda.max_memory_allocated(device)) if cuda else None
+        finally:
+            model.zero_grad(set_to_none=True)
+            inputs = loss = None
+            if cuda:
+                torch.cuda.empty_cache()
+
+    return probe
+
+
+def _rng_states() -> tuple[Any, ...]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _restore(states: tuple[Any, ...]) -> None:
+    python, numpy_state, cpu, cuda = states
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def fit_trainer_batch(trainer: Any, make_inputs: Callable[[int], dict[str, Any]], enabled: bool) -> BatchFit:
+    """With `enabled` (impl.fit_batch), fit the trainer's per-device batch (see `fit_batch`) and set it and the
+    raised accumulation on the trainer; else return the configured ones, marked not fitted."""
+    args = trainer.args
+    configured = BatchFit(args.per_device_train_batch_size, args.gradient_accumulation_steps, fitted=False)
+    if not enabled:
+        return configured
+    device = args.device
+    limit = reserve = None
+    if device.type == "cuda":
+        limit = int(MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory)
+        # AdamW keeps two moments per trainable parameter, in the parameter's dtype; created at the first step.
+        reserve = 2 * sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
+    states = _rng_states()
+    try:
+        fit = fit_batch(
+            configured.per_device, configured.accumulation, trainer_probe(trainer, make_inputs), limit, reserve or 0
+        )
+    finally:
+        _restore(states)
+    agreed = _all_ranks_min(fit.per_device, device)
+    if agreed != fit.per_device:
+        total = configured.per_device * configured.accumulation
+        fit = BatchFit(agreed, total // agreed, (*fit.tried, (agreed, "the smallest fit over all ranks")))
+    args.per_device_train_batch_size, args.gradient_accumulation_steps = fit.per_device, fit.accumulation
+    trainer._train_batch_size = args.train_batch_size  # the Trainer read it in __init__
+    log.info("%s", fit.line)
+    return fit
+
+
+def longest_pairs(trainer: Any, max_seq_length: int) -> Callable[[int], dict[str, Any]]:
+    """Inputs for `trainer_probe` on a sentence-pair trainer: `batch` rows shaped like the first training row,
+    every text column long enough to reach `max_seq_length` tokens, collated by the trainer's own collator."""
+
+    def make(batch: int) -> dict[str, Any]:
+        first = next(iter(trainer.train_dataset))
+        long_text = " ".join(["sentence"] * max_seq_length)
+        row = {k: long_text if isinstance(v, str) else v for k, v in first.items()}
+        return trainer.data_collator([dict(row) for _ in range(batch)])
+
+    return make
