@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from common.errors import DataError, UserError
+from stagekit.errors import DataError, UserError
 
 PAIR_COLUMNS = (("premise", "hypothesis"), ("sentence1", "sentence2"))
 

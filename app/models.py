@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import REPO_ROOT
 from siamese.encoder import HEAD_FILE
 from siamese.onnx_backend import BACKENDS
 from siamese.postprocess import POSTPROCESS_FILE
+from stagekit.config import REPO_ROOT
 
 BASELINE_NAME = "all-MiniLM-L6-v2"
 OUTPUTS_ENV = "APP_OUTPUTS_DIR"

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from common.errors import UserError
-from common.text import has_visible_content
 from siamese.encoder import NLIEncoder
 from siamese.postprocess import SimilarityReference, random_pair_cosines
+from stagekit.errors import UserError
+from stagekit.text import has_visible_content
 
 THREADS_ENV = "APP_TORCH_THREADS"
 
@@ -84,7 +84,7 @@ def confidence_words(probability: float, num_labels: int) -> str:
 
 
 def is_blank(text: str) -> bool:
-    """No visible character: empty, whitespace, zero-width, control or format characters only (common.text)."""
+    """No visible character: empty, whitespace, zero-width, control or format characters only (stagekit.text)."""
     return not has_visible_content(text)
 
 

@@ -17,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from app.examples import load_examples
-from common.errors import DataError, UserError
-from common.text import has_visible_content
 from siamese.encoder import NLIEncoder
+from stagekit.errors import DataError, UserError
+from stagekit.text import has_visible_content
 
 MAX_SENTENCES_ENV = "APP_SEARCH_MAX_SENTENCES"
 DEFAULT_MAX_SENTENCES = 100_000

@@ -45,10 +45,10 @@ from app.search import (
     search_table,
     sentences_from_upload,
 )
-from common.errors import UserError
 from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import describe as describe_backend
 from siamese.postprocess import SimilarityReference
+from stagekit.errors import UserError
 
 
 @st.cache_resource(show_spinner="Loading the model…")

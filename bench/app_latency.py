@@ -23,8 +23,8 @@ import numpy as np
 from app.examples import example_sources, first_available
 from app.models import TRAIN_COMMAND, discover_models, outputs_root
 from app.predict import PairResult, cpu_threads, predict_pair, predict_table
-from common.cli import run_cli
-from common.errors import UserError
+from stagekit.cli import run_cli
+from stagekit.errors import UserError
 
 GOAL_MS = 50.0
 

@@ -18,8 +18,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from common.checkpoints import newest_checkpoint  # noqa: E402
-from common.errors import UserError  # noqa: E402
+from stagekit.checkpoints import newest_checkpoint  # noqa: E402
+from stagekit.errors import UserError  # noqa: E402
 
 
 def bert15_curve(run: Path) -> list[tuple[int, float]]:

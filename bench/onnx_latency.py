@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.errors import UserError
+from stagekit.errors import UserError
 
 BATCH = 64
 GOAL_SPEEDUP = 2.0  # int8 sentences/s over torch's
@@ -187,6 +187,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 if __name__ == "__main__":
     import sys
 
-    from common.cli import run_cli
+    from stagekit.cli import run_cli
 
     sys.exit(run_cli(main))

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from bench.harness import append_results, machine
 from bench.process_memory import Measured, run_measured
-from common.config import REPO_ROOT, load_config
 from pretrain.config import PretrainConfig
+from stagekit.config import REPO_ROOT, load_config
 
 CORPORA = {"imdb": ["imdb_100k.jsonl.gz"], "wikipedia": ["wikipedia_2015.jsonl.gz"]}
 CORPORA["imdb+wikipedia"] = CORPORA["imdb"] + CORPORA["wikipedia"]

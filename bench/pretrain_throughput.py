@@ -47,8 +47,8 @@ from bench.harness import (
     sync,
     timed_windows,
 )
-from common.config import load_config
 from pretrain.config import PretrainConfig
+from stagekit.config import load_config
 
 DEFAULT_OVERRIDES = [  # the shared stand-in corpus, enough documents for a few hundred batches
     "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz",
@@ -107,7 +107,7 @@ def raw_documents(cfg: PretrainConfig) -> list[str]:
     """The first max_documents texts of the (local) corpus, read the plain datasets way."""
     import datasets
 
-    from common.sources import local_files
+    from stagekit.sources import local_files
 
     files = local_files(cfg.data.source)
     rows = datasets.load_dataset("json", data_files=files, split="train", streaming=True)

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import append_results, machine
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
 
 def run_stage(stage: str, processes: int, argv: list[str]) -> float:

@@ -27,8 +27,8 @@ import torch
 
 from app.search import SearchIndex
 from bench.harness import machine
-from common.cli import run_cli
 from siamese.encoder import NLIEncoder
+from stagekit.cli import run_cli
 
 FILES = ("mnli/train.jsonl.gz", "mnli/validation_matched.jsonl.gz", "mnli/validation_mismatched.jsonl.gz",
          "snli/validation.jsonl.gz")  # fmt: skip

@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def child(argv: list[str]) -> None:
     """Run one training in this process, then report this process's own peak RSS."""
-    from common.cli import setup_logging
     from siamese.train import main
+    from stagekit.cli import setup_logging
 
     setup_logging()
     started = time.time()

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import append_results, machine
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
 MNLI = "${BERT_DATA_DIR}/mnli/train.jsonl.gz"
 

@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 
 from bench.bare_loop import BareLoop
 from bench.harness import append_results, machine, median, sync
-from common.config import load_config
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, MaskedBlocks, stack
 from pretrain.sampling import BlockOrder
+from stagekit.config import load_config
 
 TARGET_TOKENS_PER_S = 1.5e6  # issue 26's goal for bert-medium on one H200
 

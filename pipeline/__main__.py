@@ -7,7 +7,7 @@ always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs b
 N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo).
 
 Before any stage starts, the pipeline claims both run folders (writable, and no other pipeline in them:
-common/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
+stagekit/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from common.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
-from common.cli import run_cli
-from common.config import REPO_ROOT, load_config
-from common.errors import UserError
-from common.runlock import PIPELINE_LOCK, claim_run_folder
-from common.stage import checkpoint_step
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
+from stagekit.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
+from stagekit.cli import run_cli
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import UserError
+from stagekit.runlock import PIPELINE_LOCK, claim_run_folder
+from stagekit.stage import checkpoint_step
 
 log = logging.getLogger("pipeline")
 CONFIGS = REPO_ROOT / "configs"

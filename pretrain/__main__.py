@@ -6,8 +6,8 @@ runs on several processes: `torchrun --nproc_per_node=N -m pretrain --config ...
 
 import sys
 
-from common.cli import run_cli
 from pretrain.train import main
+from stagekit.cli import run_cli
 
 
 def cli() -> None:

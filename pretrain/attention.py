@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from common.cli import run_cli
-from common.errors import UserError
+from stagekit.cli import run_cli
+from stagekit.errors import UserError
 
 
 @torch.no_grad()
@@ -68,9 +68,9 @@ def format_profile(profile: list[dict[str, float]]) -> str:
 def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     from transformers import AutoModelForMaskedLM
 
-    from common.config import load_config
     from pretrain.blocks import prepare_data
     from pretrain.config import PretrainConfig
+    from stagekit.config import load_config
 
     parser = argparse.ArgumentParser(prog="python -m pretrain.attention", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder written by python -m pretrain")

@@ -19,12 +19,12 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.atomic import atomic_dir
-from common.errors import DataError
 from pretrain.config import PretrainConfig
 from pretrain.corpus import SPLITS, document_chunks, training_sample
 from pretrain.packing import BlockWriter, ChunkEncoder, encode_in_order, worker_pool
 from pretrain.tokenizer import token_dtype, train_tokenizer
+from stagekit.atomic import atomic_dir
+from stagekit.errors import DataError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

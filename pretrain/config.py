@@ -1,7 +1,7 @@
 """The pretraining config schema: data → tokenizer → model → train, plus speed-only `impl` and `wandb`.
 
 YAML files under configs/pretrain/ are only data for these dataclasses; every key is type-checked
-and validated by `common.config.load_config` before any data are touched.
+and validated by `stagekit.config.load_config` before any data are touched.
 """
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from common.config import RunConfig, key, require
-from common.sources import hub_only_setting
-from common.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig
-from common.tracking import WandbConfig
+from stagekit.config import RunConfig, key, require
+from stagekit.sources import hub_only_setting
+from stagekit.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig
+from stagekit.tracking import WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
 
@@ -200,7 +200,7 @@ ModelConfig = BertModelConfig | NomicBertModelConfig | ModernBertModelConfig
 
 @dataclass
 class TrainConfig(SharedTrainConfig):
-    """The shared optimisation keys (common/stage_config.py) with pretraining's defaults, plus the masking
+    """The shared optimisation keys (stagekit/stage_config.py) with pretraining's defaults, plus the masking
     (DataCollatorForLanguageModeling's names), a short-block warm-up and MLM evaluation."""
 
     learning_rate: float = 5.0e-4
@@ -268,7 +268,7 @@ class TrainConfig(SharedTrainConfig):
         )
 
 
-# Values a checkpoint written before a key existed was trained with (read by common/checkpoints.py).
+# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
 IMPLIED_BY_OLD_CHECKPOINTS = {"train.lr_scheduler_type": "reduce_lr_on_plateau", "impl.dataloader_pin_memory": True}
 
 

@@ -14,10 +14,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from common.errors import DataError
-from common.sources import load_source, local_files, reading
-from common.text import has_visible_content
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
+from stagekit.errors import DataError
+from stagekit.sources import load_source, local_files, reading
+from stagekit.text import has_visible_content
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
 # A chunk also ends at this many characters (~200 IMDB reviews, ~16 Wikipedia articles), so the memory
@@ -63,7 +63,7 @@ class SplitDocuments:
 
 def split_documents(raw: list[str | None], min_chars: int, validation_fraction: float, seed: int) -> SplitDocuments:
     """Clean `raw`, drop documents shorter than `min_chars` characters or with nothing visible in them
-    (`common.text.has_visible_content`: zero-width and control characters alone), split the rest by
+    (`stagekit.text.has_visible_content`: zero-width and control characters alone), split the rest by
     `in_validation`."""
     out = SplitDocuments(read=len(raw))
     for text in raw:

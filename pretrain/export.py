@@ -8,9 +8,9 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from common.atomic import atomic_dir
-from common.config import save_config
 from pretrain.model import saved_class_name
+from stagekit.atomic import atomic_dir
+from stagekit.config import save_config
 
 
 def export_model(

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from common.cli import run_cli
-from common.errors import UserError
+from stagekit.cli import run_cli
+from stagekit.errors import UserError
 
 
 def fill_mask(model_dir: str | Path, sentences: Sequence[str], top_k: int = 5) -> list[list[dict]]:

@@ -16,9 +16,9 @@ from typing import Any
 
 import datasets  # noqa: F401 - loaded here, so wall_s below times the preparation, not library imports
 
-from common.cli import config_parser, parse_config, run_cli
 from pretrain.blocks import cache_key, prepare_data
 from pretrain.config import PretrainConfig
+from stagekit.cli import config_parser, parse_config, run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

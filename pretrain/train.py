@@ -1,4 +1,4 @@
-"""MLM pretraining as a stage (common/stage.py): packed blocks → masked examples → model → trainer → metrics.
+"""MLM pretraining as a stage (stagekit/stage.py): packed blocks → masked examples → model → trainer → metrics.
 
 Runs the same on one process and under `torchrun --nproc_per_node=N` / `accelerate launch`: the data
 cache is built by the main process first, accelerate's sampler shards the blocks by rank with a new
@@ -17,14 +17,6 @@ from typing import Any
 import torch
 from transformers import TrainingArguments
 
-from common.checkpoints import SaveRunConfig
-from common.cli import config_parser, parse_config
-from common.config import save_config, to_dict
-from common.device import resolve_device
-from common.errors import DataError
-from common.precision import choose_compile, choose_tf32, device_info
-from common.stage import Stage, run_stage
-from common.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
 from pretrain.attention import attention_profile
 from pretrain.blocks import PackedData, prepare_data
 from pretrain.cloze import cloze_accuracy, cloze_items
@@ -33,6 +25,14 @@ from pretrain.export import export_model
 from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
 from pretrain.model import build_model, count_parameters, init_output_bias
 from pretrain.trainer import MLMTrainer, ShortBlockWarmup
+from stagekit.checkpoints import SaveRunConfig
+from stagekit.cli import config_parser, parse_config
+from stagekit.config import save_config, to_dict
+from stagekit.device import resolve_device
+from stagekit.errors import DataError
+from stagekit.precision import choose_compile, choose_tf32, device_info
+from stagekit.stage import Stage, run_stage
+from stagekit.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ BERT_MASKING = (0.15, 0.8, 0.1)  # Devlin et al. 2019: the validation set every 
 
 
 def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -> TrainingArguments:
-    """TrainingArguments from the config (common/training.py `training_arguments`) plus MLM's own: epochs,
+    """TrainingArguments from the config (stagekit/training.py `training_arguments`) plus MLM's own: epochs,
     early stopping on the validation loss, whole batches only, the blocks' columns, tf32 where it exists."""
     t = cfg.train
     return training_arguments(

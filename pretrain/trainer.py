@@ -22,9 +22,9 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
-from common.training import ScheduleMixin, ThroughputMixin
 from pretrain.model import IGNORE_INDEX
 from pretrain.sampling import BlockOrder
+from stagekit.training import ScheduleMixin, ThroughputMixin
 
 
 class ShortBlockWarmup(TrainerCallback):

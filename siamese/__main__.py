@@ -3,8 +3,8 @@
 
 import sys
 
-from common.cli import run_cli
 from siamese.train import main
+from stagekit.cli import run_cli
 
 
 def cli() -> None:

@@ -18,11 +18,6 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from common.atomic import atomic_dir, require_writable
-from common.cli import run_cli
-from common.config import REPO_ROOT, load_config
-from common.errors import UserError
-from common.sources import looks_local
 from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
 from siamese.encoder import NLIEncoder
 from siamese.model import build_model, resolve_base
@@ -36,6 +31,11 @@ from siamese.postprocess import (
     save_postprocessing,
 )
 from siamese.scores import read_stsb, stsb_scale
+from stagekit.atomic import atomic_dir, require_writable
+from stagekit.cli import run_cli
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import UserError
+from stagekit.sources import looks_local
 
 log = logging.getLogger(__name__)
 

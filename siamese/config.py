@@ -1,7 +1,7 @@
 """The Siamese stage's config schema: YAML data → typed sections, each handed to the part that uses it.
 
 Sections mirror the pretraining stage: `model` (what to fine-tune), `data` (what to read), `loss`
-(which objective), `train` (the keys both stages share under TrainingArguments names, common/stage_config.py,
+(which objective), `train` (the keys both stages share under TrainingArguments names, stagekit/stage_config.py,
 plus the NLI head's), `postprocess` (fitted after training), `impl` (speed-only settings that must not
 change results), `wandb` (tracking).
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from common.config import RunConfig, key, require
-from common.sources import hub_only_setting
-from common.stage_config import SharedImplConfig, SharedTrainConfig
-from common.tracking import WandbConfig
+from stagekit.config import RunConfig, key, require
+from stagekit.sources import hub_only_setting
+from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
+from stagekit.tracking import WandbConfig
 
 
 @dataclass
@@ -116,7 +116,7 @@ class LossConfig:
 
 @dataclass
 class TrainConfig(SharedTrainConfig):
-    """The shared optimisation keys (common/stage_config.py) with fine-tuning's defaults (SBERT's), plus the
+    """The shared optimisation keys (stagekit/stage_config.py) with fine-tuning's defaults (SBERT's), plus the
     NLI head's own rate, warm start and best-checkpoint choice."""
 
     learning_rate: float = 2.0e-5
@@ -168,7 +168,7 @@ class ImplConfig(SharedImplConfig):
     )
 
 
-# Values a checkpoint written before a key existed was trained with (read by common/checkpoints.py).
+# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
 IMPLIED_BY_OLD_CHECKPOINTS = {
     "train.adam_epsilon": 1.0e-8,
     "train.plateau_threshold": 1.0e-3,

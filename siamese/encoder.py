@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.device import resolve_device
-from common.errors import UserError
 from siamese.labels import LABELS
 from siamese.onnx_backend import check_backend, onnx_file, use_onnx
 from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
+from stagekit.device import resolve_device
+from stagekit.errors import UserError
 
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"

@@ -22,10 +22,6 @@ from typing import Any
 
 import yaml
 
-from common.atomic import require_writable
-from common.device import resolve_device
-from common.errors import DataError, UserError
-from common.sources import local_files, looks_local, require_hub
 from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model, hub_model_kwargs, resolve_base
@@ -42,6 +38,10 @@ from siamese.report import (
     write_markdown,
 )
 from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from stagekit.atomic import require_writable
+from stagekit.device import resolve_device
+from stagekit.errors import DataError, UserError
+from stagekit.sources import local_files, looks_local, require_hub
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
@@ -312,7 +312,7 @@ def load_baseline(name: str) -> NLIEncoder:
 def cli() -> None:
     import sys
 
-    from common.cli import run_cli
+    from stagekit.cli import run_cli
 
     sys.exit(run_cli(main))
 

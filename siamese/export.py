@@ -26,11 +26,11 @@ from pathlib import Path
 
 import torch
 
-from common.atomic import atomic_dir
-from common.errors import UserError
 from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
 from siamese.onnx_check import CHECK_SENTENCES, agreement
+from stagekit.atomic import atomic_dir
+from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = f"{ONNX_DIR}/export.json"
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 def cli() -> None:
     import sys
 
-    from common.cli import run_cli
+    from stagekit.cli import run_cli
 
     sys.exit(run_cli(main))
 

@@ -19,13 +19,13 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, SoftmaxLoss
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-from common.device import resolve_device
-from common.errors import UserError
-from common.load_report import quiet_unused_weight_reports
-from common.sources import hub_reachable
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import head_features
 from siamese.labels import LABELS
+from stagekit.device import resolve_device
+from stagekit.errors import UserError
+from stagekit.load_report import quiet_unused_weight_reports
+from stagekit.sources import hub_reachable
 
 log = logging.getLogger(__name__)
 

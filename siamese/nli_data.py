@@ -18,11 +18,11 @@ from typing import Any
 import datasets
 from datasets import Features, IterableDataset, Json, Value
 
-from common.errors import DataError
-from common.sources import json_value, load_source, reading
-from common.text import has_visible_content
 from siamese.config import DataConfig, SourceConfig
 from siamese.labels import LABELS
+from stagekit.errors import DataError
+from stagekit.sources import json_value, load_source, reading
+from stagekit.text import has_visible_content
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _resolve_columns(columns: list[str], where: str, optional: tuple[str, ...] =
 class _CleanPairs:
     """Batched map: rename columns, map labels, drop and count rows without a label or with empty text.
 
-    Empty means no visible character (`common.text.has_visible_content`), not only whitespace. With
+    Empty means no visible character (`stagekit.text.has_visible_content`), not only whitespace. With
     `keep_unlabelled`, rows without a gold label stay in the stream with label -1 (still counted as
     dropped_no_label, never as kept); a missing label column then means no row has one.
     """

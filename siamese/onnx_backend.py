@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import UserError
+from stagekit.errors import UserError
 
 BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
 ONNX_DIR = "onnx"

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from common.tracking import run_wandb_config, start_tracking
 from siamese.labels import LABELS
+from stagekit.tracking import run_wandb_config, start_tracking
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:

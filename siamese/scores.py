@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from common.errors import DataError
-from common.sources import load_source, reading
-from common.text import has_visible_content
 from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.postprocess import cosine_rows, random_pair_cosines
+from stagekit.errors import DataError
+from stagekit.sources import load_source, reading
+from stagekit.text import has_visible_content
 
 HUB_STSB = "sentence-transformers/stsb"
 STSB_HINT = "${BERT_DATA_DIR}/stsb/test.jsonl.gz"  # the shared copy, as `siamese/evaluate.py`'s EVAL_SETS names it

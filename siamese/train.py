@@ -1,4 +1,4 @@
-"""Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (common/stage.py):
+"""Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (stagekit/stage.py):
 `python -m siamese --config ...`.
 
 Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → final folder. The folder
@@ -21,15 +21,6 @@ import torch
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from common.atomic import atomic_dir
-from common.batch_fit import longest_pairs
-from common.checkpoints import SaveRunConfig, read_run_config
-from common.cli import config_parser, parse_config
-from common.config import save_config, to_dict
-from common.device import resolve_device
-from common.errors import ConfigError, UserError
-from common.stage import Stage, run_stage
-from common.training import plateau_settings, stage_callbacks, training_arguments
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
 from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
@@ -47,6 +38,15 @@ from siamese.nli_data import (
 )
 from siamese.postprocess import Decision, SimilarityReference, save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
+from stagekit.atomic import atomic_dir
+from stagekit.batch_fit import longest_pairs
+from stagekit.checkpoints import SaveRunConfig, read_run_config
+from stagekit.cli import config_parser, parse_config
+from stagekit.config import save_config, to_dict
+from stagekit.device import resolve_device
+from stagekit.errors import ConfigError, UserError
+from stagekit.stage import Stage, run_stage
+from stagekit.training import plateau_settings, stage_callbacks, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def siamese_arguments(
     head_pattern: str | None = None,
     best_metric: str | None = None,
 ) -> SentenceTransformerTrainingArguments:
-    """SentenceTransformerTrainingArguments from the config (common/training.py `training_arguments`).
+    """SentenceTransformerTrainingArguments from the config (stagekit/training.py `training_arguments`).
     `head_pattern` (the NLI head's parameter names, `siamese.model.head_parameter_pattern`) gets
     `train.head_learning_rate` in its own parameter groups; `best_metric` is the eval metric
     `train.select_best` keeps the best checkpoint by (an accuracy is maximised, a loss minimised)."""
@@ -236,7 +236,7 @@ def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None
 def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
     """The Trainer's runtime and the held-out NLI accuracy of the final model: the last step's, or with
     `train.select_best` the best checkpoint's (then also `best_step`, `best_metric_name`, `best_metric`).
-    Steps, pairs seen and pairs/s are common/stage.py `run_metrics`."""
+    Steps, pairs seen and pairs/s are stagekit/stage.py `run_metrics`."""
     runtime = next((h["train_runtime"] for h in reversed(trainer.state.log_history) if "train_runtime" in h), None)
     metrics: dict[str, Any] = {"train_runtime_s": runtime}
     # With select_best the final model is the best checkpoint's, and its evaluation is the one to report.

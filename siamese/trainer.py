@@ -1,5 +1,5 @@
 """What the Siamese stage adds to SentenceTransformerTrainer, on top of the stack both stages share
-(common/training.py): the NLI head in every checkpoint and kept in step across ranks, NLI accuracy
+(stagekit/training.py): the NLI head in every checkpoint and kept in step across ranks, NLI accuracy
 during training, a resume that refuses a checkpoint holding more than tensors in one line, and the same
 training pairs for any `impl.dataloader_num_workers`."""
 
@@ -20,9 +20,9 @@ from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
-from common.errors import UserError
-from common.training import ScheduleMixin, ThroughputMixin
 from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
+from stagekit.errors import UserError
+from stagekit.training import ScheduleMixin, ThroughputMixin
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
-DATA_DIR = Path(os.environ["BERT_DATA_DIR"])  # set by common.config: ../shared/data unless given
+DATA_DIR = Path(os.environ["BERT_DATA_DIR"])  # set by stagekit.config: ../shared/data unless given
 
 
 @pytest.fixture(autouse=True)

@@ -17,7 +17,7 @@ def main() -> None:
     stage, out, _, *argv = sys.argv[1:]
     import importlib
 
-    from common.cli import setup_logging
+    from stagekit.cli import setup_logging
 
     setup_logging()
     trainers = []

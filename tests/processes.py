@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
 
 def kill_once_ready(

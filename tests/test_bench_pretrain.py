@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.config import REPO_ROOT, load_config
 from pretrain.config import PretrainConfig
+from stagekit.config import REPO_ROOT, load_config
 
 DEBUG = str(REPO_ROOT / "configs" / "pretrain" / "debug.yaml")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from common.checkpoints import newest_checkpoint
-from common.config import REPO_ROOT
+from stagekit.checkpoints import newest_checkpoint
+from stagekit.config import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def launch(stage: str, out: Path, argv: list[str], processes: int) -> str:
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     # As a module (-m), so the checkout comes first on sys.path: run as a script, tests/ would come first and its
-    # `common` / `siamese` test packages would hide the project's, leaving an installed copy to answer.
+    # `stagekit` / `siamese` test packages would hide the project's, leaving an installed copy to answer.
     done = subprocess.run(
         [*command, "-m", WORKER, stage, str(out), "--", *argv],
         cwd=REPO_ROOT,
@@ -140,8 +140,8 @@ def refused_on_other_process_count(capsys) -> str:
 
 # a two-process run resumed on one process went on at the wrong data position with wrong counters.
 def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining, tmp_path, capsys):
-    from common.cli import run_cli
     from pretrain.train import main
+    from stagekit.cli import run_cli
 
     root, argv, _ = pretraining
     out = copy_run(root, "pretrain-debug", tmp_path)
@@ -152,8 +152,8 @@ def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining
 
 
 def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning, tmp_path, capsys):
-    from common.cli import run_cli
     from siamese.train import main
+    from stagekit.cli import run_cli
 
     root, argv = fine_tuning
     out = copy_run(root, "siamese-debug", tmp_path)
@@ -169,8 +169,8 @@ def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning
 
 # the pipeline resumes by itself, so re-running it without --nproc after a two-process kill took that path.
 def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(tmp_path, capsys, monkeypatch):
-    from common.cli import run_cli
     from pipeline.__main__ import main
+    from stagekit.cli import run_cli
 
     out, configs = tmp_path / "outputs", REPO_ROOT / "configs"
     # The pipeline's pretraining stage on two processes, as if killed after its checkpoint at step 10.

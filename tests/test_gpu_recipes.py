@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from common.config import REPO_ROOT, load_config
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
+from stagekit.config import REPO_ROOT, load_config
 
 CONFIGS = REPO_ROOT / "configs"
 # What the T4 recipe may differ in: caps, where the runs live, and speed-only settings.

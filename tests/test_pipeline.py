@@ -8,9 +8,9 @@ import logging
 
 import pytest
 
-from common.checkpoints import newest_checkpoint
 from pipeline.__main__ import main
 from pretrain.model import MaskedOnlyHeadMixin
+from stagekit.checkpoints import newest_checkpoint
 from tests.processes import kill_once_ready
 
 
@@ -68,7 +68,7 @@ def test_a_pipeline_killed_during_pretraining_resumes_it(tmp_path, data_dir, rep
 
 
 def test_a_bad_siamese_config_fails_before_pretraining_starts(tmp_path, repo_root):
-    from common.errors import ConfigError
+    from stagekit.errors import ConfigError
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  learning_rate: -1\n")
@@ -81,7 +81,7 @@ def test_a_bad_siamese_config_fails_before_pretraining_starts(tmp_path, repo_roo
 
 
 def test_nproc_must_be_positive(tmp_path, repo_root):
-    from common.errors import UserError
+    from stagekit.errors import UserError
 
     with pytest.raises(UserError, match="--nproc"):
         main(["--nproc", "0", "--output-dir", str(tmp_path / "outputs"), "--no-app"])
@@ -106,7 +106,7 @@ def test_a_second_pipeline_in_the_same_folders_is_refused(tmp_path, data_dir, re
     import subprocess
     import sys
 
-    from common.config import REPO_ROOT
+    from stagekit.config import REPO_ROOT
     from tests.processes import kill, start_until
 
     argv = pipeline_argv(repo_root, tmp_path)
@@ -131,7 +131,7 @@ def test_a_second_pipeline_in_the_same_folders_is_refused(tmp_path, data_dir, re
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_stage(
     tmp_path, repo_root, capsys, read_only, monkeypatch
 ):
-    from common.cli import run_cli
+    from stagekit.cli import run_cli
 
     monkeypatch.chdir(tmp_path)  # where a pretraining stage would put its cache
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from bench.process_memory import run_measured
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common.errors import UserError
+from stagekit.errors import UserError
 
 
 def test_latency_benchmark_reports_median_and_p95(tiny_model_dir, tmp_path, capsys):

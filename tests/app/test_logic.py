@@ -17,8 +17,8 @@ from app.batch import UploadLimits, check_columns, default_columns, read_csv_upl
 from app.examples import LOCAL_DEFAULT, Example, example_sources, first_available, load_examples
 from app.models import discover_models, model_choices, model_label, read_model_card, requested_model
 from app.predict import EmptyInput, PairResult, predict_pair, predict_table
-from common.errors import DataError, UserError
 from siamese.encoder import HEAD_FILE, LABELS
+from stagekit.errors import DataError, UserError
 
 
 def _fake_run(root: Path, name: str, head: bool = True) -> Path:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from app.batch import UploadLimits, read_csv_upload
 from app.predict import EmptyInput, PairResult, predict_pair
 from app.safe_text import md_escape
-from common.errors import DataError
-from common.text import has_visible_content
+from stagekit.errors import DataError
+from stagekit.text import has_visible_content
 
 texts = st.one_of(
     st.text(),  # arbitrary unicode, control characters included
@@ -30,7 +30,7 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 @example(premise="x" * 10_000, hypothesis="<script>alert(1)</script>")
 def test_predict_pair_never_raises(tiny_encoder, premise, hypothesis):
     result = predict_pair(tiny_encoder, premise, hypothesis)
-    # "Empty" is the one rule of common.text (tested there): no visible character, so "\x00\x01\u200b" too.
+    # "Empty" is the one rule of stagekit.text (tested there): no visible character, so "\x00\x01\u200b" too.
     empty = tuple(
         name for name, text in (("premise", premise), ("hypothesis", hypothesis)) if not has_visible_content(text)
     )

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.config import REPO_ROOT, load_config
 from pretrain.config import PretrainConfig
+from stagekit.config import REPO_ROOT, load_config
 
 DEBUG_CONFIG = REPO_ROOT / "configs" / "pretrain" / "debug.yaml"
 

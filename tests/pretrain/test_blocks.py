@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from common.config import load_config
-from common.errors import DataError
 from pretrain import build as build_module
 from pretrain.blocks import TokenBlocks, cache_key, open_cache, prepare_data
 from pretrain.config import DataConfig, PretrainConfig
 from pretrain.corpus import raw_batches
+from stagekit.config import load_config
+from stagekit.errors import DataError
 from tests.pretrain.reference_packing import reference
 from tests.processes import kill_once_ready
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import run_cli
-from common.config import REPO_ROOT, load_config
-from common.errors import ConfigError
 from pretrain.config import PretrainConfig
 from pretrain.train import main
+from stagekit.cli import run_cli
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import ConfigError
 
 CONFIGS = sorted((REPO_ROOT / "configs" / "pretrain").glob("*.yaml"))
 

@@ -46,7 +46,7 @@ def test_cleaning_equals_its_regex_definition_on_any_text(text):
 
 def test_documents_with_nothing_visible_are_dropped_like_empty_ones():
     # Zero-width spaces, control and format characters survive whitespace cleaning; such a document is as
-    # empty as a blank one, whatever its length (the rule of common/text.py, shared with the NLI readers).
+    # empty as a blank one, whatever its length (the rule of stagekit/text.py, shared with the NLI readers).
     invisible = ["\u200b" * 80, "\x00\x01" * 40, "\ufeff\u2060\u200d" * 30]
     kept = "a review long enough to keep, with words in it that a model can learn something from."
     out = split_documents([*invisible, kept, "", None], min_chars=64, validation_fraction=0.0, seed=0)

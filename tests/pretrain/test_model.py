@@ -135,7 +135,7 @@ def test_exported_folder_loads_everywhere_with_identical_logits(tiny_config, dat
 
 
 def test_each_architecture_knows_its_own_fields(tiny_config):
-    from common.errors import ConfigError
+    from stagekit.errors import ConfigError
 
     known = r"unknown config key 'model.hidden_dropout_prob' \(known for model.architecture=modernbert"
     with pytest.raises(ConfigError, match=known):

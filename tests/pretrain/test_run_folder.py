@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from common.cli import run_cli
 from pretrain.train import main
+from stagekit.cli import run_cli
 from tests.processes import kill, start_until
 
 pytestmark = pytest.mark.slow

@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, pipeline
 
-from common.checkpoints import checkpoint_dirs, newest_checkpoint
-from common.errors import ConfigError, UserError
-from common.training import TrainingDiverged
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
 from pretrain.train import main
+from stagekit.checkpoints import checkpoint_dirs, newest_checkpoint
+from stagekit.errors import ConfigError, UserError
+from stagekit.training import TrainingDiverged
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from common.config import REPO_ROOT, load_config
-from common.errors import ConfigError
 from siamese.config import SiameseConfig
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import ConfigError
 
 CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[2] / "configs" / "siamese").glob("*.yaml"))
 

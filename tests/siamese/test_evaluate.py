@@ -11,13 +11,13 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from common.errors import DataError, UserError
 from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
 from siamese.encoder import NLIEncoder, save_head
 from siamese.evaluate import eval_source, main
 from siamese.model import build_loss, build_model
 from siamese.report import stsb_drop_warning
 from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from stagekit.errors import DataError, UserError
 
 
 def test_accuracy_and_confusion_matrix_on_hand_made_labels():
@@ -143,8 +143,8 @@ def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data
 
 
 def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
-    from common.tracking import Tracker
     from siamese import report as report_module
+    from stagekit.tracking import Tracker
 
     model_dir = tmp_path / "siamese-x" / "model"
     model_dir.mkdir(parents=True)

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.cli import run_cli
-from common.errors import UserError
 from siamese.encoder import HEAD_FILE, NLIEncoder
 from siamese.export import EXPORT_FILE, main
 from siamese.onnx_backend import ONNX_FILES, OnnxTransformerModel
 from siamese.onnx_check import CHECK_SENTENCES, agreement
 from siamese.postprocess import cosine_rows
+from stagekit.cli import run_cli
+from stagekit.errors import UserError
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.errors import UserError
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import NLIEncoder, head_features, save_head
 from siamese.model import build_loss, build_model, loss_classifier
+from stagekit.errors import UserError
 
 PAIRS = [
     ("A man is playing a guitar on stage.", "A man plays music.", 0),
@@ -217,16 +217,16 @@ def test_hub_model_id_in_the_local_cache_loads_without_the_hub(tiny_bert, tmp_pa
 
 def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert, tmp_path):
     """Its MLM head is left out by design: one INFO line, not transformers' 10-line UNEXPECTED table (which
-    the same load emits without common/load_report.py's filter)."""
+    the same load emits without stagekit/load_report.py's filter)."""
     import logging
     import shutil
 
     from sentence_transformers.sentence_transformer.modules import Transformer
     from transformers import BertConfig, NomicBertConfig, NomicBertForMaskedLM
 
-    from common.load_report import REPORTING_LOGGER, UnusedWeightsOnly
     from siamese.config import ImplConfig, ModelConfig
     from siamese.model import build_model
+    from stagekit.load_report import REPORTING_LOGGER, UnusedWeightsOnly
 
     mlm = tmp_path / "mlm"  # NomicBERT, as configs/pretrain/cpu-small.yaml trains
     bert = BertConfig.from_pretrained(tiny_bert)

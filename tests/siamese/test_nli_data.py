@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from datasets import IterableDataset
 
-from common.errors import DataError
 from siamese.config import DataConfig, SourceConfig
 from siamese.nli_data import (
     RowCounts,
@@ -22,6 +21,7 @@ from siamese.nli_data import (
     read_pairs,
     train_stream,
 )
+from stagekit.errors import DataError
 
 
 def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:

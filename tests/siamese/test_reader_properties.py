@@ -8,11 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common.errors import DataError
-from common.text import has_visible_content
 from pretrain.corpus import clean_text
 from siamese.config import SourceConfig
 from siamese.nli_data import RowCounts, read_pairs
+from stagekit.errors import DataError
+from stagekit.text import has_visible_content
 
 TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=120)  # any unicode but lone surrogates
 INT_LABELS = st.sampled_from([0, 1, 2, -1])
@@ -38,7 +38,7 @@ def test_reader_keeps_exactly_the_labelled_non_empty_pairs(tmp_path_factory, dat
     def as_id(y):
         return STR_IDS[y.lower()] if isinstance(y, str) else y
 
-    # "Empty" is the one rule of common.text (tested on its own there): no visible character.
+    # "Empty" is the one rule of stagekit.text (tested on its own there): no visible character.
     expected = [(p.strip(), h.strip(), as_id(y)) for p, h, y in rows
                 if as_id(y) >= 0 and has_visible_content(p) and has_visible_content(h)]  # fmt: skip
     counts = RowCounts()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.cli import run_cli
 from siamese.train import main
+from stagekit.cli import run_cli
 from tests.pretrain.test_run_folder import last_error, offline_run_ids
 from tests.processes import kill, start_until
 from tests.siamese.test_train import debug_args

@@ -12,11 +12,11 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
-from common.checkpoints import newest_checkpoint
-from common.cli import run_cli
-from common.errors import ConfigError, UserError
 from siamese.encoder import HEAD_FILE, NLIEncoder
 from siamese.train import main
+from stagekit.checkpoints import newest_checkpoint
+from stagekit.cli import run_cli
+from stagekit.errors import ConfigError, UserError
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
@@ -134,7 +134,7 @@ def assert_same_final_model(a: Path, b: Path, atol: float) -> None:
 
 
 def has_complete_checkpoint(run: Path) -> bool:
-    """A checkpoint a resume would continue (common/checkpoints.py `is_complete`: trainer_state.json and then
+    """A checkpoint a resume would continue (stagekit/checkpoints.py `is_complete`: trainer_state.json and then
     run_config.json, both readable). Checking trainer_state.json alone let the kill land between the two, and
     the resumed run then started from step 0."""
     return newest_checkpoint(run / "checkpoints") is not None
@@ -363,10 +363,10 @@ def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny
 @pytest.mark.parametrize(("loss", "metric", "greater"), [("softmax", "eval_mnli-dev_accuracy", True),
                                                          ("mnrl", "eval_loss", False)])  # fmt: skip
 def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, tiny_bert, loss, metric, greater):
-    from common.config import load_config
     from siamese.config import SiameseConfig
     from siamese.nli_data import RowCounts
     from siamese.train import build_trainer, eval_data
+    from stagekit.config import load_config
 
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
                       [f"model.base_model={tiny_bert}", f"loss.name={loss}", "train.select_best=true",
@@ -378,10 +378,10 @@ def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, 
 
 
 def test_a_best_checkpoint_without_its_head_is_an_error_not_a_silent_last_step(repo_root, tiny_bert, tmp_path):
-    from common.config import load_config
     from siamese.config import SiameseConfig
     from siamese.nli_data import RowCounts
     from siamese.train import build_trainer, eval_data
+    from stagekit.config import load_config
 
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
                       [f"model.base_model={tiny_bert}", "train.select_best=true"])  # fmt: skip

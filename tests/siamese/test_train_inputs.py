@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from common.cli import run_cli
 from siamese.train import main
+from stagekit.cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +76,8 @@ def first_batches(cfg, workers: int, count: int) -> list[dict]:
 def test_dataloader_workers_do_not_change_the_training_pairs(repo_root, tiny_bert, tmp_path, data_dir, files):
     import gzip
 
-    from common.config import load_config
     from siamese.config import SiameseConfig
+    from stagekit.config import load_config
 
     with gzip.open(data_dir / "mnli" / "train.jsonl.gz", "rt", encoding="utf-8") as fh:
         lines = [next(fh) for _ in range(400)]

@@ -23,32 +23,32 @@ from typing import Any, ClassVar
 
 from transformers import Trainer
 
-from common.batch_fit import fit_trainer_batch
-from common.checkpoints import (
+from stagekit.batch_fit import fit_trainer_batch
+from stagekit.checkpoints import (
     STATE,
     check_resume_settings,
     check_world_size,
     choose_checkpoint,
     recorded_wandb_id,
 )
-from common.config import renamed_keys, resumable_keys, to_dict
-from common.device import resolve_device
-from common.precision import run_precision
-from common.runlock import claim_run_folder
-from common.tracking import finish_run, trainer_report_to
-from common.training import advise_on_out_of_memory, setup_process, stop_reason
+from stagekit.config import renamed_keys, resumable_keys, to_dict
+from stagekit.device import resolve_device
+from stagekit.precision import run_precision
+from stagekit.runlock import claim_run_folder
+from stagekit.tracking import finish_run, trainer_report_to
+from stagekit.training import advise_on_out_of_memory, setup_process, stop_reason
 
 log = logging.getLogger(__name__)
 
 
 class Stage(ABC):
     """The parts of one training stage. `cfg` is the stage's config (a RunConfig with `train`, `impl` and
-    `wandb` sections: common/stage_config.py)."""
+    `wandb` sections: stagekit/stage_config.py)."""
 
     name: ClassVar[str]  # the W&B job type and the metrics' prefix in W&B
     unit: ClassVar[str]  # what a step consumes, counted over all ranks: "tokens" or "pairs"
     example: ClassVar[str]  # what one per-device batch holds: "blocks" or "pairs"
-    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}  # see common/checkpoints.py check_resume_settings
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}  # see stagekit/checkpoints.py check_resume_settings
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from common.errors import UserError
+from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
 # Share of the device's memory a probe may reach: the caching allocator reserves more than it hands out, and

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.text import has_visible_content
+from stagekit.text import has_visible_content
 
 
 @pytest.mark.parametrize(

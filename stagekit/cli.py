@@ -9,9 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common.config import REPO_ROOT, describe_keys, format_default, load_config
-from common.errors import UserError
-from common.load_report import quiet_unused_weight_reports
+from stagekit.config import REPO_ROOT, describe_keys, format_default, load_config
+from stagekit.errors import UserError
+from stagekit.load_report import quiet_unused_weight_reports
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def default_config(schema: type) -> Path:
 
 def keys_help(schema: type) -> str:
     """One line per config key: dotted name, type, default, help; resumable keys marked (the same text as
-    docs/configuration.md, from the fields' metadata: common/config.py `describe_keys`)."""
+    docs/configuration.md, from the fields' metadata: stagekit/config.py `describe_keys`)."""
     lines = []
     for info in describe_keys(schema):
         mark = " [resumable]" if info.resumable else ""
@@ -35,7 +35,7 @@ def keys_help(schema: type) -> str:
 def config_parser(prog: str, description: str, schema: type, resume: bool = True) -> argparse.ArgumentParser:
     """`--config FILE`, `--resume` (a training stage) and `key=value` overrides; `--help` ends with examples
     and every config key. The examples are the config class's `examples` (each one checked by
-    tests/common/test_documented_commands.py)."""
+    tests/stagekit/test_documented_commands.py)."""
     config = default_config(schema)
     shown = config.relative_to(REPO_ROOT)
     examples = "\n".join(f"  {prog} --config {shown} {example}" for example in (schema.examples if resume else ()))

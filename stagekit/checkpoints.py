@@ -23,8 +23,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from common.errors import ConfigError, UserError
-from common.tracking import active_run_id
+from stagekit.errors import ConfigError, UserError
+from stagekit.tracking import active_run_id
 
 log = logging.getLogger(__name__)
 

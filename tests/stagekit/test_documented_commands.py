@@ -8,13 +8,13 @@ import shlex
 
 import pytest
 
-from common import config_docs
-from common.checkpoints import check_resume_settings
-from common.cli import config_parser
-from common.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
-from common.errors import ConfigError
 from pretrain.config import PretrainConfig
 from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
+from stagekit import config_docs
+from stagekit.checkpoints import check_resume_settings
+from stagekit.cli import config_parser
+from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
+from stagekit.errors import ConfigError
 
 SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
@@ -29,7 +29,7 @@ def test_every_key_has_help(stage):
 
 
 def test_configuration_md_is_in_step_with_the_config_classes():
-    assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m common.config_docs"
+    assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m stagekit.config_docs"
 
 
 @pytest.mark.parametrize("stage", SCHEMAS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import REPO_ROOT
+from stagekit.config import REPO_ROOT
 
 
 class Stop(Exception):

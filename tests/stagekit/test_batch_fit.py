@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.batch_fit import BatchFit, candidates, fit_batch
-from common.errors import UserError
+from stagekit.batch_fit import BatchFit, candidates, fit_batch
+from stagekit.errors import UserError
 
 MiB = 2**20
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from common.load_report import REPORTING_LOGGER, UnusedWeightsOnly, report_statuses
+from stagekit.load_report import REPORTING_LOGGER, UnusedWeightsOnly, report_statuses
 
 UNUSED = """\x1b[1mNomicBertModel LOAD REPORT\x1b[0m from: outputs/pretrain-cpu-small/model
 Key                                         | Status     |  |
@@ -33,7 +33,7 @@ def test_rows_are_read_from_the_table():
 
 
 def test_a_report_of_unused_weights_only_is_one_info_line(caplog):
-    with caplog.at_level(logging.INFO, logger="common.load_report"):
+    with caplog.at_level(logging.INFO, logger="stagekit.load_report"):
         assert UnusedWeightsOnly().filter(record(UNUSED)) is False
     (line,) = [r.getMessage() for r in caplog.records]
     assert "2 weights" in line and "outputs/pretrain-cpu-small/model" in line and "\x1b" not in line

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from common.errors import DataError
+from stagekit.errors import DataError
 
 log = logging.getLogger(__name__)
 

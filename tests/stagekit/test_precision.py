@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common import device as device_module
-from common.config import REPO_ROOT, load_config
-from common.errors import ConfigError
-from common.precision import (
+from pretrain.config import PretrainConfig
+from siamese.config import SiameseConfig
+from stagekit import device as device_module
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import ConfigError
+from stagekit.precision import (
     MIN_LOSS_SCALE,
     DeviceInfo,
     choose_compile,
@@ -22,9 +24,7 @@ from common.precision import (
     choose_tf32,
     skipped_by_loss_scaler,
 )
-from common.training import StopOnNonFiniteLoss, TrainingDiverged, training_arguments
-from pretrain.config import PretrainConfig
-from siamese.config import SiameseConfig
+from stagekit.training import StopOnNonFiniteLoss, TrainingDiverged, training_arguments
 
 H200 = DeviceInfo("cuda", "NVIDIA H200", (9, 0))
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))
@@ -74,10 +74,10 @@ def test_precision_decision_table(device: DeviceInfo, asked: str, precision: str
 
 
 def test_fp16_on_mps_needs_torch_2_8_for_loss_scaling(monkeypatch):
-    monkeypatch.setattr("common.precision.torch_version", lambda: (2, 7))
+    monkeypatch.setattr("stagekit.precision.torch_version", lambda: (2, 7))
     with pytest.raises(ConfigError, match="torch >= 2.8"):
         choose_precision(MPS, "fp16")
-    monkeypatch.setattr("common.precision.torch_version", lambda: (2, 13))
+    monkeypatch.setattr("stagekit.precision.torch_version", lambda: (2, 13))
     assert choose_precision(MPS, "fp16").precision == "fp16"
 
 
@@ -252,8 +252,8 @@ def test_entry_points_set_the_mps_fallback_before_torch_is_imported(module):
     code = (
         "import sys, os\n"
         f"import {module}\n"
-        "import common\n"
-        "assert common.MPS_FALLBACK_AT_TORCH_IMPORT, 'torch was imported before common'\n"
+        "import stagekit\n"
+        "assert stagekit.MPS_FALLBACK_AT_TORCH_IMPORT, 'torch was imported before stagekit'\n"
         "assert os.environ['PYTORCH_ENABLE_MPS_FALLBACK'] == '1'\n"
     )
     env = {k: v for k, v in __import__("os").environ.items() if k != "PYTORCH_ENABLE_MPS_FALLBACK"}
@@ -271,9 +271,9 @@ def test_pretraining_arguments_on_a_t4_are_fp16_without_tf32(monkeypatch):
     refuses below compute capability 8.0 ("--tf32 requires Ampere or a newer GPU arch"): no T4 run could start."""
     from pretrain.train import pretrain_arguments
 
-    for where in ("common.precision.device_info", "pretrain.train.device_info"):
+    for where in ("stagekit.precision.device_info", "pretrain.train.device_info"):
         monkeypatch.setattr(where, lambda kind: T4 if kind == "cuda" else CPU)
-    monkeypatch.setattr("common.precision._CHOSEN", {})
+    monkeypatch.setattr("stagekit.precision._CHOSEN", {})
     cfg = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml")
     args = pretrain_arguments(cfg, "cuda", [])
     assert (args.fp16, args.bf16, args.tf32) == (True, False, None)

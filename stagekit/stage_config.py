@@ -1,7 +1,7 @@
 """The `train` and `impl` keys both stages share, under TrainingArguments' names.
 
 Each stage's config subclasses these sections, adds its own keys and changes defaults where its recipe
-differs (a subclass that only changes a default keeps the key's help: common/config.py `describe_keys`).
+differs (a subclass that only changes a default keeps the key's help: stagekit/config.py `describe_keys`).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from common.config import key, require
-from common.precision import RETIRED_BF16
+from stagekit.config import key, require
+from stagekit.precision import RETIRED_BF16
 
 Scheduler = Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"]
 
@@ -37,7 +37,7 @@ class SharedTrainConfig:
     lr_scheduler_type: Scheduler = key(
         "linear",
         "the schedule after warmup: linear / cosine decay to 0, constant, or reduce_lr_on_plateau (multiply by "
-        "plateau_factor when the validation loss stalls for plateau_patience evaluations; common/schedule.py)",
+        "plateau_factor when the validation loss stalls for plateau_patience evaluations; stagekit/schedule.py)",
     )
     plateau_factor: float = key(0.5, "reduce_lr_on_plateau: the factor the rate is multiplied by", resumable=True)
     plateau_patience: int = key(
@@ -115,23 +115,23 @@ class SharedImplConfig:
 
     resumable_section: ClassVar[bool] = True
     removed: ClassVar[dict[str, str]] = {
-        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (common/training.py "
+        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (stagekit/training.py "
         "StopOnNonFiniteLoss); delete it from your config",
         "bf16": RETIRED_BF16,
     }
 
     device: Literal["auto", "cpu", "cuda", "mps"] = key(
-        "auto", "auto: cuda, then mps (Apple silicon), then cpu (common/device.py)"
+        "auto", "auto: cuda, then mps (Apple silicon), then cpu (stagekit/device.py)"
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = key(
         "auto",
         "auto: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with loss scaling on 7.x "
-        "(T4, V100), fp32 elsewhere and on CPU / MPS (common/precision.py)",
+        "(T4, V100), fp32 elsewhere and on CPU / MPS (stagekit/precision.py)",
     )
     fit_batch: bool = key(
         False,
         "before training, find the largest per-device batch that fits in GPU memory and raise "
-        "gradient_accumulation_steps so the batch per optimizer step stays the same (common/batch_fit.py)",
+        "gradient_accumulation_steps so the batch per optimizer step stays the same (stagekit/batch_fit.py)",
     )
     num_threads: int | None = key(
         None, "torch CPU threads; null: torch's default. On a CPU shared with other jobs 1 can be several times faster"

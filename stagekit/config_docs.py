@@ -1,7 +1,7 @@
-"""`python -m common.config_docs [--check]`: write docs/configuration.md from the config schemas.
+"""`python -m stagekit.config_docs [--check]`: write docs/configuration.md from the config schemas.
 
-Every key's type, default, help and resume rule come from the fields themselves (common/config.py `key`), the
-same text `--help` prints; `--check` exits 1 when the file is out of step (tests/common/test_config_docs.py).
+Every key's type, default, help and resume rule come from the fields themselves (stagekit/config.py `key`), the
+same text `--help` prints; `--check` exits 1 when the file is out of step (tests/stagekit/test_config_docs.py).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from common.config import REPO_ROOT, describe_keys, format_default
+from stagekit.config import REPO_ROOT, describe_keys, format_default
 
 TARGET = REPO_ROOT / "docs" / "configuration.md"
 
 INTRO = """# Configuration
 
-Written by `python -m common.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
-the keys both share in `common/stage_config.py`); `python -m pretrain --help` and `python -m siamese --help`
+Written by `python -m stagekit.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
+the keys both share in `stagekit/stage_config.py`); `python -m pretrain --help` and `python -m siamese --help`
 print the same list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be
 overridden on the command line as `section.key=value`, and every key is checked before any work starts.
 
@@ -55,13 +55,15 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.config_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stagekit.config_docs", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is out of step")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         if not TARGET.is_file() or TARGET.read_text(encoding="utf-8") != text:
-            print(f"{TARGET} is out of step with the config classes: run python -m common.config_docs", file=sys.stderr)
+            print(
+                f"{TARGET} is out of step with the config classes: run python -m stagekit.config_docs", file=sys.stderr
+            )
             return 1
         return 0
     TARGET.write_text(text, encoding="utf-8")

@@ -4,7 +4,7 @@ Everything is checked before any heavy work starts: an unknown key, a value of t
 impossible value is a one-line `ConfigError` naming the dotted key (nanoGPT's configurator habit).
 
 Each key carries its own help and resume rule as field metadata (`key(...)`); `describe_keys` reads them
-for `--help`, `resumable_keys` for what `--resume` may change, and `python -m common.config_docs` writes
+for `--help`, `resumable_keys` for what `--resume` may change, and `python -m stagekit.config_docs` writes
 docs/configuration.md from the same place. A section renames a key with a `renamed` class attribute, so
 an old config gets a one-line error naming the new key and an old checkpoint's record is read under it.
 """
@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from common.errors import ConfigError
+from stagekit.errors import ConfigError
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ HELP, RESUMABLE = "help", "resumable"
 
 def key(default: Any = dataclasses.MISSING, help: str = "", *, resumable: bool = False, factory: Any = None) -> Any:
     """A config field with its help text and resume rule: `resumable` keys may change on `--resume`, and the
-    change applies from the resumed step on; any other change is refused (common/checkpoints.py)."""
+    change applies from the resumed step on; any other change is refused (stagekit/checkpoints.py)."""
     metadata = {HELP: help, RESUMABLE: resumable}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -148,7 +148,7 @@ def format_default(value: Any) -> str:
 
 
 def resumable_keys(schema: type) -> tuple[str, ...]:
-    """The dotted keys `--resume` may change (common/checkpoints.py `check_resume_settings`)."""
+    """The dotted keys `--resume` may change (stagekit/checkpoints.py `check_resume_settings`)."""
     return tuple(info.dotted for info in describe_keys(schema) if info.resumable)
 
 

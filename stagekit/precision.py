@@ -15,7 +15,7 @@ compute capability is what says whether the tensor cores do bf16.
 fp16 keeps the weights, the optimizer and the loss in fp32 (autocast casts only the matmul inputs), runs
 softmax, layer norm and the loss in fp32 on CUDA (autocast's fp32 op list), and scales the loss so small
 gradients do not flush to zero (accelerate's GradScaler: a step whose gradients overflow is skipped and the
-scale halved). `StopOnNonFiniteLoss` (common/training.py) asks `skipped_by_loss_scaler` before it calls an
+scale halved). `StopOnNonFiniteLoss` (stagekit/training.py) asks `skipped_by_loss_scaler` before it calls an
 infinite gradient norm a divergence.
 """
 
@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from common.errors import ConfigError
+from stagekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ PRECISIONS: tuple[str, ...] = ("auto", "bf16", "fp16", "fp32")
 KEY = "impl.precision"
 # A loss scale below 1 means the gradients overflow fp16 even unscaled: no later step can succeed.
 MIN_LOSS_SCALE = 1.0
-# The old boolean: naming it is a one-line error that points here (common/config.py, `RETIRED`).
+# The old boolean: naming it is a one-line error that points here (stagekit/config.py, `RETIRED`).
 RETIRED_BF16 = (
     "is gone: use impl.precision (auto | bf16 | fp16 | fp32); auto picks bf16 on GPUs with bf16 tensor cores, "
     "fp16 with loss scaling on T4 / V100, fp32 on CPU (bf16: true → impl.precision=bf16, false → fp32)"
@@ -59,7 +59,7 @@ class DeviceInfo:
 
 
 def device_info(kind: str) -> DeviceInfo:
-    """The current device of `kind` ("cuda", "mps" or "cpu", as `common.device.resolve_device` returns it)."""
+    """The current device of `kind` ("cuda", "mps" or "cpu", as `stagekit.device.resolve_device` returns it)."""
     import torch  # here, not at the top: the configs import this module's messages without torch
 
     if kind == "cuda":

@@ -21,11 +21,11 @@ import torch.distributed as dist
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from common.checkpoints import newest_checkpoint
-from common.errors import UserError
-from common.precision import run_precision, skipped_by_loss_scaler
-from common.schedule import WarmupPlateauSchedule
-from common.stage_config import SharedTrainConfig
+from stagekit.checkpoints import newest_checkpoint
+from stagekit.errors import UserError
+from stagekit.precision import run_precision, skipped_by_loss_scaler
+from stagekit.schedule import WarmupPlateauSchedule
+from stagekit.stage_config import SharedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -267,10 +267,10 @@ def training_arguments(
     arguments_class: type, cfg: Any, device: str, report_to: list[str], **stage_arguments: Any
 ) -> Any:
     """`arguments_class` (TrainingArguments or SentenceTransformerTrainingArguments) from a stage config's
-    shared `train` / `impl` keys (common/stage_config.py); `stage_arguments` add or replace the stage's own.
+    shared `train` / `impl` keys (stagekit/stage_config.py); `stage_arguments` add or replace the stage's own.
 
     With train.lr_scheduler_type=reduce_lr_on_plateau the Trainer runs a constant schedule that
-    `ScheduleMixin` replaces by common/schedule.py's warmup → plateau (`plateau_settings`).
+    `ScheduleMixin` replaces by stagekit/schedule.py's warmup → plateau (`plateau_settings`).
     """
     t, impl = cfg.train, cfg.impl
     arguments: dict[str, Any] = {

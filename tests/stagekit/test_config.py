@@ -5,8 +5,8 @@ from typing import Literal
 
 import pytest
 
-from common.config import load_config, require
-from common.errors import ConfigError
+from stagekit.config import load_config, require
+from stagekit.errors import ConfigError
 
 
 @dataclass

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.errors import UserError
+from stagekit.errors import UserError
 
 
 def require_writable(folder: str | Path, remedy: str) -> None:

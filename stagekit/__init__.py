@@ -1,9 +1,14 @@
-"""Shared layer under both stages: config validation, errors, data sources, run tracking."""
+"""stagekit: what both stages are built from — the config schema and CLI, the stage lifecycle and the
+Trainer stack, data sources, checkpoints, run folders, tracking.
+
+A name of its own (it was `common`) so that a user's `common.py` or another package's `common` cannot shadow
+it (tests/stagekit mirrors it; a `tests/common` once hid it from a test started as a script).
+"""
 
 import os as _os
 import sys as _sys
 
-# Ops Apple's MPS backend lacks run on the CPU instead of failing (common/device.py). torch reads the variable
+# Ops Apple's MPS backend lacks run on the CPU instead of failing (stagekit/device.py). torch reads the variable
 # when it is imported, so it is set here, before this project's modules import torch; a user's value wins.
 _preset = _os.environ.get("PYTORCH_ENABLE_MPS_FALLBACK")
 _os.environ.setdefault("PYTORCH_ENABLE_MPS_FALLBACK", "1")

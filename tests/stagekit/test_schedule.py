@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.schedule import WarmupPlateauSchedule
+from stagekit.schedule import WarmupPlateauSchedule
 
 
 def make(lr: float = 1.0e-3, **overrides) -> tuple[torch.optim.Optimizer, WarmupPlateauSchedule]:
@@ -70,8 +70,8 @@ def test_the_progress_bar_shows_the_steps_the_time_budget_leaves(monkeypatch):
     max_steps, so its remaining time is the time left to the cap."""
     from types import SimpleNamespace
 
-    from common import training
-    from common.training import TimeBudget, TimeCappedProgress
+    from stagekit import training
+    from stagekit.training import TimeBudget, TimeCappedProgress
 
     clock = [0.0]
     monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])

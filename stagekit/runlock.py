@@ -1,7 +1,7 @@
 """One run per run folder at a time: a lock the operating system holds for the living process.
 
 Before this, a second run started into the same folder while the first was alive (before the first
-checkpoint, which `common.checkpoints.choose_checkpoint` checks for) trained beside it, and whichever
+checkpoint, which `stagekit.checkpoints.choose_checkpoint` checks for) trained beside it, and whichever
 ended last replaced the other's model and checkpoints. Now the folder's lock file is `flock`ed by the
 run's main process for as long as it works on the folder: a second run is refused in one line.
 
@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from common.atomic import require_writable
-from common.errors import UserError
+from stagekit.atomic import require_writable
+from stagekit.errors import UserError
 
 try:
     import fcntl
@@ -82,11 +82,11 @@ def claim_run_folder(
     """Hold `run_dir` for the block: checked writable (else `remedy`), then locked, both before any work.
 
     Under several processes only the main one (global rank 0, the one that writes outputs) checks and locks;
-    every rank then agrees on the outcome with one all-reduce (`common.training.any_rank`, so the process
+    every rank then agrees on the outcome with one all-reduce (`stagekit.training.any_rank`, so the process
     group must be up), and all raise the same kind of one-line UserError: none is left waiting for the
     others. Raises UserError when the folder cannot be written or another living process holds its lock.
     """
-    from common.training import any_rank
+    from stagekit.training import any_rank
 
     run_dir, problem, fd = Path(run_dir), None, None
     if is_main:

@@ -1,7 +1,7 @@
 """Which device a run uses: `impl.device` of either stage (and evaluation, the app), resolved once, the same way.
 
 "auto" is CUDA, then Apple silicon's MPS, then the CPU. Ops MPS lacks run on the CPU instead of failing
-(PYTORCH_ENABLE_MPS_FALLBACK=1): torch reads that variable when it is imported, so `common/__init__.py` sets it
+(PYTORCH_ENABLE_MPS_FALLBACK=1): torch reads that variable when it is imported, so `stagekit/__init__.py` sets it
 before any of this project's modules import torch.
 """
 
@@ -12,8 +12,8 @@ import os
 
 import torch
 
-import common
-from common.errors import ConfigError
+import stagekit
+from stagekit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 MPS_FALLBACK = "PYTORCH_ENABLE_MPS_FALLBACK"
@@ -57,4 +57,4 @@ def note_mps_fallback() -> None:
     global _noted
     if not _noted:
         _noted = True
-        log.info("%s", mps_fallback_line(common.MPS_FALLBACK_AT_TORCH_IMPORT, os.environ.get(MPS_FALLBACK)))
+        log.info("%s", mps_fallback_line(stagekit.MPS_FALLBACK_AT_TORCH_IMPORT, os.environ.get(MPS_FALLBACK)))

@@ -6,8 +6,8 @@ import gzip
 
 import pytest
 
-from common.errors import DataError
-from common.sources import load_source, reading
+from stagekit.errors import DataError
+from stagekit.sources import load_source, reading
 
 GOOD = '{"text": "a document"}\n'
 
@@ -95,7 +95,7 @@ def test_reachability_check_is_bounded_when_name_resolution_hangs(monkeypatch):
     import socket
     import time
 
-    from common.sources import hub_reachable
+    from stagekit.sources import hub_reachable
 
     def hanging_dns(*args, **kwargs):
         time.sleep(20)

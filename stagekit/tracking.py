@@ -8,7 +8,7 @@ run first (on the main process only), with the project, entity, tags and folder 
 fall-back to offline, then to no tracking, so a W&B failure never stops training; transformers'
 WandbCallback then logs into that run. Evaluation, which has no Trainer, logs through `Tracker`.
 
-A resumed stage continues its W&B run: each checkpoint records the run's id (common/checkpoints.py), and
+A resumed stage continues its W&B run: each checkpoint records the run's id (stagekit/checkpoints.py), and
 `start_run(resume_id=...)` opens that id again with `resume="allow"`, online or offline.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from common.config import key
+from stagekit.config import key
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def run_wandb_config(model_dir: str | Path) -> WandbConfig:
     as evaluation log into the same project, entity and mode; the defaults when the folder has none."""
     import yaml
 
-    from common.config import _build
+    from stagekit.config import _build
 
     path = Path(model_dir) / "resolved_config.yaml"
     try:

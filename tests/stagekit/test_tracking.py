@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.tracking import WandbConfig, start_run
+from stagekit.tracking import WandbConfig, start_run
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
