@@ -12,30 +12,17 @@ class Stop(Exception):
 
 
 # `--resume` between overrides ended the override list: "unrecognized arguments: train.max_steps=20".
-def test_pretrain_reads_overrides_after_resume(tmp_path, monkeypatch):
-    from pretrain import train
-    from pretrain.train import main
+@pytest.mark.parametrize("stage", ["pretrain", "siamese"])
+def test_a_stage_reads_overrides_after_resume(stage, tmp_path, monkeypatch):
+    import importlib
+
+    train = importlib.import_module(f"{stage}.train")
 
     def seen(stage, resume=False):
         raise Stop(stage.cfg, resume)
 
     monkeypatch.setattr(train, "run_stage", seen)
-    argv = ["--config", str(REPO_ROOT / "configs/pretrain/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
-            "--resume", "train.max_steps=20"]  # fmt: skip
-    with pytest.raises(Stop) as stop:
-        main(argv)
-    cfg, resume = stop.value.args
-    assert resume and cfg.run_name == "x" and cfg.train.max_steps == 20
-
-
-def test_siamese_reads_overrides_after_resume(tmp_path, monkeypatch):
-    from siamese import train
-
-    def seen(stage, resume=False):
-        raise Stop(stage.cfg, resume)
-
-    monkeypatch.setattr(train, "run_stage", seen)
-    argv = ["--config", str(REPO_ROOT / "configs/siamese/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
+    argv = ["--config", str(REPO_ROOT / f"configs/{stage}/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
             "--resume", "train.max_steps=20"]  # fmt: skip
     with pytest.raises(Stop) as stop:
         train.main(argv)
