@@ -104,7 +104,7 @@ def chromium(width: int = 1280, height: int = 1200) -> Iterator:
 
 def predict_in_browser(driver, url: str, premise: str, hypothesis: str, timeout: float = 60.0) -> str:
     """Fill both inputs, press Predict, and return the predicted label shown on the page."""
-    from selenium.webdriver.stagekit.by import By
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -128,7 +128,7 @@ def predict_in_browser(driver, url: str, premise: str, hypothesis: str, timeout:
 
 def metric_value(driver, label: str) -> str | bool:
     """The value of the first metric whose label contains `label`, or False while there is none (for waits)."""
-    from selenium.webdriver.stagekit.by import By
+    from selenium.webdriver.common.by import By
 
     for metric in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stMetric"]'):
         if label in metric.text:
@@ -142,7 +142,7 @@ def page_text(driver) -> str:
 
 def compare_with_baseline(driver, timeout: float = 120.0) -> str:
     """Switch on the sidebar's baseline toggle; return the baseline's cosine as the page shows it."""
-    from selenium.webdriver.stagekit.by import By
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     driver.find_element(By.XPATH, "//label[.//p[starts-with(text(), 'Compare with')]]").click()
@@ -152,8 +152,8 @@ def compare_with_baseline(driver, timeout: float = 120.0) -> str:
 def search_in_browser(driver, query: str, compare: bool = False, timeout: float = 180.0) -> str:
     """Open the search tab (default sentences: MNLI dev premises), run `query`, wait until every result
     table's heading shows ("Your model (N ms)", and with `compare` the baseline's), and return the page text."""
-    from selenium.webdriver.stagekit.by import By
-    from selenium.webdriver.stagekit.keys import Keys
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
