@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -95,15 +96,19 @@ RESUME_SETTINGS = (
 )
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_path, capfd):
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_args, tmp_path, capfd, caplog):
     main(tiny_args("train.max_steps=12", *RESUME_SETTINGS, out=tmp_path / "straight"))
     main(tiny_args("train.max_steps=5", *RESUME_SETTINGS, out=tmp_path / "split"))
     assert [p.name for p in checkpoint_dirs(tmp_path / "split/pretrain-debug/checkpoints")] == ["checkpoint-5"]
     capfd.readouterr()
-    main(tiny_args("train.max_steps=12", *RESUME_SETTINGS, "--resume", out=tmp_path / "split"))
+    with caplog.at_level(logging.INFO, logger="stagekit.stage"):
+        main(tiny_args("train.max_steps=12", *RESUME_SETTINGS, "--resume", out=tmp_path / "split"))
     # The decoder's weight and bias are tied to the embeddings and the head's bias, not missing: no warning.
     log = capfd.readouterr()
-    assert "missing keys" not in log.err + log.out and "continuing from" in log.err + log.out
+    assert "missing keys" not in log.err + log.out
+    assert any(
+        "continuing from" in r.getMessage() and "checkpoint-5 (step 5 of 12)" in r.getMessage() for r in caplog.records
+    )
     assert_same_weights(final_weights(tmp_path / "straight"), final_weights(tmp_path / "split"))
     assert logged(tmp_path / "straight", "learning_rate") == logged(tmp_path / "split", "learning_rate")
 
