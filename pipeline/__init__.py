@@ -1,1 +1,3 @@
 """The whole pipeline in one command: pretraining → Siamese fine-tuning → evaluation → app."""
+
+import stagekit  # noqa: F401  (first: it sets PYTORCH_ENABLE_MPS_FALLBACK, which torch reads when imported)

@@ -4,7 +4,9 @@ Both stage configs are loaded and checked before any work starts. A stage whose 
 exists is skipped (--retrain runs it again from its checkpoints); a stage with checkpoints continues
 from the newest one (`--resume`), so a killed pipeline picks up where it stopped. The siamese stage
 always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs both training stages on
-N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo).
+N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo). Started by a launcher
+itself (`torchrun --nnodes=N … -m pipeline`, `accelerate launch … -m pipeline`: several machines), it runs
+each stage in the launched processes, and global rank 0 alone evaluates (docs/several-machines.md).
 
 Before any stage starts, the pipeline claims both run folders (writable, and no other pipeline in them:
 stagekit/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
+from stagekit import elastic
 from stagekit.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
@@ -116,13 +119,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     # Each stage locks its folder while it trains; the pipeline's own lock (another file, so the stages it
     # starts are not refused) keeps a second pipeline out of both folders from here to the report.
+    main_process, device, nproc = elastic.join_launched_group(
+        pretrain_cfg.impl.device, pretrain_cfg.train.seed, args.nproc
+    )
     remedy = "set --output-dir (or output_dir in the configs) to a writable folder"
-    with (
-        claim_run_folder(pretrain_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
-        claim_run_folder(siamese_cfg.run_dir, lock=PIPELINE_LOCK, what="pipeline", remedy=remedy),
-    ):
+    claim = {"is_main": main_process, "device": device, "lock": PIPELINE_LOCK, "what": "pipeline", "remedy": remedy}
+    with claim_run_folder(pretrain_cfg.run_dir, **claim), claim_run_folder(siamese_cfg.run_dir, **claim):
         stages = [(pretrain_cfg.run_dir, pretrain_done), (siamese_cfg.run_dir, siamese_done)]
-        check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], args.nproc)
+        check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], nproc)
 
         from pretrain.train import main as pretrain_main
         from siamese.evaluate import main as evaluate_main
@@ -133,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         else:
             log.info("1/3 pretraining → %s (%s)", pretrained, resume_point(pretrain_cfg.run_dir))
             argv_ = stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out)
-            launch_stage("pretrain", pretrain_main, argv_, args.nproc)
+            launch_stage("pretrain", pretrain_main, argv_, 1 if elastic.launched() else nproc)
 
         if siamese_done:
             log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
@@ -142,7 +146,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 "2/3 siamese fine-tuning of %s → %s (%s)", pretrained, siamese_model, resume_point(siamese_cfg.run_dir)
             )
             argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
-            launch_stage("siamese", siamese_main, argv_, args.nproc)
+            launch_stage("siamese", siamese_main, argv_, 1 if elastic.launched() else nproc)
+        if not main_process:
+            return siamese_model  # global rank 0 evaluates and starts the app
 
         log.info("3/3 evaluation of %s", siamese_model)
         evaluate = ["--model", str(siamese_model)]

@@ -21,6 +21,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling, Transfor
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import head_features
+from siamese.gather import distributed, ranking_loss
 from siamese.labels import LABELS
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
@@ -215,7 +216,8 @@ class SoftmaxRankingLoss(torch.nn.Module):
 
     Ranking part: each premise of an entailment pair must pick its own hypothesis among all
     entailment hypotheses of the batch plus every contradiction hypothesis in it (hard negatives
-    whenever a premise's contradiction lands in the same batch). Neutral pairs feed only the classifier.
+    whenever a premise's contradiction lands in the same batch); under several processes the batch is the
+    global one, all ranks' (siamese/gather.py). Neutral pairs feed only the classifier.
     """
 
     def __init__(self, model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> None:
@@ -234,22 +236,15 @@ class SoftmaxRankingLoss(torch.nn.Module):
         labels = labels.view(-1)
         logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
         classify = F.cross_entropy(logits, labels)
-        entail, contra = labels == 0, labels == 2
-        if entail.any():
-            anchors = F.normalize(u[entail], dim=-1)
-            candidates = F.normalize(torch.cat([v[entail], v[contra]]), dim=-1)
-            scores = self.scale * anchors @ candidates.T
-            rank = F.cross_entropy(scores, torch.arange(len(anchors), device=scores.device))
-        else:
-            rank = u.sum() * 0.0
+        rank = ranking_loss(u, v, labels, self.scale)  # candidates from every rank under several processes
         return {"softmax": self.softmax_weight * classify, "mnrl": self.mnrl_weight * rank}
 
 
 def build_loss(model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> torch.nn.Module:
     if cfg.name == "softmax":
         return PairSoftmaxLoss(model, merge_pair_forward)
-    if cfg.name == "mnrl":
-        return MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale)
+    if cfg.name == "mnrl":  # in-batch negatives from every rank, as one process with the global batch has
+        return MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale, gather_across_devices=distributed())
     return SoftmaxRankingLoss(model, cfg, merge_pair_forward)
 
 

@@ -21,8 +21,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+import torch.distributed as dist
 from transformers import TrainerCallback
 
+from stagekit import elastic
 from stagekit.errors import ConfigError, UserError
 from stagekit.tracking import active_run_id
 
@@ -65,9 +67,11 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
     run there would mix with the first (its checkpoint rotation would delete the newer run's files).
     With `resume`, checkpoints a kill left half-written are removed (by the main process only) and the
     newest complete one is returned; with none, the run starts from step 0 with a warning.
+    A torchrun restart of the job that started this run resumes without `--resume` (`stagekit.elastic`).
     """
     checkpoints = run_dir / "checkpoints"
     existing = checkpoint_dirs(checkpoints)
+    resume = resume or elastic.resumes_after_restart(run_dir)
     if not resume:
         if existing or (run_dir / "model").is_dir():
             what = existing[-1].name if existing else "a final model"
@@ -75,7 +79,11 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
                 f"{run_dir} already holds a run ({what}): pass --resume to continue it, or remove {run_dir} "
                 "(or set another run_name=) to start over"
             )
+        if is_main:
+            elastic.mark_run_folder(run_dir)
         return None
+    if is_main:
+        elastic.mark_run_folder(run_dir)
     for path in reversed(existing):
         if is_complete(path):
             return str(path)
@@ -169,12 +177,18 @@ def recorded_wandb_id(checkpoint: str | Path | None) -> str | None:
 
 class SaveRunConfig(TrainerCallback):
     """Write the stage's resolved config into every checkpoint (main process), for `check_resume_settings`,
-    with the RECORDED facts: the processes training and the active W&B run's id."""
+    with the RECORDED facts: the processes training and the active W&B run's id.
+
+    Under several processes it waits for every rank first: each writes its own `rng_state_<rank>.pth`, with no
+    barrier before rank 0's trainer_state.json, so without the wait a rank killed while saving could leave a
+    checkpoint that looks complete (`is_complete`) but lacks its random state."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
+            dist.barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
             if folder.is_dir():

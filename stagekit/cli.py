@@ -75,14 +75,25 @@ def setup_logging() -> None:
 
 
 def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
-    """Run `main(argv)` as a command: a UserError becomes `error: ...` on stderr and exit status 2."""
+    """Run `main(argv)` as a command: a UserError becomes `error: ...` on stderr and exit status 2.
+
+    Under several processes the line names the rank, and any failure is reported to the other ranks, which
+    stop at once instead of waiting in a collective for the timeout (`stagekit.elastic`)."""
+    from stagekit import elastic
+
     setup_logging()
     try:
         main(argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        elastic.report_failure(err)
+        print(f"error: {elastic.where()}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        line = elastic.report_failure(err)
+        if elastic.rank_and_size()[1] > 1:  # the traceback follows, but not which rank it came from
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        raise
     return 0

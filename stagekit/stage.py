@@ -111,7 +111,9 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
         if checkpoint:
             check_world_size(checkpoint, state.num_processes)  # before the data: a cache may take minutes
-        with state.main_process_first():  # one process builds a cache, the others then read it
+        # One process per machine builds a cache, the others then read it; on storage the machines share, the
+        # cache's build lock lets one build and the others find it (pretrain/blocks.py).
+        with state.local_main_process_first():
             stage.prepare(state.num_processes)
         if checkpoint:
             schema = type(cfg)

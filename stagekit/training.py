@@ -304,6 +304,7 @@ def training_arguments(
         "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
         "logging_first_step": True,
         "ddp_find_unused_parameters": False,
+        "log_on_each_node": False,  # on several machines, the Trainer's logs too come from global rank 0 only
         # Each rank reads its own rows; dispatching would concatenate batches padded to different lengths.
         "accelerator_config": {"dispatch_batches": False},
         "disable_tqdm": False,
@@ -349,12 +350,18 @@ def setup_process(device: str, num_threads: int | None, seed: int):
     torch's default) and the seed model initialisation draws from. Returns accelerate's PartialState.
 
     `cpu=True` matters: without it accelerate treats CPU processes as unrelated single runs, and every rank
-    would think it is the main one (two cache builds, two final models).
+    would think it is the main one (two cache builds, two final models). Under torchrun the group is joined on
+    this attempt's own store keys first (`stagekit.elastic.join_process_group`: a restarted group forms again).
     """
     from accelerate import PartialState
     from transformers import set_seed
 
+    from stagekit.elastic import join_process_group
+
+    join_process_group(device)
     state = PartialState(cpu=device == "cpu")
+    if not state.is_main_process:  # logs come from global rank 0; warnings and errors from every rank
+        logging.getLogger().setLevel(logging.WARNING)
     if num_threads:
         torch.set_num_threads(num_threads)
     set_seed(seed)

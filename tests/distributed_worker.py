@@ -2,10 +2,14 @@
 parameters (the encoder and, for the siamese stage, the NLI head) so the test can compare the ranks.
 
 `python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.distributed_worker STAGE OUT -- ARGV`
+
+With `BERT_TEST_FAIL=RANK:STEP` in the environment, rank RANK raises a RuntimeError in its training step after
+STEP optimizer steps: a rank that fails alone (out of memory, a bad batch), for the tests of `stagekit.elastic`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +21,8 @@ def main() -> None:
     stage, out, _, *argv = sys.argv[1:]
     import importlib
 
-    from stagekit.cli import setup_logging
+    from stagekit.cli import run_cli
 
-    setup_logging()
     trainers = []
     module = importlib.import_module(f"{stage}.train")
     real_run = module.run_stage
@@ -30,7 +33,12 @@ def main() -> None:
         return result
 
     module.run_stage = spy
-    module.main(argv)
+    if os.environ.get("BERT_TEST_FAIL"):
+        fail_rank, fail_step = (int(x) for x in os.environ["BERT_TEST_FAIL"].split(":"))
+        _fail_at(fail_rank, fail_step)
+    code = run_cli(module.main, argv)  # as the real command: a failure is reported to the other ranks
+    if code:
+        sys.exit(code)
     trainer = trainers[0]
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
     head = getattr(trainer, "classifier", None)
@@ -38,6 +46,19 @@ def main() -> None:
         tensors |= {f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     save_file(_untied(tensors), str(Path(out) / f"rank{rank}.safetensors"))
+
+
+def _fail_at(rank: int, step: int) -> None:
+    from transformers import Trainer
+
+    real_step = Trainer.training_step
+
+    def failing_step(self, *args, **kwargs):
+        if self.args.process_index == rank and self.state.global_step >= step:
+            raise RuntimeError(f"injected failure at step {self.state.global_step}")
+        return real_step(self, *args, **kwargs)
+
+    Trainer.training_step = failing_step
 
 
 def _untied(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

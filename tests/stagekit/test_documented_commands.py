@@ -49,7 +49,8 @@ def test_help_lists_every_key_and_its_examples_load(stage):
 def documented_commands() -> list[tuple[str, str, str]]:
     found = []
     for document in DOCUMENTS:
-        for match in COMMAND.finditer(document.read_text(encoding="utf-8")):
+        text = document.read_text(encoding="utf-8").replace("\\\n", " ")  # shell line continuations
+        for match in COMMAND.finditer(text):
             found.append((document.name, match.group(1), match.group(2).strip()))
     return found
 
