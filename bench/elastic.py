@@ -79,7 +79,7 @@ def nodes(args: argparse.Namespace) -> None:
             siamese = [
                 "--config", str(REPO_ROOT / "configs/siamese/cpu-small.yaml"), f"output_dir={tmp}/s{layout}",
                 f"model.base_model={tmp}/p1x2/pretrain-cpu-small/model", f"train.max_steps={args.steps}",
-                "train.logging_steps=5", f"train.save_steps={args.steps}", "data.eval_pairs=0", "train.batch_size=16",
+                "train.logging_steps=5", f"train.save_steps={args.steps}", "data.eval_pairs=0", "train.per_device_train_batch_size=16",
                 "train.max_train_minutes=null", "train.select_best=false", "train.head_init_pairs=0",
                 "wandb.mode=disabled", "impl.num_threads=1",
             ]  # fmt: skip

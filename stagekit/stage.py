@@ -150,7 +150,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         if trainer.is_world_process_zero():
             stage.export(trainer, metrics)
             finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
-            log.info("%s done in %.1f min: %s", stage.name, (time.perf_counter() - started) / 60, model_dir)
+            log.info("%s: model written to %s (%.1f min)", stage.name, model_dir, (time.perf_counter() - started) / 60)
         state.wait_for_everyone()
     return StageResult(model_dir, metrics, trainer)
 

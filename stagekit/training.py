@@ -165,6 +165,9 @@ class TimeCappedProgress(ProgressCallback):
             return
         per_step = (time.monotonic() - self._start) / done
         projected = state.global_step + int(self.budget.remaining_seconds() / per_step)
+        # The budget is checked at logging steps only, so training goes on to the next one after it is spent.
+        every = max(1, int(getattr(args, "logging_steps", 1) or 1))
+        projected = -(-max(projected, state.global_step) // every) * every
         total = max(state.global_step, min(state.max_steps, projected))
         if abs(total - (self.training_bar.total or 0)) > 0.01 * total:
             self.training_bar.total = total

@@ -117,7 +117,12 @@ def test_pretraining_on_two_nodes_matches_one_node_with_two_processes(pretrain_a
 
 
 def test_fine_tuning_on_two_nodes_matches_one_node_with_two_processes(tiny_bert_for_distributed, tmp_path):
-    argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "train.batch_size=8", "impl.num_threads=1"]
+    argv = [
+        *SIAMESE_ARGV,
+        f"model.base_model={tiny_bert_for_distributed}",
+        "train.per_device_train_batch_size=8",
+        "impl.num_threads=1",
+    ]
     launch("siamese", tmp_path / "one", [*argv, f"output_dir={tmp_path / 'one'}"], 2)
     codes, logged = wait_nodes(start_nodes("siamese", tmp_path / "nodes", [*argv, f"output_dir={tmp_path / 'nodes'}"]),
                                tmp_path / "nodes")  # fmt: skip
@@ -214,7 +219,7 @@ def test_a_killed_pretraining_worker_is_restarted_and_resumes_by_itself(pretrain
 
 
 def test_a_killed_fine_tuning_worker_is_restarted_and_resumes_by_itself(tiny_bert_for_distributed, tmp_path):
-    argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "train.batch_size=8",
+    argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "train.per_device_train_batch_size=8",
             "impl.num_threads=1", "train.max_steps=12"]  # fmt: skip
     launch("siamese", tmp_path / "straight", [*argv, f"output_dir={tmp_path / 'straight'}"], 2)
     run = tmp_path / "killed" / "siamese-debug"
@@ -225,7 +230,7 @@ def test_a_killed_fine_tuning_worker_is_restarted_and_resumes_by_itself(tiny_ber
     assert "torchrun restart 1" in logged
     nothing_half_written(run)
     info = json.loads((run / "model" / "metrics.json").read_text())
-    assert info["global_step"] == 12
+    assert info["step"] == 12
     # the siamese stage's resume tolerance (tests/siamese/test_train.py)
     assert_same_weights(final_weights(tmp_path / "straight/siamese-debug/model"), final_weights(run / "model"), 1e-6)
 
@@ -255,8 +260,15 @@ def test_a_rank_that_raises_stops_every_node_within_seconds(stage, pretrain_argv
 # Before: each rank ranked its premises among its own 8 pairs, so 2 × 8 trained another objective than 1 × 16.
 def test_the_ranking_loss_on_two_processes_follows_the_one_process_curve(tiny_bert_for_distributed, tmp_path):
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "loss.name=both", "impl.num_threads=1"]
-    launch("siamese", tmp_path / "one", [*argv, f"output_dir={tmp_path / 'one'}", "train.batch_size=16"], 1)
-    launch("siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.batch_size=8"], 2)
+    launch(
+        "siamese",
+        tmp_path / "one",
+        [*argv, f"output_dir={tmp_path / 'one'}", "train.per_device_train_batch_size=16"],
+        1,
+    )
+    launch(
+        "siamese", tmp_path / "two", [*argv, f"output_dir={tmp_path / 'two'}", "train.per_device_train_batch_size=8"], 2
+    )
     assert_ranks_agree(tmp_path / "two")
     assert_same_curve(
         tmp_path / "one" / "siamese-debug", tmp_path / "two" / "siamese-debug", FINE_TUNING_CURVE_TOLERANCE
