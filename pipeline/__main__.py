@@ -30,7 +30,7 @@ from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import UserError
 from stagekit.runlock import PIPELINE_LOCK, claim_run_folder
-from stagekit.stage import checkpoint_step
+from stagekit.stage import starting_point
 
 log = logging.getLogger("pipeline")
 CONFIGS = REPO_ROOT / "configs"
@@ -87,12 +87,9 @@ def launch_stage(module: str, main: Callable[[list[str]], object], argv: list[st
         raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
 
 
-def resume_point(run_dir: Path) -> str:
-    """Where a stage will start: "continuing from <checkpoint> at step N" or "from step 0"."""
-    checkpoint = newest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        return "from step 0"
-    return f"continuing from {checkpoint} at step {checkpoint_step(checkpoint)}"
+def where_it_starts(cfg: PretrainConfig | SiameseConfig) -> str:
+    """The stage's own "continuing from <checkpoint> (step N of M)" line, said before the stage starts."""
+    return starting_point(newest_checkpoint(cfg.run_dir / "checkpoints"), cfg.train.max_steps or 0)
 
 
 def check_resumed_world_sizes(run_dirs: list[Path], nproc: int) -> None:
@@ -135,7 +132,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if pretrain_done:
             log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
         else:
-            log.info("1/3 pretraining → %s (%s)", pretrained, resume_point(pretrain_cfg.run_dir))
+            log.info(
+                "1/3 pretraining → %s (%s)",
+                pretrained,
+                where_it_starts(pretrain_cfg),
+            )
             argv_ = stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out)
             launch_stage("pretrain", pretrain_main, argv_, 1 if elastic.launched() else nproc)
 
@@ -143,7 +144,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
         else:
             log.info(
-                "2/3 siamese fine-tuning of %s → %s (%s)", pretrained, siamese_model, resume_point(siamese_cfg.run_dir)
+                "2/3 siamese fine-tuning of %s → %s (%s)",
+                pretrained,
+                siamese_model,
+                where_it_starts(siamese_cfg),
             )
             argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
             launch_stage("siamese", siamese_main, argv_, 1 if elastic.launched() else nproc)

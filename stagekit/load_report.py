@@ -18,10 +18,13 @@ REPORTING_LOGGER = "transformers.modeling_utils"  # transformers/utils/loading_r
 _ROW = re.compile(r"^\s*(\S+)\s*\|\s*([A-Z_]+)\s*\|")
 
 
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # transformers colours the title
+
+
 def report_statuses(message: str) -> list[tuple[str, str]]:
     """(key, status) of each row of a LOAD REPORT table, e.g. ("cls.predictions.bias", "UNEXPECTED")."""
-    plain = re.sub(r"\x1b\[[0-9;]*m", "", message)  # transformers colours the title
-    rows = [_ROW.match(line) for line in plain.splitlines()]
+    rows = [_ROW.match(line) for line in _plain(message).splitlines()]
     return [(m.group(1), m.group(2)) for m in rows if m and m.group(2) != "STATUS" and m.group(1) != "Key"]
 
 
@@ -35,7 +38,7 @@ class UnusedWeightsOnly(logging.Filter):
         rows = report_statuses(message)
         if not rows or any(status != "UNEXPECTED" for _, status in rows):
             return True
-        title = re.sub(r"\x1b\[[0-9;]*m", "", message.splitlines()[0]).replace(" LOAD REPORT from:", " from")
+        title = _plain(message.splitlines()[0]).replace(" LOAD REPORT from:", " from")
         log.info("%s: %d weights of the checkpoint not used (e.g. its MLM head), as expected", title, len(rows))
         return False
 

@@ -155,16 +155,13 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     return StageResult(model_dir, metrics, trainer)
 
 
-def starting_point(checkpoint: str | None, max_steps: int) -> str:
-    """ "continuing from outputs/x/checkpoints/checkpoint-300 (step 300 of 2000)" or "starting at step 0"."""
+def starting_point(checkpoint: str | Path | None, max_steps: int) -> str:
+    """ "continuing from outputs/x/checkpoints/checkpoint-300 (step 300 of 2000)" or "starting at step 0 of
+    2000"; without " of N" when `max_steps` is not positive (an epoch-bound run)."""
+    of = f" of {max_steps}" if max_steps > 0 else ""
     if checkpoint is None:
-        return f"starting at step 0 of {max_steps}" if max_steps > 0 else "starting at step 0"
-    step = checkpoint_step(checkpoint)
-    return (
-        f"continuing from {checkpoint} (step {step} of {max_steps})"
-        if max_steps > 0
-        else f"continuing from {checkpoint} (step {step})"
-    )
+        return f"starting at step 0{of}"
+    return f"continuing from {checkpoint} (step {checkpoint_step(checkpoint)}{of})"
 
 
 def checkpoint_step(checkpoint: str | Path) -> int:

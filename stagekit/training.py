@@ -89,9 +89,6 @@ class TimeBudget(TrainerCallback, ExportableState):
     def remaining_seconds(self) -> float:
         return max(0.0, 60 * self.minutes - self._elapsed())
 
-    def spent(self) -> bool:
-        return self._elapsed() > 60 * self.minutes
-
     def on_train_begin(self, args, state, control, **kwargs):
         self._since = time.monotonic()
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from stagekit.checkpoints import checkpoint_dirs, is_complete
+from stagekit.checkpoints import checkpoint_dirs, is_complete, newest_checkpoint
 from stagekit.config import REPO_ROOT
 from tests.test_distributed import (
     FINE_TUNING_CURVE_TOLERANCE,
@@ -199,36 +199,38 @@ def kill_a_worker_once(command: list[str], ready, log: Path, timeout: float = 60
     return code, log.read_text(errors="replace")
 
 
-def first_checkpoint_complete(run_dir: Path):
-    return lambda: any(is_complete(p) for p in checkpoint_dirs(run_dir / "checkpoints"))
+def restarted_after_a_kill(stage: str, argv: list[str], tmp_path: Path) -> tuple[Path, str]:
+    """Train `stage` straight on 2 processes, then again under `--max-restarts=1` with local rank 1 SIGKILLed
+    once a checkpoint is complete; returns the killed run's folder and its log, after checking that torchrun
+    restarted the group, the run ended well and nothing is left half-written."""
+    launch(stage, tmp_path / "straight", [*argv, f"output_dir={tmp_path / 'straight'}"], 2)
+    run = tmp_path / "killed" / f"{stage}-debug"
+    command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=1", "-m", stage, *argv,
+               f"output_dir={tmp_path / 'killed'}"]  # fmt: skip
+
+    def ready() -> bool:
+        return newest_checkpoint(run / "checkpoints") is not None
+
+    code, logged = kill_a_worker_once(command, ready, tmp_path / "killed.log")
+    assert code == 0, logged[-3000:]
+    assert "torchrun restart 1" in logged
+    nothing_half_written(run)
+    return run, logged
 
 
 # Before: the restarted group refused the folder ("already holds a run (checkpoint-4): pass --resume"), or with
 # --resume from the start never formed ("Gloo connectFullMesh failed … timed out connecting"); no model.
 def test_a_killed_pretraining_worker_is_restarted_and_resumes_by_itself(pretrain_argv, tmp_path):
     argv = [*pretrain_argv, "train.max_steps=24", "train.save_steps=4", "train.eval_steps=12"]
-    launch("pretrain", tmp_path / "straight", [*argv, f"output_dir={tmp_path / 'straight'}"], 2)
-    run = tmp_path / "killed" / "pretrain-debug"
-    command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=1", "-m", "pretrain", *argv,
-               f"output_dir={tmp_path / 'killed'}"]  # fmt: skip
-    code, logged = kill_a_worker_once(command, first_checkpoint_complete(run), tmp_path / "killed.log")
-    assert code == 0, logged[-3000:]
-    assert "torchrun restart 1" in logged and "resuming" in logged
-    nothing_half_written(run)
+    run, logged = restarted_after_a_kill("pretrain", argv, tmp_path)
+    assert "resuming" in logged
     assert_same_weights(final_weights(tmp_path / "straight/pretrain-debug/model"), final_weights(run / "model"), 0)
 
 
 def test_a_killed_fine_tuning_worker_is_restarted_and_resumes_by_itself(tiny_bert_for_distributed, tmp_path):
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "train.per_device_train_batch_size=8",
             "impl.num_threads=1", "train.max_steps=12"]  # fmt: skip
-    launch("siamese", tmp_path / "straight", [*argv, f"output_dir={tmp_path / 'straight'}"], 2)
-    run = tmp_path / "killed" / "siamese-debug"
-    command = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "--max-restarts=1", "-m", "siamese", *argv,
-               f"output_dir={tmp_path / 'killed'}"]  # fmt: skip
-    code, logged = kill_a_worker_once(command, first_checkpoint_complete(run), tmp_path / "killed.log")
-    assert code == 0, logged[-3000:]
-    assert "torchrun restart 1" in logged
-    nothing_half_written(run)
+    run, _ = restarted_after_a_kill("siamese", argv, tmp_path)
     info = json.loads((run / "model" / "metrics.json").read_text())
     assert info["step"] == 12
     # the siamese stage's resume tolerance (tests/siamese/test_train.py)
