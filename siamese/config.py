@@ -107,11 +107,21 @@ class LossConfig:
     softmax_weight: float = key(1.0, "loss.name=both: weight of the softmax loss")
     mnrl_weight: float = key(1.0, "loss.name=both: weight of the ranking loss")
     mnrl_scale: float = key(20.0, "the ranking loss's scale (inverse temperature) on cosine similarities")
+    matryoshka_dims: list[int] | None = key(
+        None,
+        "Matryoshka: smaller widths the ranking loss also trains at, besides the full one, e.g. [64, 32], so a "
+        "truncated embedding still ranks (mnrl or both; the NLI head reads the full width; siamese/ranking.py); "
+        "null: off",
+    )
 
     def check(self) -> None:
         require(self.softmax_weight >= 0, "softmax_weight", "must be >= 0")
         require(self.mnrl_weight >= 0, "mnrl_weight", "must be >= 0")
         require(self.mnrl_scale > 0, "mnrl_scale", "must be > 0")
+        dims = self.matryoshka_dims
+        require(dims is None or len(dims) > 0, "matryoshka_dims", "must list at least one width, or be null")
+        require(dims is None or min(dims) >= 1, "matryoshka_dims", "widths must be >= 1")
+        require(dims is None or len(set(dims)) == len(dims), "matryoshka_dims", "lists a width twice")
 
 
 @dataclass
@@ -166,6 +176,16 @@ class ImplConfig(SharedImplConfig):
     length_bucket_batches: int = key(
         32, "sort pairs by length inside windows of this many batches so each batch pads little (0: off)"
     )
+    mini_batch_size: int | None = key(
+        None,
+        "mnrl / both: embed each per-device batch in mini-batches of this many pairs and cache the loss's gradients "
+        "(GradCache), so the ranking keeps every in-batch negative in one mini-batch's activation memory; "
+        "null: one pass (siamese/ranking.py)",
+    )
+
+    def check(self) -> None:
+        super().check()
+        require(self.mini_batch_size is None or self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1 or null")
 
 
 # Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
@@ -238,6 +258,24 @@ class SiameseConfig(RunConfig):
             not self.train.select_best or self.data.eval_pairs > 0,
             "train.select_best",
             "chooses a checkpoint by its score on held-out pairs: set data.eval_pairs > 0",
+        )
+        require(
+            self.loss.name != "softmax" or self.loss.matryoshka_dims is None,
+            "loss.matryoshka_dims",
+            "trains each width through the ranking loss, and loss.name=softmax has none (its NLI head reads the full "
+            "embedding): use loss.name=both or mnrl",
+        )
+        mini = self.impl.mini_batch_size
+        require(
+            mini is None or self.loss.name != "softmax",
+            "impl.mini_batch_size",
+            "caches gradients for the in-batch negatives of loss.name=mnrl or both; softmax scores each pair alone, "
+            "so lower train.per_device_train_batch_size and raise train.gradient_accumulation_steps instead",
+        )
+        require(
+            mini is None or mini < self.train.per_device_train_batch_size,
+            "impl.mini_batch_size",
+            f"must be below train.per_device_train_batch_size ({self.train.per_device_train_batch_size}) to save memory",
         )
         for name in ("head_learning_rate", "head_init_pairs"):
             require(

@@ -2,7 +2,8 @@
 
 One SentenceTransformer (BERT → mean pooling) embeds both sentences of a pair — the weight sharing is
 implicit, as in SBERT. The objectives are sentence-transformers' SoftmaxLoss (a linear classifier over
-(u, v, |u-v|)) and MultipleNegativesRankingLoss, or both on the same pair batch.
+(u, v, |u-v|)) and MultipleNegativesRankingLoss, or both on the same pair batch (the ranking ones, with
+cached mini-batches and Matryoshka widths, in siamese/ranking.py).
 """
 
 from __future__ import annotations
@@ -13,16 +14,15 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss, SoftmaxLoss
+from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import head_features
-from siamese.gather import distributed, ranking_loss
 from siamese.labels import LABELS
+from siamese.ranking import SoftmaxRankingLoss, mnrl_loss
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
@@ -211,41 +211,27 @@ class PairSoftmaxLoss(SoftmaxLoss):
         return self.loss_fct(logits, labels.view(-1))
 
 
-class SoftmaxRankingLoss(torch.nn.Module):
-    """SoftmaxLoss and an in-batch ranking loss from one forward pass over a pair batch.
+def build_loss(
+    model: SentenceTransformer,
+    cfg: LossConfig,
+    merge_pair_forward: bool = False,
+    mini_batch_size: int | None = None,
+    classifier: torch.nn.Linear | None = None,
+) -> torch.nn.Module:
+    """The objective `cfg.name` names (siamese/ranking.py for the ranking ones and their options).
 
-    Ranking part: each premise of an entailment pair must pick its own hypothesis among all
-    entailment hypotheses of the batch plus every contradiction hypothesis in it (hard negatives
-    whenever a premise's contradiction lands in the same batch); under several processes the batch is the
-    global one, all ranks' (siamese/gather.py). Neutral pairs feed only the classifier.
+    `mini_batch_size` (impl.mini_batch_size) embeds a ranking loss's batch in mini-batches with cached gradients;
+    `classifier` gives `both` an existing NLI head (same parameter names, so the head's optimizer groups match).
     """
-
-    def __init__(self, model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> None:
-        super().__init__()
-        self.model = model
-        self.softmax = SoftmaxLoss(model, model.get_embedding_dimension(), num_labels=len(LABELS))
-        self.softmax_weight, self.mnrl_weight, self.scale = cfg.softmax_weight, cfg.mnrl_weight, cfg.mnrl_scale
-        self.merge_pair_forward = merge_pair_forward
-
-    @property
-    def classifier(self) -> torch.nn.Linear:
-        return self.softmax.classifier
-
-    def forward(self, features, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
-        labels = labels.view(-1)
-        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
-        classify = F.cross_entropy(logits, labels)
-        rank = ranking_loss(u, v, labels, self.scale)  # candidates from every rank under several processes
-        return {"softmax": self.softmax_weight * classify, "mnrl": self.mnrl_weight * rank}
-
-
-def build_loss(model: SentenceTransformer, cfg: LossConfig, merge_pair_forward: bool = False) -> torch.nn.Module:
     if cfg.name == "softmax":
         return PairSoftmaxLoss(model, merge_pair_forward)
-    if cfg.name == "mnrl":  # in-batch negatives from every rank, as one process with the global batch has
-        return MultipleNegativesRankingLoss(model, scale=cfg.mnrl_scale, gather_across_devices=distributed())
-    return SoftmaxRankingLoss(model, cfg, merge_pair_forward)
+    if mini_batch_size is not None and merge_pair_forward:
+        log.warning(
+            "impl.merge_pair_forward has no effect with impl.mini_batch_size: columns are embedded by mini-batch"
+        )
+    if cfg.name == "mnrl":
+        return mnrl_loss(model, cfg, mini_batch_size)
+    return SoftmaxRankingLoss(model, cfg, merge_pair_forward, mini_batch_size, classifier)
 
 
 def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:

@@ -111,7 +111,7 @@ def build_trainer(
     """Model, objective, evaluator and the shared stops on SentenceTransformerTrainer."""
     device = resolve_device(cfg.impl.device)
     model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward)
+    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
     classifier = siamese_model.loss_classifier(loss)
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
     t = cfg.train
