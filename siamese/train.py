@@ -39,7 +39,7 @@ from siamese.nli_data import (
 from siamese.postprocess import Decision, SimilarityReference, save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
 from stagekit.atomic import atomic_dir
-from stagekit.batch_fit import longest_pairs
+from stagekit.batch_fit import MiniBatches, longest_pairs
 from stagekit.checkpoints import SaveRunConfig, read_run_config
 from stagekit.cli import config_parser, parse_config
 from stagekit.config import save_config, to_dict
@@ -183,6 +183,20 @@ class SiameseStage(Stage):
 
     def probe_inputs(self, trainer: SiameseTrainer):
         return longest_pairs(trainer, self.cfg.model.max_seq_length)
+
+    def mini_batches(self, trainer: SiameseTrainer) -> MiniBatches | None:
+        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py)."""
+        cfg = self.cfg
+        if cfg.loss.name == "softmax":
+            return None
+
+        def use(size: int) -> None:
+            loss = siamese_model.build_loss(
+                trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier
+            )
+            trainer.loss = trainer.prepare_loss(loss, trainer.model)
+
+        return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
     def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()

@@ -8,6 +8,11 @@ batch per optimizer step, and so the recipe, stay as configured (e.g. 256 × 1 �
 states are restored after the probes and gradients dropped, so a fitted run learns what an unfitted one would.
 The choice is logged and kept in the run's metrics (`fit_batch_*`).
 
+A loss with in-batch negatives (a ranking loss) is not a mean over independent examples: a smaller per-device
+batch would give each example fewer negatives, a different objective that accumulation does not restore. For
+such a loss the stage offers `MiniBatches` (its loss embedding the batch in mini-batches with cached gradients,
+GradCache), and the per-device batch stays as configured while the mini-batch is fitted instead.
+
 Where torch reports no memory figures (CPU, MPS) only an out-of-memory error rules a size out.
 """
 
@@ -38,22 +43,40 @@ class BatchFit:
 
     per_device: int
     accumulation: int
-    tried: tuple[tuple[int, str], ...] = field(default=())
+    tried: tuple[tuple[int | str, str], ...] = field(default=())
     fitted: bool = True
+    mini_batch: int | None = None  # a loss with in-batch negatives embeds the batch in mini-batches of this size
 
     def as_metrics(self) -> dict[str, Any]:
         if not self.fitted:
             return {}
+        mini = {"fit_batch_mini_batch": self.mini_batch} if self.mini_batch is not None else {}
         return {
             "fit_batch_per_device": self.per_device,
             "fit_batch_accumulation": self.accumulation,
             "fit_batch_tried": [f"{b}: {outcome}" for b, outcome in self.tried],
-        }
+        } | mini
 
     @property
     def line(self) -> str:
         tried = "; ".join(f"{b}: {outcome}" for b, outcome in self.tried)
-        return f"{KEY}: per-device batch {self.per_device} × accumulation {self.accumulation} ({tried})"
+        if self.mini_batch is None:
+            return f"{KEY}: per-device batch {self.per_device} × accumulation {self.accumulation} ({tried})"
+        return (
+            f"{KEY}: per-device batch {self.per_device} × accumulation {self.accumulation} kept, as the loss ranks "
+            f"against the whole batch; it embeds in mini-batches of {self.mini_batch} ({tried})"
+        )
+
+
+@dataclass(frozen=True)
+class MiniBatches:
+    """A loss with in-batch negatives that can embed its batch in mini-batches (GradCache): `size` is the
+    mini-batch it is configured with (None: the whole batch in one pass) under config key `key`, `use(n)` switches
+    the trainer's loss to mini-batches of n examples."""
+
+    size: int | None
+    use: Callable[[int], None]
+    key: str
 
 
 def candidates(per_device: int, accumulation: int) -> list[int]:
@@ -75,20 +98,59 @@ def fit_batch(
     `limit_bytes`. Raises UserError (one line) when not even a batch of 1 fits."""
     total, tried = per_device * accumulation, []
     for batch in candidates(per_device, accumulation):
-        try:
-            peak = probe(batch)
-        except torch.OutOfMemoryError:
-            tried.append((batch, "out of memory"))
-            continue
-        if limit_bytes is not None and peak is not None and peak + reserve_bytes > limit_bytes:
-            tried.append((batch, f"{gib(peak + reserve_bytes)} GiB with optimizer state > {gib(limit_bytes)} GiB"))
-            continue
-        tried.append((batch, "fits" if peak is None else f"fits, {gib(peak + reserve_bytes)} GiB"))
-        return BatchFit(batch, total // batch, tuple(tried))
+        if _fits(batch, lambda batch=batch: probe(batch), limit_bytes, reserve_bytes, tried):
+            return BatchFit(batch, total // batch, tuple(tried))
     raise UserError(
         f"{KEY}: not even a per-device batch of 1 fits ({'; '.join(f'{b}: {o}' for b, o in tried)}); use a smaller "
         "model or shorter sequences"
     )
+
+
+def fit_mini_batch(
+    per_device: int,
+    accumulation: int,
+    probe: Callable[[int], int | None],
+    mini_batches: MiniBatches,
+    limit_bytes: int | None = None,
+    reserve_bytes: int = 0,
+) -> BatchFit:
+    """For a loss with in-batch negatives: the per-device batch and accumulation stay, and the loss embeds the
+    batch in the largest mini-batch that fits — as configured first, then the divisors of the batch below it
+    (each set through `mini_batches.use`, probed at the full per-device batch). Raises UserError (one line) when
+    not even mini-batches of 1 fit."""
+    tried: list[tuple[int | str, str]] = []
+    configured = mini_batches.size
+    sizes = [configured] + [b for b in candidates(per_device, 1) if b < (configured or per_device)]
+    for size in sizes:
+        if size != configured:
+            mini_batches.use(size)
+        label = per_device if size is None else f"mini-batch {size}"
+        if _fits(label, lambda: probe(per_device), limit_bytes, reserve_bytes, tried):
+            return BatchFit(per_device, accumulation, tuple(tried), mini_batch=size)
+    raise UserError(
+        f"{KEY}: not even mini-batches of 1 fit a per-device batch of {per_device} "
+        f"({'; '.join(f'{b}: {o}' for b, o in tried)}); lower train.per_device_train_batch_size"
+    )
+
+
+def _fits(
+    label: int | str,
+    run: Callable[[], int | None],
+    limit_bytes: int | None,
+    reserve_bytes: int,
+    tried: list[tuple[int | str, str]],
+) -> bool:
+    """Run one probe; record its outcome under `label` in `tried` and say whether it fits."""
+    try:
+        peak = run()
+    except torch.OutOfMemoryError:
+        tried.append((label, "out of memory"))
+        return False
+    if limit_bytes is not None and peak is not None and peak + reserve_bytes > limit_bytes:
+        tried.append((label, f"{gib(peak + reserve_bytes)} GiB with optimizer state > {gib(limit_bytes)} GiB"))
+        return False
+    tried.append((label, "fits" if peak is None else f"fits, {gib(peak + reserve_bytes)} GiB"))
+    return True
 
 
 def gib(n: int) -> str:
@@ -144,9 +206,15 @@ def _restore(states: tuple[Any, ...]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def fit_trainer_batch(trainer: Any, make_inputs: Callable[[int], dict[str, Any]], enabled: bool) -> BatchFit:
+def fit_trainer_batch(
+    trainer: Any,
+    make_inputs: Callable[[int], dict[str, Any]],
+    enabled: bool,
+    mini_batches: MiniBatches | None = None,
+) -> BatchFit:
     """With `enabled` (impl.fit_batch), fit the trainer's per-device batch (see `fit_batch`) and set it and the
-    raised accumulation on the trainer; else return the configured ones, marked not fitted."""
+    raised accumulation on the trainer; with `mini_batches` (a loss with in-batch negatives) fit its mini-batch
+    instead (see `fit_mini_batch`). Without `enabled`, return the configured ones, marked not fitted."""
     args = trainer.args
     configured = BatchFit(args.per_device_train_batch_size, args.gradient_accumulation_steps, fitted=False)
     if not enabled:
@@ -158,18 +226,38 @@ def fit_trainer_batch(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]
         # AdamW keeps two moments per trainable parameter, in the parameter's dtype; created at the first step.
         reserve = 2 * sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
     states = _rng_states()
+    probe = trainer_probe(trainer, make_inputs)
     try:
-        fit = fit_batch(
-            configured.per_device, configured.accumulation, trainer_probe(trainer, make_inputs), limit, reserve or 0
-        )
+        if mini_batches is not None:
+            fit = fit_mini_batch(
+                configured.per_device, configured.accumulation, probe, mini_batches, limit, reserve or 0
+            )
+        else:
+            fit = fit_batch(configured.per_device, configured.accumulation, probe, limit, reserve or 0)
     finally:
         _restore(states)
+    if mini_batches is not None:
+        return _agree_on_mini_batch(fit, mini_batches, device)
     agreed = _all_ranks_min(fit.per_device, device)
     if agreed != fit.per_device:
         total = configured.per_device * configured.accumulation
         fit = BatchFit(agreed, total // agreed, (*fit.tried, (agreed, "the smallest fit over all ranks")))
     args.per_device_train_batch_size, args.gradient_accumulation_steps = fit.per_device, fit.accumulation
     trainer._train_batch_size = args.train_batch_size  # the Trainer read it in __init__
+    log.info("%s", fit.line)
+    return fit
+
+
+def _agree_on_mini_batch(fit: BatchFit, mini_batches: MiniBatches, device: torch.device) -> BatchFit:
+    """Every rank embeds in the smallest mini-batch any rank fitted (one pass counts as the whole batch)."""
+    mine = fit.mini_batch or fit.per_device
+    agreed = _all_ranks_min(mine, device)
+    if agreed != mine:
+        mini_batches.use(agreed)
+        fit = BatchFit(
+            fit.per_device, fit.accumulation, (*fit.tried, (f"mini-batch {agreed}", "the smallest fit over all ranks")),
+            mini_batch=agreed,
+        )  # fmt: skip
     log.info("%s", fit.line)
     return fit
 

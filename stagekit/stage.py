@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 from transformers import Trainer
 
-from stagekit.batch_fit import fit_trainer_batch
+from stagekit.batch_fit import MiniBatches, fit_trainer_batch
 from stagekit.checkpoints import (
     STATE,
     check_resume_settings,
@@ -74,6 +74,12 @@ class Stage(ABC):
     @abstractmethod
     def probe_inputs(self, trainer: Trainer) -> Callable[[int], dict[str, Any]]:
         """n → a training batch of n examples as large as the data hold, for `impl.fit_batch`'s memory probe."""
+
+    def mini_batches(self, trainer: Trainer) -> MiniBatches | None:
+        """For a loss with in-batch negatives: how it embeds a batch in mini-batches, which `impl.fit_batch` then
+        fits instead of lowering the per-device batch (stagekit/batch_fit.py). None (default): the loss is a mean
+        over independent examples, so a smaller batch with more accumulation is the same objective."""
+        return None
 
     def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
         """Around training and metrics: turns the stage's known failures into one-line errors."""
@@ -136,10 +142,13 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         trainer = stage.build_trainer(report_to, fresh=checkpoint is None)
         log.info("%s: %s", stage.name, starting_point(checkpoint, trainer.args.max_steps))
         stage.before_training(trainer, checkpoint)
-        fitted = fit_trainer_batch(trainer, stage.probe_inputs(trainer), cfg.impl.fit_batch)
+        mini_batches = stage.mini_batches(trainer)
+        fitted = fit_trainer_batch(trainer, stage.probe_inputs(trainer), cfg.impl.fit_batch, mini_batches)
         batch = "train.per_device_train_batch_size"
         with (
-            advise_on_out_of_memory(batch, fitted.per_device, fitted.accumulation, stage.example),
+            advise_on_out_of_memory(
+                batch, fitted.per_device, fitted.accumulation, stage.example, mini_batches.key if mini_batches else None
+            ),
             stage.training_context(checkpoint),
         ):
             result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -252,11 +252,20 @@ class ThroughputMixin:
 
 
 @contextlib.contextmanager
-def advise_on_out_of_memory(batch_key: str, batch_size: int, accumulation: int, unit: str) -> Iterator[None]:
-    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the same `unit`s per step."""
+def advise_on_out_of_memory(
+    batch_key: str, batch_size: int, accumulation: int, unit: str, mini_batch_key: str | None = None
+) -> Iterator[None]:
+    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the same `unit`s per step; for a
+    loss that ranks within the batch that would cut its negatives, so the line names `mini_batch_key` instead."""
     try:
         yield
     except torch.OutOfMemoryError:
+        if mini_batch_key is not None:
+            raise UserError(
+                f"CUDA out of memory at {batch_key}={batch_size}: the loss ranks each example against the whole "
+                f"batch, so set {mini_batch_key} (e.g. {max(1, batch_size // 4)}) to embed it in mini-batches with "
+                "cached gradients, or set impl.fit_batch=true to find one that fits"
+            ) from None
         raise UserError(
             f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
             f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device, or set impl.fit_batch=true"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stagekit.batch_fit import BatchFit, candidates, fit_batch
+from stagekit.batch_fit import BatchFit, MiniBatches, candidates, fit_batch, fit_mini_batch
 from stagekit.errors import UserError
 
 MiB = 2**20
@@ -62,3 +62,49 @@ def test_when_nothing_fits_the_error_is_one_line():
 
 def test_an_unfitted_run_records_nothing():
     assert BatchFit(16, 1, fitted=False).as_metrics() == {}
+
+
+class GradCacheLoss:
+    """A loss with in-batch negatives on a device where more than `limit_rows` rows of activations do not fit:
+    in one pass the whole batch's, with mini-batches one mini-batch's."""
+
+    def __init__(self, limit_rows: int, size: int | None = None) -> None:
+        self.limit_rows, self.size, self.used = limit_rows, size, []
+
+    def use(self, size: int) -> None:
+        self.size = size
+        self.used.append(size)
+
+    def probe(self, batch: int) -> int:
+        if (self.size or batch) > self.limit_rows:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 100 * MiB
+
+
+def test_a_loss_with_in_batch_negatives_keeps_its_batch_and_fits_its_mini_batch():
+    loss = GradCacheLoss(limit_rows=40)
+    fit = fit_mini_batch(256, 1, loss.probe, MiniBatches(None, loss.use, "impl.mini_batch_size"))
+    assert (fit.per_device, fit.accumulation, fit.mini_batch) == (256, 1, 32) and loss.used == [128, 64, 32]
+    assert [label for label, _ in fit.tried] == [256, "mini-batch 128", "mini-batch 64", "mini-batch 32"]
+    assert fit.as_metrics()["fit_batch_mini_batch"] == 32
+    assert "per-device batch 256 × accumulation 1 kept" in fit.line and "mini-batches of 32" in fit.line
+
+
+def test_a_configured_mini_batch_that_fits_is_kept_and_one_that_does_not_is_lowered():
+    loss = GradCacheLoss(limit_rows=40, size=16)
+    fit = fit_mini_batch(64, 2, loss.probe, MiniBatches(16, loss.use, "impl.mini_batch_size"))
+    assert (fit.per_device, fit.accumulation, fit.mini_batch) == (64, 2, 16) and loss.used == []
+    loss = GradCacheLoss(limit_rows=10, size=16)
+    fit = fit_mini_batch(64, 2, loss.probe, MiniBatches(16, loss.use, "impl.mini_batch_size"))
+    assert fit.mini_batch == 8 and loss.used == [8]  # only sizes below the configured one
+
+
+def test_when_not_even_mini_batches_of_one_fit_the_error_is_one_line():
+    loss = GradCacheLoss(limit_rows=0)
+    with pytest.raises(UserError) as err:
+        fit_mini_batch(4, 1, loss.probe, MiniBatches(None, loss.use, "impl.mini_batch_size"))
+    message = str(err.value)
+    assert (
+        message.startswith("impl.fit_batch: not even mini-batches of 1 fit a per-device batch of 4")
+        and "\n" not in message
+    )
