@@ -83,7 +83,8 @@ def default_corpus(source: str, size: int = DEFAULT_CORPUS_SIZE) -> list[str]:
 
 @dataclass
 class SearchIndex:
-    """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them."""
+    """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them (its first d
+    dimensions after `truncate`)."""
 
     sentences: list[str]
     embeddings: np.ndarray
@@ -99,9 +100,22 @@ class SearchIndex:
                 progress(min(start + ENCODE_CHUNK, len(sentences)) / len(sentences))
         return cls(sentences, unit_rows(np.concatenate(parts)))
 
+    @property
+    def dims(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    def truncate(self, dims: int) -> SearchIndex:
+        """The same sentences searched by their embeddings' first `dims` dimensions (a Matryoshka-trained model,
+        loss.matryoshka_dims, is trained for it): no encoding, as a unit row's first dims, made unit length again,
+        are the embedding's own. Raises UserError for a width outside 1..dims."""
+        if not 1 <= dims <= self.dims:
+            raise UserError(f"cannot search by {dims} dimensions: the index holds {self.dims}")
+        return self if dims == self.dims else SearchIndex(self.sentences, unit_rows(self.embeddings[:, :dims]))
+
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The `k` rows most cosine-similar to `query` (d,), best first, as (row, cosine)."""
-        scores = self.embeddings @ unit_rows(query[None, :])[0]
+        """The `k` rows most cosine-similar to `query` (d,) or its first `dims` dimensions, best first, as (row,
+        cosine)."""
+        scores = self.embeddings @ unit_rows(query[None, : self.dims])[0]
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]

@@ -353,6 +353,11 @@ def search_tab(model: tuple[str, str], compare: bool) -> None:
     left, right = st.columns([4, 1])
     query = left.text_input("Query", key="search_query", placeholder="e.g. a man is playing music")
     k = right.number_input("Results", min_value=1, max_value=100, value=10, key="search_k")
+    widths = encoder_for(model).widths  # more than one: trained for truncation (loss.matryoshka_dims)
+    dims = widths[0] if len(widths) < 2 else st.selectbox(
+        "Embedding dimensions (your model)", widths, key="search_dims",
+        help="Search by the embeddings' first dimensions only: the model was trained to be truncated to these widths",
+    )  # fmt: skip
     if not query:
         # Encoding waits for the first query: a rerun (any click) would restart an encoding already under way.
         st.caption(
@@ -364,6 +369,7 @@ def search_tab(model: tuple[str, str], compare: bool) -> None:
     for column, (title, key) in zip(columns, shown, strict=True):
         with column:
             index = search_index(key, sentences, title.lower() if key == model else title)
+            index = index.truncate(dims) if key == model else index
             started = time.perf_counter()
             try:
                 table = search_table(index, encoder_for(key), query, int(k))

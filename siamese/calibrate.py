@@ -19,7 +19,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
-from siamese.encoder import NLIEncoder
+from siamese.encoder import NLIEncoder, trained_dims
 from siamese.model import build_model, resolve_base
 from siamese.nli_data import first_pairs, source_name
 from siamese.postprocess import (
@@ -59,9 +59,16 @@ def short_name(source: SourceConfig) -> str:
 
 
 def calibrate(
-    model: SentenceTransformer, cfg: PostprocessConfig, data: DataConfig, seed: int, pairs=None, batch_size: int = 64
+    model: SentenceTransformer,
+    cfg: PostprocessConfig,
+    data: DataConfig,
+    seed: int,
+    pairs=None,
+    batch_size: int = 64,
+    nested: bool = False,
 ) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
-    """Fit and attach the post-processing `cfg` asks for; see `siamese.postprocess.fit_postprocessing`.
+    """Fit and attach the post-processing `cfg` asks for; see `siamese.postprocess.fit_postprocessing` (`nested`:
+    whitening that keeps the widths of a model trained with loss.matryoshka_dims).
 
     Raises DataError (one line) when the training or selection data cannot be read.
     """
@@ -76,7 +83,7 @@ def calibrate(
         name = f"STS-B validation ({len(selection[2]):,} pairs of {short_name(where)})"
     log.info("calibrating on %d %s", len(texts), source)
     return fit_postprocessing(
-        model, texts, source, cfg.method, cfg.dims, selection, name, cfg.reference_pairs, seed, batch_size
+        model, texts, source, cfg.method, cfg.dims, selection, name, cfg.reference_pairs, seed, batch_size, nested
     )
 
 
@@ -115,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         raise UserError("--out must differ from --model: the calibrated model is a new folder")
     require_writable(out.parent, "pass --out in a writable folder")  # before minutes of encoding
     model, folder = load_core(args.model)
-    model, decision, reference = calibrate(model, cfg.postprocess, cfg.data, cfg.train.seed)
+    nested = folder is not None and bool(trained_dims(folder))  # trained for truncation: keep its widths
+    model, decision, reference = calibrate(model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
     with atomic_dir(out) as tmp:
         model.save(str(tmp))
         for name in KEPT_FILES if folder is not None else ():

@@ -4,7 +4,9 @@ Evaluation and the Streamlit app both use `NLIEncoder`; nothing else holds infer
 The NLI head is the SoftmaxLoss classifier over (u, v, |u - v|); sentence-transformers does not save
 it, so it lives beside the model as safetensors plus a JSON label map. A model with post-processing
 (siamese/postprocess.py: whitening as trailing modules) gives the post-processed embedding and cosine, while
-its head reads the embedding before post-processing, the one it was trained on.
+its head reads the embedding before post-processing, the one it was trained on. With `truncate_dim` the embedding
+and cosine use the first k dimensions only (sentence-transformers' `truncate_dim`; what a Matryoshka-trained model,
+`loss.matryoshka_dims`, is trained for), while the head still reads the full embedding.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from siamese.labels import LABELS
@@ -25,6 +28,7 @@ from stagekit.errors import UserError
 
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
 
 
 def head_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -77,7 +81,9 @@ class NLIEncoder:
     `model` is the whole SentenceTransformer (what `SentenceTransformer(path).encode` gives); `postprocessing`
     counts its trailing post-processing modules, which the head does not see; `reference` is the random-pair
     cosine distribution saved with the model (None when the folder has none); `backend` says what runs the
-    transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py).
+    transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py);
+    `truncate_dim` keeps the first k dimensions of every embedding (None: all), `widths` the widths the model was
+    trained to be truncated to (its full width first, then loss.matryoshka_dims; just the full one without).
     """
 
     def __init__(
@@ -88,6 +94,8 @@ class NLIEncoder:
         postprocessing: int = 0,
         reference: SimilarityReference | None = None,
         backend: str = "torch",
+        truncate_dim: int | None = None,
+        trained_dims: tuple[int, ...] = (),
     ) -> None:
         self.model = model
         self.backend = backend
@@ -97,13 +105,27 @@ class NLIEncoder:
         self.reference = reference
         # The encoder the head was trained on: `model` without its post-processing modules (shared, no copy).
         self.core = without_postprocessing(model, postprocessing)
+        full = model.get_embedding_dimension()  # None only for a model whose modules do not say
+        if truncate_dim is not None and not 1 <= truncate_dim <= (full or truncate_dim):
+            raise UserError(f"truncate_dim={truncate_dim}: the model's embeddings have {full} dimensions")
+        self.truncate_dim = truncate_dim
+        narrower = sorted((d for d in trained_dims if full is None or d < full), reverse=True)
+        self.widths = tuple(([full] if full else []) + narrower)
+
+    @property
+    def dims(self) -> int | None:
+        """Dimensions of the embeddings `embed` returns (None when the model does not say)."""
+        return self.truncate_dim or (self.widths[0] if self.widths else None)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> NLIEncoder:
-        """The encoder in folder `path`; `backend` "onnx" / "onnx-int8" runs its exported ONNX file on the CPU.
+    def load(
+        cls, path: str | Path, device: str | None = None, backend: str = "torch", truncate_dim: int | None = None
+    ) -> NLIEncoder:
+        """The encoder in folder `path`; `backend` "onnx" / "onnx-int8" runs its exported ONNX file on the CPU;
+        `truncate_dim` keeps the first k dimensions of each embedding.
 
-        Raises UserError (one line) for a folder without a model, one that cannot be loaded, a missing ONNX file
-        or a head that does not fit the model.
+        Raises UserError (one line) for a folder without a model, one that cannot be loaded, a missing ONNX file,
+        a head that does not fit the model or a `truncate_dim` outside 1..its width.
         """
         from sentence_transformers import SentenceTransformer
 
@@ -124,7 +146,8 @@ class NLIEncoder:
         if file is not None:
             use_onnx(model, file)
         postprocessing = postprocessing_modules(path)
-        encoder = cls(model, None, LABELS, postprocessing, SimilarityReference.load(path), backend)
+        reference = SimilarityReference.load(path)
+        encoder = cls(model, None, LABELS, postprocessing, reference, backend, truncate_dim, trained_dims(path))
         if (path / HEAD_FILE).is_file():
             encoder.head, encoder.labels = load_head(path, device=device)
             dim = encoder.core.get_embedding_dimension()
@@ -145,8 +168,9 @@ class NLIEncoder:
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(n, d) embeddings as the model outputs them (post-processed, if the model has post-processing)."""
-        return self.postprocess(self.embed_core(texts, batch_size))
+        """(n, d) embeddings as the model outputs them (post-processed, if the model has post-processing), d = `dims`
+        (the first `truncate_dim` dimensions when set)."""
+        return self.postprocess(self.embed_core(texts, batch_size))[:, : self.truncate_dim]
 
     @torch.inference_mode()
     def embed_core(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -169,7 +193,7 @@ class NLIEncoder:
             raise UserError(f"got {len(premises)} premises but {len(hypotheses)} hypotheses")
         # One encode call for both sides: half the per-call overhead, which dominates single-pair latency.
         core = self.embed_core([*premises, *hypotheses], batch_size)
-        both = self.postprocess(core)
+        both = self.postprocess(core)[:, : self.truncate_dim]  # the head below reads the full `core`
         u, v = both[: len(premises)], both[len(premises) :]
         cosine = torch.nn.functional.cosine_similarity(u, v, dim=-1).float().cpu().numpy()
         probs = None
@@ -187,3 +211,14 @@ class NLIEncoder:
             before = core.float().cpu().numpy() if self.postprocessing else out
             prediction.embeddings, prediction.core_embeddings = (out[:n], out[n:]), (before[:n], before[n:])
         return prediction
+
+
+def trained_dims(model_dir: str | Path) -> tuple[int, ...]:
+    """The narrower widths the model in `model_dir` was trained to be truncated to (`loss.matryoshka_dims` of its
+    resolved_config.yaml), widest first; () for a model trained without them or a folder without that file."""
+    try:
+        config = yaml.safe_load((Path(model_dir) / RESOLVED_CONFIG).read_text(encoding="utf-8"))
+        dims = config["loss"]["matryoshka_dims"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return ()
+    return tuple(sorted((int(d) for d in dims or ()), reverse=True))

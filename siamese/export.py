@@ -1,4 +1,4 @@
-"""Export a sentence encoder for serving: `python -m siamese.export --model DIR --out DIR [--no-int8]`.
+"""Export a sentence encoder for serving: `python -m siamese.export --model DIR --out DIR [--no-int8] [--truncate-dim K]`.
 
 The new folder is a copy of the model folder (torch weights, tokenizer, post-processing, NLI head, report) plus
 `onnx/model.onnx` (the transformer in fp32) and `onnx/model_qint8_avx2.onnx` (its MatMul weights dynamically
@@ -9,6 +9,11 @@ were, and so does the NLI head, which reads the pooled embedding (siamese/encode
 `NLIEncoder.load(out, backend="onnx" | "onnx-int8")`, `python -m siamese.evaluate --model out --backend onnx-int8`
 or the app's `--backend`. Works for any SentenceTransformer folder whose first module is a Transformer (ours,
 all-MiniLM-L6-v2: `--model all-MiniLM-L6-v2` is the offline copy).
+
+`--truncate-dim K` makes the exported embeddings the first K dimensions (what a model trained with
+`loss.matryoshka_dims` is trained for): a `Dense` module holding the first K rows of the identity is appended as one
+more post-processing module, so `SentenceTransformer(out).encode` returns K dimensions with no code of ours, and the
+NLI head still reads the full embedding.
 
 Before the folder is written the agreement check runs on a fixed set of sentences; an fp32 export whose
 embeddings fall below cosine MIN_FP32_COSINE of torch's is refused (nothing is written).
@@ -29,6 +34,7 @@ import torch
 from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
 from siamese.onnx_check import CHECK_SENTENCES, agreement
+from siamese.postprocess import POSTPROCESS_FILE
 from stagekit.atomic import atomic_dir
 from stagekit.errors import UserError
 
@@ -109,26 +115,46 @@ def quantize_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def export(model_dir: Path, out: Path, int8: bool = True) -> dict:
+def append_truncation(encoder: NLIEncoder, folder: Path, dims: int) -> None:
+    """Save `encoder`'s model into `folder` with one more module that keeps the first `dims` dimensions (a Dense
+    layer whose weight is the first `dims` rows of the identity: exact in fp32), counted as post-processing in
+    postprocessing.json so the NLI head keeps reading the full embedding."""
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    full = encoder.widths[0]
+    keep = Dense(full, dims, bias=False, activation_function=None, init_weight=torch.eye(full)[:dims].clone())
+    SentenceTransformer(modules=[*encoder.model, keep], device="cpu").save(str(folder))
+    path = folder / POSTPROCESS_FILE
+    decision = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"modules": 0}
+    decision |= {"modules": decision["modules"] + 1, "truncate_dim": dims}
+    path.write_text(json.dumps(decision, indent=2), encoding="utf-8")
+
+
+def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | None = None) -> dict:
     """Write the exported folder `out` (see the module docstring) atomically; returns what export.json holds.
 
     Raises UserError (one line) when the model cannot be loaded or does not start with a Transformer, `out` is
-    `model_dir` or inside it, or the fp32 export disagrees with torch.
+    `model_dir` or inside it, `truncate_dim` is outside 1..the model's width, or the fp32 export disagrees with torch.
     """
     source, target = model_dir.expanduser().resolve(), out.expanduser().resolve()
     if target == source or source in target.parents:
         raise UserError("--out must be outside --model: the export is a new folder beside the model, not in it")
-    reference = NLIEncoder.load(model_dir, device="cpu")
+    reference = NLIEncoder.load(model_dir, device="cpu", truncate_dim=truncate_dim)
     if not hasattr(reference.model[0], "auto_model"):
         raise UserError(f"{model_dir}: its first module is a {type(reference.model[0]).__name__}, not a Transformer")
     backends = ["onnx", *(["onnx-int8"] if int8 else [])]
     with atomic_dir(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ONNX_DIR, ".tmp-*"))
+        if truncate_dim is not None and truncate_dim < reference.widths[0]:
+            append_truncation(reference, tmp, truncate_dim)
         fp32 = tmp / ONNX_FILES["onnx"]
         names = export_fp32(reference.model, fp32)
         if int8:
             quantize_int8(fp32, tmp / ONNX_FILES["onnx-int8"])
         summary: dict = {"source": str(model_dir), "inputs": names, "opset": OPSET, "variants": {}}
+        summary["dims"] = reference.dims
         for backend in backends:
             candidate = NLIEncoder.load(tmp, backend=backend)
             figures = agreement(reference, candidate, CHECK_SENTENCES)
@@ -149,9 +175,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--model", required=True, help="a SentenceTransformer folder, or all-MiniLM-L6-v2")
     parser.add_argument("--out", required=True, help="the exported folder to write (replaced atomically)")
     parser.add_argument("--no-int8", action="store_true", help="write the fp32 ONNX file only")
+    parser.add_argument(
+        "--truncate-dim",
+        type=int,
+        help="export embeddings of the first K dimensions only (a model trained with loss.matryoshka_dims)",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out)
-    export(Path(resolve_base(args.model)).expanduser(), out, int8=not args.no_int8)
+    export(Path(resolve_base(args.model)).expanduser(), out, int8=not args.no_int8, truncate_dim=args.truncate_dim)
     print(out)
     return out
 

@@ -33,7 +33,7 @@ def agreement(reference: NLIEncoder, candidate: NLIEncoder, sentences: tuple[str
     """Figures comparing `candidate` (e.g. the ONNX export) with `reference` (torch) on `sentences`.
 
     Returns a dict of floats: `cosine_min` / `cosine_mean` of each sentence's embedding (as the model outputs
-    it, post-processing included) with the reference's; `core_cosine_min` of the embedding before post-processing
+    it, post-processing and truncation included) with the reference's; `core_cosine_min` of the embedding before post-processing
     (what the head reads); and, when both have an NLI head, over the pairs (sentence i, sentence i+1):
     `probs_max_abs_diff` (largest difference of any class probability) and `label_agreement` (share of pairs
     with the same predicted label). Needs at least two sentences.
@@ -42,8 +42,8 @@ def agreement(reference: NLIEncoder, candidate: NLIEncoder, sentences: tuple[str
     figures: dict[str, float] = {}
     ref_core = reference.embed_core(texts).float().cpu().numpy()
     cand_core = candidate.embed_core(texts).float().cpu().numpy()
-    ref = reference.postprocess(reference.embed_core(texts)).float().cpu().numpy()
-    cand = candidate.postprocess(candidate.embed_core(texts)).float().cpu().numpy()
+    ref = reference.embed(texts).float().cpu().numpy()
+    cand = candidate.embed(texts).float().cpu().numpy()
     cosine = cosine_rows(ref, cand)
     figures["cosine_min"], figures["cosine_mean"] = float(cosine.min()), float(cosine.mean())
     figures["core_cosine_min"] = float(cosine_rows(ref_core, cand_core).min())

@@ -11,6 +11,12 @@ model, so `SentenceTransformer(path).encode` returns the post-processed embeddin
 
 The NLI head keeps reading the embedding *before* post-processing (the one it was trained on), so its
 probabilities are exactly those of training; `postprocessing.json` says how many trailing modules to skip for it.
+
+A model trained to be truncated (`loss.matryoshka_dims`) is whitened in its own order instead (`nested`): with
+Σ = L Lᵀ (Cholesky), W = L^(-T) is upper triangular, so the first k outputs depend on the first k inputs only and
+are the whitening of that prefix; truncating the whitened embedding then keeps the widths the model was trained
+for, where PCA's order would keep the k directions of largest variance instead. Any two whitenings differ by a
+rotation, so at the full width both give the same cosines.
 """
 
 from __future__ import annotations
@@ -58,17 +64,22 @@ class Decision:
     fit_sentences: int
     fit_source: str
     modules: int  # trailing modules the post-processing added to the SentenceTransformer (0 or 1)
+    nested: bool = False  # whitened in the model's own order (a Matryoshka-trained model), not PCA's
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def fit_transform(embeddings: np.ndarray, method: str, dims: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def fit_transform(
+    embeddings: np.ndarray, method: str, dims: int | None = None, nested: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """(mean (d,), matrix (d, k)) such that y = (x − mean) @ matrix; `method` is "centre" or "whiten".
 
     Args:
         embeddings: (n, d) float embeddings of training sentences, n > d for a full-rank whitening.
         dims: keep the k = `dims` directions of largest variance (whitening only); None keeps all d.
+        nested: whiten in the embeddings' own order (Cholesky, see the module docstring): output j depends on
+            inputs 1..j only, and `dims` keeps the first k of them.
     """
     x = np.asarray(embeddings, dtype=np.float64)
     mean = x.mean(axis=0)
@@ -78,9 +89,16 @@ def fit_transform(embeddings: np.ndarray, method: str, dims: int | None = None) 
     if method != "whiten":
         raise ValueError(f"unknown post-processing method {method!r}")
     cov = np.cov(x - mean, rowvar=False)
+    k = d if dims is None else min(dims, d)
+    if nested:
+        # Lifted to the floor below when its smallest eigenvalue is under it: a direction the sentences never
+        # vary in stays finite, and a well-conditioned covariance is whitened exactly.
+        eigenvalues = np.linalg.eigvalsh(cov)
+        ridge = max(0.0, EIGEN_FLOOR * eigenvalues[-1] - eigenvalues[0])
+        lower = np.linalg.cholesky(cov + ridge * np.eye(d))
+        return mean, np.linalg.inv(lower).T[:, :k]
     u, s, _ = np.linalg.svd(cov)  # Σ symmetric positive semi-definite: its SVD is its eigendecomposition
     s = np.maximum(s, EIGEN_FLOOR * s[0])
-    k = d if dims is None else min(dims, d)
     return mean, u[:, :k] / np.sqrt(s[:k])
 
 
@@ -112,7 +130,10 @@ def candidates_for(method: str, dims: int | None) -> list[Candidate]:
 
 
 def select(
-    fit: np.ndarray, pairs: tuple[np.ndarray, np.ndarray, list[float]] | None, candidates: list[Candidate]
+    fit: np.ndarray,
+    pairs: tuple[np.ndarray, np.ndarray, list[float]] | None,
+    candidates: list[Candidate],
+    nested: bool = False,
 ) -> Candidate:
     """Score every candidate by STS-B validation Spearman of cosine (`pairs`: embeddings of both sides before
     post-processing and the gold scores) and return the best; the earlier candidate wins a tie, so "none"
@@ -127,7 +148,7 @@ def select(
         if candidate.method == "none":
             ta, tb = a, b
         else:
-            mean, matrix = fit_transform(fit, candidate.method, candidate.dims)
+            mean, matrix = fit_transform(fit, candidate.method, candidate.dims, nested)
             ta, tb = apply_transform(a, mean, matrix), apply_transform(b, mean, matrix)
         candidate.spearman = float(spearmanr(cosine_rows(ta, tb), gold).statistic)
         if best is None or candidate.spearman > best.spearman:
@@ -238,6 +259,7 @@ def fit_postprocessing(
     reference_pairs: int,
     seed: int,
     batch_size: int = 64,
+    nested: bool = False,
 ) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
     """Choose and attach the post-processing; returns the model to save (the same modules, then the Dense module
     when a transform was chosen; `model` itself is not changed), the decision and the random-pair reference of the
@@ -247,6 +269,7 @@ def fit_postprocessing(
         model: the trained encoder, without post-processing.
         fit_texts: training sentences the transform and the reference are fitted on (never evaluation data).
         selection: STS-B validation (sentence1, sentence2, scores); needed for `method="auto"`.
+        nested: whiten in the model's own order (a model trained for truncation; see the module docstring).
     Raises ValueError for fewer than two fit sentences, or `auto` without selection pairs.
     """
     fit = encode(model, fit_texts, batch_size)
@@ -256,11 +279,11 @@ def fit_postprocessing(
         both = encode(model, [*s1, *s2], batch_size)
         pairs = (both[: len(s1)], both[len(s1) :], scores)
     candidates = candidates_for(method, dims)
-    chosen = select(fit, pairs, candidates)
+    chosen = select(fit, pairs, candidates, nested)
     final = fit
     modules = 0
     if chosen.method != "none":
-        mean, matrix = fit_transform(fit, chosen.method, chosen.dims)
+        mean, matrix = fit_transform(fit, chosen.method, chosen.dims, nested)
         # A new SentenceTransformer over the same modules plus the transform: the trained model itself stays
         # as it was (under several processes only the main process calibrates, and the ranks must agree).
         dense = dense_module(mean, matrix).to(model.device)
@@ -274,6 +297,7 @@ def fit_postprocessing(
         fit_sentences=len(fit_texts),
         fit_source=fit_source,
         modules=modules,
+        nested=nested and chosen.method == "whiten",
     )
     scores_text = ", ".join(f"{c.name} {c.spearman:.4f}" for c in candidates if c.spearman is not None)
     log.info(

@@ -139,12 +139,16 @@ def _postprocessing_lines(report: dict[str, Any]) -> list[str]:
     decision = report.get("postprocessing")
     if not decision:
         return []
+    truncated = decision.get("truncate_dim")  # siamese/export.py --truncate-dim
+    cut = [f"Embeddings are the first {truncated} dimensions (exported with --truncate-dim {truncated})."]
+    if "chosen" not in decision:  # a truncation alone, on a model without fitted post-processing
+        return ["", "## Post-processing", "", *cut] if truncated else []
     chosen = decision["chosen"]
     name = chosen["method"] if chosen.get("dims") is None else f"{chosen['method']}-{chosen['dims']}"
     scored = [c for c in decision["candidates"] if c.get("spearman") is not None]
     how = f"selected on {decision['selected_on']}" if decision.get("selected_on") else "fixed by the config"
     lines = ["", "## Post-processing", "", f"`{name}` ({how}; fitted on {decision['fit_sentences']:,} "
-             f"{decision['fit_source']})."]  # fmt: skip
+             f"{decision['fit_source']})."] + (["", *cut] if truncated else [])  # fmt: skip
     if scored:
         lines += ["", "| candidate | STS-B validation Spearman |", "|---|---|"]
         for c in scored:

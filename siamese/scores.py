@@ -111,7 +111,8 @@ def stsb_metrics(encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list
     from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
     evaluator = EmbeddingSimilarityEvaluator(
-        s1, s2, scores, batch_size=64, similarity_fn_names=["cosine"], name="stsb", write_csv=False
-    )
+        s1, s2, scores, batch_size=64, similarity_fn_names=["cosine"], name="stsb", write_csv=False,
+        truncate_dim=encoder.truncate_dim,
+    )  # fmt: skip
     result = evaluator(encoder.model)
     return {"spearman": result["stsb_spearman_cosine"], "pearson": result["stsb_pearson_cosine"], "n": len(scores)}

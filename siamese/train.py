@@ -212,7 +212,10 @@ class SiameseStage(Stage):
 
     def export(self, trainer: SiameseTrainer, metrics: dict[str, Any]) -> Path:
         cfg, started = self.cfg, time.time()
-        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, self.pairs)
+        nested = bool(cfg.loss.matryoshka_dims)  # whitening that keeps the trained widths (siamese/postprocess.py)
+        model, decision, reference = calibrate(
+            trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, self.pairs, nested=nested
+        )
         metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - started}
         return save_final(cfg, model, trainer.classifier, metrics, self.counts, cfg.run_dir, decision, reference)
 

@@ -266,6 +266,26 @@ def test_search_index_returns_the_top_k_best_first(tiny_encoder):
         search_table(index, tiny_encoder, " \u200b", 3)
 
 
+def test_search_by_fewer_dimensions_ranks_by_the_embeddings_first_ones(tiny_encoder, tiny_model_dir):
+    from app.search import SearchIndex, search_table
+    from siamese.encoder import NLIEncoder
+
+    sentences = [f"sentence number {i} about {w}" for i, w in enumerate(["dogs", "cats", "rain", "music", "food"])]
+    full = SearchIndex.build(tiny_encoder, sentences)
+    narrow = full.truncate(16)
+    assert narrow.embeddings.shape == (5, 16) and np.allclose(np.linalg.norm(narrow.embeddings, axis=1), 1.0)
+    # the same index as one built by an encoder that truncates (sentence-transformers' truncate_dim)
+    truncated = NLIEncoder.load(tiny_model_dir, device="cpu", truncate_dim=16)
+    assert np.allclose(SearchIndex.build(truncated, sentences).embeddings, narrow.embeddings, atol=1e-6)
+    # a full-width query against the narrow index is cut to its first 16 dimensions
+    by_full = search_table(narrow, tiny_encoder, "a query about music", 5)
+    by_truncated = search_table(narrow, truncated, "a query about music", 5)
+    assert list(by_full["sentence"]) == list(by_truncated["sentence"])
+    assert np.allclose(by_full["cosine"], by_truncated["cosine"], atol=1e-5)
+    with pytest.raises(UserError, match="cannot search by 65 dimensions: the index holds 64"):
+        full.truncate(65)
+
+
 @pytest.mark.parametrize(
     ("probability", "words"),
     [

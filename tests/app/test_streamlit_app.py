@@ -212,6 +212,41 @@ def test_search_finds_a_pasted_sentence_first(app):
     assert any("4 sentences" in c.value for c in app.caption)
 
 
+def test_a_model_trained_for_truncation_searches_at_the_width_chosen(
+    tiny_model_dir, app_env, repo_root, tmp_path, monkeypatch
+):
+    import shutil
+
+    model = tmp_path / "nested" / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "resolved_config.yaml").write_text("loss:\n  name: both\n  matryoshka_dims: [32, 16]\n")
+    monkeypatch.setenv("APP_MODEL_DIR", str(model))
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    paste_and_query(at, SENTENCES, "Two dogs run in a park.")
+    assert at.selectbox(key="search_dims").options == ["64", "32", "16"]
+    at.selectbox(key="search_dims").set_value(16).run()
+    assert not at.exception and not at.error
+    results = at.dataframe[-1].value
+    assert results["sentence"].iloc[0] == "Two dogs run in a park."
+    # the cosines of the embeddings' first 16 dimensions, not of all 64
+    import torch
+
+    from siamese.encoder import NLIEncoder
+
+    for dims in (16, 64):
+        encoder = NLIEncoder.load(model, device="cpu", truncate_dim=dims)
+        cosine = torch.nn.functional.cosine_similarity(
+            encoder.embed(["Two dogs run in a park."]), encoder.embed(SENTENCES)
+        )
+        matches = sorted(cosine.tolist(), reverse=True) == pytest.approx(list(results["cosine"]), abs=1e-4)
+        assert matches == (dims == 16)
+
+
+def test_a_model_without_trained_widths_offers_no_width_choice(app):
+    paste_and_query(app, SENTENCES, "It rains.")
+    assert not app.exception and not [s for s in app.selectbox if s.key == "search_dims"]
+
+
 def test_search_over_the_default_mnli_premises(app):
     app.text_input(key="search_query").input("A woman is reading a book.").run()
     assert not app.exception and not app.error

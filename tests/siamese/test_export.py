@@ -132,3 +132,30 @@ def test_the_benchmark_measures_every_backend_of_an_exported_model(tiny_exported
     assert abs(rows["onnx"]["stsb_test"] - rows["torch"]["stsb_test"]) < 1e-3
     out = capsys.readouterr().out
     assert out.count(f"| {tiny_exported_dir} |") == 3 and "× torch's sentences/s" in out
+
+
+def test_a_truncated_export_gives_the_first_dimensions_and_the_head_reads_them_all(
+    torch_encoder, tiny_whitened_dir, tmp_path
+):
+    from sentence_transformers import SentenceTransformer
+
+    out = tmp_path / "narrow"
+    main(["--model", str(tiny_whitened_dir), "--out", str(out), "--no-int8", "--truncate-dim", "16"])
+    texts = list(CHECK_SENTENCES[:6])
+    full = torch_encoder.embed(texts).numpy()
+    plain = SentenceTransformer(str(out), device="cpu").encode(texts)  # no code of ours: a saved module truncates
+    assert plain.shape == (6, 16) and np.allclose(plain, full[:, :16], atol=1e-5)
+    decision = json.loads((out / "postprocessing.json").read_text())
+    assert decision["truncate_dim"] == 16 and decision["modules"] == 2  # the whitening and the truncation
+    assert json.loads((out / EXPORT_FILE).read_text())["dims"] == 16
+    premises, hypotheses = texts[:-1], texts[1:]
+    for backend in ("torch", "onnx"):
+        narrow = NLIEncoder.load(out, backend=backend)
+        assert narrow.embed(texts).shape == (6, 16) and narrow.embed_core(texts).shape == (6, 64)
+        a, b = torch_encoder.predict(premises, hypotheses), narrow.predict(premises, hypotheses)
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-4)  # the head: full width, unchanged
+        expected = cosine_rows(full[:-1, :16], full[1:, :16])
+        np.testing.assert_allclose(b.cosine, expected, atol=1e-4)  # the cosine: the first 16 dimensions
+    with pytest.raises(UserError, match="truncate_dim=65: the model's embeddings have 64 dimensions"):
+        main(["--model", str(tiny_whitened_dir), "--out", str(tmp_path / "wide"), "--truncate-dim", "65"])
+    assert not (tmp_path / "wide").exists()

@@ -46,10 +46,32 @@ def test_whitening_gives_zero_mean_and_identity_covariance_on_its_fit_data(dims)
     assert np.abs(np.cov(y, rowvar=False) - np.eye(k)).max() < 1e-6
 
 
-def test_a_direction_the_fit_data_never_vary_in_stays_finite():
+def test_nested_whitening_keeps_a_truncated_embeddings_widths_and_the_full_cosines():
+    x = anisotropic(2000, 16)
+    mean, nested = fit_transform(x, "whiten", nested=True)
+    y = apply_transform(x, mean, nested)
+    assert np.abs(np.cov(y, rowvar=False) - np.eye(16)).max() < 1e-6  # a whitening
+    assert np.allclose(np.tril(nested, -1), 0.0)  # output j reads inputs 1..j only
+    # its first 6 outputs are the whitening of the first 6 inputs alone: truncation keeps the trained prefix
+    prefix_mean, prefix = fit_transform(x[:, :6], "whiten", nested=True)
+    assert np.allclose(y[:, :6], apply_transform(x[:, :6], prefix_mean, prefix), atol=1e-6)
+    assert np.allclose(fit_transform(x, "whiten", 6, nested=True)[1], nested[:, :6])
+    # PCA's whitening differs from it by a rotation: every full-width cosine is the same
+    mean, pca = fit_transform(x, "whiten")
+    a, b = slice(0, 500), slice(500, 1000)
+    assert np.allclose(
+        cosine_rows(y[a], y[b]), cosine_rows(apply_transform(x[a], mean, pca), apply_transform(x[b], mean, pca))
+    )
+    # ... while truncated they are not: PCA keeps the directions of largest variance, not the first inputs
+    pca_cosines = cosine_rows(apply_transform(x[a], mean, pca)[:, :6], apply_transform(x[b], mean, pca)[:, :6])
+    assert not np.allclose(cosine_rows(y[a, :6], y[b, :6]), pca_cosines, atol=1e-3)
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_a_direction_the_fit_data_never_vary_in_stays_finite(nested):
     x = anisotropic(500, 8)
     x[:, 3] = 1.0  # constant: zero variance
-    mean, matrix = fit_transform(x, "whiten")
+    mean, matrix = fit_transform(x, "whiten", nested=nested)
     assert np.isfinite(apply_transform(x, mean, matrix)).all()
 
 
