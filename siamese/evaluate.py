@@ -6,7 +6,9 @@ the encoders to evaluate, and the order of the work. MNLI dev matched / mismatch
 plots, written by `siamese/report.py` (into the model folder unless --out says otherwise), with the
 all-MiniLM-L6-v2 baseline side by side when --baseline is given, and the STS-B Spearman of the base model the
 fine-tuning started from (named in run_info.json) beside the fine-tuned model's, with one warning line when
-fine-tuning lowered it.
+fine-tuning lowered it. Retrieval (`siamese/retrieval.py`: MRR@10, NDCG@10, Recall@k on a set built from MNLI dev
+matched, another NLI file, or NanoBEIR) and STS-B are also scored at narrower embedding widths (Matryoshka
+truncation).
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from siamese.report import (
     stsb_drop_warning,
     write_markdown,
 )
-from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from siamese.retrieval import (
+    NANOBEIR,
+    RetrievalSet,
+    check_retrieval,
+    read_retrieval_set,
+    retrieval_section,
+    widths_to_score,
+)
+from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, stsb_by_width, stsb_metrics, stsb_scale
 from stagekit.atomic import require_writable
 from stagekit.device import resolve_device
 from stagekit.errors import DataError, UserError
@@ -108,19 +118,25 @@ class EvalData:
 
     nli: dict[str, dict[str, list]]  # split → {"premise", "hypothesis", "label"}
     stsb: tuple[list[str], list[str], list[float]]  # sentence1, sentence2, scores in 0-1
+    retrieval: RetrievalSet | None = None  # None: NanoBEIR from the Hub
 
 
-def read_eval_data(sources: dict[str, SourceConfig], limit: int | None, stsb_score_scale: float) -> EvalData:
-    """The first `limit` pairs (all with None) of each set. Raises DataError (one line) as the readers do."""
+def read_eval_data(
+    sources: dict[str, SourceConfig], limit: int | None, stsb_score_scale: float, retrieval: str | None = None
+) -> EvalData:
+    """The first `limit` pairs (all with None) of each set, and the retrieval set (`retrieval`: an NLI file, None
+    for the one of MNLI dev matched, "nanobeir"). Raises DataError (one line) as the readers do."""
     nli = {split: read_pairs(sources[split], limit, local_hint=local_hint(split)) for split in NLI_SPLITS}
     stsb = read_stsb(sources["stsb_test"], limit, stsb_score_scale, local_hint=local_hint("stsb_test"))
-    return EvalData(nli=nli, stsb=stsb)
+    rset = read_retrieval_set(retrieval, limit, nli["mnli_validation_matched"], "mnli_validation_matched")
+    return EvalData(nli, stsb, rset)
 
 
 def evaluate_encoder(
-    encoder: NLIEncoder, tag: str, data: EvalData, out_dir: Path
+    encoder: NLIEncoder, tag: str, data: EvalData, out_dir: Path, widths: list[int] | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """All metrics for one encoder; returns the report section and a few sample predictions.
+    """All metrics for one encoder; returns the report section and a few sample predictions. STS-B and retrieval
+    are also scored at each of `widths` (default: `widths_to_score` of the encoder's own widths).
 
     A model with post-processing (siamese/postprocess.py) is also scored without it, from the same forward
     passes: `before_postprocessing` in each NLI split and `stsb_test_before_postprocessing`.
@@ -147,6 +163,9 @@ def evaluate_encoder(
                 })  # fmt: skip
         report[split] = section
     report["stsb_test"] = stsb_metrics(encoder, *data.stsb)
+    widths = widths or widths_to_score(encoder.widths[0], encoder.widths[1:])
+    report["stsb_test_by_width"] = stsb_by_width(encoder, *data.stsb, widths)
+    report["retrieval"] = retrieval_section(encoder, data.retrieval, widths)
     if encoder.postprocessing:
         report["stsb_test_before_postprocessing"] = stsb_metrics(NLIEncoder(encoder.core), *data.stsb)
     return report, samples
@@ -226,6 +245,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mnli-mismatched", help="MNLI dev mismatched source")
     parser.add_argument("--stsb", help="STS-B test source")
     parser.add_argument(
+        "--retrieval",
+        help="the retrieval set: an NLI file (its premises the corpus, entailed hypotheses the queries; default: "
+        f"MNLI dev matched as above), or {NANOBEIR} (NanoBEIR's 13 sets from the Hub; needs internet)",
+    )
+    parser.add_argument(
         "--stsb-scale",
         type=float,
         help=f"the largest score the STS-B source holds (default: 1.0 for {HUB_STSB}, else 5.0, STS-B's own scale)",
@@ -242,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     # Everything that can fail fast does, before minutes go into evaluating: sources, then both models.
     check_sources(sources)
+    check_retrieval(args.retrieval, local_hint("mnli_validation_matched"))
     model_dir = Path(args.model)
     encoder = NLIEncoder.load(model_dir, backend=args.backend)
     baseline_encoder = load_baseline(args.baseline) if args.baseline else None
@@ -253,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         log.info("the report, plots and W&B files go to %s, not the model folder", out_dir)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
-    data = read_eval_data(sources, args.limit, scale)
+    data = read_eval_data(sources, args.limit, scale, args.retrieval)
     report, samples = evaluate_encoder(encoder, "model", data, out_dir)
     report = (
         {"model": str(model_dir), "backend": args.backend}
@@ -264,8 +289,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if base is not None:
         stsb = stsb_metrics(base.encoder, *data.stsb)
         report["base"] = base_section(base.name, base.path, stsb, report["stsb_test"])
-    if baseline_encoder is not None:
-        baseline, _ = evaluate_encoder(baseline_encoder, "baseline", data, out_dir)
+    if baseline_encoder is not None:  # at its own width and the model's narrower ones, side by side
+        full = baseline_encoder.widths[0]
+        widths = [full, *(w for w in widths_to_score(encoder.widths[0], encoder.widths[1:]) if w < full)]
+        baseline, _ = evaluate_encoder(baseline_encoder, "baseline", data, out_dir, widths)
         report["baseline"] = {"model": args.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")

@@ -107,6 +107,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{r['mnli_validation_matched']['n']} / {r['mnli_validation_mismatched']['n']} / {r['stsb_test']['n']}"
         for _, r in models) + " |")  # fmt: skip
     lines += _base_lines(report)
+    lines += _width_lines(models)
     lines += _postprocessing_lines(report)
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         lines += [
@@ -128,6 +129,35 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
                       f"{int(cr[n]['support'])} |" for n in LABELS]  # fmt: skip
             lines += ["", f"![confusion](model_{split}_confusion.png) ![cosines](model_{split}_cosine.png)"]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+# report.md's retrieval columns: (title, key in report.json's retrieval.by_width)
+RETRIEVAL_COLUMNS = [("MRR@10", "mrr@10"), ("NDCG@10", "ndcg@10"), ("MAP@100", "map@100"), ("Recall@1", "recall@1"),
+                     ("Recall@5", "recall@5"), ("Recall@10", "recall@10")]  # fmt: skip
+
+
+def _width_lines(models: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """report.md: retrieval and STS-B of each encoder at each width it was scored at (its first k dimensions)."""
+    retrieval = models[0][1].get("retrieval")
+    if not retrieval:
+        return []
+    lines = [
+        "",
+        f"## Retrieval and STS-B by embedding width: {retrieval['name']}",
+        "",
+        f"{retrieval['queries']:,} queries, {retrieval['corpus']:,} documents; a width of k is the embedding's first k "
+        "dimensions (sentence-transformers' `truncate_dim`).",
+        "",
+        "| encoder | width | STS-B test Spearman | " + " | ".join(t for t, _ in RETRIEVAL_COLUMNS) + " |",
+        "|---" * (len(RETRIEVAL_COLUMNS) + 3) + "|",
+    ]
+    for name, r in models:
+        by_width = r["retrieval"]["by_width"]
+        for width, metrics in by_width.items():
+            stsb = r.get("stsb_test_by_width", {}).get(width, {}).get("spearman")
+            cells = [format_metric(stsb)] + [format_metric(metrics[key]) for _, key in RETRIEVAL_COLUMNS]
+            lines.append(f"| {name} | {width} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _mean_std(stats: dict[str, Any]) -> str:
@@ -191,6 +221,8 @@ def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir:
     """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model."""
     flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
             for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
+    for width, metrics in (report.get("retrieval") or {}).get("by_width", {}).items():
+        flat |= {f"retrieval_{width}/{key}": value for key, value in metrics.items()}
     cfg = run_wandb_config(report["model"])
     name = f"{cfg.run_name or Path(report['model']).parent.name}-eval"
     config = {"model": report["model"], "limit": report["limit"]}

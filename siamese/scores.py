@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from siamese.config import SourceConfig
@@ -105,6 +106,51 @@ def read_stsb(
     if not scores:
         raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
     return s1, s2, scores
+
+
+class FromEmbeddingTable:
+    """Mixed into a sentence-transformers evaluator: `embed_inputs` reads rows of embeddings computed once
+    (`table`: text → (d,) tensor) and truncates them to the evaluator's `truncate_dim`, so each width is scored
+    without encoding again."""
+
+    table: dict[str, torch.Tensor]
+    truncate_dim: int | None
+
+    def embed_inputs(self, model, sentences, *args, **kwargs) -> torch.Tensor:
+        from sentence_transformers.util import truncate_embeddings
+
+        return truncate_embeddings(torch.stack([self.table[s] for s in sentences]), self.truncate_dim)
+
+
+def embedding_table(encoder: NLIEncoder, texts: Sequence[str], batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """text → its embedding as the model outputs it (full width, float32 on the CPU); each distinct text once."""
+    distinct = list(dict.fromkeys(texts))
+    embeddings = encoder.embed(distinct, batch_size=batch_size).float().cpu()
+    return dict(zip(distinct, embeddings, strict=True))
+
+
+def stsb_by_width(
+    encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list[float], widths: Sequence[int]
+) -> dict[int, dict[str, Any]]:
+    """STS-B Spearman / Pearson of cosine for each width k: the embeddings' first k dimensions (Matryoshka
+    truncation), from one forward pass over the sentences, by the evaluator `stsb_metrics` uses."""
+    from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
+
+    class TableEvaluator(FromEmbeddingTable, EmbeddingSimilarityEvaluator):
+        pass
+
+    evaluator = TableEvaluator(s1, s2, scores, similarity_fn_names=["cosine"], name="stsb", write_csv=False)
+    evaluator.table = embedding_table(encoder, [*s1, *s2])
+    by_width = {}
+    for width in widths:
+        evaluator.truncate_dim = width
+        result = evaluator(encoder.model)
+        by_width[int(width)] = {
+            "spearman": float(result["stsb_spearman_cosine"]),
+            "pearson": float(result["stsb_pearson_cosine"]),
+            "n": len(scores),
+        }
+    return by_width
 
 
 def stsb_metrics(encoder: NLIEncoder, s1: list[str], s2: list[str], scores: list[float]) -> dict[str, Any]:

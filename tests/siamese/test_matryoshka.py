@@ -11,6 +11,7 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from siamese.encoder import NLIEncoder
+from siamese.evaluate import main as evaluate
 from siamese.train import main
 from stagekit.errors import UserError
 from tests.siamese.test_train import debug_args
@@ -53,3 +54,10 @@ def test_every_reader_embeds_the_width_chosen_and_the_head_reads_all(nested_mode
 def test_a_width_wider_than_the_model_is_one_line(nested_model):
     with pytest.raises(UserError, match="truncate_dim=128: the model's embeddings have 64 dimensions"):
         NLIEncoder.load(nested_model, device="cpu", truncate_dim=128)
+
+
+def test_evaluation_scores_every_trained_width(nested_model, tmp_path):
+    report = evaluate(["--model", str(nested_model), "--limit", "30", "--out", str(tmp_path)])
+    assert list(report["retrieval"]["by_width"]) == [64, 32, 16]
+    assert list(report["stsb_test_by_width"]) == [64, 32, 16]
+    assert "| model | 16 |" in (tmp_path / "report.md").read_text()
