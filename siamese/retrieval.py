@@ -139,7 +139,8 @@ def read_retrieval_set(
     if retrieval is None:
         return nli_retrieval_set(default_pairs, default_name)
     pairs = read_pairs(SourceConfig(path=retrieval, config_name=None, split="train"), limit, local_hint=retrieval)
-    return nli_retrieval_set(pairs, Path(retrieval).name.split(".")[0])
+    path = Path(retrieval)  # named by folder and file, e.g. snli/validation
+    return nli_retrieval_set(pairs, "/".join([*path.parent.parts[-1:], path.name.split(".")[0]]))
 
 
 def retrieval_section(encoder: NLIEncoder, rset: RetrievalSet | None, widths: Sequence[int]) -> dict[str, Any]:

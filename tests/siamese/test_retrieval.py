@@ -123,7 +123,7 @@ def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(
 def test_another_nli_file_is_a_retrieval_set(model_dir, data_dir, tmp_path):
     snli = data_dir / "snli" / "validation.jsonl.gz"
     report = main(["--model", str(model_dir), "--limit", "30", "--out", str(tmp_path), "--retrieval", str(snli)])
-    assert report["retrieval"]["name"] == "validation" and report["retrieval"]["queries"] <= 30
+    assert report["retrieval"]["name"] == "snli/validation" and report["retrieval"]["queries"] <= 30
     with pytest.raises(UserError, match="--retrieval nowhere.jsonl: no such file"):
         main(["--model", str(model_dir), "--limit", "4", "--out", str(tmp_path / "x"), "--retrieval", "nowhere.jsonl"])
 
