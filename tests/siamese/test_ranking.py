@@ -122,3 +122,34 @@ def test_the_options_load_from_the_command_line(repo_root):
         ["loss.name=both", "loss.matryoshka_dims=[32, 16]", "impl.mini_batch_size=2"],
     )
     assert cfg.loss.matryoshka_dims == [32, 16] and cfg.impl.mini_batch_size == 2
+
+
+def test_a_merged_pair_forward_is_ignored_with_mini_batches_and_says_so(model, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="siamese.model"):
+        loss = build_loss(model, LossConfig(name="both"), merge_pair_forward=True, mini_batch_size=2)
+    assert loss.uses_gradient_cache and "impl.merge_pair_forward has no effect" in caplog.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnrl", "both"])
+def test_the_configured_mini_batch_is_what_training_uses(repo_root, tiny_bert, tmp_path, monkeypatch, name):
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from siamese.ranking import SoftmaxRankingLoss
+    from siamese.train import main
+    from tests.siamese.test_train import debug_args
+
+    cached = CachedMultipleNegativesRankingLoss if name == "mnrl" else SoftmaxRankingLoss
+    calculate, seen = cached.calculate_loss, []
+
+    def spy(self, reps, *args, **kwargs):
+        if torch.is_grad_enabled():  # training steps: the mini-batches of each column
+            seen.append([len(r) for r in reps[0]])
+        return calculate(self, reps, *args, **kwargs)
+
+    monkeypatch.setattr(cached, "calculate_loss", spy)
+    triplets = ["data.max_train_pairs=null", "data.eval_pairs=600"] if name == "mnrl" else []
+    main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={name}", "impl.mini_batch_size=4", *triplets))
+    assert seen and all(sizes == [4, 4] for sizes in seen)  # batches of 8 in mini-batches of 4
