@@ -24,7 +24,7 @@ from sentence_transformers.util import cos_sim
 from siamese.config import SourceConfig
 from siamese.encoder import NLIEncoder
 from siamese.nli_data import read_pairs
-from siamese.scores import FromEmbeddingTable, embedding_table
+from siamese.scores import FromEmbeddingTable, embedding_table, quiet_evaluators
 from stagekit.errors import DataError
 from stagekit.sources import local_files, require_hub
 
@@ -111,10 +111,16 @@ def retrieval_metrics(encoder: NLIEncoder, rset: RetrievalSet, widths: Sequence[
     by_width = {}
     for width in widths:
         evaluator.truncate_dim = width
-        scores = evaluator(encoder.model)
+        with quiet_evaluators():
+            scores = evaluator(encoder.model)
         prefix = f"{rset.name}_cosine_"
         by_width[int(width)] = {key: float(scores[prefix + name]) for key, name in METRICS.items()}
+        log.info("retrieval on %s, %d dimensions: %s", rset.name, width, _summary(by_width[int(width)]))
     return rset.describe() | {"by_width": by_width}
+
+
+def _summary(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{key} {metrics[key]:.4f}" for key in ("mrr@10", "ndcg@10", "recall@1", "recall@10"))
 
 
 def check_retrieval(retrieval: str | None, default_set: str) -> None:
@@ -165,9 +171,11 @@ def nanobeir_metrics(encoder: NLIEncoder, widths: Sequence[int]) -> dict[str, An
     for width in widths:
         for ev in nano.evaluators:
             ev.table, ev.truncate_dim = table, width
-        scores = nano(encoder.model)
+        with quiet_evaluators():
+            scores = nano(encoder.model)
         prefix = f"{nano.name}_cosine_"
         by_width[int(width)] = {key: float(scores[prefix + name]) for key, name in METRICS.items()}
+        log.info("retrieval on NanoBEIR, %d dimensions: %s", width, _summary(by_width[int(width)]))
     queries = sum(len(ev.queries) for ev in nano.evaluators)
     corpus = sum(len(ev.corpus) for ev in nano.evaluators)
     return {"name": "NanoBEIR (mean of 13 sets)", "queries": queries, "corpus": corpus, "by_width": by_width}

@@ -5,7 +5,9 @@ sentence-transformers' evaluator). `siamese/evaluate.py` decides what is scored;
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -108,6 +110,19 @@ def read_stsb(
     return s1, s2, scores
 
 
+@contextlib.contextmanager
+def quiet_evaluators() -> Iterator[None]:
+    """sentence-transformers' evaluators log every figure at INFO (some twenty lines a call, one call per width):
+    the report holds them, so they are kept to warnings here."""
+    logger = logging.getLogger("sentence_transformers.sentence_transformer.evaluation")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 class FromEmbeddingTable:
     """Mixed into a sentence-transformers evaluator: `embed_inputs` reads rows of embeddings computed once
     (`table`: text → (d,) tensor) and truncates them to the evaluator's `truncate_dim`, so each width is scored
@@ -144,7 +159,8 @@ def stsb_by_width(
     by_width = {}
     for width in widths:
         evaluator.truncate_dim = width
-        result = evaluator(encoder.model)
+        with quiet_evaluators():
+            result = evaluator(encoder.model)
         by_width[int(width)] = {
             "spearman": float(result["stsb_spearman_cosine"]),
             "pearson": float(result["stsb_pearson_cosine"]),

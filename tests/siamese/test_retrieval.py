@@ -54,11 +54,16 @@ def test_the_set_dedupes_premises_and_queries_are_the_entailed_hypotheses():
     assert rset.describe() == {"name": "toy", "queries": 3, "corpus": 4}
 
 
-def test_perfect_retrieval_scores_one_and_a_second_place_scores_a_half():
+def test_perfect_retrieval_scores_one_and_a_second_place_scores_a_half(caplog):
+    import logging
+
     pairs = {"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"], "label": [0, 0, 0]}
     one_hot = {f"{kind}{i}": [float(i == j) for j in range(3)] for kind in "ph" for i in range(3)}
-    perfect = retrieval_metrics(TableEncoder(one_hot), nli_retrieval_set(pairs, "toy"), [3])
+    with caplog.at_level(logging.INFO):
+        perfect = retrieval_metrics(TableEncoder(one_hot), nli_retrieval_set(pairs, "toy"), [3])
     assert perfect["by_width"][3] == {key: 1.0 for key in METRICS}
+    # one line per width, not the evaluator's twenty
+    assert [r.name for r in caplog.records] == ["siamese.retrieval"] and "mrr@10 1.0000" in caplog.text
     # h0 is closer to p1 (cosine 0.8) than to p0 (0.6), which entails it: its relevant document comes second
     table = {"p0": [1.0, 0.0], "p1": [0.0, 1.0], "h0": [0.6, 0.8], "h1": [0.0, 1.0]}
     pairs = {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [0, 0]}
