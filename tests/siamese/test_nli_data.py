@@ -159,6 +159,36 @@ def test_stream_is_lazy():
     assert len(first) == 16 and len(PRODUCED) < 2_000  # a bounded look-ahead, not the whole source
 
 
+def test_one_file_listed_twice_as_sources_counts_each_apart(tmp_path):
+    rows = [{"premise": f"A man {i} sleeps.", "hypothesis": "A person rests.", "label": i % 3} for i in range(12)]
+    path = str(write_jsonl_gz(tmp_path / "nli.jsonl.gz", rows))
+    sources = [SourceConfig(path=path, config_name=None, weight=w) for w in (2.0, 1.0)]
+    counts = RowCounts()
+    stream = train_stream(DataConfig(train_sources=sources, shuffle_buffer=1), 4, 1, seed=0, counts=counts)
+    assert sorted(row["premise"] for row in stream) == sorted(2 * [row["premise"] for row in rows])
+    expected = {"seen": 12, "kept": 12, "dropped_no_label": 0, "dropped_empty_text": 0}
+    assert counts.as_dict() == {f"{path} (source 1)": expected, f"{path} (source 2)": expected}
+
+
+# One reader over all files of a folder fixed the columns from the first file: a later file with another
+# column failed ("Couldn't cast"), and other column names for the same role were not looked for.
+def test_a_folder_of_files_with_different_columns_is_read_file_by_file(tmp_path):
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    write_jsonl_gz(folder / "a.jsonl.gz", [{"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0}])
+    b = [{"sentence1": "A dog runs.", "sentence2": "An animal moves.", "gold_label": "-", "pairID": 7, "genre": "x"},
+         {"sentence1": "Kids play.", "sentence2": "Nobody plays.", "gold_label": "contradiction", "pairID": "8a"}]  # fmt: skip
+    write_jsonl_gz(folder / "b.jsonl.gz", b)
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=str(folder), config_name=None), None, counts)
+    assert pairs == {"premise": ["A man sleeps.", "Kids play."], "hypothesis": ["A person rests.", "Nobody plays."],
+                     "label": [0, 2]}  # fmt: skip
+    assert counts.as_dict() == {
+        str(folder / "a.jsonl.gz"): {"seen": 1, "kept": 1, "dropped_no_label": 0, "dropped_empty_text": 0},
+        str(folder / "b.jsonl.gz"): {"seen": 2, "kept": 1, "dropped_no_label": 1, "dropped_empty_text": 0},
+    }
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [(b'{"premise": "a", "hypothesis": "b", "label": 0}\n{"premise": "a", "hyp\n', "malformed"),
