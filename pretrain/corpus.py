@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import html
+import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import fsspec
+
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 from stagekit.errors import DataError
-from stagekit.sources import load_source, local_files, reading
+from stagekit.sources import check_readable, file_type, load_source, local_files, reading
 from stagekit.text import has_visible_content
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
@@ -83,38 +87,92 @@ def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
     """The raw texts of the source's first `max_documents` documents, in source order, `batch_size` at a time.
 
     Several local files (a folder or glob) are read one after another, so they may have different
-    other columns (the Wikipedia stand-in has id and title, IMDB only text). Raises DataError (one line)
-    for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
+    other columns (the Wikipedia stand-in has id and title, IMDB only text). Local JSON Lines files are
+    read line by line (`json_lines_texts`), so their other columns never matter. Raises DataError (one
+    line) for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
     """
     files = local_files(cfg.source)
     remaining = cfg.max_documents
-    for name in files if len(files) > 1 else [cfg.source]:
-        with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
-            source = load_source(
-                name,
-                split=cfg.split,
-                config_name=cfg.config_name,
-                revision=cfg.revision,
-                streaming=cfg.streaming,
-                local_hint=LOCAL_CORPUS_HINT,
-            )
-            columns = source.column_names  # None for a stream whose features are not known yet
-            if columns is not None:
-                if cfg.text_column not in columns:
-                    raise DataError(_missing_column(name, cfg.text_column, list(columns)))
-                source = source.select_columns([cfg.text_column])
-            for batch in source.iter(batch_size=batch_size):
-                if cfg.text_column not in batch:
-                    raise DataError(_missing_column(name, cfg.text_column, list(batch)))
-                texts = batch[cfg.text_column]
-                wrong = next((t for t in texts if t is not None and not isinstance(t, str)), None)
-                if wrong is not None:
-                    raise DataError(f"{name}: column '{cfg.text_column}' holds {type(wrong).__name__}, not text")
-                if remaining is not None:
-                    texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
-                yield texts
-                if remaining == 0:
-                    return
+    for name in files if files else [cfg.source]:
+        for texts in _texts_of(cfg, name, batch_size):
+            if remaining is not None:
+                texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
+            yield texts
+            if remaining == 0:
+                return
+
+
+def _texts_of(cfg: DataConfig, name: str, batch_size: int) -> Iterator[list[str | None]]:
+    """The text column of one file (or Hub dataset), `batch_size` values at a time."""
+    if is_json_lines(name):
+        yield from json_lines_texts(name, cfg.text_column, batch_size)
+        return
+    with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
+        source = load_source(
+            name,
+            split=cfg.split,
+            config_name=cfg.config_name,
+            revision=cfg.revision,
+            streaming=cfg.streaming,
+            local_hint=LOCAL_CORPUS_HINT,
+        )
+        columns = source.column_names  # None for a stream whose features are not known yet
+        if columns is not None:
+            if cfg.text_column not in columns:
+                raise DataError(_missing_column(name, cfg.text_column, list(columns)))
+            source = source.select_columns([cfg.text_column])
+        for batch in source.iter(batch_size=batch_size):
+            if cfg.text_column not in batch:
+                raise DataError(_missing_column(name, cfg.text_column, list(batch)))
+            texts = batch[cfg.text_column]
+            wrong = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+            if wrong is not None:
+                raise DataError(f"{name}: column '{cfg.text_column}' holds {type(wrong).__name__}, not text")
+            yield texts
+
+
+def is_json_lines(path: str) -> bool:
+    """A local .jsonl / .json file (compressed or not) of one JSON object per line, not a JSON array."""
+    if not os.path.isfile(path) or file_type(path) not in (".jsonl", ".json"):
+        return False
+    check_readable(path)  # missing, empty or truncated: one line
+    with fsspec.open(path, "rb", compression="infer") as fh:
+        start = fh.read(4096).lstrip()
+    return not start.startswith(b"[")
+
+
+def json_lines_texts(path: str, column: str, batch_size: int) -> Iterator[list[str | None]]:
+    """`column` of every line of a local JSON Lines file, `batch_size` values at a time, None where a line lacks it.
+
+    Only that one value is looked at: datasets' JSON reader fixes every column's type from the first 10 MB
+    and then fails on a later line where another column changes type or first appears. Raises DataError
+    (one line naming the file and line) for a line that is not a JSON object, a value that is not text,
+    or a first line without the column.
+    """
+    batch: list[str | None] = []
+    first = True
+    with fsspec.open(path, "rb", compression="infer") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:  # UnicodeDecodeError included
+                raise DataError(f"{path}: could not be read: line {number}: {err}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: could not be read: line {number} is not a JSON object")
+            if first and column not in row:
+                raise DataError(_missing_column(path, column, list(row)))
+            first = False
+            text = row.get(column)
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{path}: line {number}: column '{column}' holds {type(text).__name__}, not text")
+            batch.append(text)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
