@@ -72,6 +72,7 @@ def build_trainer(
     if (t.mlm_probability, t.mask_replace_prob, t.random_replace_prob) != BERT_MASKING:
         bert = BlockMasker(data.tokenizer, *BERT_MASKING)
         eval_sets["bert15_"] = FixedMaskedBlocks(data.validation, bert, t.seed + 1, limit)
+    check_masked_targets(cfg, eval_sets)
     stops = [SaveRunConfig(run_record(cfg, data)), *stage_callbacks(t)]
     if t.early_stopping_patience:
         stops.append(GridEarlyStopping(early_stopping_patience=t.early_stopping_patience))
@@ -106,6 +107,19 @@ def run_record(cfg: PretrainConfig, data: PackedData) -> dict[str, Any]:
     """What each checkpoint records to check a resume against: the config and the packed data's cache key
     (which also covers the corpus files' sizes and times, so a changed corpus is refused)."""
     return to_dict(cfg) | {"packed_data": data.stats["cache_key"]}
+
+
+def check_masked_targets(cfg: PretrainConfig, eval_sets: dict[str, FixedMaskedBlocks]) -> None:
+    """Refuse a validation set whose fixed masks select no token: its loss and accuracy would be 0 / 0, and
+    the plateau schedule and early stopping would steer by that."""
+    for infix, blocks in eval_sets.items():
+        if blocks.masked_tokens == 0:
+            masking = f"train.mlm_probability={cfg.train.mlm_probability}" if not infix else "BERT's 15 %"
+            raise DataError(
+                f"the {len(blocks)} validation block(s) of {cfg.data.block_size} tokens scored at {masking} hold no "
+                "masked token; score more blocks (train.max_eval_batches, train.per_device_eval_batch_size, "
+                "data.validation_fraction) or use longer ones (data.block_size)"
+            )
 
 
 def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) -> None:
