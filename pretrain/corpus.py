@@ -34,16 +34,80 @@ READ_BATCH = 64
 SPLITS = ("train", "validation")
 
 
-def clean_text(text: str | None) -> str:
-    """Strip HTML leftovers such as `<br />` and entities, then collapse all whitespace to single spaces."""
+# Documents longer than this (characters) are cleaned, tokenized and fed to the tokenizer trainer in pieces of
+# at most this size: a whole document's word list (cleaning) or tokenizers Encoding (~100 bytes per token)
+# would grow with its length. The pieces are cut at whitespace, so their words are the document's.
+PIECE_CHARS = 1 << 16
+
+
+def clean_text(text: str | None, piece_chars: int = PIECE_CHARS) -> str:
+    """Strip HTML leftovers such as `<br />` and entities, then collapse all whitespace to single spaces.
+
+    A text longer than `piece_chars` is cleaned in `raw_pieces`, which join into the same result."""
     if not text:
         return ""
+    if len(text) > piece_chars:
+        return " ".join(filter(None, map(_clean, raw_pieces(text, piece_chars))))
+    return _clean(text)
+
+
+def _clean(text: str) -> str:
     if "<" in text:
         text = _TAG.sub(" ", text)
     text = html.unescape(text)
     # str.split() splits on exactly the characters re's \s matches (str.isspace), 3.5x faster than
     # re.sub(r"\s+", " ", text).strip(), which was most of the cleaning time (docs/benchmarks.md).
     return " ".join(text.split())
+
+
+def raw_pieces(text: str, limit: int) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `limit` characters, each cut just before a whitespace character
+    that no HTML tag spans, so that `clean_text` of each piece, joined by spaces, is `clean_text` of the whole.
+
+    Where `limit` characters hold no such place (a `<` opened early and never closed, then a tag), the cut is
+    at the last whitespace; where they hold no whitespace at all, at `limit`: only such pathological text is
+    cleaned differently from the whole (a space inside a tag or a word of `limit` characters).
+    """
+    start = 0
+    while len(text) - start > limit:
+        cut = _cut_before_space(text, start, start + limit)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _cut_before_space(text: str, start: int, end: int) -> int:
+    last = candidate = _last_space(text, start, end)
+    while candidate > start:
+        opening = text.rfind("<", start, candidate)
+        if opening <= text.rfind(">", start, candidate):  # no tag open here: _TAG's matches end at a ">"
+            return candidate
+        candidate = _last_space(text, start, opening)
+    return last if last > start else end
+
+
+def _last_space(text: str, start: int, end: int) -> int:
+    """The last whitespace position in text[start + 1:end], or -1."""
+    for position in range(end - 1, start, -1):
+        if text[position].isspace():
+            return position
+    return -1
+
+
+def text_pieces(text: str, limit: int) -> Iterator[str]:
+    """A cleaned document in consecutive pieces of at most `limit` characters, each cut before a space.
+
+    WordPiece tokenizers split words at spaces, so the pieces' tokens, concatenated, are the document's. A
+    stretch of `limit` characters without a space (unspaced scripts) is cut where it ends: between two CJK
+    characters that changes nothing either (BERT's tokenizer splits them), elsewhere it splits one word.
+    """
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start + 1, start + limit + 1)
+        cut = cut if cut > start else start + limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def in_validation(text: str, fraction: float, seed: int) -> bool:

@@ -10,6 +10,7 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import BertTokenizerFast
 
 from pretrain.config import TokenizerConfig
+from pretrain.corpus import PIECE_CHARS, text_pieces
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ def train_tokenizer(
     (`pretrain.corpus.training_sample`, tokenizer.max_training_documents).
     """
     wordpiece = BertWordPieceTokenizer(lowercase=cfg.lowercase, clean_text=True, handle_chinese_chars=True)
+    # Long documents go in as pieces cut at spaces: the same words are counted, and the trainer never holds a
+    # whole long document's normalised text with its alignments.
+    pieces = ([piece for text in batch for piece in text_pieces(text, PIECE_CHARS)] for batch in batches)
     wordpiece.train_from_iterator(
-        batches,
+        pieces,
         vocab_size=vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=cfg.limit_alphabet,
