@@ -200,7 +200,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):  # a CLI override: parse it as YAML, e.g. [a, b]
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({problem})") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)

@@ -101,3 +101,26 @@ def test_a_tagged_section_is_built_as_the_class_its_tag_names():
         load_config(Tagged, None, ["model.theta=10"])
     with pytest.raises(ConfigError, match="config key 'model.architecture': 'big' is not one of"):
         load_config(Tagged, None, ["model.architecture=big"])
+
+
+@dataclass
+class Listed:
+    models: list[Model] = field(default_factory=list)
+
+
+# A list override that is not valid YAML ended in a 74-line traceback from the YAML parser.
+@pytest.mark.parametrize(
+    ("schema", "override", "key"),
+    [
+        (Root, "train.tags=[x, y", "train.tags"),
+        (Root, "train.tags=[x]]", "train.tags"),
+        (Root, "train.tags=[!!python/name:os.system x]", "train.tags"),
+        (Listed, "models=[{hidden_size: 8", "models"),
+        (Listed, "models=[{hidden_size: 8}, {dropout: [}]", "models"),
+    ],
+)
+def test_a_malformed_list_override_is_one_line_naming_the_key(schema, override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(schema, None, [override])
+    message = str(err.value)
+    assert f"config key '{key}'" in message and "not valid YAML" in message and "\n" not in message
