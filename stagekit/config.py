@@ -2,6 +2,8 @@
 
 Everything is checked before any heavy work starts: an unknown key, a value of the wrong type or an
 impossible value is a one-line `ConfigError` naming the dotted key (nanoGPT's configurator habit).
+A `${VAR}` in a string is expanded for the run and kept as written in every saved config
+(stagekit/variables.py, `to_dict`).
 
 Each key carries its own help and resume rule as field metadata (`key(...)`); `describe_keys` reads them
 for `--help`, `resumable_keys` for what `--resume` may change, and `python -m stagekit.config_docs` writes
@@ -22,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from stagekit.errors import ConfigError
+from stagekit.variables import as_written, expand
 
 T = TypeVar("T")
 
@@ -244,7 +247,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return os.path.expandvars(str(value))
+        return expand(str(value))
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
 
 
@@ -342,11 +345,15 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     return _build(schema, data)
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+def to_dict(config: Any, *, expanded: bool = False) -> dict[str, Any]:
+    """The config as plain data: strings as written (`${VAR}` kept: what runs save and compare), or with
+    `expanded` as the run uses them."""
+    data = dataclasses.asdict(config)
+    return data if expanded else as_written(data)
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write the config as YAML that `load_config` reads back; `${VAR}`s stay as written (`to_dict`)."""
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
 
 

@@ -123,6 +123,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
                 resumable_keys(schema),
                 renamed_keys(schema),
                 stage.implied_by_old_checkpoints,
+                expanded=to_dict(cfg, expanded=True),
             )
             stage.check_resume(checkpoint)
         report_to = trainer_report_to(

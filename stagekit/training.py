@@ -26,6 +26,7 @@ from stagekit.errors import UserError
 from stagekit.precision import run_precision, skipped_by_loss_scaler
 from stagekit.schedule import WarmupPlateauSchedule
 from stagekit.stage_config import SharedTrainConfig
+from stagekit.variables import as_written
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +276,7 @@ def training_arguments(
     t, impl = cfg.train, cfg.impl
     arguments: dict[str, Any] = {
         "output_dir": str(cfg.run_dir / "checkpoints"),
-        "run_name": cfg.wandb.run_name or cfg.run_name,
+        "run_name": as_written(cfg.wandb.run_name or cfg.run_name),  # W&B's config logs it: `${VAR}`s as written
         "max_steps": t.max_steps or -1,
         "per_device_train_batch_size": t.per_device_train_batch_size,
         "per_device_eval_batch_size": t.eval_batch_size(),

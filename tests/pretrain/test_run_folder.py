@@ -3,6 +3,7 @@ and a resumed run continuing its W&B run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -88,3 +89,32 @@ def test_a_resumed_run_continues_its_wandb_run(tiny_args, tmp_path, monkeypatch)
     main(tiny_args("train.max_steps=8", *settings, "--resume"))
     ids = offline_run_ids(tmp_path / "pretrain-debug")
     assert len(ids) == 2 and ids[0] == ids[1], ids
+
+
+# A ${VAR} in a config string was expanded before the config was saved: a secret in it was written in clear
+# into resolved_config.yaml, every checkpoint's run_config.json and the W&B config.
+def test_saved_configs_keep_variables_as_written_and_old_expanded_checkpoints_resume(tiny_args, tmp_path, monkeypatch):
+    from stagekit import tracking
+
+    monkeypatch.setenv("RUN_SECRET", "s3cr3t-0123")
+    tracked: list[dict] = []
+    monkeypatch.setattr(tracking, "start_run", lambda cfg, out, config, *args, **kwargs: tracked.append(config))
+    written = ("data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz", "wandb.run_name=bert-${RUN_SECRET}")
+    settings = (*written, "wandb.mode=offline", "train.save_steps=2", "train.eval_steps=2")
+    main(tiny_args("train.max_steps=2", *settings))
+    run = tmp_path / "pretrain-debug"
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert not [p for p in files if b"s3cr3t" in p.read_bytes()]  # configs, checkpoints, training_args.bin, model
+    record = run / "checkpoints" / "checkpoint-2" / "run_config.json"
+    for saved in (record, run / "resolved_config.yaml", run / "model" / "resolved_config.yaml"):
+        assert (
+            "${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz" in saved.read_text()
+            and "bert-${RUN_SECRET}" in saved.read_text()
+        )
+    assert tracked[0]["wandb"]["run_name"] == "bert-${RUN_SECRET}"  # the config W&B gets
+
+    # a checkpoint written before configs kept ${VAR} recorded the data file's expanded path: it still resumes
+    old = json.loads(record.read_text())
+    old["data"]["source"] = os.path.expandvars(old["data"]["source"])
+    record.write_text(json.dumps(old))
+    assert main(tiny_args("train.max_steps=4", *settings, "--resume"))["step"] == 4
