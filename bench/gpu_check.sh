@@ -35,7 +35,7 @@ if [ "$DRY" = 1 ]; then  # a CPU rehearsal: tiny models, a few steps, nothing ap
     PRE_STEPS=(train.eval_steps=10 train.save_steps=20 impl.num_threads=1)
     SIA_STEPS=(train.max_steps=6 train.eval_steps=3 train.save_steps=3 impl.num_threads=1)
     MINUTES=${PRETRAIN_MINUTES:-0.3}
-    EVALUATE_LIMIT=(--limit 64)
+    EVALUATE_LIMIT=(limit=64)
     export OMP_NUM_THREADS=1
 else
     PRE_CONFIG=configs/pretrain/bert-medium.yaml SIA_CONFIG=configs/siamese/bert-medium.yaml

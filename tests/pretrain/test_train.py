@@ -42,7 +42,7 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
     # the model. (The unigram start, train.output_bias_init=unigram, is tested in test_model.py.)
     metrics = main(
         tiny_args("train.max_steps=50", "train.logging_steps=5", "train.eval_steps=25", "train.output_bias_init=zero")
-    )
+    ).metrics
     losses = [loss for _, loss in logged(tmp_path, "loss")]
     assert losses[-1] < losses[0] - 0.5  # the loss falls over 50 steps
     assert metrics["val_loss"] < metrics["unigram_entropy"] + 0.5
@@ -82,7 +82,7 @@ def test_other_masking_is_also_scored_at_berts(tiny_args, tmp_path):
             "train.short_block_steps=2",
             "train.short_block_size=32",
         )
-    )
+    ).metrics
     assert metrics["val_loss"] != metrics["val_bert15_loss"]  # two differently masked validation sets
     assert [s for s, _ in logged(tmp_path, "eval_bert15_loss")] == [s for s, _ in logged(tmp_path, "eval_loss")]
 
@@ -182,7 +182,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 
 
 def test_time_budget_stops_evaluates_and_saves(tiny_args, tmp_path):
-    metrics = main(tiny_args("train.max_steps=500", "train.max_train_minutes=0.0001", "train.logging_steps=3"))
+    metrics = main(tiny_args("train.max_steps=500", "train.max_train_minutes=0.0001", "train.logging_steps=3")).metrics
     assert metrics["step"] == 3 and metrics["stop_reason"].startswith("time budget")
     assert [p.name for p in checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")] == ["checkpoint-3"]
     assert 3 in dict(logged(tmp_path, "eval_loss"))

@@ -34,7 +34,9 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
         "train.max_steps=7",
         "train.save_steps=7",
     )
-    model_dir = main(run_args(repo_root, tiny_bert, tmp_path, source, *one_pass))  # 56 labelled pairs = 7 steps of 8
+    model_dir = main(
+        run_args(repo_root, tiny_bert, tmp_path, source, *one_pass)
+    ).model_dir  # 56 labelled pairs = 7 steps of 8
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
 
