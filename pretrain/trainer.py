@@ -38,6 +38,11 @@ class ShortBlockWarmup(TrainerCallback):
         if model is not None:
             model.sequence_length = self.size if state.global_step < self.steps else None
 
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # A run may end inside the warm-up (max_steps, the time budget): what follows sees whole blocks.
+        if model is not None:
+            model.sequence_length = None
+
 
 class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
     """`eval_sets`: {metric infix: pre-masked validation set}; "" is the primary set (`eval_loss` drives the

@@ -87,6 +87,14 @@ def test_other_masking_is_also_scored_at_berts(tiny_args, tmp_path):
     assert [s for s, _ in logged(tmp_path, "eval_bert15_loss")] == [s for s, _ in logged(tmp_path, "eval_loss")]
 
 
+# a run that ended inside the short-block warm-up (max_steps or the time budget before short_block_steps) kept
+# the model cutting rows into short pieces: the cloze probe then failed with "index 33 is out of bounds".
+def test_a_run_that_ends_inside_the_short_block_warmup_finishes_on_full_blocks(tiny_args):
+    metrics = main(tiny_args("train.max_steps=3", "train.short_block_steps=10", "train.short_block_size=32")).metrics
+    assert metrics["step"] == 3 and metrics["cloze_items"] > 0 and 0 <= metrics["cloze_top5"] <= 1
+    assert len(metrics["attention_entropy"]) == 2
+
+
 RESUME_SETTINGS = (
     "train.eval_steps=4",
     "train.save_steps=5",
