@@ -1,5 +1,6 @@
 """A tiny, randomly initialised BERT with a WordPiece vocabulary trained on MNLI lines: the stand-in base
-model of tests and of the memory benchmark, where what is measured does not depend on the model's size."""
+model of tests and of the memory benchmark, where what is measured does not depend on the model's size.
+It lives in bench/ because bench/siamese_memory.py builds it too: tests may import bench/, a benchmark never tests/."""
 
 from __future__ import annotations
 
