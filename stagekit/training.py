@@ -141,7 +141,7 @@ class TimeCappedProgress(ProgressCallback):
     """transformers' progress bar, with the steps a time budget leaves as its total: a 3,000-step run that
     the budget ends near step 1,100 shows ~1,100 and the time left to the cap, not 3,000 and "33:00".
 
-    The total is re-estimated from this session's seconds per step (evaluation and saving included, as they
+    The total is re-estimated from this process's seconds per step (evaluation and saving included, as they
     spend the same budget), so it settles within a few logging intervals.
     """
 
