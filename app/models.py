@@ -23,7 +23,7 @@ BACKEND_ENV = "APP_BACKEND"
 # (which writes the report.json the model card reads).
 TRAIN_COMMAND = """python -m pretrain --config configs/pretrain/cpu-small.yaml
 python -m siamese --config configs/siamese/cpu-small.yaml
-python -m siamese.evaluate --model outputs/siamese-cpu-small/model --baseline
+python -m siamese.evaluate --model outputs/siamese-cpu-small/model
 # or, in seconds, a debug model: the same first two commands with configs/*/debug.yaml"""
 
 

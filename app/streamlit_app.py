@@ -64,7 +64,7 @@ def load_encoder(path: str, stamp: str, backend: str = "torch") -> NLIEncoder:
 def load_baseline_encoder() -> NLIEncoder:
     import torch
 
-    from siamese.evaluate import load_baseline
+    from siamese.baseline import load_baseline
 
     torch.set_num_threads(cpu_threads())
     return load_baseline(BASELINE_NAME)

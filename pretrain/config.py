@@ -7,7 +7,7 @@ and validated by `stagekit.config.load_config` before any data are touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
 from stagekit.sources import hub_only_setting
@@ -268,10 +268,6 @@ class TrainConfig(SharedTrainConfig):
         )
 
 
-# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
-IMPLIED_BY_OLD_CHECKPOINTS = {"train.lr_scheduler_type": "reduce_lr_on_plateau", "impl.dataloader_pin_memory": True}
-
-
 @dataclass
 class ImplConfig(SharedImplConfig):
     compile: bool = key(
@@ -297,6 +293,10 @@ class PretrainConfig(RunConfig):
         "model.architecture=bert impl.num_threads=1",
     )
     stage: ClassVar[str] = "pretrain"
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {
+        "train.lr_scheduler_type": "reduce_lr_on_plateau",
+        "impl.dataloader_pin_memory": True,
+    }
 
     def check(self) -> None:
         super().check()

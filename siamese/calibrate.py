@@ -40,9 +40,9 @@ from stagekit.sources import looks_local
 log = logging.getLogger(__name__)
 
 
-def fit_sentences(data: DataConfig, n: int, seed: int, pairs=None) -> list[str]:
+def fit_sentences(data: DataConfig, n: int, seed: int) -> list[str]:
     """Up to `n` distinct sentences (premises and hypotheses, in stream order) of the first training pairs."""
-    rows = first_pairs(data, n, seed, pairs)
+    rows = first_pairs(data, n, seed)
     seen: dict[str, None] = {}
     for premise, hypothesis in zip(rows["premise"], rows["hypothesis"], strict=True):
         seen.setdefault(premise)
@@ -59,13 +59,13 @@ def short_name(source: SourceConfig) -> str:
 
 
 def calibrate(
-    model: SentenceTransformer, cfg: PostprocessConfig, data: DataConfig, seed: int, pairs=None, batch_size: int = 64
+    model: SentenceTransformer, cfg: PostprocessConfig, data: DataConfig, seed: int, batch_size: int = 64
 ) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
     """Fit and attach the post-processing `cfg` asks for; see `siamese.postprocess.fit_postprocessing`.
 
     Raises DataError (one line) when the training or selection data cannot be read.
     """
-    texts = fit_sentences(data, cfg.fit_sentences, seed, pairs)
+    texts = fit_sentences(data, cfg.fit_sentences, seed)
     source = "training sentences of " + ", ".join(short_name(s) for s in data.train_sources)
     selection, name = None, None
     if cfg.method == "auto":

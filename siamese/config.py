@@ -9,7 +9,7 @@ change results), `wandb` (tracking).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
 from stagekit.sources import hub_only_setting
@@ -168,14 +168,6 @@ class ImplConfig(SharedImplConfig):
     )
 
 
-# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
-IMPLIED_BY_OLD_CHECKPOINTS = {
-    "train.adam_epsilon": 1.0e-8,
-    "train.plateau_threshold": 1.0e-3,
-    "train.min_lr": 0.0,
-}
-
-
 def _default_selection_source() -> SourceConfig:
     return SourceConfig(path="sentence-transformers/stsb", config_name=None, split="validation")
 
@@ -226,6 +218,11 @@ class SiameseConfig(RunConfig):
         "--resume train.max_steps=3000",
     )
     stage: ClassVar[str] = "siamese"
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {
+        "train.adam_epsilon": 1.0e-8,
+        "train.plateau_threshold": 1.0e-3,
+        "train.min_lr": 0.0,
+    }
 
     def check(self) -> None:
         super().check()
@@ -245,3 +242,44 @@ class SiameseConfig(RunConfig):
                 f"train.{name}",
                 "loss.name=mnrl trains no NLI head: leave it unset, or use loss.name=softmax or both",
             )
+
+
+@dataclass
+class EvalConfig:
+    """`python -m siamese.evaluate --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
+    encoders are scored, on which sets, and where the report goes. An evaluation set left null is the shared
+    local copy under ${BERT_DATA_DIR} when it is there, else the Hub dataset it was taken from."""
+
+    baseline: str | None = key(
+        "all-MiniLM-L6-v2",
+        "an encoder scored beside the model: a SentenceTransformer folder or Hub id (all-MiniLM-L6-v2 loads from "
+        "its offline copy); null: none",
+    )
+    base_stsb: bool = key(
+        True, "also score the base model fine-tuning started from (run_info.json's base_model) on STS-B test"
+    )
+    backend: Literal["torch", "onnx", "onnx-int8"] = key(
+        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8"
+    )
+    out: str | None = key(None, "the folder report.json, report.md and the plots go to; null: the model folder")
+    limit: int | None = key(None, "score only the first N pairs of each set (quick looks, tests); null: all")
+    mnli_matched: str | None = key(
+        None, "MNLI dev matched: a file or Hub id; null: mnli/validation_matched.jsonl.gz, else nyu-mll/glue"
+    )
+    mnli_mismatched: str | None = key(
+        None, "MNLI dev mismatched: a file or Hub id; null: mnli/validation_mismatched.jsonl.gz, else nyu-mll/glue"
+    )
+    stsb: str | None = key(
+        None, "STS-B test: a file or Hub id; null: stsb/test.jsonl.gz, else sentence-transformers/stsb"
+    )
+    stsb_scale: float | None = key(
+        None, "the largest score the STS-B source holds; null: 1.0 for sentence-transformers/stsb, else 5.0 (STS-B's)"
+    )
+
+    examples: ClassVar[tuple[str, ...]] = ("limit=500", "baseline=null backend=onnx-int8", "out=reports/cpu-small")
+    stage: ClassVar[str] = "eval"
+
+    def check(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
+        require(self.stsb_scale is None or self.stsb_scale > 0, "stsb_scale", "must be > 0 or null")
+        require(self.baseline is None or bool(self.baseline.strip()), "baseline", "must name an encoder or be null")

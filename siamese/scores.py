@@ -97,7 +97,7 @@ def read_stsb(
             if not 0.0 <= float(score) <= score_scale:
                 raise DataError(
                     f"{source.path}: row {row_number}: score {score} is outside 0-{score_scale:g}, the scale declared "
-                    "for this source; pass --stsb-scale with the scale of its scores"
+                    "for this source; set stsb_scale= to the scale of its scores"
                 )
             s1.append(a)
             s2.append(b)

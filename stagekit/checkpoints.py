@@ -153,15 +153,13 @@ def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def check_world_size(
-    checkpoint: str | Path, world_size: int, remedy: str = "resume it on {n} (torchrun --nproc_per_node={n})"
-) -> None:
+def check_world_size(checkpoint: str | Path, world_size: int) -> None:
     """Refuse to resume `checkpoint` on another number of processes, in one line naming both counts.
 
     The data position a checkpoint keeps is a count of steps, and a step holds N processes' batches: on M
     processes the resumed run would skip or repeat data, and every "tokens seen" / "pairs seen" counter
     (steps × the current world size) would be wrong. Checkpoints from before the count was recorded pass
-    with a warning. `remedy` says what to do instead, {n} standing for the checkpoint's count.
+    with a warning.
     """
     trained_on = read_run_config(checkpoint).get(WORLD_SIZE)
     if trained_on is None:
@@ -171,7 +169,8 @@ def check_world_size(
         raise UserError(
             f"checkpoint {checkpoint} was trained on {trained_on} process(es) but this run has {world_size}: a resume "
             "must keep the number of processes (the data position and the counters depend on it); "
-            f"{remedy.format(n=trained_on)}, or start a new run (another run_name=)"
+            f"resume it on {trained_on} (torchrun --nproc_per_node={trained_on}, or python -m pipeline --nproc "
+            f"{trained_on}), or start a new run (another run_name=)"
         )
 
 

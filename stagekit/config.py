@@ -362,6 +362,8 @@ class RunConfig:
     """What every stage's config starts with: where its run folder lives."""
 
     renamed: ClassVar[dict[str, str]] = {}
+    # {dotted key: value} a checkpoint written before the key existed was trained with (`check_resume_settings`)
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}
     run_name: str = key("run", "the run's folder name under output_dir (checkpoints, model, logs)")
     output_dir: str = key("outputs", "the folder the run folder <output_dir>/<run_name>/ lives in", resumable=True)
 

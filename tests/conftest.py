@@ -40,7 +40,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    from bench.tiny_bert import make_tiny_bert
+    from tests.tiny_bert import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-distributed"), data_dir)
 

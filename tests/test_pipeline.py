@@ -19,7 +19,7 @@ def pipeline_argv(repo_root, tmp_path) -> list[str]:
         "--pretrain-config", str(repo_root / "configs" / "pretrain" / "debug.yaml"),
         "--siamese-config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
         "--output-dir", str(tmp_path / "outputs"),
-        "--no-app", "--no-baseline", "--eval-limit", "12",
+        "--no-app", "eval.baseline=null", "eval.limit=12",
     ]  # fmt: skip
 
 
@@ -38,9 +38,9 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, 
     assert report["mnli_validation_matched"]["n"] == 12 and 0.0 <= report["mnli_validation_matched"]["accuracy"] <= 1.0
 
     stamp = (pretrained / "model.safetensors").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO):
         main(argv)
-    assert "1/3 pretraining" in caplog.text and "skipped" in caplog.text
+    assert "1/3 pretraining" in caplog.text and "is finished (step 30, max_steps); nothing to train" in caplog.text
     assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -122,7 +122,7 @@ def test_a_second_pipeline_in_the_same_folders_is_refused(tmp_path, data_dir, re
             timeout=120,
         )
         err = second.stderr.strip().splitlines()[-1]
-        assert second.returncode == 2 and "in use by another pipeline" in err and f"pid {first.pid}" in err, err
+        assert second.returncode == 2 and "in use by another run" in err and f"pid {first.pid}" in err, err
         assert first.poll() is None
     finally:
         kill(first)

@@ -41,7 +41,7 @@ def test_pretraining_on_a_folder_of_two_corpora_reads_every_document_of_both(dat
         f"data.source={corpora}", "data.max_documents=null", f"data.cache_dir={tmp_path / 'cache'}",
         f"output_dir={tmp_path / 'out'}", "train.max_steps=4", "train.eval_steps=4", "train.save_steps=4",
     ]  # fmt: skip
-    metrics = main(argv)
+    metrics = main(argv).metrics
     assert metrics["documents_read"] == 156 and metrics["step"] == 4
     assert metrics["train_documents"] + metrics["validation_documents"] + metrics["documents_dropped"] == 156
 

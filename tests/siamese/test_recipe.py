@@ -56,7 +56,7 @@ def test_fine_tuning_teaches_the_head_without_damaging_the_frozen_ranking(repo_r
         "data.eval_pairs=0", "train.select_best=false",  # 8 steps: no checkpoints to choose from
         "data.shuffle_buffer=1000", "impl.num_threads=1", "wandb.mode=disabled",
         "train.head_init_pairs=512", "train.head_learning_rate=1.0e-3",  # the recipe under test
-    ])  # fmt: skip
+    ]).model_dir  # fmt: skip
 
     tuned = NLIEncoder.load(model_dir, device="cpu")
     prediction = tuned.predict(held_out["premise"], held_out["hypothesis"])

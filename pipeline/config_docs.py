@@ -1,7 +1,7 @@
-"""`python -m stagekit.config_docs [--check]`: write docs/configuration.md from the config schemas.
+"""`python -m pipeline.config_docs [--check]`: write docs/configuration.md from the config schemas.
 
 Every key's type, default, help and resume rule come from the fields themselves (stagekit/config.py `key`), the
-same text `--help` prints; `--check` exits 1 when the file is out of step (tests/stagekit/test_config_docs.py).
+same text `--help` prints; `--check` exits 1 when the file is out of step (tests/stagekit/test_documented_commands.py).
 """
 
 from __future__ import annotations
@@ -10,16 +10,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pretrain.config import PretrainConfig
+from siamese.config import EvalConfig, SiameseConfig
 from stagekit.config import REPO_ROOT, describe_keys, format_default
 
 TARGET = REPO_ROOT / "docs" / "configuration.md"
 
 INTRO = """# Configuration
 
-Written by `python -m stagekit.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
-the keys both share in `stagekit/stage_config.py`); `python -m pretrain --help` and `python -m siamese --help`
-print the same list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be
-overridden on the command line as `section.key=value`, and every key is checked before any work starts.
+Written by `python -m pipeline.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
+the keys both share in `stagekit/stage_config.py`); `python -m pretrain --help`, `python -m siamese --help` and
+`python -m siamese.evaluate --help` print the same list. A config is a YAML file of these keys
+(`configs/<stage>/*.yaml`); any key can be overridden on the command line as `section.key=value` (in
+`python -m pipeline`, prefixed by `pretrain.`, `siamese.` or `eval.`), and every key is checked before any work
+starts.
 
 **Resumable** keys may change when a run continues with `--resume` (applied from the resumed step on); a
 change to any other key is refused in one line, because the checkpoint's weights, optimizer state or data
@@ -27,42 +31,43 @@ position depend on it. The `train` keys both stages share carry `transformers.Tr
 """
 
 
-def stage_table(title: str, command: str, schema: type) -> str:
+def stage_table(title: str, command: str, schema: type, resumable: bool = True) -> str:
     rows = [
         f"## {title} (`{command}`)",
         "",
-        "| key | type | default | resumable | what it does |",
-        "|---|---|---|---|---|",
+        "| key | type | default | resumable | what it does |"
+        if resumable
+        else "| key | type | default | what it does |",
+        "|---|---|---|---|---|" if resumable else "|---|---|---|---|",
     ]
     for info in describe_keys(schema):
         default = format_default(info.default).replace("|", "\\|")
         kind = info.type.replace("|", "\\|")
         help_text = info.help.replace("|", "\\|")
-        rows.append(f"| `{info.dotted}` | {kind} | `{default}` | {'yes' if info.resumable else ''} | {help_text} |")
+        resume = f" {'yes' if info.resumable else ''} |" if resumable else ""
+        rows.append(f"| `{info.dotted}` | {kind} | `{default}` |{resume} {help_text} |")
     return "\n".join(rows)
 
 
 def render() -> str:
-    from pretrain.config import PretrainConfig
-    from siamese.config import SiameseConfig
-
     parts = [
         INTRO,
         stage_table("Pretraining", "python -m pretrain", PretrainConfig),
         stage_table("Siamese fine-tuning", "python -m siamese", SiameseConfig),
+        stage_table("Evaluation", "python -m siamese.evaluate --model DIR", EvalConfig, resumable=False),
     ]
     return "\n\n".join(parts) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stagekit.config_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config_docs", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is out of step")
     args = parser.parse_args(argv)
     text = render()
     if args.check:
         if not TARGET.is_file() or TARGET.read_text(encoding="utf-8") != text:
             print(
-                f"{TARGET} is out of step with the config classes: run python -m stagekit.config_docs", file=sys.stderr
+                f"{TARGET} is out of step with the config classes: run python -m pipeline.config_docs", file=sys.stderr
             )
             return 1
         return 0
