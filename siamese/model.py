@@ -27,7 +27,6 @@ from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
 from stagekit.sources import hub_reachable
-from stagekit.variables import as_written
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +269,7 @@ def head_parameter_pattern(loss: torch.nn.Module) -> str | None:
 def base_model_info(base_model: str) -> dict:
     """Where the base model came from, with the pretraining run's resolved config if it sits beside it."""
     path = Path(resolve_base(base_model)).expanduser()
-    info: dict = {"base_model": str(path.resolve()) if path.exists() else as_written(base_model)}
+    info: dict = {"base_model": str(path.resolve()) if path.exists() else base_model}
     for candidate in (path / "resolved_config.yaml", path.parent / "resolved_config.yaml"):
         if candidate.is_file():
             info["pretrain_resolved_config"] = candidate.read_text(encoding="utf-8")
