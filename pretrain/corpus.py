@@ -1,9 +1,10 @@
 """Raw documents in, clean documents out: read a Hub or local source in bounded batches, clean, split.
 
-Nothing here holds more than one batch of documents. The source is streamed (or, with
-data.streaming=false, read from datasets' memory-mapped Arrow cache of it) and cut into chunks that
-`pretrain.packing` cleans and tokenizes in worker processes. The train/validation split is a seeded
-hash of each cleaned document, so it needs no shuffle of the whole corpus and no document positions.
+Nothing here holds more than one batch of documents. The source is streamed (local JSON Lines line by
+line; anything else through datasets, or with data.streaming=false from datasets' memory-mapped Arrow cache
+of it) and cut into chunks that `pretrain.packing` cleans and tokenizes in worker processes, a document
+longer than PIECE_CHARS in pieces. The train/validation split is a seeded hash of each cleaned document,
+so it needs no shuffle of the whole corpus and no document positions.
 """
 
 from __future__ import annotations
