@@ -176,8 +176,15 @@ def test_speed_only_settings_give_the_same_files(tiny_config, tmp_path, pinned_t
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # the Arrow copy goes here
-    first = tiny_config("data.num_proc=1", f"data.cache_dir={tmp_path}/a")
-    second = tiny_config(*speed_only, f"data.cache_dir={tmp_path}/b")
+    # Local JSON Lines are read line by line either way: a Parquet copy goes through datasets' stream and Arrow cache.
+    parquet = tmp_path / "docs.parquet"
+    texts = first_documents(tiny_config().data.source, 300)
+    datasets.Dataset.from_dict({"text": texts}).to_parquet(str(parquet))
+    source = (
+        f"data.source={parquet}" if "data.streaming=false" in speed_only else f"data.source={tiny_config().data.source}"
+    )
+    first = tiny_config(source, "data.num_proc=1", f"data.cache_dir={tmp_path}/a")
+    second = tiny_config(source, *speed_only, f"data.cache_dir={tmp_path}/b")
     prepare_data(first), prepare_data(second)
     assert cache_key(first) == cache_key(second)
     assert cache_files(first) == cache_files(second)
