@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.blocks import prepare_data
 from pretrain.config import DataConfig
 from pretrain.corpus import raw_batches
 from pretrain.train import main
@@ -60,3 +61,20 @@ def test_columns_changing_type_or_appearing_after_the_first_10mb_are_read_line_b
     write_jsonl(path, filler + [{"id": 1, "text": 12345}])
     with pytest.raises(DataError, match=r"wiki.jsonl: line 10001: column 'text' holds int, not text"):
         list(raw_batches(DataConfig(source=str(path), max_documents=None), 64))
+
+
+# A corpus of many scripts (Wikipedia's) gave a WordPiece vocabulary larger than model.vocab_size (its alphabet,
+# each letter also as a ##piece, does not shrink to fit), and packing failed with a numpy broadcast traceback.
+def test_a_vocabulary_larger_than_the_model_is_refused_in_one_line(tiny_config, tmp_path):
+    ranges = [(0x1200, 0x137C), (0x10D0, 0x10FA), (0x0561, 0x0586), (0x0430, 0x044F)]  # Ethiopic, Georgian, ...
+    letters = [chr(c) for a, b in ranges for c in range(a, b + 1) if chr(c).isalpha()]
+    words = ["".join(letters[(i * 7 + j) % len(letters)] for j in range(5)) for i in range(len(letters))]
+    docs = [{"text": " ".join(words[i : i + 40] + words[: 40 - len(words[i : i + 40])])} for i in range(len(words))]
+    source = write_jsonl(tmp_path / "scripts.jsonl.gz", docs)
+    cache = tmp_path / "cache"
+    cfg = tiny_config(
+        f"data.source={source}", "data.max_documents=null", f"data.cache_dir={cache}", "model.vocab_size=128"
+    )
+    with pytest.raises(DataError, match=r"tokens, more than model.vocab_size=128.*tokenizer.limit_alphabet") as err:
+        prepare_data(cfg)
+    assert "\n" not in str(err.value) and not list(cache.glob(".tmp-*"))
