@@ -86,15 +86,15 @@ def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
     other columns (the Wikipedia stand-in has id and title, IMDB only text). Raises DataError (one line)
     for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
     """
-    files = local_files(cfg.source)
+    files = local_files(cfg.source.path)
     remaining = cfg.max_documents
-    for name in files if len(files) > 1 else [cfg.source]:
+    for name in files if len(files) > 1 else [cfg.source.path]:
         with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
             source = load_source(
                 name,
-                split=cfg.split,
-                config_name=cfg.config_name,
-                revision=cfg.revision,
+                split=cfg.source.split,
+                config_name=cfg.source.config_name,
+                revision=cfg.source.revision,
                 streaming=cfg.streaming,
                 local_hint=LOCAL_CORPUS_HINT,
             )
@@ -158,9 +158,9 @@ def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
         if taken == limit:
             return
     if read == 0:
-        raise DataError(f"{cfg.source}: no documents found")
+        raise DataError(f"{cfg.source.path}: no documents found")
     if taken == 0:
         raise DataError(
-            f"{cfg.source}: none of the {read} documents gives a training document of at least "
+            f"{cfg.source.path}: none of the {read} documents gives a training document of at least "
             f"data.min_chars={cfg.min_chars} characters after cleaning"
         )

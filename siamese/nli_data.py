@@ -18,10 +18,10 @@ from typing import Any
 import datasets
 from datasets import Features, IterableDataset, Json, Value
 
-from siamese.config import DataConfig, SourceConfig
+from siamese.config import DataConfig
 from siamese.labels import LABELS
 from stagekit.errors import DataError
-from stagekit.sources import json_value, load_source, reading
+from stagekit.sources import SourceConfig, json_value, load_source, reading
 from stagekit.text import has_visible_content
 
 log = logging.getLogger(__name__)
