@@ -1,18 +1,13 @@
 """`python -m pipeline [pretrain.KEY=VALUE ...] [siamese.KEY=VALUE ...] [eval.KEY=VALUE ...]`: pretrain → fine-tune
-on MNLI → evaluate → the app on the new model.
-
-The configs are built and checked before any work; each stage runs through `stagekit.stage.run_stage` with resume
-on (a finished stage is left as it is, an interrupted one continues), the siamese stage fine-tuning the model the
-pretraining stage wrote. `--nproc N` runs it all under `torchrun --standalone`; under a launcher of its own
-(several machines: docs/several-machines.md) it trains in the launched processes and global rank 0 evaluates.
+on MNLI → evaluate → the app. Each stage runs through `stagekit.stage.run_stage` with resume on (a finished stage is
+left as it is, an interrupted one continues); `--nproc N` runs it all under `torchrun --standalone`, and under a
+launcher of its own (docs/several-machines.md) global rank 0 evaluates.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,12 +68,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
     for run_dir in (pretrain_cfg.run_dir, siamese_cfg.run_dir):  # now, not when the second stage starts
         require_writable(run_dir, "set --output-dir (or output_dir in the configs) to a writable folder")
     model_dir, is_main = siamese_cfg.run_dir / "model", True
-    if args.nproc > 1:  # the last --nproc wins: each launched process runs the stages; gloo wants loopback here
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}"]
-        done = subprocess.run([*command, "-m", "pipeline", *argv, "--nproc=1", "--no-app"],
-                              env={"GLOO_SOCKET_IFNAME": "lo", **os.environ}, check=False)  # fmt: skip
-        if done.returncode != 0:
-            raise UserError(f"the pipeline on {args.nproc} processes failed (exit status {done.returncode})")
+    if args.nproc > 1:  # each launched process runs the stages itself (--nproc left out: torchrun would read it)
+        inner = [w for i, w in enumerate(argv) if not w.startswith("--nproc") and argv[i - 1 : i] != ["--nproc"]]
+        elastic.run_under_torchrun("pipeline", [*inner, "--no-app"], args.nproc)
     else:
         log.info("1/3 pretraining → %s", pretrain_cfg.run_dir / "model")
         run_stage(PretrainStage(pretrain_cfg), resume=True)
@@ -87,7 +79,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
         if is_main:  # global rank 0 alone evaluates and starts the app
             log.info("3/3 evaluation of %s", model_dir)
             evaluate(model_dir, eval_cfg)
-            print(f"report: {model_dir / 'report.md'}")
     if is_main and not args.no_app:
         from app.launch import launch  # streamlit loads only when the app starts
 

@@ -156,9 +156,9 @@ def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
     read line by line (`json_lines_texts`), so their other columns never matter. Raises DataError (one
     line) for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
     """
-    files = local_files(cfg.source)
+    files = local_files(cfg.source.path)
     remaining = cfg.max_documents
-    for name in files if files else [cfg.source]:
+    for name in files if files else [cfg.source.path]:
         for texts in _texts_of(cfg, name, batch_size):
             if remaining is not None:
                 texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
@@ -175,9 +175,9 @@ def _texts_of(cfg: DataConfig, name: str, batch_size: int) -> Iterator[list[str 
     with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
         source = load_source(
             name,
-            split=cfg.split,
-            config_name=cfg.config_name,
-            revision=cfg.revision,
+            split=cfg.source.split,
+            config_name=cfg.source.config_name,
+            revision=cfg.source.revision,
             streaming=cfg.streaming,
             local_hint=LOCAL_CORPUS_HINT,
         )
@@ -281,9 +281,9 @@ def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
         if taken == limit:
             return
     if read == 0:
-        raise DataError(f"{cfg.source}: no documents found")
+        raise DataError(f"{cfg.source.path}: no documents found")
     if taken == 0:
         raise DataError(
-            f"{cfg.source}: none of the {read} documents gives a training document of at least "
+            f"{cfg.source.path}: none of the {read} documents gives a training document of at least "
             f"data.min_chars={cfg.min_chars} characters after cleaning"
         )

@@ -167,7 +167,7 @@ class PretrainStage(Stage):
 
         save_model_files(folder, trainer.model, self.packed.tokenizer)
         plot_curves(trainer.state.log_history, self.cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
-        return {"corpus": self.cfg.data.source, "packed_data": self.packed.stats["cache_key"]}
+        return {"corpus": self.cfg.data.source.path, "packed_data": self.packed.stats["cache_key"]}
 
     @property
     def packed(self) -> PackedData:

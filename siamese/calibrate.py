@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
+from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig
 from siamese.encoder import NLIEncoder
 from siamese.model import build_model, resolve_base
 from siamese.nli_data import first_pairs, source_name
@@ -35,7 +35,7 @@ from stagekit.atomic import atomic_dir, require_writable
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import UserError
-from stagekit.sources import looks_local
+from stagekit.sources import SourceConfig, looks_local
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
-from stagekit.sources import hub_only_setting
+from stagekit.sources import SourceConfig
 from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
 from stagekit.tracking import WandbConfig
 
@@ -40,33 +40,12 @@ class ModelConfig:
             require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
 
 
-@dataclass
-class SourceConfig:
-    """One NLI source: a local file/glob/dir, or a Hub dataset id with its config and split."""
-
-    path: str = key(
-        "nyu-mll/glue", "a local .jsonl / .jsonl.gz / .parquet / .csv file, glob or folder, or a Hub dataset id"
-    )
-    config_name: str | None = key("mnli", "Hub datasets only: the configuration (null for a local file)")
-    split: str = key("train", "the split to read")
-    revision: str | None = key(None, "Hub datasets only: the git revision")
-    weight: float = key(1.0, "relative share when several training sources are interleaved (ignored for evaluation)")
-
-    def check(self) -> None:
-        require(bool(self.path.strip()), "path", "must name a file or Hub dataset")
-        require(self.weight > 0, "weight", "must be > 0")
-        ignored = hub_only_setting(self.path, config_name=self.config_name, revision=self.revision)
-        if ignored is not None:  # config_name defaults to the Hub's "mnli": a local file must say null
-            value = getattr(self, ignored)
-            require(False, ignored, f"{value!r} is for Hub datasets, and {self.path} is local: set {ignored}: null")
-
-
 def _default_train_sources() -> list[SourceConfig]:
-    return [SourceConfig()]
+    return [SourceConfig(path="nyu-mll/glue", config_name="mnli")]
 
 
 def _default_eval_sources() -> list[SourceConfig]:
-    return [SourceConfig(split="validation_matched")]
+    return [SourceConfig(path="nyu-mll/glue", config_name="mnli", split="validation_matched")]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from siamese.baseline import load_baseline
-from siamese.config import EvalConfig, ImplConfig, ModelConfig, SourceConfig
+from siamese.config import EvalConfig, ImplConfig, ModelConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model
 from siamese.nli_data import read_pairs
@@ -41,7 +41,7 @@ from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, st
 from stagekit.atomic import require_writable
 from stagekit.cli import config_parser, parse_config, run_cli
 from stagekit.errors import ConfigError, DataError, UserError
-from stagekit.sources import local_files, looks_local, require_hub
+from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")

@@ -18,11 +18,11 @@ from typing import Any
 import datasets
 from datasets import Features, IterableDataset, Json, Value
 
-from siamese.config import DataConfig, SourceConfig
+from siamese.config import DataConfig
 from siamese.labels import LABELS
 from siamese.row_counts import RowCounts
 from stagekit.errors import DataError
-from stagekit.sources import json_value, load_source, local_files, reading
+from stagekit.sources import SourceConfig, json_value, load_source, local_files, reading
 from stagekit.text import has_visible_content
 
 log = logging.getLogger(__name__)

@@ -11,11 +11,10 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix
 
-from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.postprocess import cosine_rows, random_pair_cosines
 from stagekit.errors import DataError
-from stagekit.sources import load_source, reading
+from stagekit.sources import SourceConfig, load_source, reading
 from stagekit.text import has_visible_content
 
 HUB_STSB = "sentence-transformers/stsb"

@@ -213,6 +213,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (item_tp, *_) = get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and getattr(tp, "shorthand", None):  # a plain string sets that one key
+            value = {tp.shorthand: value}
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of settings, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
@@ -282,7 +284,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key in data:
         if key in removed:
             raise ConfigError(f"config key '{prefix}{key}' {removed[key]}")
-        if key in renamed:
+        if key in renamed and key not in names:  # a key that became a section's keeps its name
             raise ConfigError(
                 f"config key '{prefix}{key}' is now called '{prefix}{renamed[key]}' (one name for it in both stages): "
                 "rename it in your config or override"
@@ -309,7 +311,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"config key '{dotted}': '{part}' is a value, not a section")
+            raise ConfigError(
+                f"config key '{dotted}': '{part}' is given as a plain value; write it as a section to set one of its "
+                f"keys, e.g. {part}: {{path: {child}, ...}}"
+            )
         node = child
     node[leaf] = value
 

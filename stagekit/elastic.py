@@ -157,3 +157,16 @@ def launched() -> bool:
     """True in a process that torchrun / accelerate launch started as one of several (WORLD_SIZE > 1): then
     `python -m pipeline` runs its stages in these processes instead of starting torchrun itself."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
+
+
+def run_under_torchrun(module: str, argv: list[str], nproc: int) -> None:
+    """`python -m module argv` on `nproc` processes of this machine under `torchrun --standalone`, waited for.
+    Raises UserError (one line) when it fails; each rank has printed its own error above."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    # gloo, which CPU processes use, can hang at shutdown on hosts whose default interface is not loopback.
+    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ}
+    done = subprocess.run([*command, "-m", module, *argv], env=env, check=False)
+    if done.returncode != 0:
+        raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")

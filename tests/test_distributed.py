@@ -206,3 +206,24 @@ def test_a_busy_run_folder_stops_every_rank_of_a_two_process_run(pretraining, tm
         assert first.poll() is None
     finally:
         kill(first)
+
+
+# `python -m pipeline --nproc 2` starts torchrun once for the whole pipeline: both stages on two processes, one
+# evaluation, one model folder per stage.
+def test_the_pipeline_on_two_processes_trains_both_stages_once_and_evaluates_once(tmp_path):
+    out, configs = tmp_path / "outputs", REPO_ROOT / "configs"
+    argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--nproc", "2", "--no-app",
+            "eval.baseline=null", "eval.limit=12", f"pretrain.data.cache_dir={tmp_path / 'cache'}",
+            "pretrain.impl.num_threads=1", "siamese.impl.num_threads=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    logged = done.stdout + done.stderr
+    assert done.returncode == 0, logged[-3000:]
+    for run in ("pretrain-debug", "siamese-debug"):
+        assert json.loads((out / run / "model" / "metrics.json").read_text())["processes"] == 2
+    assert (
+        json.loads((out / "siamese-debug" / "model" / "report.json").read_text())["mnli_validation_matched"]["n"] == 12
+    )
+    assert logged.count("3/3 evaluation") == 1  # global rank 0 alone

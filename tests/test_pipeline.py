@@ -149,3 +149,24 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_stage(
     assert run_cli(main, argv) == 2
     assert "not writable (read-only file system)" in capsys.readouterr().err
     assert not (tmp_path / ".cache").exists()  # no stage started: the pretraining cache was never built
+
+
+def test_overrides_go_to_the_stage_they_name(tmp_path, repo_root):
+    from pipeline.__main__ import build_configs, parse_args
+
+    args = parse_args(["--output-dir", str(tmp_path), "pretrain.train.max_steps=7", "siamese.train.max_steps=9",
+                       "eval.limit=5", "--pretrain-config", str(repo_root / "configs/pretrain/debug.yaml")])  # fmt: skip
+    pretrain, siamese, evaluation = build_configs(args)
+    assert (pretrain.train.max_steps, siamese.train.max_steps, evaluation.limit) == (7, 9, 5)
+    assert siamese.model.base_model == str(tmp_path / "pretrain-debug" / "model")  # the pretraining output
+
+
+@pytest.mark.parametrize("override", ["train.max_steps=7", "finetune.train.max_steps=7",
+                                      "siamese.model.base_model=other"])  # fmt: skip
+def test_an_override_of_no_section_or_of_the_base_model_is_refused_in_one_line(override, tmp_path):
+    from pipeline.__main__ import build_configs, parse_args
+    from stagekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use pretrain.KEY=") as err:
+        build_configs(parse_args(["--output-dir", str(tmp_path), override]))
+    assert override in str(err.value) and "\n" not in str(err.value)

@@ -100,7 +100,7 @@ if [ -n "${MISSION_SECONDS:-}" ]; then
 fi
 PRE=$CHECK/mission-pretrain
 step pretrain "$(awk "BEGIN {print int($MINUTES * 60 + 150)}")" python3 -m pretrain --config "$PRE_CONFIG" \
-    output_dir="$CHECK" run_name=mission-pretrain data.source="$CORPUS" data.revision=null \
+    output_dir="$CHECK" run_name=mission-pretrain data.source="$CORPUS" \
     train.max_train_minutes="$MINUTES" "${PRE_STEPS[@]}" ${PRETRAIN_OVERRIDES:-}
 step fill-mask 60 python3 -m pretrain.fill_mask --model "$PRE/model" \
     "the movie was [MASK] and i loved every minute of it." \
@@ -114,9 +114,8 @@ step fill-mask 60 python3 -m pretrain.fill_mask --model "$PRE/model" \
 SIA=$CHECK/mission-siamese
 step siamese "$(awk "BEGIN {print int($SIAMESE_MINUTES * 60 + 180)}")" python3 -m siamese --config "$SIA_CONFIG" \
     output_dir="$CHECK" run_name=mission-siamese model.base_model="$PRE/model" \
-    "data.train_sources=[{path: $DATA/mnli/train.jsonl.gz, config_name: null}]" \
-    "data.eval_sources=[{path: $DATA/mnli/validation_matched.jsonl.gz, config_name: null}]" \
-    postprocess.selection_source.path="$DATA/stsb/validation.jsonl.gz" postprocess.selection_source.config_name=null \
+    "data.train_sources=[$DATA/mnli/train.jsonl.gz]" "data.eval_sources=[$DATA/mnli/validation_matched.jsonl.gz]" \
+    postprocess.selection_source="$DATA/stsb/validation.jsonl.gz" \
     train.max_train_minutes="$SIAMESE_MINUTES" "${SIA_STEPS[@]}" ${SIAMESE_OVERRIDES:-}
 step evaluate 120 python3 -m siamese.evaluate --model "$SIA/model" "${EVALUATE_LIMIT[@]}" ${EVALUATE_ARGS:-}
 echo "== the check took $((SECONDS - START)) s" | tee -a "$CHECK/steps.txt"

@@ -14,6 +14,7 @@ from pretrain.config import DataConfig
 from pretrain.corpus import raw_batches
 from pretrain.train import main
 from stagekit.errors import DataError
+from stagekit.sources import SourceConfig
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -55,12 +56,16 @@ def test_columns_changing_type_or_appearing_after_the_first_10mb_are_read_line_b
     late = [{"id": "10000a", "text": "an id as text"}, {"text": "no id", "meta": {"lang": "en"}}, {"id": 3}]
     path = write_jsonl(tmp_path / "wiki.jsonl", filler + late)
     assert path.stat().st_size > 10 << 20
-    texts = list(itertools.chain.from_iterable(raw_batches(DataConfig(source=str(path), max_documents=None), 64)))
+    texts = list(
+        itertools.chain.from_iterable(
+            raw_batches(DataConfig(source=SourceConfig(path=str(path)), max_documents=None), 64)
+        )
+    )
     assert len(texts) == 10_003 and texts[-3:] == ["an id as text", "no id", None]
 
     write_jsonl(path, filler + [{"id": 1, "text": 12345}])
     with pytest.raises(DataError, match=r"wiki.jsonl: line 10001: column 'text' holds int, not text"):
-        list(raw_batches(DataConfig(source=str(path), max_documents=None), 64))
+        list(raw_batches(DataConfig(source=SourceConfig(path=str(path)), max_documents=None), 64))
 
 
 # A corpus of many scripts (Wikipedia's) gave a WordPiece vocabulary larger than model.vocab_size (its alphabet,

@@ -171,6 +171,6 @@ def test_saved_configs_keep_variables_as_written_and_old_expanded_checkpoints_re
 
     # a checkpoint written before configs kept ${VAR} recorded the data file's expanded path: it still resumes
     old = json.loads(record.read_text())
-    old["data"]["source"] = os.path.expandvars(old["data"]["source"])
+    old["data"]["source"]["path"] = os.path.expandvars(old["data"]["source"]["path"])
     record.write_text(json.dumps(old))
     assert main(tiny_args("train.max_steps=4", *settings, "--resume")).metrics["step"] == 4

@@ -11,13 +11,14 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
+from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import NLIEncoder, save_head
 from siamese.evaluate import eval_source, main
 from siamese.model import build_loss, build_model
 from siamese.report import stsb_drop_warning
 from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 from stagekit.errors import DataError, UserError
+from stagekit.sources import SourceConfig
 
 
 def test_accuracy_and_confusion_matrix_on_hand_made_labels():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from datasets import IterableDataset
 
-from siamese.config import DataConfig, SourceConfig
+from siamese.config import DataConfig
 from siamese.nli_data import (
     RowCounts,
     _LengthBuckets,
@@ -22,6 +22,7 @@ from siamese.nli_data import (
     train_stream,
 )
 from stagekit.errors import DataError
+from stagekit.sources import SourceConfig
 
 
 def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:

@@ -27,7 +27,7 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
         for i in range(64)
     ]  # fmt: skip
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    source = f"data.train_sources=[{{path: {path}, config_name: null}}]"
+    source = f"data.train_sources=[{{path: {path}}}]"
     one_pass = (
         "data.max_train_pairs=null",
         "train.per_device_train_batch_size=8",
@@ -89,7 +89,7 @@ def test_dataloader_workers_do_not_change_the_training_pairs(repo_root, tiny_ber
         (folder / f"part-{i}.jsonl").write_text("".join(lines[i::files]), encoding="utf-8")
     overrides = [
         f"model.base_model={tiny_bert}", f"output_dir={tmp_path}", "model.max_seq_length=32", "data.eval_pairs=0",
-        f"data.train_sources=[{{path: {folder}, config_name: null}}]", "data.shuffle_buffer=64",
+        f"data.train_sources=[{{path: {folder}}}]", "data.shuffle_buffer=64",
         "data.max_train_pairs=null",
     ]  # fmt: skip
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml", overrides)
