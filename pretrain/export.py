@@ -1,4 +1,4 @@
-"""The final, self-describing model folder: weights, config, tokenizer, resolved config and metrics."""
+"""The final, self-describing model folder: weights, config, tokenizer, resolved config, metrics and model card."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from pretrain.card import write_model_card
 from pretrain.model import saved_class_name
 from stagekit.atomic import atomic_dir
 from stagekit.config import save_config
@@ -29,3 +30,4 @@ def export_model(
         tokenizer.save_pretrained(tmp)
         save_config(config, tmp / "resolved_config.yaml")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(tmp, model, target)  # README.md, from the files above
