@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from siamese.card import refresh_model_card
 from siamese.config import ImplConfig, ModelConfig, SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model, hub_model_kwargs, resolve_base
@@ -269,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         report["baseline"] = {"model": args.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")
+    refresh_model_card(model_dir, out_dir)  # README.md with these figures, when the report is the model folder's
     log_to_wandb(report, samples, out_dir)
     for split in NLI_SPLITS:
         log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])

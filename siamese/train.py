@@ -23,6 +23,7 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
+from siamese.card import write_model_card
 from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
@@ -45,6 +46,7 @@ from stagekit.cli import config_parser, parse_config
 from stagekit.config import save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, UserError
+from stagekit.model_card import describe_hardware
 from stagekit.stage import Stage, run_stage
 from stagekit.training import plateau_settings, stage_callbacks, training_arguments
 
@@ -277,9 +279,11 @@ def save_final(
             "wall_time_s": metrics["wall_time_s"],
             "torch": torch.__version__,
             "device": resolve_device(cfg.impl.device),
+            "hardware": describe_hardware(resolve_device(cfg.impl.device), metrics.get("processes", 1)),
         }
         (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_model_card(tmp, target)  # README.md from the files above, in place of sentence-transformers' own
     return target
 
 
