@@ -31,6 +31,7 @@ from stagekit.config import save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.errors import DataError
 from stagekit.precision import choose_compile, choose_tf32, device_info
+from stagekit.push import pushed_when_done
 from stagekit.stage import Stage, run_stage
 from stagekit.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
 
@@ -201,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
-    result = run_stage(PretrainStage(cfg), resume=args.resume)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        result = run_stage(PretrainStage(cfg), resume=args.resume)
     if result.trainer.is_world_process_zero():
         print(summary(result.metrics, result.model_dir, cfg.run_dir / "loss_lr.png"))
     return result.metrics

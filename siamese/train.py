@@ -47,6 +47,7 @@ from stagekit.config import save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, UserError
 from stagekit.model_card import describe_hardware
+from stagekit.push import pushed_when_done
 from stagekit.stage import Stage, run_stage
 from stagekit.training import plateau_settings, stage_callbacks, training_arguments
 
@@ -290,4 +291,5 @@ def save_final(
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
     cfg, args = parse_config(parser, SiameseConfig, argv)
-    return fit(cfg, resume=args.resume)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        return fit(cfg, resume=args.resume)

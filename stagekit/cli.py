@@ -32,10 +32,12 @@ def keys_help(schema: type) -> str:
     return "\n".join(lines)
 
 
-def config_parser(prog: str, description: str, schema: type, resume: bool = True) -> argparse.ArgumentParser:
-    """`--config FILE`, `--resume` (a training stage) and `key=value` overrides; `--help` ends with examples
-    and every config key. The examples are the config class's `examples` (each one checked by
-    tests/stagekit/test_documented_commands.py)."""
+def config_parser(
+    prog: str, description: str, schema: type, resume: bool = True, push: bool | None = None
+) -> argparse.ArgumentParser:
+    """`--config FILE`, `--resume` and `--push-to-hub REPO` (a training stage; `push` defaults to `resume`) and
+    `key=value` overrides; `--help` ends with examples and every config key. The examples are the config class's
+    `examples` (each one checked by tests/stagekit/test_documented_commands.py)."""
     config = default_config(schema)
     shown = config.relative_to(REPO_ROOT)
     examples = "\n".join(f"  {prog} --config {shown} {example}" for example in (schema.examples if resume else ()))
@@ -51,6 +53,14 @@ def config_parser(prog: str, description: str, schema: type, resume: bool = True
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=500")
     if resume:
         parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
+    if resume if push is None else push:
+        parser.add_argument(
+            "--push-to-hub",
+            metavar="REPO",
+            help="after training, upload the model folder to this Hub repository (owner/name; checked before "
+            "training: reachable Hub, a token from HF_TOKEN or `hf auth login`); see stagekit/push.py",
+        )
+        parser.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repo private")
     return parser
 
 
