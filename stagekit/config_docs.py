@@ -17,8 +17,8 @@ TARGET = REPO_ROOT / "docs" / "configuration.md"
 INTRO = """# Configuration
 
 Written by `python -m stagekit.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
-the keys both share in `stagekit/stage_config.py`); `python -m pretrain --help` and `python -m siamese --help`
-print the same list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be
+`pretrain/probe.py`, the keys they share in `stagekit/stage_config.py`); `python -m pretrain --help`,
+`python -m siamese --help` and `python -m pretrain.probe --help` print the same list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be
 overridden on the command line as `section.key=value`, and every key is checked before any work starts.
 
 **Resumable** keys may change when a run continues with `--resume` (applied from the resumed step on); a
@@ -27,10 +27,18 @@ position depend on it. The `train` keys both stages share carry `transformers.Tr
 """
 
 
-def stage_table(title: str, command: str, schema: type) -> str:
+PROBE_NOTE = (
+    "The probe runs start to end: no `--resume`, no checkpoints and no evaluation during training, so the "
+    "resumable column, `train.eval_steps`, `train.save_steps` and `train.save_total_limit` do not apply, and "
+    "`data.*.weight` is unused (one source each)."
+)
+
+
+def stage_table(title: str, command: str, schema: type, note: str = "") -> str:
     rows = [
         f"## {title} (`{command}`)",
         "",
+        *([note, ""] if note else []),
         "| key | type | default | resumable | what it does |",
         "|---|---|---|---|---|",
     ]
@@ -44,12 +52,14 @@ def stage_table(title: str, command: str, schema: type) -> str:
 
 def render() -> str:
     from pretrain.config import PretrainConfig
+    from pretrain.probe import ProbeConfig
     from siamese.config import SiameseConfig
 
     parts = [
         INTRO,
         stage_table("Pretraining", "python -m pretrain", PretrainConfig),
         stage_table("Siamese fine-tuning", "python -m siamese", SiameseConfig),
+        stage_table("Cross-encoder probe of a pretraining output", "python -m pretrain.probe", ProbeConfig, PROBE_NOTE),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -56,3 +56,17 @@ def tiny_config(tiny_args):
         return load_config(PretrainConfig, args[1], args[2:])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def pretrained_debug(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path) -> Path:
+    """The debug config's pretraining output after 10 steps (the model folder, card included), built once."""
+    from pretrain.train import main
+
+    out = tmp_path_factory.mktemp("pretrained-debug")
+    main([
+        "--config", str(DEBUG_CONFIG), f"output_dir={out}", f"data.cache_dir={cache_dir}",
+        f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz", "data.max_documents=300", "train.max_steps=10",
+        "impl.num_threads=1",
+    ])  # fmt: skip
+    return out / "pretrain-debug" / "model"

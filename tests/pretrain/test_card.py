@@ -10,20 +10,13 @@ import pytest
 from huggingface_hub import ModelCard
 
 from pretrain.card import main as card_main
-from pretrain.train import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, cache_dir, data_dir, repo_root):
-    out = tmp_path_factory.mktemp("card-run")
-    main([
-        "--config", str(repo_root / "configs" / "pretrain" / "debug.yaml"), f"output_dir={out}",
-        f"data.cache_dir={cache_dir}", f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
-        "data.max_documents=300", "train.max_steps=10", "impl.num_threads=1",
-    ])  # fmt: skip
-    return out / "pretrain-debug" / "model"
+def model_dir(pretrained_debug):
+    return pretrained_debug
 
 
 def test_the_card_carries_hub_metadata_and_the_runs_figures(model_dir, data_dir):

@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 
+from pretrain import probe
 from pretrain.config import PretrainConfig
 from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
 from stagekit import config_docs
@@ -17,14 +18,18 @@ from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys,
 from stagekit.errors import ConfigError
 
 SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
+# every config class whose keys docs/configuration.md lists (the probe's command has its own --model option)
+DOCUMENTED = SCHEMAS | {"pretrain.probe": probe.ProbeConfig}
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...` up to a comment or the line's end
-COMMAND = re.compile(r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese|pipeline)(?=[ \t\n`]|$)([^`|#\n]*)")
+COMMAND = re.compile(
+    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain\.probe|pretrain|siamese|pipeline)(?=[ \t\n`]|$)([^`|#\n]*)"
+)
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_every_key_has_help(stage):
-    undocumented = [info.dotted for info in describe_keys(SCHEMAS[stage]) if not info.help.strip()]
+    undocumented = [info.dotted for info in describe_keys(DOCUMENTED[stage]) if not info.help.strip()]
     assert not undocumented, f"config keys without help: {undocumented}"
 
 
@@ -57,7 +62,7 @@ def documented_commands() -> list[tuple[str, str, str]]:
 
 def test_the_documents_show_commands():
     stages = {stage for _, stage, _ in documented_commands()}
-    assert stages == {"pretrain", "siamese", "pipeline"}
+    assert stages == {"pretrain", "siamese", "pipeline", "pretrain.probe"}
 
 
 @pytest.mark.parametrize(("document", "stage", "rest"), documented_commands())
@@ -71,10 +76,11 @@ def test_every_documented_command_parses_and_its_config_loads(document, stage, r
         load_config(PretrainConfig, args.pretrain_config)
         load_config(SiameseConfig, args.siamese_config)
         return
-    schema = SCHEMAS[stage]
+    schema = DOCUMENTED[stage]
     if "--config" in words and words.index("--config") == len(words) - 1:
         return  # prose: "python -m pretrain --config" followed by a file named in the sentence
-    parsed = config_parser(f"python -m {stage}", "", schema).parse_intermixed_args(words)
+    parser = probe.parser() if stage == "pretrain.probe" else config_parser(f"python -m {stage}", "", schema)
+    parsed = parser.parse_intermixed_args(words)
     overrides = [o.replace("$CORPUS", str(REPO_ROOT / "README.md")) for o in parsed.overrides]
     load_config(schema, parsed.config, overrides)
 
