@@ -43,20 +43,24 @@ def check_repo_id(repo_id: str) -> None:
         raise UserError(f"'{repo_id}' is not a Hub repository id (owner/name): {str(err).splitlines()[0]}") from None
 
 
-def check_hub(repo_id: str, folder: Path, token_env: str | None = None, *, trained: bool = True) -> str | None:
+def check_hub(
+    repo_id: str, folder: Path, token_env: str | None = None, *, trained: bool = True, again: str | None = None
+) -> str | None:
     """Fail in one line unless `folder` can be pushed to `repo_id` now: a valid id, the Hub reachable (within
     seconds), a token (`token_env`'s variable, else HF_TOKEN or `hf auth login`). Returns the token to use.
-    `trained`: the folder exists already (else a stage is about to write it)."""
+    `trained`: the folder exists already (else a stage is about to write it); `again`: the command that pushes it
+    later (default: `python -m stagekit.push FOLDER REPO`)."""
     check_repo_id(repo_id)
+    again = again or f"python -m stagekit.push {folder} {repo_id}"
     if not hub_reachable():
         if trained:
             raise UserError(
-                f"cannot push {folder} to {repo_id}: the Hugging Face Hub is unreachable (offline?); the model is "
-                f"ready to use from {folder} as it is; push it once online with python -m stagekit.push {folder} {repo_id}"
+                f"cannot push {folder} to {repo_id}: the Hugging Face Hub is unreachable (offline?); {folder} is "
+                f"there to use as it is (a local path loads like the repo would); push it once online with {again}"
             )
         raise UserError(
             f"--push-to-hub {repo_id}: the Hugging Face Hub is unreachable (offline?); train without --push-to-hub "
-            f"(the model goes to {folder}) and push it once online with python -m stagekit.push {folder} {repo_id}"
+            f"(the model goes to {folder}) and push it once online with {again}"
         )
     if token_env is not None:
         token = os.environ.get(token_env, "").strip()
