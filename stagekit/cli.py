@@ -40,12 +40,15 @@ def config_parser(
     `examples` (each one checked by tests/stagekit/test_documented_commands.py)."""
     config = default_config(schema)
     shown = config.relative_to(REPO_ROOT)
-    examples = "\n".join(f"  {prog} --config {shown} {example}" for example in (schema.examples if resume else ()))
+    # A command without --resume shows the examples that do not use it.
+    usable = [e for e in getattr(schema, "examples", ()) if resume or "--resume" not in e.split()]
+    examples = "".join(f"  {prog} --config {shown} {example}\n" for example in usable)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n{examples}\n\nOverrides use dotted keys; every key is checked against the config schema "
+        epilog=(f"examples:\n{examples}\n" if examples else "")
+        + "Overrides use dotted keys; every key is checked against the config schema "
         f"before any work starts. [resumable]: --resume may change it.\nconfig keys (also docs/configuration.md):\n"
         f"{keys_help(schema)}",
     )

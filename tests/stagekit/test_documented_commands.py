@@ -37,10 +37,14 @@ def test_configuration_md_is_in_step_with_the_config_classes():
     assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m stagekit.config_docs"
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+def parser_of(stage: str):
+    return probe.parser() if stage == "pretrain.probe" else config_parser(f"python -m {stage}", "", SCHEMAS[stage])
+
+
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_help_lists_every_key_and_its_examples_load(stage):
-    schema = SCHEMAS[stage]
-    parser = config_parser(f"python -m {stage}", "", schema)
+    schema = DOCUMENTED[stage]
+    parser = parser_of(stage)
     text = parser.format_help()
     assert all(info.dotted in text for info in describe_keys(schema))
     assert schema.examples
@@ -79,8 +83,7 @@ def test_every_documented_command_parses_and_its_config_loads(document, stage, r
     schema = DOCUMENTED[stage]
     if "--config" in words and words.index("--config") == len(words) - 1:
         return  # prose: "python -m pretrain --config" followed by a file named in the sentence
-    parser = probe.parser() if stage == "pretrain.probe" else config_parser(f"python -m {stage}", "", schema)
-    parsed = parser.parse_intermixed_args(words)
+    parsed = parser_of(stage).parse_intermixed_args(words)
     overrides = [o.replace("$CORPUS", str(REPO_ROOT / "README.md")) for o in parsed.overrides]
     load_config(schema, parsed.config, overrides)
 
