@@ -27,6 +27,7 @@ from stagekit.model_card import (
     number,
     percent,
     read_mapping,
+    replaceable,
     source_words,
     table,
     warmup_words,
@@ -262,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     folder = Path(args.model)
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder}: not a pretraining output (no config.json)")
+    if not replaceable(folder):
+        raise UserError(f"{folder / 'README.md'} is not a card of this project's: move it away to write one")
     path = write_model_card(folder)
     print(path)
     return path

@@ -13,23 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from huggingface_hub import EvalResult, ModelCard
+from huggingface_hub import EvalResult
 
 from siamese.encoder import HEAD_FILE
 from siamese.model import MINILM_NAMES
 from siamese.postprocess import POSTPROCESS_FILE
 from stagekit.model_card import (
-    CARD_FILE,
     PROJECT_TAG,
     Card,
     dataset_id,
     duration,
     hub_id,
+    local_reference,
     metadata,
     model_reference,
     percent,
     read_json,
     read_mapping,
+    replaceable,
     source_words,
     table,
     warmup_words,
@@ -68,18 +69,9 @@ def refresh_model_card(model_dir: str | Path, report_dir: str | Path) -> Path | 
 
 
 def _ours(folder: Path) -> bool:
-    """A folder the siamese stage wrote (run_info.json) whose card, if any, is not someone else's."""
-    if not (folder / "run_info.json").is_file():
-        return False
-    card = folder / CARD_FILE
-    if not card.is_file():
-        return True
-    try:
-        data = ModelCard.load(card).data.to_dict()
-    except Exception:  # an unreadable card is not one of ours to replace
-        return False
-    # Ours, or the generic card sentence-transformers wrote into a folder of the stage before it wrote its own.
-    return PROJECT_TAG in (data.get("tags") or []) or data.get("library_name") == "sentence-transformers"
+    """A folder the siamese stage wrote (run_info.json) whose card is ours or sentence-transformers' generic one
+    (a folder of the stage before it wrote its own)."""
+    return (folder / "run_info.json").is_file() and replaceable(folder, generated_by="sentence-transformers")
 
 
 def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
@@ -115,7 +107,7 @@ def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
         ("Tokenizer", _tokenizer_words(info, model)),
         ("Training recipe", _recipe_table(train, loss, metrics, post)),
         ("Hardware and time", _time_table(info, metrics)),
-        ("Evaluation", _evaluation(report, metrics, train, data, str(final or folder))),
+        ("Evaluation", _evaluation(report, metrics, train, data, local_reference(final or folder))),
         ("How to load", _loading(model_reference(folder, final))),
         ("Limits", _limits(info, data, model)),
         ("License", "The weights derive from the base model and the NLI data above, whose terms apply; the front "

@@ -119,11 +119,32 @@ def model_reference(folder: str | Path, final: str | Path | None = None) -> str:
         match = MODEL_ID_LINE.search(old.read_text(encoding="utf-8"))
         if match and hub_id(match.group("id")):
             return match.group("id")
-    target = Path(final or folder)
+    return local_reference(final or folder)
+
+
+def local_reference(folder: str | Path) -> str:
+    """A folder as a user types it here: relative to the working directory when under it, else as given."""
     try:
-        return str(target.resolve().relative_to(Path.cwd().resolve()))
+        return str(Path(folder).resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
-        return str(target)
+        return str(folder)
+
+
+def replaceable(folder: str | Path, generated_by: str | None = None) -> bool:
+    """Whether a card may be (re)written in `folder`: none there yet, or one of this project's (PROJECT_TAG), or
+    one whose `library_name` is `generated_by` (a library's generic card, e.g. sentence-transformers')."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        return True
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(path).data.to_dict()
+    except Exception:  # an unreadable card is nobody's to replace silently
+        return False
+    return PROJECT_TAG in (data.get("tags") or []) or (
+        generated_by is not None and data.get("library_name") == generated_by
+    )
 
 
 def with_model_reference(text: str, repo_id: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 from huggingface_hub import ModelCard
 
 from pretrain.card import main as card_main
+from stagekit.errors import UserError
 
 pytestmark = pytest.mark.slow
 
@@ -58,3 +59,7 @@ def test_an_older_folder_gets_a_card_from_its_files(model_dir, tmp_path):
     card_main([str(old)])
     text = (old / "README.md").read_text()
     assert "| hardware | not recorded |" in text and "## Evaluation" in text
+    (old / "README.md").write_text("---\nlicense: mit\n---\n# someone else's card\n")
+    with pytest.raises(UserError, match="not a card of this project's"):
+        card_main([str(old)])  # never overwritten
+    assert "someone else's card" in (old / "README.md").read_text()
