@@ -48,6 +48,9 @@ class ProbeModelConfig:
     base_model: str = key("outputs/pretrain-cpu-small/model", "the pretraining output to probe (--model sets it)")
     max_seq_length: int = key(128, "tokens of premise and hypothesis together, [CLS] and both [SEP] included")
     classifier_dropout: float | None = key(0.1, "dropout on the pooled [CLS] before the classifier; null: the model's")
+    random_init: bool = key(
+        False, "the control: the same architecture, size and tokenizer with random weights (what pretraining adds)"
+    )
 
     def check(self) -> None:
         require(bool(self.base_model.strip()), "base_model", "must name a pretraining output folder")
@@ -154,8 +157,9 @@ class FreshHeadReport(logging.Filter):
 
 def build_model(cfg: ProbeConfig):
     """The pretraining output with a fresh 3-way classifier (and, for BERT and NomicBERT, a fresh pooler: MLM
-    training never trains one). Raises UserError (one line) for a folder that is not a model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    training never trains one); with `model.random_init` its architecture alone, all weights random. Raises
+    UserError (one line) for a folder that is not a model."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from siamese.labels import LABELS
     from stagekit.errors import UserError
@@ -168,11 +172,19 @@ def build_model(cfg: ProbeConfig):
     reports, fresh_head = logging.getLogger(REPORTING_LOGGER), FreshHeadReport()
     reports.addFilter(fresh_head)
     extra = {"classifier_dropout": cfg.model.classifier_dropout} if cfg.model.classifier_dropout is not None else {}
+    labels = {
+        "num_labels": len(LABELS),
+        "id2label": dict(enumerate(LABELS)),
+        "label2id": {n: i for i, n in enumerate(LABELS)},
+    }
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
-            label2id={n: i for i, n in enumerate(LABELS)}, attn_implementation="sdpa", **extra,
-        )  # fmt: skip
+        if cfg.model.random_init:  # seeded by setup_process (train.seed)
+            config = AutoConfig.from_pretrained(str(path), **labels, **extra)
+            model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(path), attn_implementation="sdpa", **labels, **extra
+            )
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:
         raise UserError(f"{path} could not be loaded as a classifier: {str(err).splitlines()[0]}") from None
@@ -242,6 +254,7 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
                                    ("mnli_validation_mismatched", cfg.data.mismatched))}  # fmt: skip
     report = {
         "model": cfg.model.base_model,
+        "random_init": cfg.model.random_init,
         **scores,
         "steps": trainer.state.global_step,
         "pairs_seen": trainer.state.global_step * t.per_device_train_batch_size * t.gradient_accumulation_steps,
@@ -262,7 +275,7 @@ def summary(report: dict[str, Any], path: Path) -> str:
     m, mm = report["mnli_validation_matched"], report["mnli_validation_mismatched"]
     published = "; ".join(f"{name} {a:.1%} / {b:.1%}" for name, (a, b) in PUBLISHED.items())
     return (
-        f"cross-encoder probe of {report['model']}: MNLI dev matched {m['accuracy']:.1%} (n={m['n']}), mismatched "
+        f"cross-encoder probe of {report['model']}{' (random weights)' if report['random_init'] else ''}: MNLI dev matched {m['accuracy']:.1%} (n={m['n']}), mismatched "
         f"{mm['accuracy']:.1%} (n={mm['n']}) after {report['steps']} steps ({report['pairs_seen']:,} pairs, "
         f"{report['wall_time_s'] / 60:.1f} min)\npublished, GLUE test, Turc et al. 2019: {published}\nreport: {path}"
     )

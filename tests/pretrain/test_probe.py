@@ -52,6 +52,19 @@ def test_every_pretraining_architecture_becomes_a_classifier(architecture, tiny_
     assert report["steps"] == 2
 
 
+def test_the_random_init_control_keeps_the_shape_and_tokenizer_but_not_the_weights(pretrained_debug):
+    from pretrain.probe import build_model as probe_model
+
+    pretrained, _ = probe_model(load(["--config", DEBUG, "--model", str(pretrained_debug)]))
+    control, tokenizer = probe_model(
+        load(["--config", DEBUG, "--model", str(pretrained_debug), "model.random_init=true"])
+    )
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert pretrained.state_dict()[embeddings].shape == control.state_dict()[embeddings].shape
+    assert not torch.equal(pretrained.state_dict()[embeddings], control.state_dict()[embeddings])
+    assert len(tokenizer) == control.config.vocab_size
+
+
 def test_a_folder_that_is_not_a_pretraining_output_is_refused_in_one_line(tmp_path, capsys):
     assert run_cli(probe, ["--config", DEBUG, "--model", str(tmp_path), f"output_dir={tmp_path}"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
