@@ -99,16 +99,17 @@ def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
         f"A Siamese (bi-encoder) sentence encoder: a transformer with {model.get('pooling', 'mean')} pooling "
         f"({dim or '?'}-dimensional embeddings), fine-tuned on NLI pairs with `{loss.get('name', '?')}` loss by this "
         f"project's `python -m siamese`, starting from {_base_words(base)}. Each sentence is embedded on its own "
-        "(cosine similarity, semantic search); the NLI head saved beside it predicts entailment / neutral / "
-        "contradiction from the two embeddings."
-    )
+        "(cosine similarity, semantic search)"
+        + ("; the NLI head saved beside it predicts entailment / neutral / contradiction from the two embeddings."
+           if (folder / HEAD_FILE).is_file() else ".")
+    )  # fmt: skip
     sections = [
         ("Data", _data_table(data, info, metrics)),
         ("Tokenizer", _tokenizer_words(info, model)),
         ("Training recipe", _recipe_table(train, loss, metrics, post)),
         ("Hardware and time", _time_table(info, metrics)),
         ("Evaluation", _evaluation(report, metrics, train, data, local_reference(final or folder))),
-        ("How to load", _loading(model_reference(folder, final))),
+        ("How to load", _loading(model_reference(folder, final), (folder / HEAD_FILE).is_file())),
         ("Limits", _limits(info, data, model)),
         ("License", "The weights derive from the base model and the NLI data above, whose terms apply; the front "
          "matter says `license: other` until you set the license that fits before sharing the model."),
@@ -233,9 +234,8 @@ model_id = "{model_id}"
 model = SentenceTransformer(model_id)
 embeddings = model.encode(["A man is playing a guitar.", "Someone is making music."])
 print(model.similarity(embeddings[:1], embeddings[1:]))
-```
-
-The NLI head (`{head}`, a linear layer over (u, v, |u−v|)) reads the embedding *before* post-processing: skip
+```"""
+HEAD = """The NLI head (`{head}`, a linear layer over (u, v, |u−v|)) reads the embedding *before* post-processing: skip
 the last `modules` modules that `{post}` names. With this project installed:
 `NLIEncoder.load(folder).predict(premises, hypotheses)` (`siamese.encoder`). Without it:
 
@@ -261,8 +261,10 @@ print(dict(zip(labels, logits.softmax(-1).tolist())))
 ```"""
 
 
-def _loading(model_id: str) -> str:
-    return LOAD.format(model_id=model_id, head=HEAD_FILE, post=POSTPROCESS_FILE)
+def _loading(model_id: str, has_head: bool) -> str:
+    if not has_head:  # loss.name=mnrl trains no NLI head
+        return LOAD.format(model_id=model_id) + "\n\nThis model has no NLI head (trained with the ranking loss alone)."
+    return LOAD.format(model_id=model_id) + "\n\n" + HEAD.format(head=HEAD_FILE, post=POSTPROCESS_FILE)
 
 
 def _limits(info: dict, data: dict, model: dict) -> str:

@@ -97,3 +97,10 @@ def test_a_card_that_is_not_ours_is_left_alone(copy):
     (copy / "README.md").write_text("---\nlibrary_name: transformers\ntags: [other]\n---\n# someone's card\n")
     assert refresh_model_card(copy, copy) is None
     assert "someone's card" in (copy / "README.md").read_text()
+
+
+def test_a_model_without_an_nli_head_gets_no_head_snippet(copy):
+    (copy / "nli_head.safetensors").unlink()  # as loss.name=mnrl leaves it
+    write_model_card(copy)
+    text = (copy / "README.md").read_text()
+    assert "no NLI head" in text and "nli_head.safetensors" not in text and text.count("```python") == 1
