@@ -274,8 +274,9 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
 def summary(report: dict[str, Any], path: Path) -> str:
     m, mm = report["mnli_validation_matched"], report["mnli_validation_mismatched"]
     published = "; ".join(f"{name} {a:.1%} / {b:.1%}" for name, (a, b) in PUBLISHED.items())
+    what = report["model"] + (" (random weights)" if report["random_init"] else "")
     return (
-        f"cross-encoder probe of {report['model']}{' (random weights)' if report['random_init'] else ''}: MNLI dev matched {m['accuracy']:.1%} (n={m['n']}), mismatched "
+        f"cross-encoder probe of {what}: MNLI dev matched {m['accuracy']:.1%} (n={m['n']}), mismatched "
         f"{mm['accuracy']:.1%} (n={mm['n']}) after {report['steps']} steps ({report['pairs_seen']:,} pairs, "
         f"{report['wall_time_s'] / 60:.1f} min)\npublished, GLUE test, Turc et al. 2019: {published}\nreport: {path}"
     )
