@@ -91,7 +91,7 @@ def pretrain_card(folder: Path, hardware: str | None = None, final: str | Path |
     summary = (
         f"A small English encoder ({CLASSES.get(arch, arch)}, {shape}, {size}) pretrained from scratch with masked "
         f"language modelling on {source_words(data.get('source'))} by this project's `python -m pretrain`: "
-        f"{metrics.get('step', '?')} steps, {_tokens(metrics.get('tokens_seen'))} tokens. It is a starting point for "
+        f"{_int(metrics.get('step'))} steps, {_tokens(metrics.get('tokens_seen'))} tokens. It is a starting point for "
         "fine-tuning (e.g. into the Siamese sentence encoder of `python -m siamese`), not a finished model."
     )
     sections = [
@@ -157,7 +157,8 @@ def _recipe_table(train: dict, data: dict, metrics: dict) -> str:
         ("schedule", f"{train.get('lr_scheduler_type')} after {warmup_words(train.get('warmup_steps'))} of linear warmup"),
         ("batch", f"{per_device} blocks × {accumulation} accumulation × {processes} process(es) = {global_batch} "
          f"blocks = {global_batch * int(data.get('block_size') or 0):,} tokens a step"),
-        ("steps", f"{metrics.get('step')} of max_steps {train.get('max_steps')} ({metrics.get('stop_reason', '?')})"),
+        ("steps", f"{_int(metrics.get('step'))} of max_steps {_int(train.get('max_steps'))} "
+         f"({metrics.get('stop_reason', '?')})"),
         ("short-block warm-up", f"{train.get('short_block_steps')} steps of {train.get('short_block_size')}-token pieces"
          if train.get("short_block_steps") else "none"),
         ("precision", metrics.get("precision")),
