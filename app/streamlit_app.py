@@ -1,4 +1,4 @@
-"""Streamlit UI: `streamlit run app/streamlit_app.py [-- --model DIR]`.
+"""Streamlit UI: `streamlit run app/streamlit_app.py [-- --model DIR_OR_HUB_ID]`.
 
 UI only: every decision worth testing lives in app/models.py, app/examples.py, app/batch.py and
 app/predict.py. User text is shown with text/metric/dataframe elements, never as HTML.
@@ -116,7 +116,11 @@ def use_example() -> None:
 
 def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
     root = outputs_root()
-    choices = model_choices(sys.argv[1:])
+    try:
+        choices = model_choices(sys.argv[1:])  # a Hub id is fetched (or found in the cache) here
+    except UserError as err:
+        st.error(md_escape(str(err)))
+        st.stop()
     if not choices:
         st.error(
             f"No trained model found under {md_escape(str(root))}. Train the small CPU model first, then reload this page:"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pretrain.config import PretrainConfig
 from siamese.config import EvalConfig, SiameseConfig
+from siamese.probe import ProbeConfig
 from stagekit.config import REPO_ROOT, describe_keys, format_default
 
 TARGET = REPO_ROOT / "docs" / "configuration.md"
@@ -19,11 +20,10 @@ TARGET = REPO_ROOT / "docs" / "configuration.md"
 INTRO = """# Configuration
 
 Written by `python -m pipeline.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
-the keys both share in `stagekit/stage_config.py`); `python -m pretrain --help`, `python -m siamese --help` and
-`python -m siamese.evaluate --help` print the same list. A config is a YAML file of these keys
-(`configs/<stage>/*.yaml`); any key can be overridden on the command line as `section.key=value` (in
-`python -m pipeline`, prefixed by `pretrain.`, `siamese.` or `eval.`), and every key is checked before any work
-starts.
+`siamese/probe.py`, the keys they share in `stagekit/stage_config.py`); each command's `--help` prints the same
+list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be overridden on the command
+line as `section.key=value` (in `python -m pipeline`, prefixed by `pretrain.`, `siamese.` or `eval.`), and every
+key is checked before any work starts.
 
 **Resumable** keys may change when a run continues with `--resume` (applied from the resumed step on); a
 change to any other key is refused in one line, because the checkpoint's weights, optimizer state or data
@@ -31,10 +31,18 @@ position depend on it. The `train` keys both stages share carry `transformers.Tr
 """
 
 
-def stage_table(title: str, command: str, schema: type, resumable: bool = True) -> str:
+PROBE_NOTE = (
+    "The probe runs start to end: no `--resume`, no checkpoints and no evaluation during training, so "
+    "`train.eval_steps`, `train.save_steps` and `train.save_total_limit` do not apply, and `data.*.weight` is unused "
+    "(one source each)."
+)
+
+
+def stage_table(title: str, command: str, schema: type, note: str = "", resumable: bool = True) -> str:
     rows = [
         f"## {title} (`{command}`)",
         "",
+        *([note, ""] if note else []),
         "| key | type | default | resumable | what it does |"
         if resumable
         else "| key | type | default | what it does |",
@@ -55,6 +63,9 @@ def render() -> str:
         stage_table("Pretraining", "python -m pretrain", PretrainConfig),
         stage_table("Siamese fine-tuning", "python -m siamese", SiameseConfig),
         stage_table("Evaluation", "python -m siamese.evaluate --model DIR", EvalConfig, resumable=False),
+        stage_table(
+            "Cross-encoder probe of a pretraining output", "python -m siamese.probe", ProbeConfig, PROBE_NOTE, False
+        ),
     ]
     return "\n\n".join(parts) + "\n"
 

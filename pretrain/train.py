@@ -18,6 +18,7 @@ from transformers import TrainingArguments
 
 from pretrain.attention import attention_profile
 from pretrain.blocks import PackedData, prepare_data
+from pretrain.card import write_model_card
 from pretrain.cloze import cloze_accuracy, cloze_items
 from pretrain.config import PretrainConfig
 from pretrain.export import save_model_files
@@ -28,6 +29,7 @@ from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
 from stagekit.errors import DataError
 from stagekit.precision import choose_compile, choose_tf32, device_info
+from stagekit.push import pushed_when_done
 from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import GridEarlyStopping, plateau_settings, training_arguments
 
@@ -169,6 +171,9 @@ class PretrainStage(Stage):
         plot_curves(trainer.state.log_history, self.cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
         return {"corpus": self.cfg.data.source.path, "packed_data": self.packed.stats["cache_key"]}
 
+    def model_card(self, folder: Path, final: Path) -> None:
+        write_model_card(folder, final)
+
     @property
     def packed(self) -> PackedData:
         if self.data is None:
@@ -200,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> StageResult:
     )
     cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
-    result = run_stage(PretrainStage(cfg), resume=args.resume)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        result = run_stage(PretrainStage(cfg), resume=args.resume)
     if result.trained and result.is_main:
         print(summary(result.metrics, result.model_dir, cfg.run_dir / "loss_lr.png"))
     return result

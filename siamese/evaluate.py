@@ -11,6 +11,7 @@ run_info.json) beside the fine-tuned model's, with one warning line when fine-tu
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any
 import yaml
 
 from siamese.baseline import load_baseline
+from siamese.card import refresh_model_card
 from siamese.config import EvalConfig, ImplConfig, ModelConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.model import build_model
@@ -204,15 +206,19 @@ OLD_FLAGS = {"--baseline": "baseline=NAME", "--no-base-stsb": "base_stsb=false",
              "--mnli-mismatched": "mnli_mismatched=SOURCE", "--stsb": "stsb=SOURCE", "--stsb-scale": "stsb_scale=X"}  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = config_parser(
+def parser() -> argparse.ArgumentParser:
+    built = config_parser(
         "python -m siamese.evaluate", __doc__.splitlines()[0], EvalConfig, resume=False, leading="--model DIR"
     )
-    parser.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
+    built.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
+    return built
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for word in argv if argv is not None else sys.argv[1:]:
         if (flag := word.split("=", 1)[0]) in OLD_FLAGS:
             raise ConfigError(f"{flag} is now the key {OLD_FLAGS[flag]} (python -m siamese.evaluate --help)")
-    cfg, args = parse_config(parser, EvalConfig, argv)
+    cfg, args = parse_config(parser(), EvalConfig, argv)
     return evaluate(Path(args.model), cfg)
 
 
@@ -252,6 +258,7 @@ def evaluate(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
         report["baseline"] = {"model": cfg.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")
+    refresh_model_card(model_dir, out_dir)  # README.md with these figures, when the report is the model folder's
     log_to_wandb(report, samples, out_dir)
     for split in NLI_SPLITS:
         log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])

@@ -21,6 +21,7 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
+from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
@@ -31,6 +32,7 @@ from stagekit.checkpoints import read_run_config
 from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, UserError
+from stagekit.push import pushed_when_done
 from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
 
@@ -184,6 +186,9 @@ class SiameseStage(Stage):
             "data_counts": self.counts.as_dict(),
         }
 
+    def model_card(self, folder: Path, final: Path) -> None:
+        write_model_card(folder, final)  # in place of sentence-transformers' generic README.md
+
 
 def maybe_warm_start(
     cfg: SiameseConfig, trainer: SiameseTrainer, checkpoint: str | None, eval_pairs: dict[str, list] | None
@@ -233,4 +238,5 @@ def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> StageResult:
     parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
     cfg, args = parse_config(parser, SiameseConfig, argv)
-    return run_stage(SiameseStage(cfg), resume=args.resume)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        return run_stage(SiameseStage(cfg), resume=args.resume)

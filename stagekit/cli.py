@@ -33,23 +33,31 @@ def keys_help(schema: type) -> str:
 
 
 def config_parser(
-    prog: str, description: str, schema: type, resume: bool = True, leading: str | None = None
+    prog: str,
+    description: str,
+    schema: type,
+    resume: bool = True,
+    leading: str | None = None,
+    push: bool | None = None,
 ) -> argparse.ArgumentParser:
     """`--config FILE` (or, with `leading`, the options the caller adds, e.g. evaluation's `--model DIR`),
-    `--resume` (a training stage) and `key=value` overrides; `--help` ends with examples and every config key.
-    The examples are the config class's `examples` (each one checked by tests/stagekit/test_documented_commands.py)."""
+    `--resume` and `--push-to-hub REPO` (a training stage; `push` defaults to `resume`) and `key=value`
+    overrides; `--help` ends with examples and every config key. The examples are the config class's `examples`
+    (each one checked by tests/stagekit/test_documented_commands.py); a command without --resume shows those
+    that do not use it."""
     config_file = leading is None
     shown = default_config(schema).relative_to(REPO_ROOT) if config_file else None
     leading = f"--config {shown}" if config_file else leading
-    shown_examples = [e for e in schema.examples if resume or "--resume" not in e]
-    examples = "\n".join(f"  {prog} {leading} {example}" for example in shown_examples)
+    usable = [e for e in getattr(schema, "examples", ()) if resume or "--resume" not in e.split()]
+    examples = "".join(f"  {prog} {leading} {example}\n" for example in usable)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n{examples}\n\nOverrides use dotted keys; every key is checked against the config schema "
-        f"before any work starts.{' [resumable]: --resume may change it.' if resume else ''}\nconfig keys (also "
-        f"docs/configuration.md):\n{keys_help(schema)}",
+        epilog=(f"examples:\n{examples}\n" if examples else "")
+        + "Overrides use dotted keys; every key is checked against the config schema before any work starts."
+        + (" [resumable]: --resume may change it." if resume else "")
+        + f"\nconfig keys (also docs/configuration.md):\n{keys_help(schema)}",
     )
     if config_file:
         parser.add_argument("--config", default=str(default_config(schema)), help=f"YAML config (default: {shown})")
@@ -61,6 +69,14 @@ def config_parser(
             help="continue the run: from its newest complete "
             "checkpoint, or nothing when its model is finished and the config asks for no more steps",
         )
+    if resume if push is None else push:
+        parser.add_argument(
+            "--push-to-hub",
+            metavar="REPO",
+            help="after training, upload the model folder to this Hub repository (owner/name; checked before "
+            "training: reachable Hub, a token from HF_TOKEN or `hf auth login`); see stagekit/push.py",
+        )
+        parser.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repo private")
     return parser
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from stagekit.checkpoints import STATE, check_resume_settings, check_world_size,
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.finished import FinishedModel, finished_model, keep_previous_model
-from stagekit.precision import device_info, run_precision
+from stagekit.model_card import describe_hardware
+from stagekit.precision import run_precision
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to
 from stagekit.training import add_stage_callbacks, advise_on_out_of_memory, setup_process, stop_reason
@@ -75,6 +75,10 @@ class Stage(ABC):
     def save_model(self, trainer: Trainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         """Write the model's own files into `folder` (a temporary folder renamed into place afterwards; main
         process only). It may add to `metrics`; returns what run_info.json holds for this stage."""
+
+    def model_card(self, folder: Path, final: Path) -> None:  # noqa: B027 (optional: a folder may go without)
+        """Write the model card (README.md) into `folder` from the files there, run_stage's included; `final` is
+        where the folder will live."""
 
 
 @dataclass
@@ -169,6 +173,7 @@ def write_model_folder(stage: Stage, trainer: Trainer, model_dir: Path, metrics:
         save_config(stage.cfg, tmp / RESOLVED_CONFIG)
         (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
         (tmp / RUN_INFO).write_text(json.dumps(run_info(stage, trainer, metrics) | info, indent=2))
+        stage.model_card(tmp, model_dir)
         keep_previous_model(model_dir)
 
 
@@ -180,7 +185,7 @@ def run_info(stage: Stage, trainer: Trainer, metrics: dict[str, Any]) -> dict[st
         "step": metrics.get("step"),
         "wall_time_s": metrics.get("wall_time_s"),
         "device": device,
-        "device_name": device_info(device).name if device != "cpu" else platform.processor() or platform.machine(),
+        "hardware": describe_hardware(device, trainer.args.world_size),
         "processes": trainer.args.world_size,
         "torch": torch.__version__,
         "transformers": transformers.__version__,

@@ -10,24 +10,29 @@ import pytest
 
 from pipeline import config_docs
 from pretrain.config import PretrainConfig
+from siamese import evaluate, probe
 from siamese.config import EvalConfig, SiameseConfig
 from stagekit.checkpoints import check_resume_settings
 from stagekit.cli import config_parser
 from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
 from stagekit.errors import ConfigError
 
-SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig, "siamese.evaluate": EvalConfig}
+SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
+# every config class whose keys docs/configuration.md lists (evaluation and the probe take --model beside theirs)
+DOCUMENTED = SCHEMAS | {"siamese.evaluate": EvalConfig, "siamese.probe": probe.ProbeConfig}
+PARSERS = {"siamese.evaluate": evaluate.parser, "siamese.probe": probe.parser}
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...`, `python -m siamese.evaluate ...`
 # up to a comment or the line's end
 COMMAND = re.compile(
-    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese\.evaluate|siamese|pipeline)(?=[ \t\n`]|$)([^`|#\n]*)"
+    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese\.evaluate|siamese\.probe|siamese|pipeline)(?=[ \t\n`]|$)"
+    r"([^`|#\n]*)"
 )
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_every_key_has_help(stage):
-    undocumented = [info.dotted for info in describe_keys(SCHEMAS[stage]) if not info.help.strip()]
+    undocumented = [info.dotted for info in describe_keys(DOCUMENTED[stage]) if not info.help.strip()]
     assert not undocumented, f"config keys without help: {undocumented}"
 
 
@@ -35,17 +40,13 @@ def test_configuration_md_is_in_step_with_the_config_classes():
     assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m pipeline.config_docs"
 
 
-def stage_parser(stage: str):
-    if stage == "siamese.evaluate":
-        parser = config_parser(f"python -m {stage}", "", EvalConfig, resume=False, leading="--model DIR")
-        parser.add_argument("--model", required=True)
-        return parser
-    return config_parser(f"python -m {stage}", "", SCHEMAS[stage])
+def parser_of(stage: str):
+    return PARSERS[stage]() if stage in PARSERS else config_parser(f"python -m {stage}", "", SCHEMAS[stage])
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_help_lists_every_key_and_its_examples_load(stage):
-    schema, parser = SCHEMAS[stage], stage_parser(stage)
+    schema, parser = DOCUMENTED[stage], parser_of(stage)
     text = parser.format_help()
     assert all(info.dotted in text for info in describe_keys(schema))
     assert schema.examples
@@ -66,7 +67,7 @@ def documented_commands() -> list[tuple[str, str, str]]:
 
 def test_the_documents_show_commands():
     stages = {stage for _, stage, _ in documented_commands()}
-    assert stages == {"pretrain", "siamese", "pipeline", "siamese.evaluate"}
+    assert stages == {"pretrain", "siamese", "pipeline", "siamese.evaluate", "siamese.probe"}
 
 
 @pytest.mark.parametrize(("document", "stage", "rest"), documented_commands())
@@ -79,12 +80,12 @@ def test_every_documented_command_parses_and_its_config_loads(document, stage, r
 
         build_configs(parse_args(["2" if w == "N" else w for w in words]))
         return
-    schema = SCHEMAS[stage]
+    schema = DOCUMENTED[stage]
     if "--config" in words and words.index("--config") == len(words) - 1:
         return  # prose: "python -m pretrain --config" followed by a file named in the sentence
     if stage == "siamese.evaluate" and "--model" not in words:
         return  # prose: the command named, not shown
-    parsed = stage_parser(stage).parse_intermixed_args(words)
+    parsed = parser_of(stage).parse_intermixed_args(words)
     overrides = [o.replace("$CORPUS", str(REPO_ROOT / "README.md")) for o in parsed.overrides]
     load_config(schema, getattr(parsed, "config", None), overrides)
 
