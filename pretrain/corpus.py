@@ -257,14 +257,6 @@ def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
         yield chunk
 
 
-def split_batches(cfg: DataConfig, split: str, batch_size: int = 1000) -> Iterator[list[str]]:
-    """The cleaned documents of one split in source order, in batches (streamed, never all in memory)."""
-    for raw in raw_batches(cfg, batch_size):
-        texts = split_documents(raw, cfg.min_chars, cfg.validation_fraction, cfg.split_seed).texts[split]
-        if texts:
-            yield texts
-
-
 def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
     """The first `limit` cleaned training documents, in batches: what the tokenizer learns its vocabulary from.
 

@@ -292,16 +292,11 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
     )
 
 
-def mixed_pairs(
-    cfg: DataConfig, seed: int, counts: RowCounts, pairs: list[IterableDataset] | None = None
-) -> IterableDataset:
+def mixed_pairs(cfg: DataConfig, seed: int, counts: RowCounts) -> IterableDataset:
     """The training sources' clean pairs in one stream, before shuffling: several sources interleaved by
-    weight (seeded, so every rank and every call sees the same order). `pairs` replaces the sources."""
-    if pairs is not None:
-        streams = pairs
-    else:
-        names = source_names(cfg.train_sources)
-        streams = [open_pairs(s, counts, name=n) for s, n in zip(cfg.train_sources, names, strict=True)]
+    weight (seeded, so every rank and every call sees the same order)."""
+    names = source_names(cfg.train_sources)
+    streams = [open_pairs(s, counts, name=n) for s, n in zip(cfg.train_sources, names, strict=True)]
     if len(streams) == 1:
         return streams[0]
     weights = [s.weight for s in cfg.train_sources]
@@ -313,7 +308,7 @@ def mixed_pairs(
     )
 
 
-def first_pairs(cfg: DataConfig, n: int, seed: int, pairs: list[IterableDataset] | None = None) -> dict[str, list]:
+def first_pairs(cfg: DataConfig, n: int, seed: int) -> dict[str, list]:
     """The first `n` clean training pairs of `mixed_pairs` as lists (fewer if the sources hold fewer); the
     same pairs on every call and every rank. Counted apart from the training pass (not in run_info.json).
 
@@ -322,7 +317,7 @@ def first_pairs(cfg: DataConfig, n: int, seed: int, pairs: list[IterableDataset]
     where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
     out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
     with reading(where):
-        for row in mixed_pairs(cfg, seed, RowCounts(), pairs).take(n):
+        for row in mixed_pairs(cfg, seed, RowCounts()).take(n):
             for key in out:
                 out[key].append(row[key])
     if not out["label"]:
@@ -338,13 +333,9 @@ def train_stream(
     counts: RowCounts,
     *,
     triplets: bool = False,
-    pairs: list[IterableDataset] | None = None,
 ) -> IterableDataset:
-    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed.
-
-    `pairs` replaces the configured sources (tests feed generators through it).
-    """
-    ds = mixed_pairs(cfg, seed, counts, pairs)
+    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed."""
+    ds = mixed_pairs(cfg, seed, counts)
     if triplets:
         ds = triplet_stream(ds, cfg.triplet_window, counts)
     if cfg.shuffle_buffer > 1:

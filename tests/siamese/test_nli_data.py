@@ -149,12 +149,15 @@ def counting_rows(n: int):
         yield {"premise": f"premise number {i}", "hypothesis": f"hypothesis {i % 7}", "label": i % 3}
 
 
-def test_stream_is_lazy():
+def test_stream_is_lazy(monkeypatch):
+    from siamese import nli_data
+
     PRODUCED.clear()
     raw = IterableDataset.from_generator(counting_rows, gen_kwargs={"n": 100_000})
+    # The one configured training source reads this generator: a source of any size, produced row by row.
+    monkeypatch.setattr(nli_data, "open_pairs", lambda source, counts, **kw: clean_pairs(raw, "generator", counts))
     cfg = DataConfig(shuffle_buffer=64)
-    stream = train_stream(cfg, batch_size=8, bucket_batches=4, seed=0, counts=RowCounts(),
-                          pairs=[clean_pairs(raw, "generator", RowCounts())])  # fmt: skip
+    stream = train_stream(cfg, batch_size=8, bucket_batches=4, seed=0, counts=RowCounts())
     assert len(PRODUCED) <= 1  # building the pipeline peeks at most one row (to learn the columns)
     first = [row for _, row in zip(range(16), stream, strict=False)]
     assert len(first) == 16 and len(PRODUCED) < 2_000  # a bounded look-ahead, not the whole source
