@@ -40,7 +40,8 @@ class DataConfig:
     streaming: bool = key(
         True,
         "speed only: stream the source (a Hub dataset is never downloaded whole) or, false, convert it to a "
-        "local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py)",
+        "local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py). Local JSON Lines are "
+        "read line by line either way",
         resumable=True,
     )
     max_documents: int | None = key(100_000, "the first N documents of the source; null: all of them")
