@@ -10,6 +10,8 @@ its head reads the embedding before post-processing, the one it was trained on.
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,23 @@ from stagekit.errors import UserError
 
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"
+
+# A fast tokenizer is not safe to call from two threads at once: transformers sets truncation and padding on the
+# shared Rust tokenizer at every call (`set_truncation_and_padding`) and only then encodes, so another thread's
+# settings can land in between (tensors of mixed lengths, or an untruncated count read as truncated). The app calls
+# one cached encoder from every session's thread, so each tokenization holds its tokenizer's lock. The lock belongs
+# to the tokenizer, not to an encoder: several NLIEncoders may wrap one model (siamese/evaluate.py does).
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_LOCK = threading.Lock()
+
+
+def tokenizer_lock(tokenizer: object) -> threading.Lock:
+    """The one lock that every tokenization with `tokenizer` (the same object) holds in this process."""
+    with _TOKENIZER_LOCKS_LOCK:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+        return lock
 
 
 def head_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -78,6 +97,9 @@ class NLIEncoder:
     counts its trailing post-processing modules, which the head does not see; `reference` is the random-pair
     cosine distribution saved with the model (None when the folder has none); `backend` says what runs the
     transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py).
+
+    Safe to share between threads (the app's sessions): tokenization holds the tokenizer's lock (`tokenizer_lock`),
+    the forward pass runs outside it, so one session's long encoding never waits on another's.
     """
 
     def __init__(
@@ -97,6 +119,8 @@ class NLIEncoder:
         self.reference = reference
         # The encoder the head was trained on: `model` without its post-processing modules (shared, no copy).
         self.core = without_postprocessing(model, postprocessing)
+        tokenizer = getattr(model, "tokenizer", None)
+        self._tokenizer_lock = tokenizer_lock(tokenizer) if tokenizer is not None else threading.Lock()
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, backend: str = "torch") -> NLIEncoder:
@@ -141,7 +165,9 @@ class NLIEncoder:
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including [CLS]/[SEP], before truncation."""
         # verbose=False: measuring over-long inputs is the point here, not an error to warn about.
-        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        with self._tokenizer_lock:
+            ids = self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
+        return [len(i) for i in ids]
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -150,8 +176,27 @@ class NLIEncoder:
 
     @torch.inference_mode()
     def embed_core(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(n, d) embeddings before post-processing: what the NLI head reads."""
-        return self.core.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+        """(n, d) embeddings before post-processing: what the NLI head reads.
+
+        The loop of `SentenceTransformer.encode` (longest texts first, so a batch pads little; the same batches, so
+        the same numbers), with each batch's tokenization under the tokenizer's lock and its forward pass outside.
+        A lock around the whole encode would make a single pair wait behind another session's search index, while
+        tokenizing a batch takes a small fraction of its forward pass.
+        """
+        model = self.core
+        model.eval()  # as encode does: the trainer's evaluator hands over the live model
+        order = np.argsort([-len(text) for text in texts])
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            with self._tokenizer_lock:
+                features = model.preprocess(batch)
+            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            parts.append(model(features)["sentence_embedding"])
+        if not parts:
+            return torch.empty(0, model.get_embedding_dimension() or 0, device=model.device)
+        embeddings = torch.cat(parts)
+        return embeddings[torch.from_numpy(np.argsort(order)).to(embeddings.device)]
 
     @torch.inference_mode()
     def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:
