@@ -9,12 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from siamese.encoder import NLIEncoder
+from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from siamese.postprocess import SimilarityReference, random_pair_cosines
 from stagekit.errors import UserError
 from stagekit.text import has_visible_content
 
 THREADS_ENV = "APP_TORCH_THREADS"
+PAIR_FIELDS = ("premise", "hypothesis")
 
 
 def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
@@ -52,6 +53,22 @@ class PairResult:
     max_seq_length: int
     percentile: float | None = None  # share of random sentence pairs (0-100) with a lower cosine; None: no reference
     reference_source: str | None = None  # what those random pairs were, e.g. "5000 random pairs of …"
+    unknown_share: tuple[float, float] = (0.0, 0.0)  # share of [UNK] in what the model reads of premise, hypothesis
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The texts ("premise", "hypothesis") that are mostly [UNK] to the model (siamese.encoder.MOSTLY_UNKNOWN)."""
+        return tuple(
+            name for name, share in zip(PAIR_FIELDS, self.unknown_share, strict=True) if share > MOSTLY_UNKNOWN
+        )
+
+    @property
+    def unreadable_message(self) -> str | None:
+        """What the app shows in place of the scores when a text is mostly [UNK]; None when both are readable."""
+        if not self.unreadable:
+            return None
+        shares = dict(zip(PAIR_FIELDS, self.unknown_share, strict=True))
+        return unknown_message({name: shares[name] for name in self.unreadable}, "no similarity or label is shown")
 
     @property
     def similarity_words(self) -> str | None:
@@ -69,6 +86,18 @@ class PairResult:
             return None
         p = self.probs[self.label]
         return f"{self.label}, {confidence_words(p, len(self.probs))} ({p:.0%})"
+
+
+def unknown_message(shares: dict[str, float], withheld: str) -> str:
+    """What to say in place of scores when texts are mostly [UNK] to the model; `shares`: text name -> [UNK] share,
+    `withheld`: what is not shown. E.g. "To this model the premise is 100 % [UNK] tokens and the hypothesis 75 %: …,
+    so no similarity or label is shown."."""
+    (first, share), *others = shares.items()
+    said = [f"the {first} is {share * 100:.0f} % [UNK] tokens"] + [f"the {n} {s * 100:.0f} %" for n, s in others]
+    return (
+        f"To this model {' and '.join(said)}: text in a script, emoji or symbols its vocabulary lacks. Texts that "
+        f"are mostly [UNK] look alike to the model whatever they say, so {withheld}."
+    )
 
 
 def confidence_words(probability: float, num_labels: int) -> str:
@@ -104,7 +133,9 @@ def predict_pair(
     reference = reference or encoder.reference
     percentile = reference.percentile(cosine) if reference is not None else None
     source = reference.source if reference is not None else None
-    return PairResult(cosine, probs, label, bool(pred.truncated[0]), encoder.max_seq_length, percentile, source)
+    unknown = (float(pred.unknown_share[0, 0]), float(pred.unknown_share[0, 1]))
+    truncated = bool(pred.truncated[0])
+    return PairResult(cosine, probs, label, truncated, encoder.max_seq_length, percentile, source, unknown)
 
 
 def reference_from_sentences(encoder: NLIEncoder, sentences: list[str], source: str, pairs: int = 2_000):
@@ -121,20 +152,33 @@ def predict_table(
     batch_size: int = 32,
     progress: Callable[[float], None] | None = None,
 ) -> pd.DataFrame:
-    """One row per pair: texts, cosine, label, p_<label> and truncated; blank pairs get no prediction."""
+    """One row per pair: texts, cosine, label, p_<label>, truncated, and not_scored: why a pair has no scores
+    ("empty premise", "premise 100 % [UNK]", …), empty where it has them."""
     n = len(premises)
     has_head = encoder.head is not None
     cosine = np.full(n, np.nan)
     probs = np.full((n, len(encoder.labels)), np.nan)
     truncated = np.zeros(n, dtype=bool)
-    todo = [i for i in range(n) if not (is_blank(premises[i]) or is_blank(hypotheses[i]))]
+    not_scored = [
+        " and ".join(f"empty {name}" for name, text in zip(PAIR_FIELDS, pair, strict=True) if is_blank(text))
+        for pair in zip(premises, hypotheses, strict=True)
+    ]
+    todo = [i for i in range(n) if not not_scored[i]]
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         pred = encoder.predict([premises[i] for i in idx], [hypotheses[i] for i in idx], batch_size=batch_size)
-        cosine[idx] = pred.cosine
         truncated[idx] = pred.truncated
-        if pred.probs is not None:
-            probs[idx] = pred.probs
+        for row, i in enumerate(idx):
+            shares = dict(zip(PAIR_FIELDS, pred.unknown_share[row], strict=True))
+            if pred.mostly_unknown[row]:  # a score of text the model cannot read means nothing: none is given
+                unread = [
+                    f"{name} {share * 100:.0f} % [UNK]" for name, share in shares.items() if share > MOSTLY_UNKNOWN
+                ]
+                not_scored[i] = " and ".join(unread)
+                continue
+            cosine[i] = pred.cosine[row]
+            if pred.probs is not None:
+                probs[i] = pred.probs[row]
         if progress is not None:
             progress(min(start + batch_size, len(todo)) / len(todo))
     table = pd.DataFrame({"premise": list(premises), "hypothesis": list(hypotheses), "cosine": cosine})
@@ -144,4 +188,5 @@ def predict_table(
         for j, label in enumerate(encoder.labels):
             table[f"p_{label}"] = probs[:, j]
     table["truncated"] = truncated
+    table["not_scored"] = not_scored
     return table

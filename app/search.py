@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from app.examples import load_examples
-from siamese.encoder import NLIEncoder
+from app.predict import unknown_message
+from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from stagekit.errors import DataError, UserError
 from stagekit.text import has_visible_content
 
@@ -83,21 +84,35 @@ def default_corpus(source: str, size: int = DEFAULT_CORPUS_SIZE) -> list[str]:
 
 @dataclass
 class SearchIndex:
-    """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them."""
+    """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them; `left_out` counts the
+    sentences not indexed because they are mostly [UNK] to the model (siamese.encoder.MOSTLY_UNKNOWN)."""
 
     sentences: list[str]
     embeddings: np.ndarray
+    left_out: int = 0
 
     @classmethod
     def build(
         cls, encoder: NLIEncoder, sentences: list[str], progress: Callable[[float], None] | None = None
     ) -> SearchIndex:
-        parts = []
+        """DataError when every sentence is mostly [UNK]: such a sentence's embedding is close to every other such
+        sentence's whatever it says, so it would crowd the results of any query."""
+        kept, parts = [], []
         for start in range(0, len(sentences), ENCODE_CHUNK):
-            parts.append(encoder.embed(sentences[start : start + ENCODE_CHUNK]).float().cpu().numpy())
+            chunk = sentences[start : start + ENCODE_CHUNK]
+            unknown = encoder.token_stats(chunk)[1]
+            chunk = [text for text, share in zip(chunk, unknown, strict=True) if share <= MOSTLY_UNKNOWN]
+            if chunk:
+                kept += chunk
+                parts.append(encoder.embed(chunk).float().cpu().numpy())
             if progress is not None:
                 progress(min(start + ENCODE_CHUNK, len(sentences)) / len(sentences))
-        return cls(sentences, unit_rows(np.concatenate(parts)))
+        if not kept:
+            raise DataError(
+                f"none of the {len(sentences):,} sentences can be searched: each is mostly [UNK] tokens to this model "
+                "(a script, emoji or symbols its vocabulary lacks)"
+            )
+        return cls(kept, unit_rows(np.concatenate(parts)), len(sentences) - len(kept))
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The `k` rows most cosine-similar to `query` (d,), best first, as (row, cosine)."""
@@ -114,9 +129,13 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def search_table(index: SearchIndex, encoder: NLIEncoder, query: str, k: int) -> pd.DataFrame:
-    """rank, cosine, sentence for the top `k` sentences of `index` for `query`. UserError for an empty query."""
+    """rank, cosine, sentence for the top `k` sentences of `index` for `query`. UserError for an empty query or one
+    that is mostly [UNK] to the model."""
     if not has_visible_content(query):
         raise UserError("Please enter a query (empty text, or only spaces or invisible characters, finds nothing).")
+    unknown = float(encoder.token_stats([query])[1][0])
+    if unknown > MOSTLY_UNKNOWN:
+        raise UserError(unknown_message({"query": unknown}, "no results are shown"))
     embedding = encoder.embed([query]).float().cpu().numpy()[0]
     hits = index.search(embedding, k)
     # cosine before the sentence: side by side with the baseline, a long sentence would push it out of view

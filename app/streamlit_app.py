@@ -201,6 +201,9 @@ def pair_tab(model: tuple[str, str], compare: bool) -> None:
 
 def show_baseline(result: PairResult) -> None:
     st.subheader(f"{BASELINE_NAME} (baseline)", divider="gray")
+    if result.unreadable_message:  # the baseline's vocabulary may read what the model's cannot, or not
+        st.warning(md_escape(result.unreadable_message))
+        return
     st.metric(f"Cosine similarity ({BASELINE_NAME})", f"{result.cosine:.3f}")
     if result.similarity_words:
         st.caption(f"{result.similarity_words[0].upper()}{result.similarity_words[1:]}.")
@@ -210,6 +213,9 @@ def show_baseline(result: PairResult) -> None:
 def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: str) -> None:
     if isinstance(result, EmptyInput):
         st.warning(result.message)
+        return
+    if result.unreadable_message:  # in place of a similarity and a verdict that would mean nothing
+        st.warning(md_escape(result.unreadable_message))
         return
     gold_pair = st.session_state.get("gold")
     gold = gold_pair[2] if gold_pair and gold_pair[:2] == (premise, hypothesis) else None
@@ -275,6 +281,11 @@ def batch_tab(encoder: NLIEncoder) -> None:
     stored = st.session_state.get("batch")
     if stored and stored[0] == signature:
         result = stored[1]
+        if skipped := int((result["not_scored"] != "").sum()):
+            st.warning(
+                f"{skipped:,} of {len(result):,} pairs were not scored: the not_scored column says why (empty text, "
+                "or text mostly [UNK] to this model, whose scores would mean nothing)."
+            )
         st.dataframe(result, hide_index=True)
         st.download_button(
             "Download predictions (CSV)",
@@ -363,15 +374,20 @@ def search_tab(model: tuple[str, str], compare: bool) -> None:
     columns = st.columns(len(shown))
     for column, (title, key) in zip(columns, shown, strict=True):
         with column:
-            index = search_index(key, sentences, title.lower() if key == model else title)
-            started = time.perf_counter()
             try:
+                index = search_index(key, sentences, title.lower() if key == model else title)
+                started = time.perf_counter()
                 table = search_table(index, encoder_for(key), query, int(k))
             except UserError as err:
                 st.warning(md_escape(str(err)))
-                return
+                continue  # the other model may read what this one cannot
             st.markdown(f"**{title}** ({(time.perf_counter() - started) * 1000:.0f} ms)")
             st.dataframe(table, hide_index=True, column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+            if index.left_out:
+                st.caption(
+                    f"{index.left_out:,} sentences left out: mostly [UNK] tokens to this model (a script, emoji or "
+                    "symbols its vocabulary lacks), so their cosines would mean nothing."
+                )
 
 
 def main() -> None:

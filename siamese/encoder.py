@@ -37,6 +37,14 @@ _TOKENIZER_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.We
 _TOKENIZER_LOCKS_LOCK = threading.Lock()
 
 
+# A text is "mostly unknown" to a model when more than half of the tokens it reads are the tokenizer's unknown token
+# ([UNK]): each of them is the same input row, whatever word it stands for, so once they outnumber the known words
+# the pooled embedding says "unknown text" more than what the text means, and two such texts come out close however
+# unrelated they are (Chinese, Arabic or emoji pairs under an English WordPiece vocabulary). Half is the point where
+# the unknown tokens outvote the known ones; a reading aid for when a score means nothing, not a tuned value.
+MOSTLY_UNKNOWN = 0.5
+
+
 def tokenizer_lock(tokenizer: object) -> threading.Lock:
     """The one lock that every tokenization with `tokenizer` (the same object) holds in this process."""
     with _TOKENIZER_LOCKS_LOCK:
@@ -78,6 +86,8 @@ class Prediction:
     probs: np.ndarray | None  # (n, num_labels) softmax over the NLI head, None without a head
     labels: tuple[str, ...]
     truncated: np.ndarray  # (n,) True where either text was cut to max_seq_length
+    # (n, 2) share of the tokens the model reads of (premise, hypothesis) that are [UNK] (NLIEncoder.token_stats)
+    unknown_share: np.ndarray
     # With keep_embeddings: (premises, hypotheses) embeddings, each (n, d), as the model outputs them and
     # before post-processing (the same arrays for a model without post-processing).
     embeddings: tuple[np.ndarray, np.ndarray] | None = None
@@ -88,6 +98,11 @@ class Prediction:
         if self.probs is None:
             return []
         return [self.labels[i] for i in self.probs.argmax(axis=1)]
+
+    @property
+    def mostly_unknown(self) -> np.ndarray:
+        """(n,) True where the premise or the hypothesis is mostly [UNK] (MOSTLY_UNKNOWN): its scores mean nothing."""
+        return (self.unknown_share > MOSTLY_UNKNOWN).any(axis=1)
 
 
 class NLIEncoder:
@@ -164,10 +179,25 @@ class NLIEncoder:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including [CLS]/[SEP], before truncation."""
+        return self.token_stats(texts)[0].tolist()
+
+    def token_stats(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text, (n,) each: its tokens including [CLS]/[SEP] before truncation (int), and the share of the tokens
+        the model reads (the first max_seq_length, [CLS]/[SEP] not counted) that are the tokenizer's unknown token
+        (float in [0, 1]; 0 for a text without tokens, and for a tokenizer without an unknown token, as byte-level
+        BPE, which reads any text)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        tokenizer = self.model.tokenizer
         # verbose=False: measuring over-long inputs is the point here, not an error to warn about.
         with self._tokenizer_lock:
-            ids = self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-        return [len(i) for i in ids]
+            ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        lengths = np.array([len(i) + specials for i in ids], dtype=np.int64)
+        unk, read = tokenizer.unk_token_id, max(self.max_seq_length - specials, 1)
+        if unk is None:
+            return lengths, np.zeros(len(ids))
+        return lengths, np.array([i[:read].count(unk) / len(i[:read]) if i else 0.0 for i in ids])
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -222,12 +252,12 @@ class NLIEncoder:
             cu, cv = core[: len(premises)], core[len(premises) :]
             logits = self.head(head_features(cu, cv).to(self.head.weight.dtype))
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        limit = self.max_seq_length
-        lengths = np.array([self.token_counts(list(premises)), self.token_counts(list(hypotheses))])
-        truncated = (lengths > limit).any(axis=0) if len(premises) else np.zeros(0, dtype=bool)
-        prediction = Prediction(cosine=cosine, probs=probs, labels=self.labels, truncated=truncated)
+        n = len(premises)
+        lengths, unknown = self.token_stats([*premises, *hypotheses])
+        truncated = (lengths[:n] > self.max_seq_length) | (lengths[n:] > self.max_seq_length)
+        unknown_share = np.stack([unknown[:n], unknown[n:]], axis=1)
+        prediction = Prediction(cosine, probs, self.labels, truncated, unknown_share)
         if keep_embeddings:
-            n = len(premises)
             out = both.float().cpu().numpy()
             before = core.float().cpu().numpy() if self.postprocessing else out
             prediction.embeddings, prediction.core_embeddings = (out[:n], out[n:]), (before[:n], before[n:])
