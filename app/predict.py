@@ -15,6 +15,8 @@ from stagekit.errors import UserError
 from stagekit.text import has_visible_content
 
 THREADS_ENV = "APP_TORCH_THREADS"
+MAX_CHARS_ENV = "APP_MAX_CHARS"
+DEFAULT_MAX_CHARS = 10_000
 PAIR_FIELDS = ("premise", "hypothesis")
 
 
@@ -28,6 +30,56 @@ def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
     if not value.isdigit() or int(value) < 1:
         raise UserError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def max_text_chars(env: Mapping[str, str] = os.environ) -> int:
+    """The most characters the app takes in one text (a premise, a hypothesis, a query, a sentence of a search list,
+    a CSV cell): $APP_MAX_CHARS, default 10,000. UserError when it is not a positive integer.
+
+    Checked before any tokenization: a tokenizer builds every token of a text (ids, offsets, strings) before it
+    truncates, so one pasted book cost gigabytes, for a model that reads at most its max_seq_length tokens (512 at
+    most for BERT's positions, a few characters each): 10,000 characters is more than any model here reads.
+    """
+    value = env.get(MAX_CHARS_ENV, str(DEFAULT_MAX_CHARS))
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{MAX_CHARS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """The signal for "too long to score": which texts are over the cap (max_text_chars), and how long they are."""
+
+    fields: tuple[str, ...]
+    lengths: tuple[int, ...]  # characters, one per field
+    limit: int
+    max_seq_length: int | None = None  # the model's, to say how little of the text it would read anyway
+
+    @property
+    def message(self) -> str:
+        return too_long_message(
+            dict(zip(self.fields, self.lengths, strict=True)), self.limit, "scored", self.max_seq_length
+        )
+
+
+def too_long_message(lengths: dict[str, int], limit: int, not_done: str, max_seq_length: int | None = None) -> str:
+    """e.g. "The premise is 13,200 characters long, over this app's limit of 10,000 characters a text
+    (APP_MAX_CHARS): it was not scored. …"; `lengths`: text name -> characters."""
+    (first, n), *others = lengths.items()
+    if others:
+        said = " and ".join([f"the {first} ({n:,} characters)"] + [f"the {name} ({k:,})" for name, k in others])
+        subject, it = f"{said[0].upper()}{said[1:]} are", "they were"
+    else:
+        subject, it = f"The {first} is {n:,} characters long,", "it was"
+    reads = f" The model reads only the first {max_seq_length} tokens of a text anyway." if max_seq_length else ""
+    return (
+        f"{subject} over this app's limit of {limit:,} characters a text ({MAX_CHARS_ENV}): {it} not {not_done}.{reads}"
+    )
+
+
+def over_limit(texts: Mapping[str, str], limit: int) -> dict[str, int]:
+    """name -> length in characters of the texts longer than `limit`."""
+    return {name: len(text) for name, text in texts.items() if len(text) > limit}
 
 
 @dataclass(frozen=True)
@@ -118,12 +170,20 @@ def is_blank(text: str) -> bool:
 
 
 def predict_pair(
-    encoder: NLIEncoder, premise: str, hypothesis: str, reference: SimilarityReference | None = None
-) -> PairResult | EmptyInput:
-    """The app's answer for one pair; `reference` (default: the model's own) places the cosine among random pairs."""
+    encoder: NLIEncoder,
+    premise: str,
+    hypothesis: str,
+    reference: SimilarityReference | None = None,
+    max_chars: int | None = None,
+) -> PairResult | EmptyInput | TooLong:
+    """The app's answer for one pair; `reference` (default: the model's own) places the cosine among random pairs.
+    A text longer than `max_chars` (default: max_text_chars()) gives TooLong before anything is tokenized."""
     empty = tuple(name for name, text in (("premise", premise), ("hypothesis", hypothesis)) if is_blank(text))
     if empty:
         return EmptyInput(empty)
+    limit = max_text_chars() if max_chars is None else max_chars
+    if over := over_limit({"premise": premise, "hypothesis": hypothesis}, limit):
+        return TooLong(tuple(over), tuple(over.values()), limit, encoder.max_seq_length)
     pred = encoder.predict([premise], [hypothesis])
     probs = (
         None if pred.probs is None else {label: float(p) for label, p in zip(pred.labels, pred.probs[0], strict=True)}
@@ -136,6 +196,14 @@ def predict_pair(
     unknown = (float(pred.unknown_share[0, 0]), float(pred.unknown_share[0, 1]))
     truncated = bool(pred.truncated[0])
     return PairResult(cosine, probs, label, truncated, encoder.max_seq_length, percentile, source, unknown)
+
+
+def unscorable(texts: Mapping[str, str], limit: int) -> str:
+    """Why a pair cannot be scored before the model sees it ("empty premise", "hypothesis over 10,000 characters
+    (13,200)"), or "" when it can."""
+    if empty := [f"empty {name}" for name, text in texts.items() if is_blank(text)]:
+        return " and ".join(empty)
+    return " and ".join(f"{name} over {limit:,} characters ({k:,})" for name, k in over_limit(texts, limit).items())
 
 
 def reference_from_sentences(encoder: NLIEncoder, sentences: list[str], source: str, pairs: int = 2_000):
@@ -151,18 +219,19 @@ def predict_table(
     hypotheses: Sequence[str],
     batch_size: int = 32,
     progress: Callable[[float], None] | None = None,
+    max_chars: int | None = None,
 ) -> pd.DataFrame:
     """One row per pair: texts, cosine, label, p_<label>, truncated, and not_scored: why a pair has no scores
-    ("empty premise", "premise 100 % [UNK]", …), empty where it has them."""
+    ("empty premise", "hypothesis over 10,000 characters (13,200)", "premise 100 % [UNK]"), empty where it has them.
+    A text longer than `max_chars` (default: max_text_chars()) is never tokenized."""
     n = len(premises)
     has_head = encoder.head is not None
+    limit = max_text_chars() if max_chars is None else max_chars
     cosine = np.full(n, np.nan)
     probs = np.full((n, len(encoder.labels)), np.nan)
     truncated = np.zeros(n, dtype=bool)
-    not_scored = [
-        " and ".join(f"empty {name}" for name, text in zip(PAIR_FIELDS, pair, strict=True) if is_blank(text))
-        for pair in zip(premises, hypotheses, strict=True)
-    ]
+    pairs = zip(premises, hypotheses, strict=True)
+    not_scored = [unscorable(dict(zip(PAIR_FIELDS, pair, strict=True)), limit) for pair in pairs]
     todo = [i for i in range(n) if not not_scored[i]]
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]

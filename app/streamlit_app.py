@@ -30,7 +30,9 @@ from app.models import (
 from app.predict import (
     EmptyInput,
     PairResult,
+    TooLong,
     cpu_threads,
+    max_text_chars,
     predict_pair,
     predict_table,
     reference_from_sentences,
@@ -93,9 +95,11 @@ def reference_for(model: tuple[str, str]) -> SimilarityReference | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_prediction(model: tuple[str, str], premise: str, hypothesis: str) -> PairResult | EmptyInput:
+def cached_prediction(
+    model: tuple[str, str], premise: str, hypothesis: str, max_chars: int
+) -> PairResult | EmptyInput | TooLong:
     """Reruns (any widget change) reuse the result instead of running the model again."""
-    return predict_pair(encoder_for(model), premise, hypothesis, reference_for(model))
+    return predict_pair(encoder_for(model), premise, hypothesis, reference_for(model), max_chars)
 
 
 @st.cache_data(show_spinner=False)
@@ -187,15 +191,20 @@ def pair_tab(model: tuple[str, str], compare: bool) -> None:
         st.caption("No example pairs available: the MNLI dev file was not found and the Hub is unreachable.")
         with st.expander("details"):
             st.text("\n".join(problems))
+    try:
+        limit = max_text_chars()
+    except UserError as err:
+        st.error(md_escape(str(err)))
+        return
     with st.form("pair_form"):
-        premise = st.text_area("Premise", key="premise", height=90)
-        hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90)
+        premise = st.text_area("Premise", key="premise", height=90, help=f"Up to {limit:,} characters.")
+        hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90, help=f"Up to {limit:,} characters.")
         if st.form_submit_button("Predict", key="predict", type="primary"):
             st.session_state["last_pair"] = (premise, hypothesis)
     if "last_pair" in st.session_state:
         pair = st.session_state["last_pair"]
-        show_prediction(cached_prediction(model, *pair), *pair)
-        if compare and not isinstance(result := cached_prediction(BASELINE_KEY, *pair), EmptyInput):
+        show_prediction(cached_prediction(model, *pair, limit), *pair)
+        if compare and isinstance(result := cached_prediction(BASELINE_KEY, *pair, limit), PairResult):
             show_baseline(result)
 
 
@@ -210,9 +219,12 @@ def show_baseline(result: PairResult) -> None:
     st.caption("A pretrained sentence encoder without an NLI head: compare its cosine with your model's.")
 
 
-def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: str) -> None:
+def show_prediction(result: PairResult | EmptyInput | TooLong, premise: str, hypothesis: str) -> None:
     if isinstance(result, EmptyInput):
         st.warning(result.message)
+        return
+    if isinstance(result, TooLong):
+        st.error(md_escape(result.message))
         return
     if result.unreadable_message:  # in place of a similarity and a verdict that would mean nothing
         st.warning(md_escape(result.unreadable_message))
@@ -284,7 +296,8 @@ def batch_tab(encoder: NLIEncoder) -> None:
         if skipped := int((result["not_scored"] != "").sum()):
             st.warning(
                 f"{skipped:,} of {len(result):,} pairs were not scored: the not_scored column says why (empty text, "
-                "or text mostly [UNK] to this model, whose scores would mean nothing)."
+                "text over the app's limit of characters, or text mostly [UNK] to this model, whose scores would mean "
+                "nothing)."
             )
         st.dataframe(result, hide_index=True)
         st.download_button(
