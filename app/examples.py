@@ -9,11 +9,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import stagekit.config  # noqa: F401  (gives ${BERT_DATA_DIR} its default: ../shared/data beside the checkout)
-from siamese.config import SourceConfig
 from siamese.encoder import LABELS
 from siamese.nli_data import RowCounts, open_pairs
 from stagekit.errors import UserError
-from stagekit.sources import reading
+from stagekit.sources import SourceConfig, reading
 
 EXAMPLES_ENV = "APP_EXAMPLES"  # a local file or a Hub dataset id, tried before the local default
 HUB_DATASET = "nyu-mll/glue"

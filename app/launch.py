@@ -1,4 +1,4 @@
-"""`bert-app [--model DIR] [--backend torch|onnx|onnx-int8] [--port 8501]`: start the Streamlit app (the same
+"""`bert-app [--model DIR_OR_HUB_ID] [--backend torch|onnx|onnx-int8] [--port 8501]`: start the Streamlit app (the same
 as `streamlit run app/streamlit_app.py -- --model DIR --backend B`)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 APP = Path(__file__).resolve().parent / "streamlit_app.py"
 
 
-def launch(model: Path | None = None, port: int = 8501, backend: str | None = None) -> int:
+def launch(model: str | Path | None = None, port: int = 8501, backend: str | None = None) -> int:
     """Run the app until Ctrl+C; returns streamlit's exit status."""
     command = [sys.executable, "-m", "streamlit", "run", str(APP), "--server.port", str(port)]
     command += ["--server.headless", "true", "--browser.gatherUsageStats", "false"]
@@ -26,7 +26,9 @@ def launch(model: Path | None = None, port: int = 8501, backend: str | None = No
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bert-app", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="model folder (default: the newest trained run under outputs/)")
+    parser.add_argument(
+        "--model", help="model folder or Hub id owner/name (default: the newest trained run under outputs/)"
+    )
     # Not checked here, so the launcher stays free of torch: the app refuses an unknown one in one line.
     parser.add_argument("--backend", help="torch (default), onnx or onnx-int8: the model's ONNX export")
     parser.add_argument("--port", type=int, default=8501)

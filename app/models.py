@@ -1,8 +1,14 @@
-"""Which model the app shows, and what its folder says about itself (the sidebar's model card)."""
+"""Which model the app shows, and what its folder says about itself (the sidebar's model card).
+
+A model is a local folder or a Hub id (`owner/name`): a Hub id is fetched once per server with
+`huggingface_hub.snapshot_download` (online) or found in the local Hugging Face cache (offline), so the app runs
+on a published model as a Hugging Face Space does (app/space.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -14,6 +20,8 @@ from siamese.encoder import HEAD_FILE
 from siamese.onnx_backend import BACKENDS
 from siamese.postprocess import POSTPROCESS_FILE
 from stagekit.config import REPO_ROOT
+from stagekit.errors import UserError
+from stagekit.model_card import hub_id
 
 BASELINE_NAME = "all-MiniLM-L6-v2"
 OUTPUTS_ENV = "APP_OUTPUTS_DIR"
@@ -23,7 +31,7 @@ BACKEND_ENV = "APP_BACKEND"
 # (which writes the report.json the model card reads).
 TRAIN_COMMAND = """python -m pretrain --config configs/pretrain/cpu-small.yaml
 python -m siamese --config configs/siamese/cpu-small.yaml
-python -m siamese.evaluate --model outputs/siamese-cpu-small/model --baseline
+python -m siamese.evaluate --model outputs/siamese-cpu-small/model
 # or, in seconds, a debug model: the same first two commands with configs/*/debug.yaml"""
 
 
@@ -38,7 +46,8 @@ def discover_models(root: Path) -> list[Path]:
 
 
 def requested_model(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> Path | None:
-    """A model named on the command line (`streamlit run app/streamlit_app.py -- --model DIR`) or in $APP_MODEL_DIR."""
+    """A model named on the command line (`streamlit run app/streamlit_app.py -- --model DIR`) or in $APP_MODEL_DIR:
+    a folder or a Hub id (`resolve_model` tells them apart)."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--model", default=None)
     args, _ = parser.parse_known_args(list(argv))
@@ -56,16 +65,59 @@ def requested_backend(argv: Sequence[str], env: Mapping[str, str] = os.environ) 
 
 
 def model_choices(argv: Sequence[str], env: Mapping[str, str] = os.environ) -> list[Path]:
-    """The requested model first (if any), then the trained runs under the outputs folder."""
+    """The requested model first (if any; a Hub id as its downloaded folder), then the trained runs under the
+    outputs folder. Raises UserError (one line) for a Hub id that cannot be had (`resolve_model`)."""
     requested = requested_model(argv, env)
     found = discover_models(outputs_root(env))
     if requested is None:
         return found
+    requested = resolve_model(str(requested))
     return [requested, *[p for p in found if p.resolve() != requested.resolve()]]
 
 
+def resolve_model(name: str) -> Path:
+    """A local folder as it is; a Hub id (`owner/name`, not a local path) as its snapshot folder: downloaded
+    (once per server process) when the Hub is reachable, else the copy in the local Hugging Face cache.
+
+    Raises UserError (one line, within seconds) for a Hub id while offline with nothing cached.
+    """
+    repo = hub_id(name)
+    if repo is None:
+        return Path(name).expanduser()
+    from stagekit.sources import hub_reachable
+
+    online = hub_reachable()
+    try:
+        return Path(_snapshot(repo, online))
+    except (OSError, ValueError) as err:  # huggingface_hub's not-found / offline errors are OSError / ValueError
+        why = "the Hugging Face Hub is unreachable (offline?) and it is not in the local Hugging Face cache"
+        if online:
+            why = f"it could not be downloaded from the Hub: {(str(err).strip().splitlines() or [''])[0]}"
+        raise UserError(
+            f"model {repo!r} is not a local folder and {why}; pass a local model folder instead, e.g. "
+            f"--model outputs/siamese-cpu-small/model (or {MODEL_ENV}=DIR)"
+        ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _snapshot(repo: str, online: bool) -> str:
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(repo, local_files_only=not online)
+
+
+def hub_label(path: Path) -> str | None:
+    """ "owner/name (Hub)" for a snapshot folder of the Hugging Face cache (models--owner--name/snapshots/…)."""
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3].removeprefix("models--").replace("--", "/") + " (Hub)"
+    return None
+
+
 def model_label(path: Path, root: Path) -> str:
-    """`<run_name>` for a run under the outputs folder, the full path otherwise."""
+    """`<run_name>` for a run under the outputs folder, "owner/name (Hub)" for a Hub model, the path otherwise."""
+    if (label := hub_label(path)) is not None:
+        return label
     try:
         rel = path.resolve().relative_to(root.resolve())
     except ValueError:

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from siamese.encoder import NLIEncoder
+from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from siamese.postprocess import SimilarityReference, random_pair_cosines
 from stagekit.errors import UserError
 from stagekit.text import has_visible_content
 
 THREADS_ENV = "APP_TORCH_THREADS"
+MAX_CHARS_ENV = "APP_MAX_CHARS"
+DEFAULT_MAX_CHARS = 10_000
+PAIR_FIELDS = ("premise", "hypothesis")
 
 
 def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
@@ -27,6 +30,56 @@ def cpu_threads(env: Mapping[str, str] = os.environ) -> int:
     if not value.isdigit() or int(value) < 1:
         raise UserError(f"{THREADS_ENV} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def max_text_chars(env: Mapping[str, str] = os.environ) -> int:
+    """The most characters the app takes in one text (a premise, a hypothesis, a query, a sentence of a search list,
+    a CSV cell): $APP_MAX_CHARS, default 10,000. UserError when it is not a positive integer.
+
+    Checked before any tokenization: a tokenizer builds every token of a text (ids, offsets, strings) before it
+    truncates, so one pasted book cost gigabytes, for a model that reads at most its max_seq_length tokens (512 at
+    most for BERT's positions, a few characters each): 10,000 characters is more than any model here reads.
+    """
+    value = env.get(MAX_CHARS_ENV, str(DEFAULT_MAX_CHARS))
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{MAX_CHARS_ENV} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class TooLong:
+    """The signal for "too long to score": which texts are over the cap (max_text_chars), and how long they are."""
+
+    fields: tuple[str, ...]
+    lengths: tuple[int, ...]  # characters, one per field
+    limit: int
+    max_seq_length: int | None = None  # the model's, to say how little of the text it would read anyway
+
+    @property
+    def message(self) -> str:
+        return too_long_message(
+            dict(zip(self.fields, self.lengths, strict=True)), self.limit, "scored", self.max_seq_length
+        )
+
+
+def too_long_message(lengths: dict[str, int], limit: int, not_done: str, max_seq_length: int | None = None) -> str:
+    """e.g. "The premise is 13,200 characters long, over this app's limit of 10,000 characters a text
+    (APP_MAX_CHARS): it was not scored. …"; `lengths`: text name -> characters."""
+    (first, n), *others = lengths.items()
+    if others:
+        said = " and ".join([f"the {first} ({n:,} characters)"] + [f"the {name} ({k:,})" for name, k in others])
+        subject, it = f"{said[0].upper()}{said[1:]} are", "they were"
+    else:
+        subject, it = f"The {first} is {n:,} characters long,", "it was"
+    reads = f" The model reads only the first {max_seq_length} tokens of a text anyway." if max_seq_length else ""
+    return (
+        f"{subject} over this app's limit of {limit:,} characters a text ({MAX_CHARS_ENV}): {it} not {not_done}.{reads}"
+    )
+
+
+def over_limit(texts: Mapping[str, str], limit: int) -> dict[str, int]:
+    """name -> length in characters of the texts longer than `limit`."""
+    return {name: len(text) for name, text in texts.items() if len(text) > limit}
 
 
 @dataclass(frozen=True)
@@ -52,6 +105,22 @@ class PairResult:
     max_seq_length: int
     percentile: float | None = None  # share of random sentence pairs (0-100) with a lower cosine; None: no reference
     reference_source: str | None = None  # what those random pairs were, e.g. "5000 random pairs of …"
+    unknown_share: tuple[float, float] = (0.0, 0.0)  # share of [UNK] in what the model reads of premise, hypothesis
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The texts ("premise", "hypothesis") that are mostly [UNK] to the model (siamese.encoder.MOSTLY_UNKNOWN)."""
+        return tuple(
+            name for name, share in zip(PAIR_FIELDS, self.unknown_share, strict=True) if share > MOSTLY_UNKNOWN
+        )
+
+    @property
+    def unreadable_message(self) -> str | None:
+        """What the app shows in place of the scores when a text is mostly [UNK]; None when both are readable."""
+        if not self.unreadable:
+            return None
+        shares = dict(zip(PAIR_FIELDS, self.unknown_share, strict=True))
+        return unknown_message({name: shares[name] for name in self.unreadable}, "no similarity or label is shown")
 
     @property
     def similarity_words(self) -> str | None:
@@ -69,6 +138,18 @@ class PairResult:
             return None
         p = self.probs[self.label]
         return f"{self.label}, {confidence_words(p, len(self.probs))} ({p:.0%})"
+
+
+def unknown_message(shares: dict[str, float], withheld: str) -> str:
+    """What to say in place of scores when texts are mostly [UNK] to the model; `shares`: text name -> [UNK] share,
+    `withheld`: what is not shown. E.g. "To this model the premise is 100 % [UNK] tokens and the hypothesis 75 %: …,
+    so no similarity or label is shown."."""
+    (first, share), *others = shares.items()
+    said = [f"the {first} is {share * 100:.0f} % [UNK] tokens"] + [f"the {n} {s * 100:.0f} %" for n, s in others]
+    return (
+        f"To this model {' and '.join(said)}: text in a script, emoji or symbols its vocabulary lacks. Texts that "
+        f"are mostly [UNK] look alike to the model whatever they say, so {withheld}."
+    )
 
 
 def confidence_words(probability: float, num_labels: int) -> str:
@@ -89,12 +170,20 @@ def is_blank(text: str) -> bool:
 
 
 def predict_pair(
-    encoder: NLIEncoder, premise: str, hypothesis: str, reference: SimilarityReference | None = None
-) -> PairResult | EmptyInput:
-    """The app's answer for one pair; `reference` (default: the model's own) places the cosine among random pairs."""
+    encoder: NLIEncoder,
+    premise: str,
+    hypothesis: str,
+    reference: SimilarityReference | None = None,
+    max_chars: int | None = None,
+) -> PairResult | EmptyInput | TooLong:
+    """The app's answer for one pair; `reference` (default: the model's own) places the cosine among random pairs.
+    A text longer than `max_chars` (default: max_text_chars()) gives TooLong before anything is tokenized."""
     empty = tuple(name for name, text in (("premise", premise), ("hypothesis", hypothesis)) if is_blank(text))
     if empty:
         return EmptyInput(empty)
+    limit = max_text_chars() if max_chars is None else max_chars
+    if over := over_limit({"premise": premise, "hypothesis": hypothesis}, limit):
+        return TooLong(tuple(over), tuple(over.values()), limit, encoder.max_seq_length)
     pred = encoder.predict([premise], [hypothesis])
     probs = (
         None if pred.probs is None else {label: float(p) for label, p in zip(pred.labels, pred.probs[0], strict=True)}
@@ -104,7 +193,17 @@ def predict_pair(
     reference = reference or encoder.reference
     percentile = reference.percentile(cosine) if reference is not None else None
     source = reference.source if reference is not None else None
-    return PairResult(cosine, probs, label, bool(pred.truncated[0]), encoder.max_seq_length, percentile, source)
+    unknown = (float(pred.unknown_share[0, 0]), float(pred.unknown_share[0, 1]))
+    truncated = bool(pred.truncated[0])
+    return PairResult(cosine, probs, label, truncated, encoder.max_seq_length, percentile, source, unknown)
+
+
+def unscorable(texts: Mapping[str, str], limit: int) -> str:
+    """Why a pair cannot be scored before the model sees it ("empty premise", "hypothesis over 10,000 characters
+    (13,200)"), or "" when it can."""
+    if empty := [f"empty {name}" for name, text in texts.items() if is_blank(text)]:
+        return " and ".join(empty)
+    return " and ".join(f"{name} over {limit:,} characters ({k:,})" for name, k in over_limit(texts, limit).items())
 
 
 def reference_from_sentences(encoder: NLIEncoder, sentences: list[str], source: str, pairs: int = 2_000):
@@ -120,21 +219,35 @@ def predict_table(
     hypotheses: Sequence[str],
     batch_size: int = 32,
     progress: Callable[[float], None] | None = None,
+    max_chars: int | None = None,
 ) -> pd.DataFrame:
-    """One row per pair: texts, cosine, label, p_<label> and truncated; blank pairs get no prediction."""
+    """One row per pair: texts, cosine, label, p_<label>, truncated, and not_scored: why a pair has no scores
+    ("empty premise", "hypothesis over 10,000 characters (13,200)", "premise 100 % [UNK]"), empty where it has them.
+    A text longer than `max_chars` (default: max_text_chars()) is never tokenized."""
     n = len(premises)
     has_head = encoder.head is not None
+    limit = max_text_chars() if max_chars is None else max_chars
     cosine = np.full(n, np.nan)
     probs = np.full((n, len(encoder.labels)), np.nan)
     truncated = np.zeros(n, dtype=bool)
-    todo = [i for i in range(n) if not (is_blank(premises[i]) or is_blank(hypotheses[i]))]
+    pairs = zip(premises, hypotheses, strict=True)
+    not_scored = [unscorable(dict(zip(PAIR_FIELDS, pair, strict=True)), limit) for pair in pairs]
+    todo = [i for i in range(n) if not not_scored[i]]
     for start in range(0, len(todo), batch_size):
         idx = todo[start : start + batch_size]
         pred = encoder.predict([premises[i] for i in idx], [hypotheses[i] for i in idx], batch_size=batch_size)
-        cosine[idx] = pred.cosine
         truncated[idx] = pred.truncated
-        if pred.probs is not None:
-            probs[idx] = pred.probs
+        for row, i in enumerate(idx):
+            shares = dict(zip(PAIR_FIELDS, pred.unknown_share[row], strict=True))
+            if pred.mostly_unknown[row]:  # a score of text the model cannot read means nothing: none is given
+                unread = [
+                    f"{name} {share * 100:.0f} % [UNK]" for name, share in shares.items() if share > MOSTLY_UNKNOWN
+                ]
+                not_scored[i] = " and ".join(unread)
+                continue
+            cosine[i] = pred.cosine[row]
+            if pred.probs is not None:
+                probs[i] = pred.probs[row]
         if progress is not None:
             progress(min(start + batch_size, len(todo)) / len(todo))
     table = pd.DataFrame({"premise": list(premises), "hypothesis": list(hypotheses), "cosine": cosine})
@@ -144,4 +257,5 @@ def predict_table(
         for j, label in enumerate(encoder.labels):
             table[f"p_{label}"] = probs[:, j]
     table["truncated"] = truncated
+    table["not_scored"] = not_scored
     return table

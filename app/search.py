@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from app.examples import load_examples
-from siamese.encoder import NLIEncoder
+from app.predict import MAX_CHARS_ENV, max_text_chars, too_long_message, unknown_message
+from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from stagekit.errors import DataError, UserError
 from stagekit.text import has_visible_content
 
@@ -35,9 +36,19 @@ def max_sentences(env: Mapping[str, str] = os.environ) -> int:
     return int(value)
 
 
-def clean_sentences(lines: list[str], where: str, limit: int) -> list[str]:
-    """Stripped lines with visible text, each once, in order. Raises DataError when none is left or there are
-    more than `limit`."""
+def clean_sentences(
+    lines: list[str], where: str, limit: int, max_chars: int | None = None, unit: str = "line"
+) -> list[str]:
+    """Stripped lines with visible text, each once, in order. Raises DataError when none is left, when there are
+    more than `limit`, or when one is longer than `max_chars` characters (default: max_text_chars()), naming its
+    `unit` ("line", "row") and number: nothing of such a list is encoded."""
+    longest = max_text_chars() if max_chars is None else max_chars
+    for number, line in enumerate(lines, 1):
+        if len(line) > longest:
+            raise DataError(
+                f"{where}, {unit} {number:,}: {len(line):,} characters, over this app's limit of {longest:,} characters "
+                f"a text ({MAX_CHARS_ENV}); nothing was encoded"
+            )
     kept = list(dict.fromkeys(line.strip() for line in lines if has_visible_content(line)))
     if not kept:
         raise DataError(f"{where}: no sentences (one per line, with visible text)")
@@ -46,8 +57,11 @@ def clean_sentences(lines: list[str], where: str, limit: int) -> list[str]:
     return kept
 
 
-def sentences_from_upload(data: bytes, name: str, limit: int, column: str | None = None) -> list[str]:
-    """A .txt (one sentence per line) or a .csv's `column` (default: its first column). DataError on bad input."""
+def sentences_from_upload(
+    data: bytes, name: str, limit: int, column: str | None = None, max_chars: int | None = None
+) -> list[str]:
+    """A .txt (one sentence per line) or a .csv's `column` (default: its first column). DataError on bad input,
+    including a sentence longer than `max_chars` (clean_sentences)."""
     if len(data) > MAX_UPLOAD_MB * 1_000_000:
         raise DataError(f"{name}: {len(data) / 1e6:.1f} MB is over the {MAX_UPLOAD_MB} MB upload limit")
     try:
@@ -55,7 +69,7 @@ def sentences_from_upload(data: bytes, name: str, limit: int, column: str | None
     except UnicodeDecodeError as err:
         raise DataError(f"{name}: not UTF-8 text (bad byte at offset {err.start})") from None
     if not name.lower().endswith(".csv"):
-        return clean_sentences(text.splitlines(), name, limit)
+        return clean_sentences(text.splitlines(), name, limit, max_chars)
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError) as err:
@@ -64,7 +78,7 @@ def sentences_from_upload(data: bytes, name: str, limit: int, column: str | None
         column = str(table.columns[0])
     if column not in table.columns:
         raise DataError(f"{name}: no column {column!r} (columns: {', '.join(map(str, table.columns))})")
-    return clean_sentences(table[column].tolist(), f"{name}, column {column!r}", limit)
+    return clean_sentences(table[column].tolist(), f"{name}, column {column!r}", limit, max_chars, unit="row")
 
 
 def csv_columns(data: bytes) -> list[str]:
@@ -84,21 +98,35 @@ def default_corpus(source: str, size: int = DEFAULT_CORPUS_SIZE) -> list[str]:
 @dataclass
 class SearchIndex:
     """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them (its first d
-    dimensions after `truncate`)."""
+    dimensions after `truncate`); `left_out` counts the sentences not indexed because they are mostly [UNK] to the
+    model (siamese.encoder.MOSTLY_UNKNOWN)."""
 
     sentences: list[str]
     embeddings: np.ndarray
+    left_out: int = 0
 
     @classmethod
     def build(
         cls, encoder: NLIEncoder, sentences: list[str], progress: Callable[[float], None] | None = None
     ) -> SearchIndex:
-        parts = []
+        """DataError when every sentence is mostly [UNK]: such a sentence's embedding is close to every other such
+        sentence's whatever it says, so it would crowd the results of any query."""
+        kept, parts = [], []
         for start in range(0, len(sentences), ENCODE_CHUNK):
-            parts.append(encoder.embed(sentences[start : start + ENCODE_CHUNK]).float().cpu().numpy())
+            chunk = sentences[start : start + ENCODE_CHUNK]
+            unknown = encoder.token_stats(chunk)[1]
+            chunk = [text for text, share in zip(chunk, unknown, strict=True) if share <= MOSTLY_UNKNOWN]
+            if chunk:
+                kept += chunk
+                parts.append(encoder.embed(chunk).float().cpu().numpy())
             if progress is not None:
                 progress(min(start + ENCODE_CHUNK, len(sentences)) / len(sentences))
-        return cls(sentences, unit_rows(np.concatenate(parts)))
+        if not kept:
+            raise DataError(
+                f"none of the {len(sentences):,} sentences can be searched: each is mostly [UNK] tokens to this model "
+                "(a script, emoji or symbols its vocabulary lacks)"
+            )
+        return cls(kept, unit_rows(np.concatenate(parts)), len(sentences) - len(kept))
 
     @property
     def dims(self) -> int:
@@ -110,7 +138,9 @@ class SearchIndex:
         are the embedding's own. Raises UserError for a width outside 1..dims."""
         if not 1 <= dims <= self.dims:
             raise UserError(f"cannot search by {dims} dimensions: the index holds {self.dims}")
-        return self if dims == self.dims else SearchIndex(self.sentences, unit_rows(self.embeddings[:, :dims]))
+        if dims == self.dims:
+            return self
+        return SearchIndex(self.sentences, unit_rows(self.embeddings[:, :dims]), self.left_out)
 
     def search(self, query: np.ndarray, k: int) -> list[tuple[int, float]]:
         """The `k` rows most cosine-similar to `query` (d,) or its first `dims` dimensions, best first, as (row,
@@ -127,10 +157,20 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def search_table(index: SearchIndex, encoder: NLIEncoder, query: str, k: int) -> pd.DataFrame:
-    """rank, cosine, sentence for the top `k` sentences of `index` for `query`. UserError for an empty query."""
+def search_table(
+    index: SearchIndex, encoder: NLIEncoder, query: str, k: int, max_chars: int | None = None
+) -> pd.DataFrame:
+    """rank, cosine, sentence for the top `k` sentences of `index` for `query`. UserError for an empty query, one
+    longer than `max_chars` (default: max_text_chars(); checked before it is tokenized) or one that is mostly [UNK]
+    to the model."""
     if not has_visible_content(query):
         raise UserError("Please enter a query (empty text, or only spaces or invisible characters, finds nothing).")
+    limit = max_text_chars() if max_chars is None else max_chars
+    if len(query) > limit:
+        raise UserError(too_long_message({"query": len(query)}, limit, "searched", encoder.max_seq_length))
+    unknown = float(encoder.token_stats([query])[1][0])
+    if unknown > MOSTLY_UNKNOWN:
+        raise UserError(unknown_message({"query": unknown}, "no results are shown"))
     embedding = encoder.embed([query]).float().cpu().numpy()[0]
     hits = index.search(embedding, k)
     # cosine before the sentence: side by side with the baseline, a long sentence would push it out of view

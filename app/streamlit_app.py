@@ -1,4 +1,4 @@
-"""Streamlit UI: `streamlit run app/streamlit_app.py [-- --model DIR]`.
+"""Streamlit UI: `streamlit run app/streamlit_app.py [-- --model DIR_OR_HUB_ID]`.
 
 UI only: every decision worth testing lives in app/models.py, app/examples.py, app/batch.py and
 app/predict.py. User text is shown with text/metric/dataframe elements, never as HTML.
@@ -30,7 +30,9 @@ from app.models import (
 from app.predict import (
     EmptyInput,
     PairResult,
+    TooLong,
     cpu_threads,
+    max_text_chars,
     predict_pair,
     predict_table,
     reference_from_sentences,
@@ -64,7 +66,7 @@ def load_encoder(path: str, stamp: str, backend: str = "torch") -> NLIEncoder:
 def load_baseline_encoder() -> NLIEncoder:
     import torch
 
-    from siamese.evaluate import load_baseline
+    from siamese.baseline import load_baseline
 
     torch.set_num_threads(cpu_threads())
     return load_baseline(BASELINE_NAME)
@@ -93,9 +95,11 @@ def reference_for(model: tuple[str, str]) -> SimilarityReference | None:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def cached_prediction(model: tuple[str, str], premise: str, hypothesis: str) -> PairResult | EmptyInput:
+def cached_prediction(
+    model: tuple[str, str], premise: str, hypothesis: str, max_chars: int
+) -> PairResult | EmptyInput | TooLong:
     """Reruns (any widget change) reuse the result instead of running the model again."""
-    return predict_pair(encoder_for(model), premise, hypothesis, reference_for(model))
+    return predict_pair(encoder_for(model), premise, hypothesis, reference_for(model), max_chars)
 
 
 @st.cache_data(show_spinner=False)
@@ -116,7 +120,11 @@ def use_example() -> None:
 
 def sidebar_model() -> tuple[tuple[str, str], NLIEncoder]:
     root = outputs_root()
-    choices = model_choices(sys.argv[1:])
+    try:
+        choices = model_choices(sys.argv[1:])  # a Hub id is fetched (or found in the cache) here
+    except UserError as err:
+        st.error(md_escape(str(err)))
+        st.stop()
     if not choices:
         st.error(
             f"No trained model found under {md_escape(str(root))}. Train the small CPU model first, then reload this page:"
@@ -187,29 +195,43 @@ def pair_tab(model: tuple[str, str], compare: bool) -> None:
         st.caption("No example pairs available: the MNLI dev file was not found and the Hub is unreachable.")
         with st.expander("details"):
             st.text("\n".join(problems))
+    try:
+        limit = max_text_chars()
+    except UserError as err:
+        st.error(md_escape(str(err)))
+        return
     with st.form("pair_form"):
-        premise = st.text_area("Premise", key="premise", height=90)
-        hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90)
+        premise = st.text_area("Premise", key="premise", height=90, help=f"Up to {limit:,} characters.")
+        hypothesis = st.text_area("Hypothesis", key="hypothesis", height=90, help=f"Up to {limit:,} characters.")
         if st.form_submit_button("Predict", key="predict", type="primary"):
             st.session_state["last_pair"] = (premise, hypothesis)
     if "last_pair" in st.session_state:
         pair = st.session_state["last_pair"]
-        show_prediction(cached_prediction(model, *pair), *pair)
-        if compare and not isinstance(result := cached_prediction(BASELINE_KEY, *pair), EmptyInput):
+        show_prediction(cached_prediction(model, *pair, limit), *pair)
+        if compare and isinstance(result := cached_prediction(BASELINE_KEY, *pair, limit), PairResult):
             show_baseline(result)
 
 
 def show_baseline(result: PairResult) -> None:
     st.subheader(f"{BASELINE_NAME} (baseline)", divider="gray")
+    if result.unreadable_message:  # the baseline's vocabulary may read what the model's cannot, or not
+        st.warning(md_escape(result.unreadable_message))
+        return
     st.metric(f"Cosine similarity ({BASELINE_NAME})", f"{result.cosine:.3f}")
     if result.similarity_words:
         st.caption(f"{result.similarity_words[0].upper()}{result.similarity_words[1:]}.")
     st.caption("A pretrained sentence encoder without an NLI head: compare its cosine with your model's.")
 
 
-def show_prediction(result: PairResult | EmptyInput, premise: str, hypothesis: str) -> None:
+def show_prediction(result: PairResult | EmptyInput | TooLong, premise: str, hypothesis: str) -> None:
     if isinstance(result, EmptyInput):
         st.warning(result.message)
+        return
+    if isinstance(result, TooLong):
+        st.error(md_escape(result.message))
+        return
+    if result.unreadable_message:  # in place of a similarity and a verdict that would mean nothing
+        st.warning(md_escape(result.unreadable_message))
         return
     gold_pair = st.session_state.get("gold")
     gold = gold_pair[2] if gold_pair and gold_pair[:2] == (premise, hypothesis) else None
@@ -275,6 +297,12 @@ def batch_tab(encoder: NLIEncoder) -> None:
     stored = st.session_state.get("batch")
     if stored and stored[0] == signature:
         result = stored[1]
+        if skipped := int((result["not_scored"] != "").sum()):
+            st.warning(
+                f"{skipped:,} of {len(result):,} pairs were not scored: the not_scored column says why (empty text, "
+                "text over the app's limit of characters, or text mostly [UNK] to this model, whose scores would mean "
+                "nothing)."
+            )
         st.dataframe(result, hide_index=True)
         st.download_button(
             "Download predictions (CSV)",
@@ -368,16 +396,21 @@ def search_tab(model: tuple[str, str], compare: bool) -> None:
     columns = st.columns(len(shown))
     for column, (title, key) in zip(columns, shown, strict=True):
         with column:
-            index = search_index(key, sentences, title.lower() if key == model else title)
-            index = index.truncate(dims) if key == model else index
-            started = time.perf_counter()
             try:
+                index = search_index(key, sentences, title.lower() if key == model else title)
+                index = index.truncate(dims) if key == model else index
+                started = time.perf_counter()
                 table = search_table(index, encoder_for(key), query, int(k))
             except UserError as err:
                 st.warning(md_escape(str(err)))
-                return
+                continue  # the other model may read what this one cannot
             st.markdown(f"**{title}** ({(time.perf_counter() - started) * 1000:.0f} ms)")
             st.dataframe(table, hide_index=True, column_config={"cosine": st.column_config.NumberColumn(format="%.3f")})
+            if index.left_out:
+                st.caption(
+                    f"{index.left_out:,} sentences left out: mostly [UNK] tokens to this model (a script, emoji or "
+                    "symbols its vocabulary lacks), so their cosines would mean nothing."
+                )
 
 
 def main() -> None:

@@ -132,7 +132,7 @@ def measure(spec: str, args: argparse.Namespace, work: Path) -> dict:
     """All steps for one corpus: {"reference", "cold", "cached": (child JSON, Measured), "train": Measured}."""
     files = corpus_files(spec, work / "corpus")
     cfg = load_config(PretrainConfig, args.config, args.overrides)
-    ours = ["--config", args.config, *args.overrides, f"data.source={work / 'corpus'}", "data.revision=null"]
+    ours = ["--config", args.config, *args.overrides, f"data.source={work / 'corpus'}"]
     ours += ["data.max_documents=null"]
     ours += [f"data.num_proc={args.num_proc}", f"data.cache_dir={work / 'cache'}"]
     result: dict = {"corpus": spec}

@@ -51,8 +51,7 @@ from pretrain.config import PretrainConfig
 from stagekit.config import load_config
 
 DEFAULT_OVERRIDES = [  # the shared stand-in corpus, enough documents for a few hundred batches
-    "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz",
-    "data.revision=null",  # a local file has no Hub revision (bert-medium.yaml names one)
+    "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz",  # a path alone: no Hub revision
     "data.max_documents=4000",
     "wandb.mode=disabled",
 ]
@@ -109,7 +108,7 @@ def raw_documents(cfg: PretrainConfig) -> list[str]:
 
     from stagekit.sources import local_files
 
-    files = local_files(cfg.data.source)
+    files = local_files(cfg.data.source.path)
     rows = datasets.load_dataset("json", data_files=files, split="train", streaming=True)
     return [row[cfg.data.text_column] for _, row in zip(range(cfg.data.max_documents or 10**9), rows, strict=False)]
 

@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "all-MiniLM-L6-v2":
-        from siamese.evaluate import load_baseline
+        from siamese.baseline import load_baseline
 
         encoder = load_baseline(args.model)
     else:

@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="siamese-memory-") as tmp:
         model = args.model
         if model is None:
-            from bench.tiny_bert import make_tiny_bert
+            from tests.tiny_bert import make_tiny_bert
 
             data_dir = Path(os.environ.get("BERT_DATA_DIR", REPO.parent / "shared" / "data"))
             # The model's size does not matter for this question (data and trainer state growing with the

@@ -57,7 +57,7 @@ def ours(args: argparse.Namespace, out: Path) -> float:
         "--config", args.config, f"model.base_model={args.model}", f"output_dir={out}", "run_name=bench",
         f"model.max_seq_length={args.max_seq_length}", f"train.per_device_train_batch_size={args.batch_size}",
         f"train.max_steps={args.steps}", f"train.save_steps={args.steps}", "data.eval_pairs=0",
-        f"data.train_sources=[{{path: '{MNLI}', config_name: null}}]", "train.max_train_minutes=null",
+        f"data.train_sources=[{{path: '{MNLI}'}}]", "train.max_train_minutes=null",
         f"impl.num_threads={args.threads}", "wandb.mode=disabled",
         # the reference's objective and nothing around it: SoftmaxLoss, no warm start, no checkpoint selection
         "loss.name=softmax", "train.head_init_pairs=0", "train.head_learning_rate=null", "train.select_best=false",

@@ -1,171 +1,89 @@
-"""`python -m pipeline`: pretrain → fine-tune on MNLI → evaluate → start the app on the new model.
-
-Both stage configs are loaded and checked before any work starts. A stage whose final model already
-exists is skipped (--retrain runs it again from its checkpoints); a stage with checkpoints continues
-from the newest one (`--resume`), so a killed pipeline picks up where it stopped. The siamese stage
-always fine-tunes the model the pretraining stage just wrote. `--nproc N` runs both training stages on
-N processes with `torchrun --standalone` (one per GPU, or CPU processes with gloo). Started by a launcher
-itself (`torchrun --nnodes=N … -m pipeline`, `accelerate launch … -m pipeline`: several machines), it runs
-each stage in the launched processes, and global rank 0 alone evaluates (docs/several-machines.md).
-
-Before any stage starts, the pipeline claims both run folders (writable, and no other pipeline in them:
-stagekit/runlock.py) and checks that a stage it will resume was trained on `--nproc` processes.
+"""`python -m pipeline [pretrain.KEY=VALUE ...] [siamese.KEY=VALUE ...] [eval.KEY=VALUE ...]`: pretrain → fine-tune
+on MNLI → evaluate → the app. Each stage runs through `stagekit.stage.run_stage` with resume on (a finished stage is
+left as it is, an interrupted one continues); `--nproc N` runs it all under `torchrun --standalone`, and under a
+launcher of its own (docs/several-machines.md) global rank 0 evaluates.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from pretrain.config import PretrainConfig
-from siamese.config import SiameseConfig
+from pretrain.train import PretrainStage
+from siamese.config import EvalConfig, SiameseConfig
+from siamese.evaluate import evaluate
+from siamese.train import SiameseStage
 from stagekit import elastic
-from stagekit.checkpoints import check_world_size, checkpoint_dirs, newest_checkpoint
+from stagekit.atomic import require_writable
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
-from stagekit.errors import UserError
-from stagekit.runlock import PIPELINE_LOCK, claim_run_folder
-from stagekit.stage import starting_point
+from stagekit.errors import ConfigError, UserError
+from stagekit.stage import run_stage
 
 log = logging.getLogger("pipeline")
-CONFIGS = REPO_ROOT / "configs"
+SECTIONS = ("pretrain", "siamese", "eval")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--pretrain-config",
-        default=str(CONFIGS / "pretrain" / "cpu-small.yaml"),
-        help="YAML config of the pretraining stage (default: configs/pretrain/cpu-small.yaml; keys: python -m pretrain --help)",
-    )
-    parser.add_argument(
-        "--siamese-config",
-        default=str(CONFIGS / "siamese" / "cpu-small.yaml"),
-        help="YAML config of the fine-tuning stage (default: configs/siamese/cpu-small.yaml; keys: python -m siamese --help)",
-    )
+    for stage in ("pretrain", "siamese"):
+        parser.add_argument(f"--{stage}-config", default=str(REPO_ROOT / "configs" / stage / "cpu-small.yaml"),
+                            help=f"the {stage} stage's YAML config (keys: python -m {stage} --help)")  # fmt: skip
     parser.add_argument("--output-dir", help="put both runs under this folder instead of the configs' output_dir")
-    parser.add_argument(
-        "--retrain",
-        action="store_true",
-        help="run a stage even if its final model exists (from its checkpoints, if any; delete outputs/<run_name> to start over)",
-    )
-    parser.add_argument(
-        "--nproc", type=int, default=1, help="processes per training stage (torchrun --standalone); default 1"
-    )
-    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N pairs of each set only")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the all-MiniLM-L6-v2 comparison")
+    parser.add_argument("--nproc", type=int, default=1, help="processes to train on (torchrun --standalone)")
     parser.add_argument("--no-app", action="store_true", help="stop after evaluation instead of starting the app")
     parser.add_argument("--port", type=int, default=8501, help="port for the Streamlit app")
-    args = parser.parse_args(argv)
-    if args.nproc < 1:
-        raise UserError("--nproc must be >= 1")
+    parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="e.g. pretrain.train.max_steps=500 "
+                        "eval.limit=200 (eval keys: python -m siamese.evaluate --help)")  # fmt: skip
+    args = parser.parse_intermixed_args(argv)
+    if args.nproc < 1 or (args.nproc > 1 and elastic.launched()):
+        raise UserError("--nproc must be >= 1, and is left out under a launcher (it sets the processes)")
     return args
 
 
-def stage_argv(config: str, run_dir: Path, extra: list[str]) -> list[str]:
-    """The stage's command line; `--resume` whenever the run folder already holds checkpoints or a model."""
-    resume = ["--resume"] if checkpoint_dirs(run_dir / "checkpoints") or (run_dir / "model").is_dir() else []
-    return ["--config", config, *resume, *extra]
-
-
-def launch_stage(module: str, main: Callable[[list[str]], object], argv: list[str], nproc: int) -> None:
-    """In this process for one process; under `torchrun --standalone` for several."""
-    if nproc == 1:
-        main(argv)
-        return
-    # gloo, which CPU processes use, can hang at shutdown on hosts whose default interface is not loopback.
-    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    log.info("running %s on %d processes: %s", module, nproc, " ".join([*command, "-m", module, *argv]))
-    done = subprocess.run([*command, "-m", module, *argv], env=env, check=False)
-    if done.returncode != 0:
-        raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")
-
-
-def where_it_starts(cfg: PretrainConfig | SiameseConfig) -> str:
-    """The stage's own "continuing from <checkpoint> (step N of M)" line, said before the stage starts."""
-    return starting_point(newest_checkpoint(cfg.run_dir / "checkpoints"), cfg.train.max_steps or 0)
-
-
-def check_resumed_world_sizes(run_dirs: list[Path], nproc: int) -> None:
-    """A stage that will resume must resume on the processes it was trained on: refused here, before the first
-    stage starts, not when the run reaches that stage (e.g. re-running without `--nproc 2` after a killed
-    two-process run)."""
-    for run_dir in run_dirs:
-        checkpoint = newest_checkpoint(run_dir / "checkpoints")
-        if checkpoint is not None:
-            check_world_size(checkpoint, nproc, remedy="rerun the pipeline with --nproc {n}")
+def build_configs(args: argparse.Namespace) -> tuple[PretrainConfig, SiameseConfig, EvalConfig]:
+    """The three configs from the files and the `section.key=value` overrides (one-line ConfigError)."""
+    overrides: dict[str, list[str]] = {section: [] for section in SECTIONS}
+    for item in args.overrides:
+        section, dot, rest = item.partition(".")
+        if section not in SECTIONS or not dot or rest.startswith("model.base_model="):
+            raise ConfigError(f"override '{item}': use pretrain.KEY=, siamese.KEY= (the base model is the "
+                              "pretraining output) or eval.KEY=")  # fmt: skip
+        overrides[section].append(rest)
+    out = [f"output_dir={args.output_dir}"] if args.output_dir else []
+    pretrain = load_config(PretrainConfig, args.pretrain_config, [*overrides["pretrain"], *out])
+    base = f"model.base_model={pretrain.run_dir / 'model'}"
+    siamese = load_config(SiameseConfig, args.siamese_config, [*overrides["siamese"], *out, base])
+    return pretrain, siamese, load_config(EvalConfig, None, overrides["eval"])
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    out = [f"output_dir={args.output_dir}"] if args.output_dir else []
-    pretrain_cfg = load_config(PretrainConfig, args.pretrain_config, out)
-    pretrained = pretrain_cfg.run_dir / "model"
-    # The siamese stage must start from this pretraining run, whatever its config names.
-    base = [f"model.base_model={pretrained}"]
-    siamese_cfg = load_config(SiameseConfig, args.siamese_config, [*out, *base])
-    siamese_model = siamese_cfg.run_dir / "model"
-    pretrain_done = (pretrained / "config.json").is_file() and not args.retrain
-    siamese_done = (siamese_model / "modules.json").is_file() and not args.retrain
+    pretrain_cfg, siamese_cfg, eval_cfg = build_configs(args)
+    for run_dir in (pretrain_cfg.run_dir, siamese_cfg.run_dir):  # now, not when the second stage starts
+        require_writable(run_dir, "set --output-dir (or output_dir in the configs) to a writable folder")
+    model_dir, is_main = siamese_cfg.run_dir / "model", True
+    if args.nproc > 1:  # each launched process runs the stages itself (--nproc left out: torchrun would read it)
+        inner = [w for i, w in enumerate(argv) if not w.startswith("--nproc") and argv[i - 1 : i] != ["--nproc"]]
+        elastic.run_under_torchrun("pipeline", [*inner, "--no-app"], args.nproc)
+    else:
+        log.info("1/3 pretraining → %s", pretrain_cfg.run_dir / "model")
+        run_stage(PretrainStage(pretrain_cfg), resume=True)
+        log.info("2/3 siamese fine-tuning → %s", model_dir)
+        is_main = run_stage(SiameseStage(siamese_cfg), resume=True).is_main
+        if is_main:  # global rank 0 alone evaluates and starts the app
+            log.info("3/3 evaluation of %s", model_dir)
+            evaluate(model_dir, eval_cfg)
+    if is_main and not args.no_app:
+        from app.launch import launch  # streamlit loads only when the app starts
 
-    # Each stage locks its folder while it trains; the pipeline's own lock (another file, so the stages it
-    # starts are not refused) keeps a second pipeline out of both folders from here to the report.
-    main_process, device, nproc = elastic.join_launched_group(
-        pretrain_cfg.impl.device, pretrain_cfg.train.seed, args.nproc
-    )
-    remedy = "set --output-dir (or output_dir in the configs) to a writable folder"
-    claim = {"is_main": main_process, "device": device, "lock": PIPELINE_LOCK, "what": "pipeline", "remedy": remedy}
-    with claim_run_folder(pretrain_cfg.run_dir, **claim), claim_run_folder(siamese_cfg.run_dir, **claim):
-        stages = [(pretrain_cfg.run_dir, pretrain_done), (siamese_cfg.run_dir, siamese_done)]
-        check_resumed_world_sizes([run_dir for run_dir, done in stages if not done], nproc)
-
-        from pretrain.train import main as pretrain_main
-        from siamese.evaluate import main as evaluate_main
-        from siamese.train import main as siamese_main
-
-        if pretrain_done:
-            log.info("1/3 pretraining: %s exists, skipped (--retrain to run it again)", pretrained)
-        else:
-            log.info(
-                "1/3 pretraining → %s (%s)",
-                pretrained,
-                where_it_starts(pretrain_cfg),
-            )
-            argv_ = stage_argv(args.pretrain_config, pretrain_cfg.run_dir, out)
-            launch_stage("pretrain", pretrain_main, argv_, 1 if elastic.launched() else nproc)
-
-        if siamese_done:
-            log.info("2/3 siamese fine-tuning: %s exists, skipped (--retrain to run it again)", siamese_model)
-        else:
-            log.info(
-                "2/3 siamese fine-tuning of %s → %s (%s)",
-                pretrained,
-                siamese_model,
-                where_it_starts(siamese_cfg),
-            )
-            argv_ = stage_argv(args.siamese_config, siamese_cfg.run_dir, [*out, *base])
-            launch_stage("siamese", siamese_main, argv_, 1 if elastic.launched() else nproc)
-        if not main_process:
-            return siamese_model  # global rank 0 evaluates and starts the app
-
-        log.info("3/3 evaluation of %s", siamese_model)
-        evaluate = ["--model", str(siamese_model)]
-        evaluate += [] if args.no_baseline else ["--baseline"]
-        evaluate += ["--limit", str(args.eval_limit)] if args.eval_limit else []
-        evaluate_main(evaluate)
-        print(f"report: {siamese_model / 'report.md'}")
-
-    if not args.no_app:  # the app only reads the model: another pipeline may run meanwhile
-        from app.launch import launch
-
-        launch(siamese_model, port=args.port)
-    return siamese_model
+        launch(model_dir, port=args.port)
+    return model_dir
 
 
 def cli() -> None:

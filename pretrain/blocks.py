@@ -129,7 +129,11 @@ def cache_key(cfg: PretrainConfig) -> str:
     """A hash of everything that determines the blocks: corpus (files by path, size and mtime), cleaning,
     split, tokenizer settings, vocabulary and block size — and none of the speed-only settings."""
     data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in SPEED_ONLY}
-    files = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in local_files(cfg.data.source)]
+    # The source as the flat keys it was before it became a section (weight means nothing to one source), so a
+    # cache built then keeps its key: a rebuild would train a tokenizer that differs in a few rare tokens.
+    source = data.pop("source")
+    data |= {k: source[k] for k in ("config_name", "revision", "split")} | {"source": source["path"]}
+    files = [(f, os.path.getsize(f), int(os.path.getmtime(f))) for f in local_files(cfg.data.source.path)]
     spec = {
         "format": CACHE_FORMAT,
         "data": data,

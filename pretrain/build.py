@@ -40,7 +40,7 @@ def unigram_entropy(counts: np.ndarray) -> float:
 
 def raise_few_blocks(cfg: PretrainConfig, split: str) -> None:
     raise DataError(
-        f"{cfg.data.source}: the {split} split gives no block of data.block_size={cfg.data.block_size} tokens; "
+        f"{cfg.data.source.path}: the {split} split gives no block of data.block_size={cfg.data.block_size} tokens; "
         "use more documents (data.max_documents) or a larger data.validation_fraction"
     )
 
@@ -143,7 +143,7 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
         kept = counts["train"] + counts["validation"]
         if kept < 2:
             raise DataError(
-                f"{data.source}: only {kept} of {counts['read']} documents have at least data.min_chars="
+                f"{data.source.path}: only {kept} of {counts['read']} documents have at least data.min_chars="
                 f"{data.min_chars} characters after cleaning; need at least 2 (one for validation)"
             )
         for split, writer in writers.items():

@@ -7,33 +7,41 @@ and validated by `stagekit.config.load_config` before any data are touched.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
-from stagekit.sources import hub_only_setting
+from stagekit.sources import SourceConfig
 from stagekit.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig
 from stagekit.tracking import WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
 
 
+def _default_source() -> SourceConfig:
+    # datasets >= 4 cannot run loading scripts: the Hub's parquet conversion of OpenWebText
+    return SourceConfig(path="Skylion007/openwebtext", revision="refs/convert/parquet")
+
+
 @dataclass
 class DataConfig:
-    source: str = key(
-        "Skylion007/openwebtext",
-        "a Hub dataset id, or a local .txt / .jsonl / .jsonl.gz / .parquet file, glob or folder",
+    # The flat keys before the source became a section (stagekit.sources.SourceConfig, shared with fine-tuning).
+    renamed: ClassVar[dict[str, str]] = {
+        "source": "source.path",
+        "revision": "source.revision",
+        "config_name": "source.config_name",
+        "split": "source.split",
+    }
+    source: SourceConfig = key(
+        help="the corpus: a Hub dataset or a local .txt / .jsonl / .jsonl.gz / .parquet file, glob or folder (a plain "
+        "string is its path)",
+        factory=_default_source,
     )
-    revision: str | None = key(
-        "refs/convert/parquet",
-        "Hub datasets only: the git revision (datasets >= 4 cannot run loading scripts: use parquet)",
-    )
-    config_name: str | None = key(None, "Hub datasets only: the dataset's configuration name")
-    split: str = key("train", "the split read as the corpus")
     text_column: str = key("text", "the column holding each document's text")
     streaming: bool = key(
         True,
         "speed only: stream the source (a Hub dataset is never downloaded whole) or, false, convert it to a "
-        "local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py)",
+        "local Arrow cache first; both give the same blocks (tests/pretrain/test_data.py). Local JSON Lines are "
+        "read line by line either way",
         resumable=True,
     )
     max_documents: int | None = key(100_000, "the first N documents of the source; null: all of them")
@@ -53,19 +61,12 @@ class DataConfig:
     )  # fmt: skip
 
     def check(self) -> None:
-        require(bool(self.source.strip()), "source", "must name a Hub dataset or a local file")
         require(self.max_documents is None or self.max_documents > 0, "max_documents", "must be positive or null")
         require(self.min_chars >= 1, "min_chars", "must be at least 1")
         require(0.0 < self.validation_fraction < 0.5, "validation_fraction", "must be in (0, 0.5)")
         require(self.block_size >= 8, "block_size", "must be at least 8")
         require(self.num_proc >= 1, "num_proc", "must be at least 1")
         require(self.chunk_documents >= 1, "chunk_documents", "must be at least 1")
-        ignored = hub_only_setting(self.source, config_name=self.config_name, revision=self.revision)
-        if ignored is not None:
-            value = getattr(self, ignored)
-            require(
-                False, ignored, f"{value!r} is for Hub datasets, and {self.source} is local: set data.{ignored}=null"
-            )
 
 
 @dataclass
@@ -268,10 +269,6 @@ class TrainConfig(SharedTrainConfig):
         )
 
 
-# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
-IMPLIED_BY_OLD_CHECKPOINTS = {"train.lr_scheduler_type": "reduce_lr_on_plateau", "impl.dataloader_pin_memory": True}
-
-
 @dataclass
 class ImplConfig(SharedImplConfig):
     compile: bool = key(
@@ -297,6 +294,11 @@ class PretrainConfig(RunConfig):
         "model.architecture=bert impl.num_threads=1",
     )
     stage: ClassVar[str] = "pretrain"
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {
+        "train.lr_scheduler_type": "reduce_lr_on_plateau",
+        "impl.dataloader_pin_memory": True,
+        "data.source.weight": 1.0,
+    }
 
     def check(self) -> None:
         super().check()

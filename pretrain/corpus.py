@@ -1,22 +1,27 @@
 """Raw documents in, clean documents out: read a Hub or local source in bounded batches, clean, split.
 
-Nothing here holds more than one batch of documents. The source is streamed (or, with
-data.streaming=false, read from datasets' memory-mapped Arrow cache of it) and cut into chunks that
-`pretrain.packing` cleans and tokenizes in worker processes. The train/validation split is a seeded
-hash of each cleaned document, so it needs no shuffle of the whole corpus and no document positions.
+Nothing here holds more than one batch of documents. The source is streamed (local JSON Lines line by
+line; anything else through datasets, or with data.streaming=false from datasets' memory-mapped Arrow cache
+of it) and cut into chunks that `pretrain.packing` cleans and tokenizes in worker processes, a document
+longer than PIECE_CHARS in pieces. The train/validation split is a seeded hash of each cleaned document,
+so it needs no shuffle of the whole corpus and no document positions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import html
+import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import fsspec
+
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 from stagekit.errors import DataError
-from stagekit.sources import load_source, local_files, reading
+from stagekit.sources import check_readable, file_type, load_source, local_files, reading
 from stagekit.text import has_visible_content
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
@@ -30,16 +35,80 @@ READ_BATCH = 64
 SPLITS = ("train", "validation")
 
 
-def clean_text(text: str | None) -> str:
-    """Strip HTML leftovers such as `<br />` and entities, then collapse all whitespace to single spaces."""
+# Documents longer than this (characters) are cleaned, tokenized and fed to the tokenizer trainer in pieces of
+# at most this size: a whole document's word list (cleaning) or tokenizers Encoding (~100 bytes per token)
+# would grow with its length. The pieces are cut at whitespace, so their words are the document's.
+PIECE_CHARS = 1 << 16
+
+
+def clean_text(text: str | None, piece_chars: int = PIECE_CHARS) -> str:
+    """Strip HTML leftovers such as `<br />` and entities, then collapse all whitespace to single spaces.
+
+    A text longer than `piece_chars` is cleaned in `raw_pieces`, which join into the same result."""
     if not text:
         return ""
+    if len(text) > piece_chars:
+        return " ".join(filter(None, map(_clean, raw_pieces(text, piece_chars))))
+    return _clean(text)
+
+
+def _clean(text: str) -> str:
     if "<" in text:
         text = _TAG.sub(" ", text)
     text = html.unescape(text)
     # str.split() splits on exactly the characters re's \s matches (str.isspace), 3.5x faster than
     # re.sub(r"\s+", " ", text).strip(), which was most of the cleaning time (docs/benchmarks.md).
     return " ".join(text.split())
+
+
+def raw_pieces(text: str, limit: int) -> Iterator[str]:
+    """`text` in consecutive pieces of at most `limit` characters, each cut just before a whitespace character
+    that no HTML tag spans, so that `clean_text` of each piece, joined by spaces, is `clean_text` of the whole.
+
+    Where `limit` characters hold no such place (a `<` opened early and never closed, then a tag), the cut is
+    at the last whitespace; where they hold no whitespace at all, at `limit`: only such pathological text is
+    cleaned differently from the whole (a space inside a tag or a word of `limit` characters).
+    """
+    start = 0
+    while len(text) - start > limit:
+        cut = _cut_before_space(text, start, start + limit)
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _cut_before_space(text: str, start: int, end: int) -> int:
+    last = candidate = _last_space(text, start, end)
+    while candidate > start:
+        opening = text.rfind("<", start, candidate)
+        if opening <= text.rfind(">", start, candidate):  # no tag open here: _TAG's matches end at a ">"
+            return candidate
+        candidate = _last_space(text, start, opening)
+    return last if last > start else end
+
+
+def _last_space(text: str, start: int, end: int) -> int:
+    """The last whitespace position in text[start + 1:end], or -1."""
+    for position in range(end - 1, start, -1):
+        if text[position].isspace():
+            return position
+    return -1
+
+
+def text_pieces(text: str, limit: int) -> Iterator[str]:
+    """A cleaned document in consecutive pieces of at most `limit` characters, each cut before a space.
+
+    WordPiece tokenizers split words at spaces, so the pieces' tokens, concatenated, are the document's. A
+    stretch of `limit` characters without a space (unspaced scripts) is cut where it ends: between two CJK
+    characters that changes nothing either (BERT's tokenizer splits them), elsewhere it splits one word.
+    """
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start + 1, start + limit + 1)
+        cut = cut if cut > start else start + limit
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def in_validation(text: str, fraction: float, seed: int) -> bool:
@@ -83,38 +152,92 @@ def raw_batches(cfg: DataConfig, batch_size: int) -> Iterator[list[str | None]]:
     """The raw texts of the source's first `max_documents` documents, in source order, `batch_size` at a time.
 
     Several local files (a folder or glob) are read one after another, so they may have different
-    other columns (the Wikipedia stand-in has id and title, IMDB only text). Raises DataError (one line)
-    for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
+    other columns (the Wikipedia stand-in has id and title, IMDB only text). Local JSON Lines files are
+    read line by line (`json_lines_texts`), so their other columns never matter. Raises DataError (one
+    line) for a missing file, a missing or non-text column, or a malformed / non-UTF-8 file.
     """
-    files = local_files(cfg.source)
+    files = local_files(cfg.source.path)
     remaining = cfg.max_documents
-    for name in files if len(files) > 1 else [cfg.source]:
-        with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
-            source = load_source(
-                name,
-                split=cfg.split,
-                config_name=cfg.config_name,
-                revision=cfg.revision,
-                streaming=cfg.streaming,
-                local_hint=LOCAL_CORPUS_HINT,
-            )
-            columns = source.column_names  # None for a stream whose features are not known yet
-            if columns is not None:
-                if cfg.text_column not in columns:
-                    raise DataError(_missing_column(name, cfg.text_column, list(columns)))
-                source = source.select_columns([cfg.text_column])
-            for batch in source.iter(batch_size=batch_size):
-                if cfg.text_column not in batch:
-                    raise DataError(_missing_column(name, cfg.text_column, list(batch)))
-                texts = batch[cfg.text_column]
-                wrong = next((t for t in texts if t is not None and not isinstance(t, str)), None)
-                if wrong is not None:
-                    raise DataError(f"{name}: column '{cfg.text_column}' holds {type(wrong).__name__}, not text")
-                if remaining is not None:
-                    texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
-                yield texts
-                if remaining == 0:
-                    return
+    for name in files if files else [cfg.source.path]:
+        for texts in _texts_of(cfg, name, batch_size):
+            if remaining is not None:
+                texts, remaining = texts[:remaining], remaining - min(remaining, len(texts))
+            yield texts
+            if remaining == 0:
+                return
+
+
+def _texts_of(cfg: DataConfig, name: str, batch_size: int) -> Iterator[list[str | None]]:
+    """The text column of one file (or Hub dataset), `batch_size` values at a time."""
+    if is_json_lines(name):
+        yield from json_lines_texts(name, cfg.text_column, batch_size)
+        return
+    with reading(name):  # a malformed or non-UTF-8 line met while streaming: one line, no traceback
+        source = load_source(
+            name,
+            split=cfg.source.split,
+            config_name=cfg.source.config_name,
+            revision=cfg.source.revision,
+            streaming=cfg.streaming,
+            local_hint=LOCAL_CORPUS_HINT,
+        )
+        columns = source.column_names  # None for a stream whose features are not known yet
+        if columns is not None:
+            if cfg.text_column not in columns:
+                raise DataError(_missing_column(name, cfg.text_column, list(columns)))
+            source = source.select_columns([cfg.text_column])
+        for batch in source.iter(batch_size=batch_size):
+            if cfg.text_column not in batch:
+                raise DataError(_missing_column(name, cfg.text_column, list(batch)))
+            texts = batch[cfg.text_column]
+            wrong = next((t for t in texts if t is not None and not isinstance(t, str)), None)
+            if wrong is not None:
+                raise DataError(f"{name}: column '{cfg.text_column}' holds {type(wrong).__name__}, not text")
+            yield texts
+
+
+def is_json_lines(path: str) -> bool:
+    """A local .jsonl / .json file (compressed or not) of one JSON object per line, not a JSON array."""
+    if not os.path.isfile(path) or file_type(path) not in (".jsonl", ".json"):
+        return False
+    check_readable(path)  # missing, empty or truncated: one line
+    with fsspec.open(path, "rb", compression="infer") as fh:
+        start = fh.read(4096).lstrip()
+    return not start.startswith(b"[")
+
+
+def json_lines_texts(path: str, column: str, batch_size: int) -> Iterator[list[str | None]]:
+    """`column` of every line of a local JSON Lines file, `batch_size` values at a time, None where a line lacks it.
+
+    Only that one value is looked at: datasets' JSON reader fixes every column's type from the first 10 MB
+    and then fails on a later line where another column changes type or first appears. Raises DataError
+    (one line naming the file and line) for a line that is not a JSON object, a value that is not text,
+    or a first line without the column.
+    """
+    batch: list[str | None] = []
+    first = True
+    with fsspec.open(path, "rb", compression="infer") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:  # UnicodeDecodeError included
+                raise DataError(f"{path}: could not be read: line {number}: {err}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}: could not be read: line {number} is not a JSON object")
+            if first and column not in row:
+                raise DataError(_missing_column(path, column, list(row)))
+            first = False
+            text = row.get(column)
+            if text is not None and not isinstance(text, str):
+                raise DataError(f"{path}: line {number}: column '{column}' holds {type(text).__name__}, not text")
+            batch.append(text)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
@@ -134,14 +257,6 @@ def document_chunks(cfg: DataConfig) -> Iterator[list[str | None]]:
         yield chunk
 
 
-def split_batches(cfg: DataConfig, split: str, batch_size: int = 1000) -> Iterator[list[str]]:
-    """The cleaned documents of one split in source order, in batches (streamed, never all in memory)."""
-    for raw in raw_batches(cfg, batch_size):
-        texts = split_documents(raw, cfg.min_chars, cfg.validation_fraction, cfg.split_seed).texts[split]
-        if texts:
-            yield texts
-
-
 def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
     """The first `limit` cleaned training documents, in batches: what the tokenizer learns its vocabulary from.
 
@@ -158,9 +273,9 @@ def training_sample(cfg: DataConfig, limit: int) -> Iterator[list[str]]:
         if taken == limit:
             return
     if read == 0:
-        raise DataError(f"{cfg.source}: no documents found")
+        raise DataError(f"{cfg.source.path}: no documents found")
     if taken == 0:
         raise DataError(
-            f"{cfg.source}: none of the {read} documents gives a training document of at least "
+            f"{cfg.source.path}: none of the {read} documents gives a training document of at least "
             f"data.min_chars={cfg.min_chars} characters after cleaning"
         )

@@ -77,9 +77,11 @@ class FixedMaskedBlocks(Dataset):
     def __init__(self, blocks: Sequence[torch.Tensor], masker: BlockMasker, seed: int, limit: int | None) -> None:
         count = len(blocks) if limit is None else min(limit, len(blocks))
         self.examples = []
+        self.masked_tokens = 0  # the targets every evaluation scores
         for index in range(count):
             input_ids, labels = masker(torch.as_tensor(blocks[index], dtype=torch.long), mask_seed(seed, 0, index))
             self.examples.append({"input_ids": input_ids, "labels": labels})
+            self.masked_tokens += int((labels != -100).sum())
 
     def __len__(self) -> int:
         return len(self.examples)

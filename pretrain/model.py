@@ -43,9 +43,11 @@ class MaskedOnlyHeadMixin:
     need it. The loss is the sum of cross-entropies over masked positions divided by
     `num_items_in_batch`, the masked count the Trainer gathers over all micro-batches and ranks of an
     optimizer step (so 2 ranks × 8 blocks give the gradient of 1 rank × 16 blocks), or by this batch's
-    count when called alone. `logits` holds the masked positions only: shape (masked tokens, vocab).
-    With `masked_only_head = False` or no labels, the class's own forward runs unchanged. (Subclass names
-    end in "ForMaskedLM": transformers picks a model's loss function from its class name.)
+    count when called alone; a step with no masked token has loss 0. `logits` holds the masked positions
+    only: shape (masked tokens, vocab). With `masked_only_head = False` the class's own head runs over every
+    position (logits (batch, length, vocab)) and the loss is the same sum; without labels the class's own
+    forward runs unchanged. (Subclass names end in "ForMaskedLM": transformers picks a model's loss function
+    from its class name.)
     `sequence_length` (set by `ShortBlockWarmup`) cuts each row into pieces of that many tokens first.
     """
 
@@ -67,17 +69,20 @@ class MaskedOnlyHeadMixin:
             input_ids = input_ids.reshape(-1, self.sequence_length)
             labels = None if labels is None else labels.reshape(-1, self.sequence_length)
             attention_mask = None if attention_mask is None else attention_mask.reshape(-1, self.sequence_length)
-        if labels is None or not self.masked_only_head:
-            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
-            if labels is not None and num_items_in_batch is not None:  # same normalisation as below
-                out.loss = out.loss * (labels != IGNORE_INDEX).sum() / num_items_in_batch
-            return out
-        hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if labels is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         selected = labels != IGNORE_INDEX
-        logits = self.mlm_head(hidden[selected])
-        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else selected.sum().clamp(min=1)
-        return MaskedLMOutput(loss=total / count, logits=logits)
+        if self.masked_only_head:
+            hidden = self.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            logits = scored = self.mlm_head(hidden[selected])
+        else:  # the class's own head over every position, scored here: its mean is NaN when nothing is masked
+            logits = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+            scored = logits[selected]
+        total = F.cross_entropy(scored.float(), labels[selected], reduction="sum")
+        # A step may mask no token at all (short blocks, small batches): the sum over no target is 0 and so is its
+        # gradient, where 0 / 0 would be NaN and poison the weights.
+        count = selected.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
+        return MaskedLMOutput(loss=total / count.to(total.device).clamp(min=1), logits=logits)
 
 
 class MaskedOnlyBertForMaskedLM(MaskedOnlyHeadMixin, BertForMaskedLM):

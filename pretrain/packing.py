@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from pretrain.corpus import split_documents
+from pretrain.corpus import split_documents, text_pieces
 
 # Characters per encode_batch call: a tokenizers Encoding keeps tokens, offsets and masks beside the
 # ids (~100 bytes per token), so a worker turns small batches into ids at once, not a whole chunk.
@@ -75,18 +75,44 @@ class ChunkEncoder:
 
 
 def encode_documents(tokenizer: Tokenizer, texts: list[str], sep: int, dtype: str | np.dtype) -> np.ndarray:
-    """The token ids of `texts` without [CLS]/[SEP], each document followed by `sep`, as one 1-D array."""
-    parts, start = [], 0
-    while start < len(texts):
-        end, chars = start, 0
-        while end < len(texts) and (end == start or chars + len(texts[end]) <= ENCODE_CHARS):
-            chars += len(texts[end])
-            end += 1
-        encodings = tokenizer.encode_batch_fast(texts[start:end], add_special_tokens=False)
-        ids = itertools.chain.from_iterable(itertools.chain(e.ids, (sep,)) for e in encodings)
-        parts.append(np.fromiter(ids, dtype=dtype))
-        start = end
+    """The token ids of `texts` without [CLS]/[SEP], each document followed by `sep`, as one 1-D array.
+
+    Encoded about ENCODE_CHARS characters at a time; a longer document in pieces cut at spaces
+    (`pretrain.corpus.text_pieces`), whose ids concatenated are the document's.
+    """
+    parts: list[np.ndarray] = []
+    batch: list[str] = []
+    ends: list[bool] = []  # whether batch[i] ends its document
+    chars = 0
+    for piece, last in _pieces(texts):
+        if batch and chars + len(piece) > ENCODE_CHARS:
+            parts.append(_encode(tokenizer, batch, ends, sep, dtype))
+            batch, ends, chars = [], [], 0
+        batch.append(piece)
+        ends.append(last)
+        chars += len(piece)
+    if batch:
+        parts.append(_encode(tokenizer, batch, ends, sep, dtype))
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def _pieces(texts: list[str]) -> Iterator[tuple[str, bool]]:
+    """(piece, whether it ends its document) for every piece of every text, in order."""
+    for text in texts:
+        pieces = text_pieces(text, ENCODE_CHARS)
+        previous = next(pieces)
+        for piece in pieces:
+            yield previous, False
+            previous = piece
+        yield previous, True
+
+
+def _encode(tokenizer: Tokenizer, batch: list[str], ends: list[bool], sep: int, dtype: str | np.dtype) -> np.ndarray:
+    encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
+    ids = itertools.chain.from_iterable(
+        itertools.chain(e.ids, (sep,) if end else ()) for e, end in zip(encodings, ends, strict=True)
+    )
+    return np.fromiter(ids, dtype=dtype)
 
 
 def _init_worker() -> None:

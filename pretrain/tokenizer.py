@@ -10,6 +10,8 @@ from tokenizers import BertWordPieceTokenizer
 from transformers import BertTokenizerFast
 
 from pretrain.config import TokenizerConfig
+from pretrain.corpus import PIECE_CHARS, text_pieces
+from stagekit.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -20,14 +22,18 @@ def train_tokenizer(
     batches: Iterable[list[str]], cfg: TokenizerConfig, vocab_size: int, model_max_length: int
 ) -> BertTokenizerFast:
     """A BertTokenizerFast whose WordPiece vocabulary (at most `vocab_size` tokens) is learnt from `batches`.
+    Raises DataError (one line) when the corpus's alphabet alone needs more than `vocab_size` tokens.
 
     `batches` (lists of cleaned documents) is consumed once, as a stream: the trainer keeps word counts,
     not texts, so memory depends on the sample's vocabulary, not its size. The caller bounds the sample
     (`pretrain.corpus.training_sample`, tokenizer.max_training_documents).
     """
     wordpiece = BertWordPieceTokenizer(lowercase=cfg.lowercase, clean_text=True, handle_chinese_chars=True)
+    # Long documents go in as pieces cut at spaces: the same words are counted, and the trainer never holds a
+    # whole long document's normalised text with its alignments.
+    pieces = ([piece for text in batch for piece in text_pieces(text, PIECE_CHARS)] for batch in batches)
     wordpiece.train_from_iterator(
-        batches,
+        pieces,
         vocab_size=vocab_size,
         min_frequency=cfg.min_frequency,
         limit_alphabet=cfg.limit_alphabet,
@@ -39,6 +45,14 @@ def train_tokenizer(
     tokenizer = BertTokenizerFast(
         tokenizer_object=wordpiece._tokenizer, do_lower_case=cfg.lowercase, model_max_length=model_max_length
     )
+    if len(tokenizer) > vocab_size:
+        # The trainer keeps its whole alphabet, each letter also as a ##piece, whatever vocab_size says; the model's
+        # embeddings would then lack rows for some ids.
+        raise DataError(
+            f"the WordPiece vocabulary learnt from the corpus has {len(tokenizer)} tokens, more than model.vocab_size="
+            f"{vocab_size}: its alphabet (up to tokenizer.limit_alphabet={cfg.limit_alphabet} characters, each also as "
+            "a ##piece) does not fit; raise model.vocab_size or lower tokenizer.limit_alphabet"
+        )
     if len(tokenizer) < vocab_size:
         # The model keeps model.vocab_size rows (a multiple of 64); the spare rows are never targets.
         log.warning(

@@ -8,7 +8,6 @@ the main process writes the final model, metrics, plots and W&B.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,20 +18,20 @@ from transformers import TrainingArguments
 
 from pretrain.attention import attention_profile
 from pretrain.blocks import PackedData, prepare_data
+from pretrain.card import write_model_card
 from pretrain.cloze import cloze_accuracy, cloze_items
-from pretrain.config import IMPLIED_BY_OLD_CHECKPOINTS, PretrainConfig
-from pretrain.export import export_model
+from pretrain.config import PretrainConfig
+from pretrain.export import save_model_files
 from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
 from pretrain.model import build_model, count_parameters, init_output_bias
 from pretrain.trainer import MLMTrainer, ShortBlockWarmup
-from stagekit.checkpoints import SaveRunConfig
 from stagekit.cli import config_parser, parse_config
-from stagekit.config import save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.errors import DataError
 from stagekit.precision import choose_compile, choose_tf32, device_info
-from stagekit.stage import Stage, run_stage
-from stagekit.training import GridEarlyStopping, plateau_settings, stage_callbacks, training_arguments
+from stagekit.push import pushed_when_done
+from stagekit.stage import Stage, StageResult, run_stage
+from stagekit.training import GridEarlyStopping, plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,8 @@ def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -
 def build_trainer(
     cfg: PretrainConfig, data: PackedData, report_to: list[str], fresh: bool, callbacks: list | None = None
 ) -> MLMTrainer:
-    """The Trainer `python -m pretrain` trains with (the throughput benchmark times this very object)."""
+    """The Trainer `python -m pretrain` trains with, before `run_stage` adds the callbacks both stages share
+    (the throughput benchmark times this very object)."""
     t, device = cfg.train, resolve_device(cfg.impl.device)
     model = build_model(cfg.model, data.tokenizer, cfg.impl.masked_only_head)
     if fresh and t.output_bias_init == "unigram":
@@ -72,7 +72,8 @@ def build_trainer(
     if (t.mlm_probability, t.mask_replace_prob, t.random_replace_prob) != BERT_MASKING:
         bert = BlockMasker(data.tokenizer, *BERT_MASKING)
         eval_sets["bert15_"] = FixedMaskedBlocks(data.validation, bert, t.seed + 1, limit)
-    stops = [SaveRunConfig(run_record(cfg, data)), *stage_callbacks(t)]
+    check_masked_targets(cfg, eval_sets)
+    stops = []
     if t.early_stopping_patience:
         stops.append(GridEarlyStopping(early_stopping_patience=t.early_stopping_patience))
     if t.short_block_steps:
@@ -102,10 +103,17 @@ def build_trainer(
     return trainer
 
 
-def run_record(cfg: PretrainConfig, data: PackedData) -> dict[str, Any]:
-    """What each checkpoint records to check a resume against: the config and the packed data's cache key
-    (which also covers the corpus files' sizes and times, so a changed corpus is refused)."""
-    return to_dict(cfg) | {"packed_data": data.stats["cache_key"]}
+def check_masked_targets(cfg: PretrainConfig, eval_sets: dict[str, FixedMaskedBlocks]) -> None:
+    """Refuse a validation set whose fixed masks select no token: its loss and accuracy would be 0 / 0, and
+    the plateau schedule and early stopping would steer by that."""
+    for infix, blocks in eval_sets.items():
+        if blocks.masked_tokens == 0:
+            masking = f"train.mlm_probability={cfg.train.mlm_probability}" if not infix else "BERT's 15 %"
+            raise DataError(
+                f"the {len(blocks)} validation block(s) of {cfg.data.block_size} tokens scored at {masking} hold no "
+                "masked token; score more blocks (train.max_eval_batches, train.per_device_eval_batch_size, "
+                "data.validation_fraction) or use longer ones (data.block_size)"
+            )
 
 
 def check_enough_blocks(cfg: PretrainConfig, data: PackedData, world_size: int) -> None:
@@ -121,22 +129,21 @@ class PretrainStage(Stage):
     """`python -m pretrain`: blocks from the corpus cache, the MLM Trainer, validation + cloze metrics, and a
     model folder that loads with `AutoModelForMaskedLM.from_pretrained` and `SentenceTransformer(path)`."""
 
-    name, unit, example = "pretrain", "tokens", "blocks"
-    implied_by_old_checkpoints = IMPLIED_BY_OLD_CHECKPOINTS
+    name, example = "pretrain", "blocks"
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
         self.data: PackedData | None = None
 
-    def prepare(self, world_size: int) -> None:
+    def prepare(self, world_size: int) -> dict[str, Any]:
+        """The packed blocks; checkpoints record their cache key, which also covers the corpus files' sizes and
+        times, so a resume on a changed corpus is refused."""
         self.data = prepare_data(self.cfg)
         check_enough_blocks(self.cfg, self.data, world_size)
+        return {"packed_data": self.data.stats["cache_key"]}
 
-    def record(self) -> dict[str, Any]:
-        return run_record(self.cfg, self.packed)
-
-    def build_trainer(self, report_to: list[str], fresh: bool) -> MLMTrainer:
-        trainer = build_trainer(self.cfg, self.packed, report_to, fresh)
+    def build_trainer(self, report_to: list[str], checkpoint: str | None) -> MLMTrainer:
+        trainer = build_trainer(self.cfg, self.packed, report_to, fresh=checkpoint is None)
         m = self.cfg.model
         log.info(
             "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
@@ -153,22 +160,19 @@ class PretrainStage(Stage):
         )
         return trainer
 
-    def probe_inputs(self, trainer: MLMTrainer):
-        return lambda n: stack([trainer.train_dataset[i] for i in range(n)])
-
-    def stage_metrics(self, trainer: MLMTrainer) -> dict[str, Any]:
+    def metrics(self, trainer: MLMTrainer) -> dict[str, Any]:
         stats = {k: v for k, v in self.packed.stats.items() if k != "unigram_entropy"}
         return final_metrics(self.cfg, trainer, self.packed) | stats
 
-    def export(self, trainer: MLMTrainer, metrics: dict[str, Any]) -> Path:
+    def save_model(self, trainer: MLMTrainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         from pretrain.plots import plot_curves
 
-        cfg, model_dir = self.cfg, self.cfg.run_dir / "model"
-        save_config(cfg, cfg.run_dir / "resolved_config.yaml")
-        export_model(model_dir, trainer.model, self.packed.tokenizer, cfg, metrics)
-        (cfg.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        plot_curves(trainer.state.log_history, cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
-        return model_dir
+        save_model_files(folder, trainer.model, self.packed.tokenizer)
+        plot_curves(trainer.state.log_history, self.cfg.run_dir / "loss_lr.png", metrics["unigram_entropy"])
+        return {"corpus": self.cfg.data.source.path, "packed_data": self.packed.stats["cache_key"]}
+
+    def model_card(self, folder: Path, final: Path) -> None:
+        write_model_card(folder, final)
 
     @property
     def packed(self) -> PackedData:
@@ -195,16 +199,17 @@ def final_metrics(cfg: PretrainConfig, trainer: MLMTrainer, data: PackedData) ->
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None) -> StageResult:
     parser = config_parser(
         "python -m pretrain", "Pretrain a small BERT with masked language modelling.", PretrainConfig
     )
     cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
 
-    result = run_stage(PretrainStage(cfg), resume=args.resume)
-    if result.trainer.is_world_process_zero():
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        result = run_stage(PretrainStage(cfg), resume=args.resume)
+    if result.trained and result.is_main:
         print(summary(result.metrics, result.model_dir, cfg.run_dir / "loss_lr.png"))
-    return result.metrics
+    return result
 
 
 def summary(metrics: dict, model_dir, plot) -> str:

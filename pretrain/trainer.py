@@ -38,6 +38,11 @@ class ShortBlockWarmup(TrainerCallback):
         if model is not None:
             model.sequence_length = self.size if state.global_step < self.steps else None
 
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        # A run may end inside the warm-up (max_steps, the time budget): what follows sees whole blocks.
+        if model is not None:
+            model.sequence_length = None
+
 
 class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
     """`eval_sets`: {metric infix: pre-masked validation set}; "" is the primary set (`eval_loss` drives the
@@ -58,6 +63,11 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
         loaded = {t.data_ptr() for k, t in tensors.items() if k not in missing}
         untied = sorted(k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded)
         super()._issue_warnings_after_load(type(load_result)(untied, list(load_result.unexpected_keys)))
+
+    def probe_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """The first `n` masked training blocks as one batch: `impl.fit_batch`'s memory probe (blocks all have
+        the same length, so any `n` of them cost the same)."""
+        return self.data_collator([self.train_dataset[i] for i in range(n)])
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> BlockOrder:
         """Every block once per epoch in a seeded order that is never materialised (pretrain/sampling.py)."""

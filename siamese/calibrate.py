@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig, SourceConfig
+from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig
 from siamese.encoder import NLIEncoder, trained_dims
 from siamese.model import build_model, resolve_base
 from siamese.nli_data import first_pairs, source_name
@@ -35,14 +35,14 @@ from stagekit.atomic import atomic_dir, require_writable
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import UserError
-from stagekit.sources import looks_local
+from stagekit.sources import SourceConfig, looks_local
 
 log = logging.getLogger(__name__)
 
 
-def fit_sentences(data: DataConfig, n: int, seed: int, pairs=None) -> list[str]:
+def fit_sentences(data: DataConfig, n: int, seed: int) -> list[str]:
     """Up to `n` distinct sentences (premises and hypotheses, in stream order) of the first training pairs."""
-    rows = first_pairs(data, n, seed, pairs)
+    rows = first_pairs(data, n, seed)
     seen: dict[str, None] = {}
     for premise, hypothesis in zip(rows["premise"], rows["hypothesis"], strict=True):
         seen.setdefault(premise)
@@ -63,7 +63,6 @@ def calibrate(
     cfg: PostprocessConfig,
     data: DataConfig,
     seed: int,
-    pairs=None,
     batch_size: int = 64,
     nested: bool = False,
 ) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
@@ -72,7 +71,7 @@ def calibrate(
 
     Raises DataError (one line) when the training or selection data cannot be read.
     """
-    texts = fit_sentences(data, cfg.fit_sentences, seed, pairs)
+    texts = fit_sentences(data, cfg.fit_sentences, seed)
     source = "training sentences of " + ", ".join(short_name(s) for s in data.train_sources)
     selection, name = None, None
     if cfg.method == "auto":

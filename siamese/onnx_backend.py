@@ -61,7 +61,9 @@ class OnnxTransformerModel(torch.nn.Module):
 
     sentence-transformers' `Transformer.forward` calls `model(input_ids=..., attention_mask=..., ...)` and reads
     `["last_hidden_state"]`; this returns that as a (batch, tokens, hidden) float32 CPU tensor. It has no
-    parameters: the weights live in the ONNX file.
+    parameters: the weights live in the ONNX file. Several threads may run it at once (the app's sessions share one
+    encoder): ONNX Runtime allows concurrent `run` calls on one session, and this keeps no state between calls; the
+    tokenization before it is serialized by `NLIEncoder` (siamese/encoder.py).
     """
 
     def __init__(self, path: Path, config: Any, threads: int | None = None) -> None:

@@ -1,7 +1,7 @@
 """Retrieval, as the field scores sentence encoders: sentence-transformers' `InformationRetrievalEvaluator` on a
 retrieval set built from NLI pairs, or `NanoBEIREvaluator` (13 small BEIR sets from the Hub) with internet.
 
-The local set (Williams et al.'s MNLI dev matched by default, any NLI file with `--retrieval FILE`): the corpus is
+The local set (Williams et al.'s MNLI dev matched by default, any NLI file with `retrieval=FILE`): the corpus is
 every distinct premise, the queries the distinct hypotheses labelled entailment, and a query's relevant documents
 the premise(s) that entail it. Each encoder embeds corpus and queries once; every width (`widths`) is scored from
 those embeddings truncated to its first k dimensions, as `SentenceTransformer(truncate_dim=k)` would embed them.
@@ -30,7 +30,7 @@ from stagekit.sources import local_files, require_hub
 
 log = logging.getLogger(__name__)
 
-NANOBEIR = "nanobeir"  # the --retrieval value that asks for NanoBEIR instead of a local set
+NANOBEIR = "nanobeir"  # the retrieval= value that asks for NanoBEIR instead of a local set
 NANOBEIR_DATASET = "sentence-transformers/NanoBEIR-en"
 AT_K = [1, 5, 10]
 # report key → InformationRetrievalEvaluator's metric name (after its "<name>_cosine_" prefix)
@@ -124,15 +124,15 @@ def _summary(metrics: dict[str, float]) -> str:
 
 
 def check_retrieval(retrieval: str | None, default_set: str) -> None:
-    """Before any evaluation: `retrieval` (--retrieval) is None (the set of `default_set`), a local NLI file, or
+    """Before any evaluation: `retrieval` (the key `retrieval`) is None (the set of `default_set`), a local NLI file, or
     NANOBEIR, which is read from the Hub. Raises DataError (one line; offline within seconds, naming the local
     set to use instead) for a missing file or an unreachable Hub."""
     if retrieval == NANOBEIR:
         require_hub(
-            NANOBEIR_DATASET, f"leave --retrieval out for the local set built from {default_set}", setting="--retrieval"
+            NANOBEIR_DATASET, f"set retrieval=null for the local set built from {default_set}", setting="retrieval"
         )
     elif retrieval is not None and not local_files(retrieval):
-        raise DataError(f"--retrieval {retrieval}: no such file (an NLI .jsonl(.gz) / .parquet / .csv, or {NANOBEIR})")
+        raise DataError(f"retrieval={retrieval}: no such file (an NLI .jsonl(.gz) / .parquet / .csv, or {NANOBEIR})")
 
 
 def read_retrieval_set(

@@ -14,11 +14,10 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from siamese.config import SourceConfig
 from siamese.encoder import LABELS, NLIEncoder
 from siamese.postprocess import cosine_rows, random_pair_cosines
 from stagekit.errors import DataError
-from stagekit.sources import load_source, reading
+from stagekit.sources import SourceConfig, load_source, reading
 from stagekit.text import has_visible_content
 
 HUB_STSB = "sentence-transformers/stsb"
@@ -100,7 +99,7 @@ def read_stsb(
             if not 0.0 <= float(score) <= score_scale:
                 raise DataError(
                     f"{source.path}: row {row_number}: score {score} is outside 0-{score_scale:g}, the scale declared "
-                    "for this source; pass --stsb-scale with the scale of its scores"
+                    "for this source; set stsb_scale= to the scale of its scores"
                 )
             s1.append(a)
             s2.append(b)

@@ -1,15 +1,14 @@
 """Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (stagekit/stage.py):
 `python -m siamese --config ...`.
 
-Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → final folder. The folder
-(`outputs/<run_name>/model/`) is written atomically and holds the SentenceTransformer, the NLI head,
-`resolved_config.yaml`, `run_info.json` and `metrics.json`, so evaluation and the app need nothing else.
+Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → model files. The folder
+(`outputs/<run_name>/model/`) holds the SentenceTransformer, the NLI head and the post-processing, plus what
+`run_stage` writes for both stages (`resolved_config.yaml`, `run_info.json`, `metrics.json`), so evaluation
+and the app need nothing else.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
 import time
@@ -17,36 +16,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
-from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
+from siamese.card import write_model_card
+from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
-from siamese.nli_data import (
-    RowCounts,
-    first_pairs,
-    preview_row,
-    read_pairs,
-    reading,
-    source_name,
-    train_stream,
-    triplets_of,
-)
-from siamese.postprocess import Decision, SimilarityReference, save_postprocessing
-from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer, refusing_unsafe_pickles
-from stagekit.atomic import atomic_dir
-from stagekit.batch_fit import MiniBatches, longest_pairs
-from stagekit.checkpoints import SaveRunConfig, read_run_config
+from siamese.nli_data import RowCounts, first_pairs, preview_row, read_pairs, source_name, train_stream, triplets_of
+from siamese.postprocess import save_postprocessing
+from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
+from stagekit.batch_fit import MiniBatches
+from stagekit.checkpoints import read_run_config
 from stagekit.cli import config_parser, parse_config
-from stagekit.config import save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, UserError
-from stagekit.stage import Stage, run_stage
-from stagekit.training import plateau_settings, stage_callbacks, training_arguments
+from stagekit.push import pushed_when_done
+from stagekit.stage import Stage, StageResult, run_stage
+from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +84,6 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
     return pairs, Dataset.from_dict(pairs)
 
 
-def fit(cfg: SiameseConfig, *, resume: bool = False, pairs: list[IterableDataset] | None = None) -> Path:
-    """Train on every rank and write `outputs/<run_name>/model/` (main process); `pairs` replaces the
-    configured sources (tests)."""
-    return run_stage(SiameseStage(cfg, pairs), resume=resume).model_dir
-
-
 def build_trainer(
     cfg: SiameseConfig,
     train: IterableDataset,
@@ -121,20 +104,24 @@ def build_trainer(
     best_metric = BEST_NLI_METRIC if evaluator is not None else "eval_loss"  # never an STS score
     head_pattern = siamese_model.head_parameter_pattern(loss)
     args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
-    trainer = SiameseTrainer(
+    return SiameseTrainer(
         model=model,
         args=args,
         train_dataset=train,
         eval_dataset=eval_set,
         loss=loss,
         evaluator=evaluator,
-        callbacks=[SaveRunConfig(to_dict(cfg)), *stage_callbacks(t)],
         classifier=classifier,
+        data_name=training_data_name(cfg),
         plateau=plateau_settings(t),
         units_per_step=t.per_device_train_batch_size * t.gradient_accumulation_steps * args.world_size,
         throughput_unit="pairs",
     )
-    return trainer
+
+
+def training_data_name(cfg: SiameseConfig) -> str:
+    """How one-line data errors name the training sources."""
+    return "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
 
 
 class SiameseStage(Stage):
@@ -145,15 +132,14 @@ class SiameseStage(Stage):
     batch-sized slice of it for that rank (no batch dispatch, so per-batch padding stays per rank).
     """
 
-    name, unit, example = "siamese", "pairs", "pairs"
-    implied_by_old_checkpoints = IMPLIED_BY_OLD_CHECKPOINTS
+    name, example = "siamese", "pairs"
 
-    def __init__(self, cfg: SiameseConfig, pairs: list[IterableDataset] | None = None) -> None:
+    def __init__(self, cfg: SiameseConfig) -> None:
         super().__init__(cfg)
-        self.pairs, self.counts = pairs, RowCounts()
+        self.counts = RowCounts()
         self.warm_start: WarmStart | None = None
 
-    def prepare(self, world_size: int) -> None:
+    def prepare(self, world_size: int) -> dict[str, Any]:
         # Data first: an unreachable or malformed source fails before any time goes into loading a model.
         cfg = self.cfg
         self.train = train_stream(
@@ -163,69 +149,65 @@ class SiameseStage(Stage):
             cfg.train.seed,
             self.counts,
             triplets=cfg.loss.name == "mnrl",
-            pairs=self.pairs,
         )
         self.eval_pairs, self.eval_set = eval_data(cfg, self.counts)
-        self.where = "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
         # Not counted: training reads it again.
-        log.info("first training row: %s", preview_row(self.train, self.counts, self.where))
+        log.info("first training row: %s", preview_row(self.train, self.counts, training_data_name(cfg)))
+        return {}
 
-    def check_resume(self, checkpoint: str) -> None:
-        check_head_groups(checkpoint, self.cfg.train.head_learning_rate)
-
-    def build_trainer(self, report_to: list[str], fresh: bool) -> SiameseTrainer:
-        return build_trainer(self.cfg, self.train, self.eval_pairs, self.eval_set, report_to)
-
-    def before_training(self, trainer: SiameseTrainer, checkpoint: str | None) -> None:
-        self.warm_start = maybe_warm_start(self.cfg, trainer, checkpoint, self.eval_pairs, self.pairs)
-        per_step, steps = trainer.units_per_step, self.cfg.train.max_steps
-        log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
-
-    def probe_inputs(self, trainer: SiameseTrainer):
-        return longest_pairs(trainer, self.cfg.model.max_seq_length)
-
-    def mini_batches(self, trainer: SiameseTrainer) -> MiniBatches | None:
-        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py)."""
+    def build_trainer(self, report_to: list[str], checkpoint: str | None) -> SiameseTrainer:
         cfg = self.cfg
-        if cfg.loss.name == "softmax":
-            return None
+        if checkpoint:
+            check_head_groups(checkpoint, cfg.train.head_learning_rate)
+        trainer = build_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
+        self.warm_start = maybe_warm_start(cfg, trainer, checkpoint, self.eval_pairs)
+        trainer.mini_batches = ranking_mini_batches(cfg, trainer)
+        per_step, steps = trainer.units_per_step, cfg.train.max_steps
+        log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
+        return trainer
 
-        def use(size: int) -> None:
-            loss = siamese_model.build_loss(
-                trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier
-            )
-            trainer.loss = trainer.prepare_loss(loss, trainer.model)
-
-        return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
-
-    def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
-        stack = contextlib.ExitStack()
-        stack.enter_context(reading(self.where))
-        stack.enter_context(refusing_unsafe_pickles(checkpoint))
-        return stack
-
-    def stage_metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
+    def metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
         metrics = final_metrics(trainer, trainer.evaluator)
         if self.warm_start is not None:
             metrics["head_init"] = self.warm_start.as_dict()
         return metrics
 
-    def export(self, trainer: SiameseTrainer, metrics: dict[str, Any]) -> Path:
+    def save_model(self, trainer: SiameseTrainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Post-processing fitted (siamese/calibrate.py), then the SentenceTransformer, the NLI head and the
+        post-processing files; run_info.json gets the base model, the loss and the rows read per source."""
         cfg, started = self.cfg, time.time()
         nested = bool(cfg.loss.matryoshka_dims)  # whitening that keeps the trained widths (siamese/postprocess.py)
-        model, decision, reference = calibrate(
-            trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, self.pairs, nested=nested
-        )
+        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
         metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - started}
-        return save_final(cfg, model, trainer.classifier, metrics, self.counts, cfg.run_dir, decision, reference)
+        model.save(str(folder))
+        save_postprocessing(decision, reference, folder)
+        if trainer.classifier is not None:
+            save_head(trainer.classifier, folder)
+        return siamese_model.base_model_info(cfg.model.base_model) | {
+            "loss": cfg.loss.name,
+            "pairs_seen": metrics["pairs_seen"],
+            "data_counts": self.counts.as_dict(),
+        }
+
+    def model_card(self, folder: Path, final: Path) -> None:
+        write_model_card(folder, final)  # in place of sentence-transformers' generic README.md
+
+
+def ranking_mini_batches(cfg: SiameseConfig, trainer: SiameseTrainer) -> MiniBatches | None:
+    """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py) instead
+    of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
+    if cfg.loss.name == "softmax":
+        return None
+
+    def use(size: int) -> None:
+        loss = siamese_model.build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
+        trainer.loss = trainer.prepare_loss(loss, trainer.model)
+
+    return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
 
 def maybe_warm_start(
-    cfg: SiameseConfig,
-    trainer: SiameseTrainer,
-    checkpoint: str | None,
-    eval_pairs: dict[str, list] | None,
-    pairs: list[IterableDataset] | None,
+    cfg: SiameseConfig, trainer: SiameseTrainer, checkpoint: str | None, eval_pairs: dict[str, list] | None
 ) -> WarmStart | None:
     """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/head_init.py).
     On resume the checkpoint's head wins, so nothing is fitted."""
@@ -234,7 +216,7 @@ def maybe_warm_start(
     if checkpoint:
         log.info("resuming: the NLI head comes from %s, no warm start", checkpoint)
         return None
-    fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, pairs)
+    fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed)
     return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.eval_batch_size() * 2)
 
 
@@ -269,38 +251,8 @@ def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
-def save_final(
-    cfg: SiameseConfig,
-    model,
-    classifier,
-    metrics: dict,
-    counts: RowCounts,
-    run_dir: Path,
-    decision: Decision,
-    reference: SimilarityReference,
-) -> Path:
-    """Write the final, self-describing model folder in one rename: never half-written."""
-    target = run_dir / "model"
-    with atomic_dir(target) as tmp:
-        model.save(str(tmp))
-        save_postprocessing(decision, reference, tmp)
-        if classifier is not None:
-            save_head(classifier, tmp)
-        save_config(cfg, tmp / "resolved_config.yaml")
-        info = siamese_model.base_model_info(cfg.model.base_model) | {
-            "loss": cfg.loss.name,
-            "pairs_seen": metrics["pairs_seen"],
-            "data_counts": counts.as_dict(),
-            "wall_time_s": metrics["wall_time_s"],
-            "torch": torch.__version__,
-            "device": resolve_device(cfg.impl.device),
-        }
-        (tmp / "run_info.json").write_text(json.dumps(info, indent=2))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return target
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
+def main(argv: Sequence[str] | None = None) -> StageResult:
     parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
     cfg, args = parse_config(parser, SiameseConfig, argv)
-    return fit(cfg, resume=args.resume)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
+        return run_stage(SiameseStage(cfg), resume=args.resume)

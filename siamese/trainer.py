@@ -21,20 +21,32 @@ from sentence_transformers.sentence_transformer.evaluation import SentenceEvalua
 from transformers import TrainerCallback
 
 from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
+from stagekit.batch_fit import longest_pairs
 from stagekit.errors import UserError
+from stagekit.sources import reading
 from stagekit.training import ScheduleMixin, ThroughputMixin
 
 log = logging.getLogger(__name__)
 
 
 class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer):
-    """`classifier`: the loss's NLI head (None for ranking-only objectives)."""
+    """`classifier`: the loss's NLI head (None for ranking-only objectives); `data_name`: the training sources
+    as the one-line error of a malformed row names them."""
 
-    def __init__(self, *args, classifier: torch.nn.Linear | None = None, **kwargs):
+    def __init__(self, *args, classifier: torch.nn.Linear | None = None, data_name: str = "training data", **kwargs):
         super().__init__(*args, **kwargs)
-        self.classifier = classifier
+        self.classifier, self.data_name = classifier, data_name
         if classifier is not None:
             self.add_callback(AverageHeadGradients(classifier))
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        # A malformed row met while streaming, or a checkpoint file holding more than tensors: one line each.
+        with reading(self.data_name), refusing_unsafe_pickles(resume_from_checkpoint):
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def probe_batch(self, n: int) -> dict:
+        """`n` training rows as long as `model.max_seq_length` allows, collated: `impl.fit_batch`'s memory probe."""
+        return longest_pairs(self, self.model.max_seq_length)(n)
 
     def _build_dataloader(self, dataset, batch_size: int, dataset_kind: str):
         # sentence-transformers' loader with its own settings; only the stream it reads in workers changes.

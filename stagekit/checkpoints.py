@@ -110,22 +110,27 @@ def check_resume_settings(
     changeable: Collection[str],
     renamed: dict[str, str] | None = None,
     implied: dict[str, Any] | None = None,
+    *,
+    expanded: dict[str, Any] | None = None,
 ) -> list[str]:
     """Compare the resumed checkpoint's config with this run's; return the applied changes as lines.
 
-    `changeable` names dotted keys (or section prefixes ending in ".") that may change on resume; any other
-    difference is a ConfigError naming the key, its old and its new value. A checkpoint written before a
-    key was renamed is read under its new name (`renamed`: {old: new}); one written before a key existed
-    counts as having the value it was trained with then (`implied`: {key: value}).
+    `config` is this run's record as written (`${VAR}` kept, stagekit/config.py `to_dict`), `expanded` the same
+    config with its variables expanded: a checkpoint written before configs kept `${VAR}` recorded expanded
+    values, and matches either. `changeable` names dotted keys (or section prefixes ending in ".") that may
+    change on resume; any other difference is a ConfigError naming the key, its old and its new value. A
+    checkpoint written before a key was renamed is read under its new name (`renamed`: {old: new}); one
+    written before a key existed counts as having the value it was trained with then (`implied`: {key: value}).
     """
     recorded = read_run_config(checkpoint)
     old = flatten({k: v for k, v in recorded.items() if k not in RECORDED})
     old = {(renamed or {}).get(k, k): v for k, v in old.items()}
     old = {k: v for k, v in (implied or {}).items() if k not in old} | old
     new = flatten(config)
+    runtime = flatten(expanded or {})
     applied = []
     for key in sorted(old.keys() | new.keys()):
-        if old.get(key) == new.get(key):
+        if old.get(key) == new.get(key) or (key in runtime and old.get(key) == runtime[key]):
             continue
         if any(key == c or (c.endswith(".") and key.startswith(c)) for c in changeable):
             applied.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
@@ -148,15 +153,13 @@ def read_run_config(checkpoint: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def check_world_size(
-    checkpoint: str | Path, world_size: int, remedy: str = "resume it on {n} (torchrun --nproc_per_node={n})"
-) -> None:
+def check_world_size(checkpoint: str | Path, world_size: int) -> None:
     """Refuse to resume `checkpoint` on another number of processes, in one line naming both counts.
 
     The data position a checkpoint keeps is a count of steps, and a step holds N processes' batches: on M
     processes the resumed run would skip or repeat data, and every "tokens seen" / "pairs seen" counter
     (steps × the current world size) would be wrong. Checkpoints from before the count was recorded pass
-    with a warning. `remedy` says what to do instead, {n} standing for the checkpoint's count.
+    with a warning.
     """
     trained_on = read_run_config(checkpoint).get(WORLD_SIZE)
     if trained_on is None:
@@ -166,7 +169,8 @@ def check_world_size(
         raise UserError(
             f"checkpoint {checkpoint} was trained on {trained_on} process(es) but this run has {world_size}: a resume "
             "must keep the number of processes (the data position and the counters depend on it); "
-            f"{remedy.format(n=trained_on)}, or start a new run (another run_name=)"
+            f"resume it on {trained_on} (torchrun --nproc_per_node={trained_on}, or python -m pipeline --nproc "
+            f"{trained_on}), or start a new run (another run_name=)"
         )
 
 

@@ -32,25 +32,51 @@ def keys_help(schema: type) -> str:
     return "\n".join(lines)
 
 
-def config_parser(prog: str, description: str, schema: type, resume: bool = True) -> argparse.ArgumentParser:
-    """`--config FILE`, `--resume` (a training stage) and `key=value` overrides; `--help` ends with examples
-    and every config key. The examples are the config class's `examples` (each one checked by
-    tests/stagekit/test_documented_commands.py)."""
-    config = default_config(schema)
-    shown = config.relative_to(REPO_ROOT)
-    examples = "\n".join(f"  {prog} --config {shown} {example}" for example in (schema.examples if resume else ()))
+def config_parser(
+    prog: str,
+    description: str,
+    schema: type,
+    resume: bool = True,
+    leading: str | None = None,
+    push: bool | None = None,
+) -> argparse.ArgumentParser:
+    """`--config FILE` (or, with `leading`, the options the caller adds, e.g. evaluation's `--model DIR`),
+    `--resume` and `--push-to-hub REPO` (a training stage; `push` defaults to `resume`) and `key=value`
+    overrides; `--help` ends with examples and every config key. The examples are the config class's `examples`
+    (each one checked by tests/stagekit/test_documented_commands.py); a command without --resume shows those
+    that do not use it."""
+    config_file = leading is None
+    shown = default_config(schema).relative_to(REPO_ROOT) if config_file else None
+    leading = f"--config {shown}" if config_file else leading
+    usable = [e for e in getattr(schema, "examples", ()) if resume or "--resume" not in e.split()]
+    examples = "".join(f"  {prog} {leading} {example}\n" for example in usable)
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n{examples}\n\nOverrides use dotted keys; every key is checked against the config schema "
-        f"before any work starts. [resumable]: --resume may change it.\nconfig keys (also docs/configuration.md):\n"
-        f"{keys_help(schema)}",
+        epilog=(f"examples:\n{examples}\n" if examples else "")
+        + "Overrides use dotted keys; every key is checked against the config schema before any work starts."
+        + (" [resumable]: --resume may change it." if resume else "")
+        + f"\nconfig keys (also docs/configuration.md):\n{keys_help(schema)}",
     )
-    parser.add_argument("--config", default=str(config), help=f"YAML config (default: {shown})")
+    if config_file:
+        parser.add_argument("--config", default=str(default_config(schema)), help=f"YAML config (default: {shown})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=500")
     if resume:
-        parser.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run: from its newest complete "
+            "checkpoint, or nothing when its model is finished and the config asks for no more steps",
+        )
+    if resume if push is None else push:
+        parser.add_argument(
+            "--push-to-hub",
+            metavar="REPO",
+            help="after training, upload the model folder to this Hub repository (owner/name; checked before "
+            "training: reachable Hub, a token from HF_TOKEN or `hf auth login`); see stagekit/push.py",
+        )
+        parser.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repo private")
     return parser
 
 
@@ -62,7 +88,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
 
 def parse_config(parser: argparse.ArgumentParser, schema: type[T], argv: Sequence[str] | None) -> tuple[T, Any]:
     args = parse_args(parser, argv)
-    return load_config(schema, args.config, list(args.overrides)), args
+    return load_config(schema, getattr(args, "config", None), list(args.overrides)), args
 
 
 def setup_logging() -> None:

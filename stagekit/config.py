@@ -2,6 +2,8 @@
 
 Everything is checked before any heavy work starts: an unknown key, a value of the wrong type or an
 impossible value is a one-line `ConfigError` naming the dotted key (nanoGPT's configurator habit).
+A `${VAR}` in a string is expanded for the run and kept as written in every saved config
+(stagekit/variables.py, `to_dict`).
 
 Each key carries its own help and resume rule as field metadata (`key(...)`); `describe_keys` reads them
 for `--help`, `resumable_keys` for what `--resume` may change, and `python -m stagekit.config_docs` writes
@@ -22,6 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from stagekit.errors import ConfigError
+from stagekit.variables import as_written, expand
 
 T = TypeVar("T")
 
@@ -200,12 +203,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin in (list, tuple):
         if isinstance(value, str):  # a CLI override: parse it as YAML, e.g. [a, b]
-            value = yaml.safe_load(value)
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as err:
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({problem})") from None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         (item_tp, *_) = get_args(tp) or (Any,)
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, str) and getattr(tp, "shorthand", None):  # a plain string sets that one key
+            value = {tp.shorthand: value}
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}': expected a mapping of settings, got {value!r}")
         return _build(tp, value, prefix=f"{key}.")
@@ -240,7 +249,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return os.path.expandvars(str(value))
+        return expand(str(value))
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
 
 
@@ -275,7 +284,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     for key in data:
         if key in removed:
             raise ConfigError(f"config key '{prefix}{key}' {removed[key]}")
-        if key in renamed:
+        if key in renamed and key not in names:  # a key that became a section's keeps its name
             raise ConfigError(
                 f"config key '{prefix}{key}' is now called '{prefix}{renamed[key]}' (one name for it in both stages): "
                 "rename it in your config or override"
@@ -302,7 +311,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parents:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"config key '{dotted}': '{part}' is a value, not a section")
+            raise ConfigError(
+                f"config key '{dotted}': '{part}' is given as a plain value; write it as a section to set one of its "
+                f"keys, e.g. {part}: {{path: {child}, ...}}"
+            )
         node = child
     node[leaf] = value
 
@@ -338,11 +350,15 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     return _build(schema, data)
 
 
-def to_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+def to_dict(config: Any, *, expanded: bool = False) -> dict[str, Any]:
+    """The config as plain data: strings as written (`${VAR}` kept: what runs save and compare), or with
+    `expanded` as the run uses them."""
+    data = dataclasses.asdict(config)
+    return data if expanded else as_written(data)
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """Write the config as YAML that `load_config` reads back; `${VAR}`s stay as written (`to_dict`)."""
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
 
 
@@ -351,6 +367,8 @@ class RunConfig:
     """What every stage's config starts with: where its run folder lives."""
 
     renamed: ClassVar[dict[str, str]] = {}
+    # {dotted key: value} a checkpoint written before the key existed was trained with (`check_resume_settings`)
+    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}
     run_name: str = key("run", "the run's folder name under output_dir (checkpoints, model, logs)")
     output_dir: str = key("outputs", "the folder the run folder <output_dir>/<run_name>/ lives in", resumable=True)
 

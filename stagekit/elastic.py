@@ -155,22 +155,18 @@ def mark_run_folder(run_dir: Path) -> None:
 
 def launched() -> bool:
     """True in a process that torchrun / accelerate launch started as one of several (WORLD_SIZE > 1): then
-    `python -m pipeline` runs each stage in these processes instead of starting torchrun itself."""
+    `python -m pipeline` runs its stages in these processes instead of starting torchrun itself."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "LOCAL_RANK" in os.environ
 
 
-def join_launched_group(device_setting: str, seed: int, nproc: int) -> tuple[bool, str, int]:
-    """For `python -m pipeline`: (this is the main process, its device, the processes per stage). Under a launcher
-    it joins the launcher's group first, so global rank 0 claims the run folders for every rank; alone, the
-    pipeline starts `nproc` processes per stage itself. Raises UserError for `--nproc` under a launcher."""
-    if not launched():
-        return True, "cpu", nproc
-    if nproc != 1:
-        raise UserError(
-            "--nproc is for a pipeline that starts torchrun itself; under a launcher, the launcher sets the processes"
-        )
-    from stagekit.device import resolve_device
-    from stagekit.training import setup_process
+def run_under_torchrun(module: str, argv: list[str], nproc: int) -> None:
+    """`python -m module argv` on `nproc` processes of this machine under `torchrun --standalone`, waited for.
+    Raises UserError (one line) when it fails; each rank has printed its own error above."""
+    import subprocess
 
-    state = setup_process(resolve_device(device_setting), None, seed)
-    return state.is_main_process, state.device, state.num_processes
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    # gloo, which CPU processes use, can hang at shutdown on hosts whose default interface is not loopback.
+    env = {"GLOO_SOCKET_IFNAME": "lo", **os.environ}
+    done = subprocess.run([*command, "-m", module, *argv], env=env, check=False)
+    if done.returncode != 0:
+        raise UserError(f"python -m {module} on {nproc} processes failed (exit status {done.returncode}); see above")

@@ -28,8 +28,7 @@ try:
 except ImportError:  # Windows: no advisory locks (pretrain/blocks.py makes the same choice); runs are not guarded
     fcntl = None
 
-RUN_LOCK = ".run.lock"  # held by a training stage (`python -m pretrain`, `python -m siamese`)
-PIPELINE_LOCK = ".pipeline.lock"  # held by `python -m pipeline` for every stage folder it uses, apart from RUN_LOCK
+RUN_LOCK = ".run.lock"  # held by a training stage (`python -m pretrain`, `python -m siamese`, the pipeline's stages)
 
 _held: dict[int, Path] = {}  # file descriptors of the locks this process holds
 
@@ -75,8 +74,6 @@ def claim_run_folder(
     *,
     is_main: bool = True,
     device: Any = "cpu",
-    lock: str = RUN_LOCK,
-    what: str = "run",
     remedy: str = "set output_dir= to a writable folder",
 ) -> Iterator[None]:
     """Hold `run_dir` for the block: checked writable (else `remedy`), then locked, both before any work.
@@ -93,16 +90,16 @@ def claim_run_folder(
         try:
             require_writable(run_dir, remedy)
             if fcntl is not None:
-                fd = _take(run_dir / lock)
+                fd = _take(run_dir / RUN_LOCK)
                 if fd is None:
                     problem = (
-                        f"{run_dir} is in use by another {what}{_holder(run_dir / lock)}: wait for it to end, or set "
+                        f"{run_dir} is in use by another run{_holder(run_dir / RUN_LOCK)}: wait for it to end, or set "
                         "another run_name= (a run that was killed frees its folder at once)"
                     )
         except UserError as err:
             problem = str(err)
         except OSError as err:  # the lock file itself could not be made
-            problem = f"{run_dir / lock} could not be opened ({err.strerror or err}): {remedy}"
+            problem = f"{run_dir / RUN_LOCK} could not be opened ({err.strerror or err}): {remedy}"
     if any_rank(problem is not None, device):
         raise UserError(problem or f"{run_dir} was refused by the main process (rank 0), which says why")
     try:

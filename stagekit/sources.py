@@ -1,8 +1,9 @@
 """Where data come from: a local file (or glob) or a dataset on the Hugging Face Hub.
 
-Both stages name a source by one string, as `datasets.load_dataset` does: an existing local path or
-glob is read with the builder its extension calls for; anything else is a Hub dataset id. Offline, a
-Hub id fails at once with a message naming the local alternative instead of retrying for half a minute.
+Both stages name a source the same way (`SourceConfig`: pretraining's `data.source`, fine-tuning's
+`data.train_sources` / `eval_sources`), its path as `datasets.load_dataset` reads one: an existing local path
+or glob is read with the builder its extension calls for; anything else is a Hub dataset id. Offline, a Hub id
+fails at once with a message naming the local alternative instead of retrying for half a minute.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ import threading
 import time
 import traceback
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
 
+from stagekit.config import key, require
 from stagekit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -61,6 +65,29 @@ def hub_only_setting(source: str, **settings: str | None) -> str | None:
     if not is_local(source):
         return None
     return next((name for name, value in settings.items() if value is not None), None)
+
+
+@dataclass
+class SourceConfig:
+    """One data source of either stage. In a config, a plain string is the source's path with the other keys
+    at their defaults (`data.source=corpus.jsonl.gz`)."""
+
+    shorthand: ClassVar[str] = "path"  # the key a plain string sets (stagekit/config.py)
+    path: str = key(
+        "", "a local .jsonl / .jsonl.gz / .parquet / .csv / .tsv / .txt file, glob or folder, or a Hub dataset id"
+    )
+    config_name: str | None = key(None, "Hub datasets only: the dataset's configuration (e.g. mnli of nyu-mll/glue)")
+    split: str = key("train", "the split to read")
+    revision: str | None = key(None, "Hub datasets only: the git revision")
+    weight: float = key(1.0, "its share when several sources are mixed (fine-tuning's train_sources); else unused")
+
+    def check(self) -> None:
+        require(bool(self.path.strip()), "path", "must name a local file or a Hub dataset")
+        require(self.weight > 0, "weight", "must be > 0")
+        ignored = hub_only_setting(self.path, config_name=self.config_name, revision=self.revision)
+        if ignored is not None:
+            value = getattr(self, ignored)
+            require(False, ignored, f"{value!r} is for Hub datasets, and {self.path} is local: set {ignored}: null")
 
 
 def file_type(path: str) -> str:

@@ -1,118 +1,126 @@
-"""One training stage's lifecycle, the same for pretraining and fine-tuning: `run_stage(stage)`.
+"""One training stage's lifecycle, the same for pretraining and fine-tuning: `run_stage(stage, resume)`.
 
-    process group → run-folder lock → checkpoint to resume → data (main process first) → resume checks →
-    W&B → trainer → train → metrics (every rank) → export (main process) → wait for every rank
+    process group → run-folder lock → what the folder asks for (start, continue its newest complete checkpoint,
+    or nothing: its model is finished) → data (one process per machine first) → resume checks → W&B →
+    trainer + the shared callbacks → train → metrics (every rank) → the model folder (main process, in one
+    rename) → wait for every rank
 
-A stage supplies only what is its own (`Stage`): its data, its Trainer, its metrics and how its model folder
-is written. Everything in between — which checkpoint a run continues and whether its settings allow it, the
-number of processes, the out-of-memory message, the counters every run reports — is written here once.
+A stage supplies only what is its own (`Stage`: data, Trainer, metrics, model files). Everything in between —
+which checkpoint a run continues and whether its settings allow it, the number of processes, the lock, the
+out-of-memory message, the counters every run reports and every file beside the weights (resolved_config.yaml,
+metrics.json, run_info.json) — is written here once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+import transformers
 from transformers import Trainer
 
-from stagekit.batch_fit import MiniBatches, fit_trainer_batch
-from stagekit.checkpoints import (
-    STATE,
-    check_resume_settings,
-    check_world_size,
-    choose_checkpoint,
-    recorded_wandb_id,
-)
-from stagekit.config import renamed_keys, resumable_keys, to_dict
+from stagekit import elastic
+from stagekit.atomic import atomic_dir
+from stagekit.batch_fit import fit_trainer_batch
+from stagekit.checkpoints import STATE, check_resume_settings, check_world_size, choose_checkpoint, recorded_wandb_id
+from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device
+from stagekit.finished import FinishedModel, finished_model, keep_previous_model
+from stagekit.model_card import describe_hardware
 from stagekit.precision import run_precision
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to
-from stagekit.training import advise_on_out_of_memory, setup_process, stop_reason
+from stagekit.training import add_stage_callbacks, advise_on_out_of_memory, setup_process, stop_reason
 
 log = logging.getLogger(__name__)
+
+MODEL = "model"  # the final model folder inside the run folder
+METRICS, RUN_INFO, RESOLVED_CONFIG = "metrics.json", "run_info.json", "resolved_config.yaml"
 
 
 class Stage(ABC):
     """The parts of one training stage. `cfg` is the stage's config (a RunConfig with `train`, `impl` and
-    `wandb` sections: stagekit/stage_config.py)."""
+    `wandb` sections: stagekit/stage_config.py). The Trainer it builds carries `units_per_step`,
+    `throughput_unit` and `probe_batch(n)` (stagekit/training.py `ThroughputMixin`, the stages' trainers), and may
+    carry `mini_batches` (stagekit/batch_fit.py `MiniBatches`) when its loss ranks within the batch, so that
+    `impl.fit_batch` fits the loss's mini-batch instead of cutting the batch's negatives."""
 
-    name: ClassVar[str]  # the W&B job type and the metrics' prefix in W&B
-    unit: ClassVar[str]  # what a step consumes, counted over all ranks: "tokens" or "pairs"
-    example: ClassVar[str]  # what one per-device batch holds: "blocks" or "pairs"
-    implied_by_old_checkpoints: ClassVar[dict[str, Any]] = {}  # see stagekit/checkpoints.py check_resume_settings
+    name: ClassVar[str]  # the W&B job type, the log prefix and the metrics' prefix in W&B
+    example: ClassVar[str]  # what one per-device batch holds ("blocks", "pairs"): the out-of-memory message
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
 
     @abstractmethod
-    def prepare(self, world_size: int) -> None:
-        """Read or build the data (the main process first, then the others: one cache build)."""
-
-    def record(self) -> dict[str, Any]:
-        """What each checkpoint records for a resume to be checked against (default: the config)."""
-        return to_dict(self.cfg)
-
-    def check_resume(self, checkpoint: str) -> None:  # noqa: B027 (optional: most stages need none)
-        """Stage-specific refusals of a resume, after the shared ones."""
+    def prepare(self, world_size: int) -> dict[str, Any]:
+        """Read or build the data (the main process of each machine first, then the others: one cache build).
+        Returns what each checkpoint records about the data beyond the config (e.g. a cache key), checked on
+        resume like a config key."""
 
     @abstractmethod
-    def build_trainer(self, report_to: list[str], fresh: bool) -> Trainer:
-        """The Trainer; `fresh` is False when it will continue a checkpoint."""
-
-    def before_training(self, trainer: Trainer, checkpoint: str | None) -> None:  # noqa: B027 (optional)
-        """Work between building the trainer and training (e.g. the NLI head's warm start)."""
+    def build_trainer(self, report_to: list[str], checkpoint: str | None) -> Trainer:
+        """The Trainer, ready to train; `checkpoint` is the one it will continue (None: a fresh run). Raises a
+        one-line UserError for a checkpoint this stage cannot continue."""
 
     @abstractmethod
-    def probe_inputs(self, trainer: Trainer) -> Callable[[int], dict[str, Any]]:
-        """n → a training batch of n examples as large as the data hold, for `impl.fit_batch`'s memory probe."""
-
-    def mini_batches(self, trainer: Trainer) -> MiniBatches | None:
-        """For a loss with in-batch negatives: how it embeds a batch in mini-batches, which `impl.fit_batch` then
-        fits instead of lowering the per-device batch (stagekit/batch_fit.py). None (default): the loss is a mean
-        over independent examples, so a smaller batch with more accumulation is the same objective."""
-        return None
-
-    def training_context(self, checkpoint: str | None) -> contextlib.AbstractContextManager:
-        """Around training and metrics: turns the stage's known failures into one-line errors."""
-        return contextlib.nullcontext()
-
-    @abstractmethod
-    def stage_metrics(self, trainer: Trainer) -> dict[str, Any]:
+    def metrics(self, trainer: Trainer) -> dict[str, Any]:
         """The stage's own final metrics, computed on every rank (evaluations are collective)."""
 
     @abstractmethod
-    def export(self, trainer: Trainer, metrics: dict[str, Any]) -> Path:
-        """Write the final model folder (main process only, atomically); returns it."""
+    def save_model(self, trainer: Trainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Write the model's own files into `folder` (a temporary folder renamed into place afterwards; main
+        process only). It may add to `metrics`; returns what run_info.json holds for this stage."""
+
+    def model_card(self, folder: Path, final: Path) -> None:  # noqa: B027 (optional: a folder may go without)
+        """Write the model card (README.md) into `folder` from the files there, run_stage's included; `final` is
+        where the folder will live."""
 
 
 @dataclass
 class StageResult:
+    """What both stages' `main` returns: the model folder, its metrics, the Trainer (None when the model was
+    finished already and nothing trained) and whether this process is the main one (it alone writes)."""
+
     model_dir: Path
     metrics: dict[str, Any]
-    trainer: Trainer
+    trainer: Trainer | None
+    is_main: bool
+
+    @property
+    def trained(self) -> bool:
+        return self.trainer is not None
 
 
 def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     """Train `stage` on this process's rank and write its model folder from the main process.
 
+    Without `resume`, a run folder that holds a run already is refused. With it, the run continues from its
+    newest complete checkpoint; a finished model (one whose recorded config asks for no fewer steps or minutes
+    than this one: stagekit/finished.py) is left as it is and returned without training. A model that is
+    trained on is replaced; the previous one moves aside with whatever was added to it (an evaluation).
+
     Raises UserError (one line) for a run folder in use or not writable, a refused resume (changed settings,
-    another number of processes, a folder holding a run without `--resume`) and CUDA out of memory.
+    another number of processes, a folder holding a run without `resume`) and CUDA out of memory.
     """
     cfg, started = stage.cfg, time.perf_counter()
     device = resolve_device(cfg.impl.device)
     state = setup_process(device, cfg.impl.num_threads, cfg.train.seed)
     precision = run_precision(device, cfg.impl.precision)  # a precision the device lacks: refused before any data
+    model_dir = cfg.run_dir / MODEL
     # Writable and not in use by another run, or refused before any data are read; held until the model is out.
     with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
+        resume = resume or elastic.resumes_after_restart(cfg.run_dir)  # torchrun re-ran the command line as it was
+        finished = finished_model(model_dir, cfg) if resume else None
+        if finished is not None:
+            log.info("%s: %s", stage.name, finished.line)
+            return StageResult(model_dir, finished.metrics, None, state.is_main_process)
         checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
         state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
         if checkpoint:
@@ -120,17 +128,17 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         # One process per machine builds a cache, the others then read it; on storage the machines share, the
         # cache's build lock lets one build and the others find it (pretrain/blocks.py).
         with state.local_main_process_first():
-            stage.prepare(state.num_processes)
+            record = to_dict(cfg) | stage.prepare(state.num_processes)
+        schema = type(cfg)
         if checkpoint:
-            schema = type(cfg)
             check_resume_settings(
                 checkpoint,
-                stage.record(),
+                record,
                 resumable_keys(schema),
                 renamed_keys(schema),
-                stage.implied_by_old_checkpoints,
+                schema.implied_by_old_checkpoints,
+                expanded=to_dict(cfg, expanded=True),
             )
-            stage.check_resume(checkpoint)
         report_to = trainer_report_to(
             cfg.wandb,
             cfg.run_dir,
@@ -139,29 +147,58 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
             is_main=state.is_main_process,
             resume_id=recorded_wandb_id(checkpoint),
         )
-        trainer = stage.build_trainer(report_to, fresh=checkpoint is None)
-        log.info("%s: %s", stage.name, starting_point(checkpoint, trainer.args.max_steps))
-        stage.before_training(trainer, checkpoint)
-        mini_batches = stage.mini_batches(trainer)
-        fitted = fit_trainer_batch(trainer, stage.probe_inputs(trainer), cfg.impl.fit_batch, mini_batches)
-        batch = "train.per_device_train_batch_size"
-        with (
-            advise_on_out_of_memory(
-                batch, fitted.per_device, fitted.accumulation, stage.example, mini_batches.key if mini_batches else None
-            ),
-            stage.training_context(checkpoint),
+        log.info("%s: %s", stage.name, starting_point(checkpoint, cfg.train.max_steps or 0))
+        trainer = stage.build_trainer(report_to, checkpoint)
+        add_stage_callbacks(trainer, cfg.train, record)
+        mini_batches = getattr(trainer, "mini_batches", None)
+        probe = trainer.probe_batch  # type: ignore[attr-defined]
+        fitted = fit_trainer_batch(trainer, probe, cfg.impl.fit_batch, mini_batches)
+        with advise_on_out_of_memory(
+            "train.per_device_train_batch_size",
+            fitted.per_device,
+            fitted.accumulation,
+            stage.example,
+            mini_batches.key if mini_batches else None,
         ):
             result = trainer.train(resume_from_checkpoint=checkpoint)
-            metrics = run_metrics(trainer, stage.unit, result.training_loss) | stage.stage_metrics(trainer)
+            metrics = run_metrics(trainer, result.training_loss) | stage.metrics(trainer)
         metrics |= precision.as_metrics() | fitted.as_metrics()
         metrics["wall_time_s"] = time.perf_counter() - started
-        model_dir = cfg.run_dir / "model"
         if trainer.is_world_process_zero():
-            stage.export(trainer, metrics)
+            write_model_folder(stage, trainer, model_dir, metrics)
             finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             log.info("%s: model written to %s (%.1f min)", stage.name, model_dir, (time.perf_counter() - started) / 60)
         state.wait_for_everyone()
-    return StageResult(model_dir, metrics, trainer)
+    return StageResult(model_dir, metrics, trainer, state.is_main_process)
+
+
+def write_model_folder(stage: Stage, trainer: Trainer, model_dir: Path, metrics: dict[str, Any]) -> None:
+    """The model folder in one rename: the stage's files, then resolved_config.yaml, metrics.json and
+    run_info.json. A model already there (a finished run trained on) moves aside, with its evaluation, just
+    before the new one takes its place."""
+    with atomic_dir(model_dir) as tmp:
+        info = stage.save_model(trainer, tmp, metrics)
+        save_config(stage.cfg, tmp / RESOLVED_CONFIG)
+        (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
+        (tmp / RUN_INFO).write_text(json.dumps(run_info(stage, trainer, metrics) | info, indent=2))
+        stage.model_card(tmp, model_dir)
+        keep_previous_model(model_dir)
+
+
+def run_info(stage: Stage, trainer: Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+    """How the model was made, for the model card and the app: stage, software, device, processes, time."""
+    device = trainer.args.device.type
+    return {
+        "stage": stage.name,
+        "step": metrics.get("step"),
+        "wall_time_s": metrics.get("wall_time_s"),
+        "device": device,
+        "hardware": describe_hardware(device, trainer.args.world_size),
+        "processes": trainer.args.world_size,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def starting_point(checkpoint: str | Path | None, max_steps: int) -> str:
@@ -178,10 +215,10 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(json.loads((Path(checkpoint) / STATE).read_text())["global_step"])
 
 
-def run_metrics(trainer: Trainer, unit: str, train_loss: float) -> dict[str, Any]:
+def run_metrics(trainer: Trainer, train_loss: float) -> dict[str, Any]:
     """What every stage reports under one name: steps, units seen and per second (the median logging
     window, over all ranks), processes, why it stopped, the mean training loss."""
-    state = trainer.state
+    state, unit = trainer.state, trainer.throughput_unit  # type: ignore[attr-defined]
     rates = sorted(h[f"{unit}_per_s"] for h in state.log_history if f"{unit}_per_s" in h)
     return {
         "step": state.global_step,
@@ -191,3 +228,6 @@ def run_metrics(trainer: Trainer, unit: str, train_loss: float) -> dict[str, Any
         "stop_reason": stop_reason(trainer),
         "train_loss": train_loss,
     }
+
+
+__all__ = ["FinishedModel", "Stage", "StageResult", "run_stage", "starting_point"]

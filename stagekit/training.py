@@ -21,11 +21,12 @@ import torch.distributed as dist
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from stagekit.checkpoints import newest_checkpoint
+from stagekit.checkpoints import SaveRunConfig, newest_checkpoint
 from stagekit.errors import UserError
 from stagekit.precision import run_precision, skipped_by_loss_scaler
 from stagekit.schedule import WarmupPlateauSchedule
 from stagekit.stage_config import SharedTrainConfig
+from stagekit.variables import as_written
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ class TimeCappedProgress(ProgressCallback):
     """transformers' progress bar, with the steps a time budget leaves as its total: a 3,000-step run that
     the budget ends near step 1,100 shows ~1,100 and the time left to the cap, not 3,000 and "33:00".
 
-    The total is re-estimated from this session's seconds per step (evaluation and saving included, as they
+    The total is re-estimated from this process's seconds per step (evaluation and saving included, as they
     spend the same budget), so it settles within a few logging intervals.
     """
 
@@ -237,11 +238,6 @@ class ThroughputMixin:
         self.units_per_step, self.throughput_unit = units_per_step, throughput_unit
         self.step_clock = StepClock()
         self.add_callback(self.step_clock)  # type: ignore[attr-defined]
-        budget = next((c for c in self.callback_handler.callbacks if isinstance(c, TimeBudget)), None)  # type: ignore[attr-defined]
-        bars = [c for c in self.callback_handler.callbacks if type(c) is ProgressCallback]  # type: ignore[attr-defined]
-        if budget is not None and bars:  # not in notebooks, whose bar is another class
-            self.remove_callback(bars[0])  # type: ignore[attr-defined]
-            self.add_callback(TimeCappedProgress(budget))  # type: ignore[attr-defined]
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self.units_per_step:
@@ -284,7 +280,7 @@ def training_arguments(
     t, impl = cfg.train, cfg.impl
     arguments: dict[str, Any] = {
         "output_dir": str(cfg.run_dir / "checkpoints"),
-        "run_name": cfg.wandb.run_name or cfg.run_name,
+        "run_name": as_written(cfg.wandb.run_name or cfg.run_name),  # W&B's config logs it: `${VAR}`s as written
         "max_steps": t.max_steps or -1,
         "per_device_train_batch_size": t.per_device_train_batch_size,
         "per_device_eval_batch_size": t.eval_batch_size(),
@@ -334,14 +330,21 @@ def plateau_settings(t: SharedTrainConfig) -> dict[str, Any] | None:
     }
 
 
-def stage_callbacks(t: SharedTrainConfig) -> list[TrainerCallback]:
-    """The stops and schedule steps every stage trains with: NaN/inf stop, the plateau step, the time budget."""
-    callbacks: list[TrainerCallback] = [StopOnNonFiniteLoss()]
+def add_stage_callbacks(trainer: Trainer, t: SharedTrainConfig, record: dict[str, Any]) -> None:
+    """What every stage trains with, added to `trainer` (stagekit/stage.py `run_stage`): `record` written into
+    each checkpoint (`SaveRunConfig`), the NaN/inf stop, the plateau step, and the time budget with a progress
+    bar that counts to where the budget ends."""
+    trainer.add_callback(SaveRunConfig(record))
+    trainer.add_callback(StopOnNonFiniteLoss())
     if t.plateau:
-        callbacks.append(PlateauStep())
+        trainer.add_callback(PlateauStep())
     if t.max_train_minutes:
-        callbacks.append(TimeBudget(t.max_train_minutes))
-    return callbacks
+        budget = TimeBudget(t.max_train_minutes)
+        trainer.add_callback(budget)
+        bars = [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]
+        if bars:  # not in notebooks, whose bar is another class
+            trainer.remove_callback(bars[0])
+            trainer.add_callback(TimeCappedProgress(budget))
 
 
 def stop_reason(trainer: Trainer) -> str:

@@ -9,9 +9,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from stagekit.config import REPO_ROOT
+from pretrain.config import PretrainConfig
+from stagekit.config import REPO_ROOT, load_config
 
 DATA_DIR = Path(os.environ["BERT_DATA_DIR"])  # set by stagekit.config: ../shared/data unless given
+PRETRAIN_DEBUG_CONFIG = REPO_ROOT / "configs" / "pretrain" / "debug.yaml"
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +42,7 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    from bench.tiny_bert import make_tiny_bert
+    from tests.tiny_bert import make_tiny_bert
 
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert-distributed"), data_dir)
 
@@ -125,3 +127,64 @@ def tiny_exported_dir(tiny_whitened_dir: Path, tmp_path_factory: pytest.TempPath
     target = tmp_path_factory.mktemp("exported") / "model"
     export(tiny_whitened_dir, target)
     return target
+
+
+# Tiny runs of the pretraining entry point on a slice of the shared IMDB stand-in corpus (pretrain/ and the probe).
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One packed-data cache for the whole session: the corpus slice is tokenized and packed once."""
+    return tmp_path_factory.mktemp("pretrain-cache")
+
+
+@pytest.fixture
+def tiny_args(tmp_path: Path, cache_dir: Path, data_dir: Path):
+    """argv for `pretrain.train.main`: the debug config, outputs in tmp_path, plus extra overrides."""
+
+    def make(*overrides: str, out: Path | None = None) -> list[str]:
+        return [
+            "--config",
+            str(PRETRAIN_DEBUG_CONFIG),
+            f"output_dir={out or tmp_path}",
+            f"data.cache_dir={cache_dir}",
+            f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
+            "data.max_documents=300",
+            *overrides,
+        ]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_data(cache_dir: Path, data_dir: Path):
+    """The packed debug corpus (300 IMDB reviews, vocabulary 1,024), prepared once per session."""
+    from pretrain.blocks import prepare_data
+
+    overrides = [
+        f"data.cache_dir={cache_dir}",
+        f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz",
+        "data.max_documents=300",
+    ]
+    return prepare_data(load_config(PretrainConfig, PRETRAIN_DEBUG_CONFIG, overrides))
+
+
+@pytest.fixture
+def tiny_config(tiny_args):
+    def make(*overrides: str) -> PretrainConfig:
+        args = tiny_args(*overrides)
+        return load_config(PretrainConfig, args[1], args[2:])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pretrained_debug(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path) -> Path:
+    """The debug config's pretraining output after 10 steps (the model folder, card included), built once."""
+    from pretrain.train import main
+
+    out = tmp_path_factory.mktemp("pretrained-debug")
+    main([
+        "--config", str(PRETRAIN_DEBUG_CONFIG), f"output_dir={out}", f"data.cache_dir={cache_dir}",
+        f"data.source={data_dir}/pretrain/imdb_100k.jsonl.gz", "data.max_documents=300", "train.max_steps=10",
+        "impl.num_threads=1",
+    ])  # fmt: skip
+    return out / "pretrain-debug" / "model"

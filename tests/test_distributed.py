@@ -70,7 +70,7 @@ def assert_ranks_agree(out: Path) -> None:
 def one_output(out: Path, run: str) -> None:
     """Exactly one final model folder and one metrics file: only rank 0 writes them."""
     assert [p.name for p in out.iterdir() if p.is_dir()] == [run]
-    assert len(list(out.rglob("metrics.json"))) <= 2  # the run's metrics.json and the copy inside model/
+    assert len(list(out.rglob("metrics.json"))) == 1  # the model folder's
     assert not list(out.rglob(".tmp-*")) and (out / run / "model").is_dir()
 
 
@@ -112,7 +112,7 @@ def test_pretraining_on_two_processes_matches_one(pretraining):
     one_output(root / "two", "pretrain-debug")
     assert_ranks_agree(root / "two")
     assert_same_curve(root / "one" / "pretrain-debug", root / "two" / "pretrain-debug")
-    metrics = json.loads((root / "two" / "pretrain-debug" / "metrics.json").read_text())
+    metrics = json.loads((root / "two" / "pretrain-debug" / "model" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["tokens_seen"] == 8 * 16 * 128  # counted over both ranks
 
 
@@ -198,10 +198,10 @@ def test_the_pipeline_refuses_to_resume_a_two_process_stage_on_one(tmp_path, cap
     shutil.rmtree(out / "pretrain-debug" / "model")
     monkeypatch.chdir(tmp_path)
     argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
-            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "--no-baseline",
-            "--eval-limit", "12"]  # fmt: skip
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "eval.baseline=null",
+            "eval.limit=12"]  # fmt: skip
     assert run_cli(main, argv) == 2
-    assert "rerun the pipeline with --nproc 2" in refused_on_other_process_count(capsys)
+    assert "python -m pipeline --nproc 2" in refused_on_other_process_count(capsys)
     assert not (tmp_path / ".cache").exists() and not (out / "siamese-debug" / "checkpoints").exists()
 
 
@@ -224,3 +224,24 @@ def test_a_busy_run_folder_stops_every_rank_of_a_two_process_run(pretraining, tm
         assert first.poll() is None
     finally:
         kill(first)
+
+
+# `python -m pipeline --nproc 2` starts torchrun once for the whole pipeline: both stages on two processes, one
+# evaluation, one model folder per stage.
+def test_the_pipeline_on_two_processes_trains_both_stages_once_and_evaluates_once(tmp_path):
+    out, configs = tmp_path / "outputs", REPO_ROOT / "configs"
+    argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--nproc", "2", "--no-app",
+            "eval.baseline=null", "eval.limit=12", f"pretrain.data.cache_dir={tmp_path / 'cache'}",
+            "pretrain.impl.num_threads=1", "siamese.impl.num_threads=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=900)  # fmt: skip
+    logged = done.stdout + done.stderr
+    assert done.returncode == 0, logged[-3000:]
+    for run in ("pretrain-debug", "siamese-debug"):
+        assert json.loads((out / run / "model" / "metrics.json").read_text())["processes"] == 2
+    assert (
+        json.loads((out / "siamese-debug" / "model" / "report.json").read_text())["mnli_validation_matched"]["n"] == 12
+    )
+    assert logged.count("3/3 evaluation") == 1  # global rank 0 alone

@@ -139,15 +139,15 @@ def test_fine_tuning_on_two_nodes_matches_one_node_with_two_processes(tiny_bert_
 def test_the_pipeline_on_two_nodes_trains_both_stages_once_and_evaluates_on_rank_0(tmp_path):
     configs, out = REPO_ROOT / "configs", tmp_path / "outputs"
     argv = ["--pretrain-config", str(configs / "pretrain/debug.yaml"), "--siamese-config",
-            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "--no-baseline",
-            "--eval-limit", "12"]  # fmt: skip
+            str(configs / "siamese/debug.yaml"), "--output-dir", str(out), "--no-app", "eval.baseline=null",
+            "eval.limit=12"]  # fmt: skip
     env = {"BERT_DATA_DIR": os.environ["BERT_DATA_DIR"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     procs = start_nodes("pipeline", tmp_path, argv, env=env)
     codes, logged = wait_nodes(procs, tmp_path)
     assert codes == [0, 0], logged[-3000:]
-    assert logged.count("report: ") == 1 and logged.count("3/3 evaluation") == 1  # global rank 0 alone
+    assert logged.count("; report in ") == 1 and logged.count("3/3 evaluation") == 1  # global rank 0 alone
     assert sorted(p.name for p in out.iterdir()) == ["pretrain-debug", "siamese-debug"]
-    assert json.loads((out / "pretrain-debug/metrics.json").read_text())["processes"] == 2
+    assert json.loads((out / "pretrain-debug/model/metrics.json").read_text())["processes"] == 2
     assert json.loads((out / "siamese-debug/model/metrics.json").read_text())["processes"] == 2
     assert (out / "siamese-debug/model/report.md").is_file() and not list(out.rglob(".tmp-*"))
 
@@ -171,7 +171,7 @@ def test_accelerate_launch_on_two_machines_with_the_example_config(pretrain_argv
             time.sleep(0.2)
     codes, logged = wait_nodes(procs, tmp_path)
     assert codes == [0, 0], logged[-3000:]
-    metrics = json.loads((tmp_path / "pretrain-debug" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "pretrain-debug" / "model" / "metrics.json").read_text())
     assert metrics["processes"] == 2 and logged.count("done in ") == 1
 
 

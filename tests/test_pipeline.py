@@ -19,7 +19,7 @@ def pipeline_argv(repo_root, tmp_path) -> list[str]:
         "--pretrain-config", str(repo_root / "configs" / "pretrain" / "debug.yaml"),
         "--siamese-config", str(repo_root / "configs" / "siamese" / "debug.yaml"),
         "--output-dir", str(tmp_path / "outputs"),
-        "--no-app", "--no-baseline", "--eval-limit", "12",
+        "--no-app", "eval.baseline=null", "eval.limit=12",
     ]  # fmt: skip
 
 
@@ -38,9 +38,9 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, 
     assert report["mnli_validation_matched"]["n"] == 12 and 0.0 <= report["mnli_validation_matched"]["accuracy"] <= 1.0
 
     stamp = (pretrained / "model.safetensors").stat().st_mtime_ns
-    with caplog.at_level(logging.INFO, logger="pipeline"):
+    with caplog.at_level(logging.INFO):
         main(argv)
-    assert "1/3 pretraining" in caplog.text and "skipped" in caplog.text
+    assert "1/3 pretraining" in caplog.text and "is finished (step 30, max_steps); nothing to train" in caplog.text
     assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp
 
 
@@ -122,7 +122,7 @@ def test_a_second_pipeline_in_the_same_folders_is_refused(tmp_path, data_dir, re
             timeout=120,
         )
         err = second.stderr.strip().splitlines()[-1]
-        assert second.returncode == 2 and "in use by another pipeline" in err and f"pid {first.pid}" in err, err
+        assert second.returncode == 2 and "in use by another run" in err and f"pid {first.pid}" in err, err
         assert first.poll() is None
     finally:
         kill(first)
@@ -149,3 +149,24 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_any_stage(
     assert run_cli(main, argv) == 2
     assert "not writable (read-only file system)" in capsys.readouterr().err
     assert not (tmp_path / ".cache").exists()  # no stage started: the pretraining cache was never built
+
+
+def test_overrides_go_to_the_stage_they_name(tmp_path, repo_root):
+    from pipeline.__main__ import build_configs, parse_args
+
+    args = parse_args(["--output-dir", str(tmp_path), "pretrain.train.max_steps=7", "siamese.train.max_steps=9",
+                       "eval.limit=5", "--pretrain-config", str(repo_root / "configs/pretrain/debug.yaml")])  # fmt: skip
+    pretrain, siamese, evaluation = build_configs(args)
+    assert (pretrain.train.max_steps, siamese.train.max_steps, evaluation.limit) == (7, 9, 5)
+    assert siamese.model.base_model == str(tmp_path / "pretrain-debug" / "model")  # the pretraining output
+
+
+@pytest.mark.parametrize("override", ["train.max_steps=7", "finetune.train.max_steps=7",
+                                      "siamese.model.base_model=other"])  # fmt: skip
+def test_an_override_of_no_section_or_of_the_base_model_is_refused_in_one_line(override, tmp_path):
+    from pipeline.__main__ import build_configs, parse_args
+    from stagekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use pretrain.KEY=") as err:
+        build_configs(parse_args(["--output-dir", str(tmp_path), override]))
+    assert override in str(err.value) and "\n" not in str(err.value)

@@ -9,6 +9,8 @@ import pytest
 
 from siamese.encoder import HEAD_FILE, LABELS_FILE, NLIEncoder
 
+APP = "app/streamlit_app.py"
+
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_model_dir: Path) -> NLIEncoder:
@@ -32,6 +34,16 @@ def app_env(monkeypatch: pytest.MonkeyPatch, tiny_outputs: Path) -> Path:
     for name in ("APP_MODEL_DIR", "APP_EXAMPLES", "APP_MAX_UPLOAD_MB", "APP_MAX_ROWS"):
         monkeypatch.delenv(name, raising=False)
     return tiny_outputs
+
+
+@pytest.fixture
+def app(app_env: Path, repo_root: Path):
+    """The app on the tiny model, after its first run (streamlit.testing.v1.AppTest: same process, no browser)."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
+    assert not at.exception, at.exception
+    return at
 
 
 @pytest.fixture(scope="package", autouse=True)  # restored when tests/app ends, not at session end

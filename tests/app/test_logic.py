@@ -149,7 +149,7 @@ def test_predict_without_head_gives_cosine_only(headless_model_dir):
     result = predict_pair(encoder, "A man is eating.", "Someone eats.")
     assert result.probs is None and result.label is None and -1.0 <= result.cosine <= 1.0
     table = predict_table(encoder, ["a"], ["b"])
-    assert list(table.columns) == ["premise", "hypothesis", "cosine", "truncated"]
+    assert list(table.columns) == ["premise", "hypothesis", "cosine", "truncated", "not_scored"]
 
 
 def test_example_source_has_a_default_data_dir_on_a_fresh_import(repo_root):

@@ -9,15 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.models import TRAIN_COMMAND
 from siamese.encoder import LABELS
-
-APP = "app/streamlit_app.py"
-
-
-@pytest.fixture
-def app(app_env, repo_root) -> AppTest:
-    at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
-    assert not at.exception, at.exception
-    return at
+from tests.app.conftest import APP
 
 
 def metrics(at: AppTest) -> dict[str, str]:

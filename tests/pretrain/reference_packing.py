@@ -21,7 +21,7 @@ def first_documents(path: str, n: int) -> list[str]:
 def reference(cfg: PretrainConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
     """The blocks the plain in-memory way: read all, clean, filter, split, tokenize each document, pack."""
     d = cfg.data
-    kept = [t for t in map(clean_text, first_documents(d.source, d.max_documents)) if len(t) >= d.min_chars]
+    kept = [t for t in map(clean_text, first_documents(d.source.path, d.max_documents)) if len(t) >= d.min_chars]
     streams: dict[str, list[int]] = {"train": [], "validation": []}
     for text in kept:
         split = "validation" if in_validation(text, d.validation_fraction, d.split_seed) else "train"

@@ -21,6 +21,7 @@ from pretrain.config import DataConfig, PretrainConfig
 from pretrain.corpus import raw_batches
 from stagekit.config import load_config
 from stagekit.errors import DataError
+from stagekit.sources import SourceConfig
 from tests.pretrain.reference_packing import reference
 from tests.processes import kill_once_ready
 
@@ -139,11 +140,11 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 def test_a_folder_of_files_with_different_columns_is_read_file_by_file(tmp_path):
     write_jsonl(tmp_path / "a.jsonl.gz", [{"text": f"review {i}"} for i in range(5)])
     write_jsonl(tmp_path / "b.jsonl.gz", [{"id": i, "title": "t", "text": f"article {i}"} for i in range(5)])
-    batches = list(raw_batches(DataConfig(source=str(tmp_path), max_documents=8), batch_size=3))
+    batches = list(raw_batches(DataConfig(source=SourceConfig(path=str(tmp_path)), max_documents=8), batch_size=3))
     assert sum(batches, []) == [f"review {i}" for i in range(5)] + [f"article {i}" for i in range(3)]
     write_jsonl(tmp_path / "c.jsonl.gz", [{"body": "no text column here"}])
     with pytest.raises(DataError, match=r"c.jsonl.gz: no text column 'text' \(columns: body\)"):
-        list(raw_batches(DataConfig(source=str(tmp_path), max_documents=None), batch_size=3))
+        list(raw_batches(DataConfig(source=SourceConfig(path=str(tmp_path)), max_documents=None), batch_size=3))
 
 
 @pytest.mark.parametrize(

@@ -23,11 +23,13 @@ def test_every_yaml_loads_and_validates(path: Path):
     assert cfg.model.num_hidden_layers >= 1 and cfg.model.vocab_size % 64 == 0
 
 
-def test_recipes_ask_for_what_the_issue_asks():
+def test_recipes_are_the_promised_models():
     medium = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml")
     assert (medium.model.num_hidden_layers, medium.model.hidden_size, medium.model.num_attention_heads) == (8, 512, 8)
     assert medium.model.intermediate_size == 2048 and medium.data.max_documents == 100_000
-    assert medium.data.source == "Skylion007/openwebtext" and medium.impl.precision == "auto" and medium.impl.compile
+    assert (
+        medium.data.source.path == "Skylion007/openwebtext" and medium.impl.precision == "auto" and medium.impl.compile
+    )
     assert medium.model.architecture == "bert"  # the 8-layer BERT the project promises
     small = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/cpu-small.yaml")
     assert small.model.num_hidden_layers == 8 and small.run_name == "pretrain-cpu-small"
@@ -84,14 +86,43 @@ def test_help_lists_the_flags(capsys):
 @pytest.mark.parametrize(
     ("config", "overrides", "key"),
     [
-        ("debug.yaml", ["data.config_name=wikitext-103-raw-v1"], "data.config_name"),
-        ("debug.yaml", ["data.revision=main"], "data.revision"),
-        ("bert-medium.yaml", ["data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz"], "data.revision"),
+        ("debug.yaml", ["data.source.config_name=wikitext-103-raw-v1"], "data.source.config_name"),
+        ("debug.yaml", ["data.source.revision=main"], "data.source.revision"),
+        ("bert-medium.yaml", ["data.source.path=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz"], "data.source.revision"),
     ],
 )
 def test_hub_only_settings_for_a_local_source_name_the_key(config, overrides, key):
-    with pytest.raises(ConfigError, match=rf"'{key}'.*local.*set {key}=null") as err:
+    with pytest.raises(ConfigError, match=rf"'{key}'.*local.*set {key.rsplit('.', 1)[1]}: null") as err:
         load_config(PretrainConfig, REPO_ROOT / "configs" / "pretrain" / config, overrides)
     assert "\n" not in str(err.value)
-    local = ["data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz", "data.revision=null"]
-    assert load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml", local).data.revision is None
+
+
+def test_a_plain_string_is_the_source_path_with_the_other_keys_at_their_defaults():
+    local = ["data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz"]  # bert-medium.yaml names a Hub revision
+    source = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml", local).data.source
+    assert source.path.endswith("imdb_100k.jsonl.gz") and source.revision is None and source.split == "train"
+
+
+@pytest.mark.parametrize(("old", "new"), [("data.revision=main", "data.source.revision"),
+                                          ("data.split=train", "data.source.split")])  # fmt: skip
+def test_the_source_keys_of_before_name_their_section(old, new):
+    with pytest.raises(ConfigError, match=f"is now called '{new}'") as err:
+        load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/debug.yaml", [old])
+    assert "\n" not in str(err.value)
+
+
+def test_a_checkpoint_recorded_with_the_flat_source_keys_resumes(tmp_path):
+    import json
+
+    from stagekit.checkpoints import check_resume_settings
+    from stagekit.config import renamed_keys, resumable_keys, to_dict
+
+    cfg = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/debug.yaml")
+    old = to_dict(cfg)
+    source = old["data"].pop("source")
+    old["data"] |= {"source": source["path"], "revision": None, "config_name": None, "split": "train"}
+    checkpoint = tmp_path / "checkpoint-10"
+    checkpoint.mkdir()
+    (checkpoint / "run_config.json").write_text(json.dumps(old))
+    rules = (resumable_keys(PretrainConfig), renamed_keys(PretrainConfig), PretrainConfig.implied_by_old_checkpoints)
+    assert check_resume_settings(str(checkpoint), to_dict(cfg), *rules) == []

@@ -139,7 +139,7 @@ def test_tokenizer_learns_from_the_first_training_documents_only(tiny_config, tm
     cfg = tiny_config("tokenizer.max_training_documents=120", "data.chunk_documents=50", f"data.cache_dir={tmp_path}")
     data = prepare_data(cfg)
     d = cfg.data
-    cleaned = [t for t in map(clean_text, first_documents(d.source, d.max_documents)) if len(t) >= d.min_chars]
+    cleaned = [t for t in map(clean_text, first_documents(d.source.path, d.max_documents)) if len(t) >= d.min_chars]
     train_docs = [t for t in cleaned if not in_validation(t, d.validation_fraction, d.split_seed)]
     assert seen == train_docs[:120] and data.stats["tokenizer_documents"] == 120
 
@@ -150,7 +150,7 @@ def pinned_tokenizer(monkeypatch, tiny_config):
     (a known limitation of the tokenizers library), so comparing two builds byte for byte needs the same
     vocabulary."""
     cfg = tiny_config()
-    docs = [clean_text(t) for t in first_documents(cfg.data.source, cfg.data.max_documents)]
+    docs = [clean_text(t) for t in first_documents(cfg.data.source.path, cfg.data.max_documents)]
     tokenizer = train_tokenizer([docs], cfg.tokenizer, cfg.model.vocab_size, model_max_length=cfg.data.block_size)
 
     def fixed(batches, *_args, **_kwargs):
@@ -176,8 +176,17 @@ def test_speed_only_settings_give_the_same_files(tiny_config, tmp_path, pinned_t
     import datasets
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))  # the Arrow copy goes here
-    first = tiny_config("data.num_proc=1", f"data.cache_dir={tmp_path}/a")
-    second = tiny_config(*speed_only, f"data.cache_dir={tmp_path}/b")
+    # Local JSON Lines are read line by line either way: a Parquet copy goes through datasets' stream and Arrow cache.
+    parquet = tmp_path / "docs.parquet"
+    texts = first_documents(tiny_config().data.source.path, 300)
+    datasets.Dataset.from_dict({"text": texts}).to_parquet(str(parquet))
+    source = (
+        f"data.source={parquet}"
+        if "data.streaming=false" in speed_only
+        else f"data.source={tiny_config().data.source.path}"
+    )
+    first = tiny_config(source, "data.num_proc=1", f"data.cache_dir={tmp_path}/a")
+    second = tiny_config(source, *speed_only, f"data.cache_dir={tmp_path}/b")
     prepare_data(first), prepare_data(second)
     assert cache_key(first) == cache_key(second)
     assert cache_files(first) == cache_files(second)
@@ -194,7 +203,7 @@ def test_cache_is_reused_and_its_key_covers_what_determines_the_blocks(tiny_conf
     second = prepare_data(cfg)
     assert torch.equal(first.train[:], second.train[:]) and second.stats == first.stats
     copy = tmp_path / "copy.jsonl.gz"
-    shutil.copy(cfg.data.source, copy)
+    shutil.copy(cfg.data.source.path, copy)
     determining = [
         f"data.source={copy}",
         "data.max_documents=299",

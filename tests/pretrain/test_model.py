@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from transformers import AutoModelForMaskedLM, pipeline
 
 from pretrain.config import PretrainConfig
-from pretrain.export import export_model
+from pretrain.export import save_model_files
 from pretrain.masking import BlockMasker, MaskedBlocks
 from pretrain.model import build_model, init_output_bias, output_bias
 
@@ -91,6 +91,40 @@ def test_masked_only_head_loss_equals_the_full_head_loss(tiny_config, data, name
     assert torch.allclose(half.loss, full.loss / 2, atol=1e-5)
 
 
+# A batch with no masked token (short blocks, batch 1) scored 0 / 0 = NaN, which poisoned the weights and
+# was reported as divergence. Summed over no target the loss is 0, and so is its gradient.
+@pytest.mark.parametrize("masked_only_head", [True, False], ids=["masked-only-head", "full-head"])
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_a_batch_without_masked_tokens_has_loss_zero_not_nan(tiny_config, data, name, masked_only_head):
+    cfg = arch_config(tiny_config, name)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.tokenizer, masked_only_head)
+    input_ids = data.train[torch.arange(2)]
+    labels = torch.full_like(input_ids, -100)
+    for count in (None, torch.tensor(0), 0):  # alone, or the Trainer's count over the whole step
+        model.zero_grad()
+        out = model(input_ids=input_ids, labels=labels, num_items_in_batch=count)
+        out.loss.backward()
+        assert out.loss.item() == 0.0, count
+        assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+
+
+# Its masks are fixed, so a validation set whose masks hit no token scored 0 / 0 at every evaluation: a loss
+# of 0 and a NaN accuracy, which the plateau schedule and early stopping then steered by.
+def test_a_validation_set_without_a_masked_token_is_refused_before_training(tiny_config):
+    from pretrain.blocks import prepare_data
+    from pretrain.masking import mask_seed
+    from pretrain.train import build_trainer
+    from stagekit.errors import DataError
+
+    short = ("data.block_size=8", "train.max_eval_batches=1", "train.per_device_eval_batch_size=1")
+    data = prepare_data(tiny_config(*short))
+    masker = BlockMasker(data.tokenizer)  # validation is masked with seed train.seed + 1
+    seed = next(s for s in range(200) if (masker(data.validation[0], mask_seed(s + 1, 0, 0))[1] == -100).all())
+    with pytest.raises(DataError, match=r"the 1 validation block\(s\) of 8 tokens .* hold no masked token"):
+        build_trainer(tiny_config(*short, f"train.seed={seed}"), data, [], fresh=True)
+
+
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_unigram_bias_start_puts_the_loss_at_the_token_frequencies(tiny_config, data, name):
     cfg = arch_config(tiny_config, name)
@@ -120,7 +154,8 @@ def test_exported_folder_loads_everywhere_with_identical_logits(tiny_config, dat
     cfg = arch_config(tiny_config, name)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.tokenizer).eval()
-    export_model(tmp_path / "model", model, data.tokenizer, cfg, {"val_loss": 1.0})
+    (tmp_path / "model").mkdir()
+    save_model_files(tmp_path / "model", model, data.tokenizer)
     saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["architectures"] == [type(model).__mro__[2].__name__]  # the plain transformers class
     reloaded = AutoModelForMaskedLM.from_pretrained(tmp_path / "model").eval()

@@ -3,6 +3,7 @@ and a resumed run continuing its W&B run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -88,3 +89,88 @@ def test_a_resumed_run_continues_its_wandb_run(tiny_args, tmp_path, monkeypatch)
     main(tiny_args("train.max_steps=8", *settings, "--resume"))
     ids = offline_run_ids(tmp_path / "pretrain-debug")
     assert len(ids) == 2 and ids[0] == ids[1], ids
+
+
+def count_training_steps(monkeypatch) -> list[int]:
+    """Every training step the MLM Trainer takes from now on."""
+    from pretrain.trainer import MLMTrainer
+
+    steps, real_step = [], MLMTrainer.training_step
+
+    def counted(self, *args, **kwargs):
+        steps.append(self.state.global_step)
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(MLMTrainer, "training_step", counted)
+    return steps
+
+
+def snapshot(folder) -> dict[str, int]:
+    """Every file's write time, but the lock's (it says which process held the folder last)."""
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file() and p.name != ".run.lock"}
+
+
+# --resume on a finished run trained step 31 of 30 (and 32 with a lower max_steps), rc 0, and replaced the model,
+# its metrics and its last checkpoint.
+def test_resume_on_a_finished_run_trains_nothing_and_leaves_it_as_it_is(tiny_args, tmp_path, caplog, monkeypatch):
+    import logging
+
+    settings = ("train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2")
+    main(tiny_args("train.max_steps=4", *settings))
+    run = tmp_path / "pretrain-debug"
+    (run / "model" / "report.md").write_text("an evaluation, written after training")
+    before, steps = snapshot(run), count_training_steps(monkeypatch)
+    for max_steps in (4, 2):  # the same steps, or fewer: finished either way
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            result = main(tiny_args(f"train.max_steps={max_steps}", *settings, "--resume"))
+        assert steps == [] and snapshot(run) == before  # not one step, not one file written
+        assert f"{run / 'model'} is finished (step 4, max_steps); nothing to train" in caplog.text
+        assert not result.trained and result.metrics["step"] == 4
+
+
+def test_a_finished_run_asked_for_more_steps_trains_on_and_keeps_the_old_model_with_its_evaluation(
+    tiny_args, tmp_path, monkeypatch
+):
+    import json
+
+    settings = ("train.save_steps=4", "train.eval_steps=4", "train.logging_steps=2")
+    main(tiny_args("train.max_steps=4", *settings))
+    run = tmp_path / "pretrain-debug"
+    (run / "model" / "report.md").write_text("an evaluation of the step-4 model")
+    steps = count_training_steps(monkeypatch)
+    main(tiny_args("train.max_steps=6", *settings, "--resume"))
+    assert steps == [4, 5] and json.loads((run / "model" / "metrics.json").read_text())["step"] == 6
+    kept = run / "model-step-4"
+    assert (kept / "report.md").read_text() == "an evaluation of the step-4 model"
+    assert json.loads((kept / "metrics.json").read_text())["step"] == 4 and (kept / "model.safetensors").is_file()
+    assert not (run / "model" / "report.md").exists()  # it spoke of the old model
+
+
+# A ${VAR} in a config string was expanded before the config was saved: a secret in it was written in clear
+# into resolved_config.yaml, every checkpoint's run_config.json, the W&B config and run_info.json.
+def test_saved_configs_keep_variables_as_written_and_old_expanded_checkpoints_resume(tiny_args, tmp_path, monkeypatch):
+    from stagekit import tracking
+
+    monkeypatch.setenv("RUN_SECRET", "s3cr3t-0123")
+    tracked: list[dict] = []
+    monkeypatch.setattr(tracking, "start_run", lambda cfg, out, config, *args, **kwargs: tracked.append(config))
+    written = ("data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz", "wandb.run_name=bert-${RUN_SECRET}")
+    settings = (*written, "wandb.mode=offline", "train.save_steps=2", "train.eval_steps=2")
+    main(tiny_args("train.max_steps=2", *settings))
+    run = tmp_path / "pretrain-debug"
+    files = [p for p in run.rglob("*") if p.is_file()]
+    assert not [p for p in files if b"s3cr3t" in p.read_bytes()]  # configs, checkpoints, training_args.bin, model
+    record = run / "checkpoints" / "checkpoint-2" / "run_config.json"
+    for saved in (record, run / "model" / "resolved_config.yaml"):
+        assert (
+            "${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz" in saved.read_text()
+            and "bert-${RUN_SECRET}" in saved.read_text()
+        )
+    assert tracked[0]["wandb"]["run_name"] == "bert-${RUN_SECRET}"  # the config W&B gets
+
+    # a checkpoint written before configs kept ${VAR} recorded the data file's expanded path: it still resumes
+    old = json.loads(record.read_text())
+    old["data"]["source"]["path"] = os.path.expandvars(old["data"]["source"]["path"])
+    record.write_text(json.dumps(old))
+    assert main(tiny_args("train.max_steps=4", *settings, "--resume")).metrics["step"] == 4

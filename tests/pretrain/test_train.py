@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,7 @@ def test_tiny_model_learns_and_writes_a_self_describing_model(tiny_args, tmp_pat
     # the model. (The unigram start, train.output_bias_init=unigram, is tested in test_model.py.)
     metrics = main(
         tiny_args("train.max_steps=50", "train.logging_steps=5", "train.eval_steps=25", "train.output_bias_init=zero")
-    )
+    ).metrics
     losses = [loss for _, loss in logged(tmp_path, "loss")]
     assert losses[-1] < losses[0] - 0.5  # the loss falls over 50 steps
     assert metrics["val_loss"] < metrics["unigram_entropy"] + 0.5
@@ -82,9 +83,17 @@ def test_other_masking_is_also_scored_at_berts(tiny_args, tmp_path):
             "train.short_block_steps=2",
             "train.short_block_size=32",
         )
-    )
+    ).metrics
     assert metrics["val_loss"] != metrics["val_bert15_loss"]  # two differently masked validation sets
     assert [s for s, _ in logged(tmp_path, "eval_bert15_loss")] == [s for s, _ in logged(tmp_path, "eval_loss")]
+
+
+# a run that ended inside the short-block warm-up (max_steps or the time budget before short_block_steps) kept
+# the model cutting rows into short pieces: the cloze probe then failed with "index 33 is out of bounds".
+def test_a_run_that_ends_inside_the_short_block_warmup_finishes_on_full_blocks(tiny_args):
+    metrics = main(tiny_args("train.max_steps=3", "train.short_block_steps=10", "train.short_block_size=32")).metrics
+    assert metrics["step"] == 3 and metrics["cloze_items"] > 0 and 0 <= metrics["cloze_top5"] <= 1
+    assert len(metrics["attention_entropy"]) == 2
 
 
 RESUME_SETTINGS = (
@@ -181,8 +190,27 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert not (tmp_path / "pretrain-debug/model").exists()
 
 
+# Short blocks one at a time: many steps mask no token at all (6 maskable tokens at 15 %: 38 % of blocks).
+# Such a step scored 0 / 0 = NaN and stopped the run as "training diverged … lower the learning rate".
+def test_steps_without_a_masked_token_train_on(tiny_args, tmp_path, monkeypatch):
+    real_forward = MaskedOnlyHeadMixin.forward
+    masked: list[int] = []
+
+    def counting(self, *args, **kwargs):
+        if self.training:
+            masked.append(int((kwargs["labels"] != -100).sum()))
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MaskedOnlyHeadMixin, "forward", counting)
+    args = ("data.block_size=8", "train.per_device_train_batch_size=1", "train.max_steps=12", "train.logging_steps=1")
+    metrics = main(tiny_args(*args, "train.eval_steps=12", "train.save_steps=12")).metrics
+    assert 0 in masked and metrics["step"] == 12
+    losses = dict(logged(tmp_path, "loss"))
+    assert all(math.isfinite(loss) for loss in losses.values()) and math.isfinite(metrics["val_loss"])
+
+
 def test_time_budget_stops_evaluates_and_saves(tiny_args, tmp_path):
-    metrics = main(tiny_args("train.max_steps=500", "train.max_train_minutes=0.0001", "train.logging_steps=3"))
+    metrics = main(tiny_args("train.max_steps=500", "train.max_train_minutes=0.0001", "train.logging_steps=3")).metrics
     assert metrics["step"] == 3 and metrics["stop_reason"].startswith("time budget")
     assert [p.name for p in checkpoint_dirs(tmp_path / "pretrain-debug/checkpoints")] == ["checkpoint-3"]
     assert 3 in dict(logged(tmp_path, "eval_loss"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.tiny_bert import make_tiny_bert
+from tests.tiny_bert import make_tiny_bert
 
 
 @pytest.fixture(scope="session")

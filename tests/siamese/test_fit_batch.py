@@ -28,7 +28,9 @@ def test_fit_batch_probes_the_longest_pairs_and_keeps_the_pairs_per_step(repo_ro
         return compute_loss(self, model, inputs, *args, **kwargs)
 
     monkeypatch.setattr(SiameseTrainer, "compute_loss", limited)
-    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "impl.fit_batch=true", "train.head_init_pairs=0"))
+    model_dir = main(
+        debug_args(repo_root, tiny_bert, tmp_path, "impl.fit_batch=true", "train.head_init_pairs=0")
+    ).model_dir
     assert [rows for rows, _ in seen[:3]] == [8, 4, 2] and all(length == 32 for _, length in seen[:3])  # longest
     assert {rows for rows, _ in seen[3:]} <= {2, 1}  # training: micro-batches of 2 (a batch's tail may be shorter)
     metrics = json.loads((model_dir / "metrics.json").read_text())
@@ -65,7 +67,9 @@ def test_fit_batch_keeps_a_ranking_losss_in_batch_negatives_and_fits_its_mini_ba
     monkeypatch.setattr(SentenceTransformer, "forward", limited)
     monkeypatch.setattr(cached, "calculate_loss", spy)
     triplets = ["data.max_train_pairs=null", "data.eval_pairs=600"] if loss == "mnrl" else []
-    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", "impl.fit_batch=true", *triplets))
+    model_dir = main(
+        debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", "impl.fit_batch=true", *triplets)
+    ).model_dir
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert (metrics["fit_batch_per_device"], metrics["fit_batch_accumulation"]) == (8, 1)  # the batch is kept
     assert metrics["fit_batch_mini_batch"] == 2

@@ -9,10 +9,11 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from siamese.config import DataConfig, ImplConfig, LossConfig, ModelConfig, SourceConfig
+from siamese.config import DataConfig, ImplConfig, LossConfig, ModelConfig
 from siamese.head_init import accuracy, fit_linear_head, pair_features, warm_start_head
 from siamese.model import build_loss, build_model, head_parameter_pattern
 from siamese.nli_data import first_pairs, read_pairs
+from stagekit.sources import SourceConfig
 
 
 def blobs(n: int = 300, dim: int = 12, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,7 +26,7 @@ def nested_model(repo_root, tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("matryoshka")
     # with cached mini-batches too: the two options train together (siamese/ranking.py)
     extra = ["loss.name=both", "loss.matryoshka_dims=[32, 16]", "impl.mini_batch_size=4", "postprocess.method=whiten"]
-    return main(debug_args(repo_root, tiny_bert, out, *extra))
+    return main(debug_args(repo_root, tiny_bert, out, *extra)).model_dir
 
 
 def test_the_folder_says_its_widths_and_whitening_keeps_them(nested_model):
@@ -57,7 +57,7 @@ def test_a_width_wider_than_the_model_is_one_line(nested_model):
 
 
 def test_evaluation_scores_every_trained_width(nested_model, tmp_path):
-    report = evaluate(["--model", str(nested_model), "--limit", "30", "--out", str(tmp_path)])
+    report = evaluate(["--model", str(nested_model), "limit=30", f"out={tmp_path}"])
     assert list(report["retrieval"]["by_width"]) == [64, 32, 16]
     assert list(report["stsb_test_by_width"]) == [64, 32, 16]
     assert "| model | 16 |" in (tmp_path / "report.md").read_text()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from datasets import IterableDataset
 
-from siamese.config import DataConfig, SourceConfig
+from siamese.config import DataConfig
 from siamese.nli_data import (
     RowCounts,
     _LengthBuckets,
@@ -22,6 +22,7 @@ from siamese.nli_data import (
     train_stream,
 )
 from stagekit.errors import DataError
+from stagekit.sources import SourceConfig
 
 
 def write_jsonl_gz(path: Path, rows: list[dict]) -> Path:
@@ -148,15 +149,48 @@ def counting_rows(n: int):
         yield {"premise": f"premise number {i}", "hypothesis": f"hypothesis {i % 7}", "label": i % 3}
 
 
-def test_stream_is_lazy():
+def test_stream_is_lazy(monkeypatch):
+    from siamese import nli_data
+
     PRODUCED.clear()
     raw = IterableDataset.from_generator(counting_rows, gen_kwargs={"n": 100_000})
+    # The one configured training source reads this generator: a source of any size, produced row by row.
+    monkeypatch.setattr(nli_data, "open_pairs", lambda source, counts, **kw: clean_pairs(raw, "generator", counts))
     cfg = DataConfig(shuffle_buffer=64)
-    stream = train_stream(cfg, batch_size=8, bucket_batches=4, seed=0, counts=RowCounts(),
-                          pairs=[clean_pairs(raw, "generator", RowCounts())])  # fmt: skip
+    stream = train_stream(cfg, batch_size=8, bucket_batches=4, seed=0, counts=RowCounts())
     assert len(PRODUCED) <= 1  # building the pipeline peeks at most one row (to learn the columns)
     first = [row for _, row in zip(range(16), stream, strict=False)]
     assert len(first) == 16 and len(PRODUCED) < 2_000  # a bounded look-ahead, not the whole source
+
+
+def test_one_file_listed_twice_as_sources_counts_each_apart(tmp_path):
+    rows = [{"premise": f"A man {i} sleeps.", "hypothesis": "A person rests.", "label": i % 3} for i in range(12)]
+    path = str(write_jsonl_gz(tmp_path / "nli.jsonl.gz", rows))
+    sources = [SourceConfig(path=path, config_name=None, weight=w) for w in (2.0, 1.0)]
+    counts = RowCounts()
+    stream = train_stream(DataConfig(train_sources=sources, shuffle_buffer=1), 4, 1, seed=0, counts=counts)
+    assert sorted(row["premise"] for row in stream) == sorted(2 * [row["premise"] for row in rows])
+    expected = {"seen": 12, "kept": 12, "dropped_no_label": 0, "dropped_empty_text": 0}
+    assert counts.as_dict() == {f"{path} (source 1)": expected, f"{path} (source 2)": expected}
+
+
+# One reader over all files of a folder fixed the columns from the first file: a later file with another
+# column failed ("Couldn't cast"), and other column names for the same role were not looked for.
+def test_a_folder_of_files_with_different_columns_is_read_file_by_file(tmp_path):
+    folder = tmp_path / "nli"
+    folder.mkdir()
+    write_jsonl_gz(folder / "a.jsonl.gz", [{"premise": "A man sleeps.", "hypothesis": "A person rests.", "label": 0}])
+    b = [{"sentence1": "A dog runs.", "sentence2": "An animal moves.", "gold_label": "-", "pairID": 7, "genre": "x"},
+         {"sentence1": "Kids play.", "sentence2": "Nobody plays.", "gold_label": "contradiction", "pairID": "8a"}]  # fmt: skip
+    write_jsonl_gz(folder / "b.jsonl.gz", b)
+    counts = RowCounts()
+    pairs = read_pairs(SourceConfig(path=str(folder), config_name=None), None, counts)
+    assert pairs == {"premise": ["A man sleeps.", "Kids play."], "hypothesis": ["A person rests.", "Nobody plays."],
+                     "label": [0, 2]}  # fmt: skip
+    assert counts.as_dict() == {
+        str(folder / "a.jsonl.gz"): {"seen": 1, "kept": 1, "dropped_no_label": 0, "dropped_empty_text": 0},
+        str(folder / "b.jsonl.gz"): {"seen": 2, "kept": 1, "dropped_no_label": 1, "dropped_empty_text": 0},
+    }
 
 
 @pytest.mark.parametrize(

@@ -143,8 +143,8 @@ def test_an_unreadable_reference_is_none_with_a_warning(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def stsb_validation(data_dir):
-    from siamese.config import SourceConfig
     from siamese.scores import read_stsb
+    from stagekit.sources import SourceConfig
 
     return read_stsb(SourceConfig(path=str(data_dir / "stsb" / "validation.jsonl.gz"), config_name=None), 300, 5.0)
 

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pretrain.corpus import clean_text
-from siamese.config import SourceConfig
 from siamese.nli_data import RowCounts, read_pairs
 from stagekit.errors import DataError
+from stagekit.sources import SourceConfig
 from stagekit.text import has_visible_content
 
 TEXT = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=120)  # any unicode but lone surrogates

@@ -13,13 +13,14 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from siamese.config import LossConfig, SourceConfig
+from siamese.config import LossConfig
 from siamese.encoder import NLIEncoder
 from siamese.head_init import accuracy, pair_features
 from siamese.model import build_loss, resolve_base
 from siamese.nli_data import read_pairs
 from siamese.scores import read_stsb, stsb_metrics
 from siamese.train import main
+from stagekit.sources import SourceConfig
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def test_fine_tuning_teaches_the_head_without_damaging_the_frozen_ranking(repo_r
         "data.eval_pairs=0", "train.select_best=false",  # 8 steps: no checkpoints to choose from
         "data.shuffle_buffer=1000", "impl.num_threads=1", "wandb.mode=disabled",
         "train.head_init_pairs=512", "train.head_learning_rate=1.0e-3",  # the recipe under test
-    ])  # fmt: skip
+    ]).model_dir  # fmt: skip
 
     tuned = NLIEncoder.load(model_dir, device="cpu")
     prediction = tuned.predict(held_out["premise"], held_out["hypothesis"])

@@ -108,7 +108,7 @@ def test_a_narrower_width_scores_what_a_truncated_model_embeds(model_dir, data_d
 
 
 def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(model_dir, tmp_path):
-    report = main(["--model", str(model_dir), "--limit", "40", "--out", str(tmp_path), "--baseline", str(model_dir)])
+    report = main(["--model", str(model_dir), "limit=40", f"out={tmp_path}", f"baseline={model_dir}"])
     for section in (report, report["baseline"]):
         retrieval = section["retrieval"]
         assert retrieval["name"] == "mnli_validation_matched" and retrieval["queries"] > 0 and retrieval["corpus"] > 0
@@ -127,10 +127,10 @@ def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(
 
 def test_another_nli_file_is_a_retrieval_set(model_dir, data_dir, tmp_path):
     snli = data_dir / "snli" / "validation.jsonl.gz"
-    report = main(["--model", str(model_dir), "--limit", "30", "--out", str(tmp_path), "--retrieval", str(snli)])
+    report = main(["--model", str(model_dir), "limit=30", f"out={tmp_path}", f"retrieval={snli}"])
     assert report["retrieval"]["name"] == "snli/validation" and report["retrieval"]["queries"] <= 30
-    with pytest.raises(UserError, match="--retrieval nowhere.jsonl: no such file"):
-        main(["--model", str(model_dir), "--limit", "4", "--out", str(tmp_path / "x"), "--retrieval", "nowhere.jsonl"])
+    with pytest.raises(UserError, match="retrieval=nowhere.jsonl: no such file"):
+        main(["--model", str(model_dir), "limit=4", f"out={tmp_path / 'x'}", "retrieval=nowhere.jsonl"])
 
 
 def test_nanobeir_offline_fails_in_seconds_naming_the_local_set(model_dir, tmp_path, monkeypatch):
@@ -139,10 +139,10 @@ def test_nanobeir_offline_fails_in_seconds_naming_the_local_set(model_dir, tmp_p
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
     started = time.monotonic()
     with pytest.raises(UserError) as err:
-        main(["--model", str(model_dir), "--limit", "4", "--out", str(tmp_path / "out"), "--retrieval", "nanobeir"])
+        main(["--model", str(model_dir), "limit=4", f"out={tmp_path / 'out'}", "retrieval=nanobeir"])
     assert time.monotonic() - started < 10
     message = str(err.value)
-    assert "unreachable" in message and "--retrieval" in message and "mnli/validation_matched.jsonl.gz" in message
+    assert "unreachable" in message and "retrieval" in message and "mnli/validation_matched.jsonl.gz" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
 
 

@@ -55,3 +55,27 @@ def test_a_resumed_run_continues_its_wandb_run(repo_root, tiny_bert, tmp_path, m
                     "--resume"))  # fmt: skip
     ids = offline_run_ids(tmp_path / "siamese-debug")
     assert len(ids) == 2 and ids[0] == ids[1], ids
+
+
+# --resume on a finished fine-tuning run trained a step past the end and deleted the evaluation in the model
+# folder: report.json, report.md and the plots.
+def test_resume_never_deletes_an_evaluation(repo_root, tiny_bert, tmp_path):
+    import json
+
+    from siamese.evaluate import main as evaluate
+    from tests.pretrain.test_run_folder import snapshot
+
+    main(debug_args(repo_root, tiny_bert, tmp_path))
+    model = tmp_path / "siamese-debug" / "model"
+    evaluate(["--model", str(model), "limit=8", "baseline=null", "base_stsb=false"])
+    evaluation = {p.name for p in model.iterdir() if p.name.startswith("report") or p.suffix == ".png"}
+    assert {"report.json", "report.md"} <= evaluation and len(evaluation) > 2
+    before = snapshot(tmp_path)
+    main(debug_args(repo_root, tiny_bert, tmp_path, "--resume"))  # finished: nothing to do
+    assert snapshot(tmp_path) == before
+    main(debug_args(repo_root, tiny_bert, tmp_path, "train.max_steps=6", "--resume"))  # trains on
+    kept = tmp_path / "siamese-debug" / "model-step-4"
+    assert (
+        evaluation <= {p.name for p in kept.iterdir()} and json.loads((kept / "metrics.json").read_text())["step"] == 4
+    )
+    assert json.loads((model / "metrics.json").read_text())["step"] == 6 and not (model / "report.json").exists()

@@ -33,7 +33,7 @@ def debug_args(repo_root, tiny_bert, out, *extra: str) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(repo_root, tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    return main(debug_args(repo_root, tiny_bert, out)), out
+    return main(debug_args(repo_root, tiny_bert, out)).model_dir, out
 
 
 def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
@@ -68,7 +68,7 @@ def test_rerun_without_resume_refuses_to_mix_runs(trained, repo_root, tiny_bert)
 def test_resume_continues_from_the_last_checkpoint_with_its_head(trained, repo_root, tiny_bert):
     model_dir, out = trained
     head_before = NLIEncoder.load(out / "siamese-debug" / "checkpoints" / "checkpoint-4", device="cpu").head
-    resumed = main(debug_args(repo_root, tiny_bert, out, "train.max_steps=6", "--resume"))
+    resumed = main(debug_args(repo_root, tiny_bert, out, "train.max_steps=6", "--resume")).model_dir
     assert json.loads((resumed / "metrics.json").read_text())["step"] == 6
     head_after = NLIEncoder.load(resumed, device="cpu").head
     # two more steps moved the restored head a little, not back to a fresh random one
@@ -105,7 +105,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, ti
     from siamese import trainer as trainer_module
 
     args = ("train.max_steps=6", "data.eval_pairs=0", "model.hidden_dropout_prob=0.1")  # dropout: RNG state matters
-    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "a", *args))
+    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "a", *args)).model_dir
 
     original = trainer_module.SentenceTransformerTrainer.compute_loss
 
@@ -119,7 +119,7 @@ def test_interrupted_then_resumed_run_matches_an_uninterrupted_one(repo_root, ti
         main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args))
     assert not (tmp_path / "b" / "siamese-debug" / "model").exists()
     monkeypatch.setattr(trainer_module.SentenceTransformerTrainer, "compute_loss", original)
-    resumed = main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args, "--resume"))
+    resumed = main(debug_args(repo_root, tiny_bert, tmp_path / "b", *args, "--resume")).model_dir
 
     assert_same_final_model(straight, resumed, atol=1e-6)
 
@@ -152,7 +152,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert,
         # The subprocess must reduce in the same order as this process: same number of torch threads.
         f"impl.num_threads={torch.get_num_threads()}",
     )
-    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "straight", *common))
+    straight = main(debug_args(repo_root, tiny_bert, tmp_path / "straight", *common)).model_dir
     args = debug_args(repo_root, tiny_bert, tmp_path / "killed", *common)
     run = tmp_path / "killed" / "siamese-debug"
     kill_once_ready("siamese", args, lambda: has_complete_checkpoint(run))
@@ -165,7 +165,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(repo_root, tiny_bert,
         return real_step(*a, **kw)
 
     monkeypatch.setattr(trainer_module.SiameseTrainer, "training_step", counted_step)
-    resumed = main([*args, "--resume"])
+    resumed = main([*args, "--resume"]).model_dir
     assert json.loads((resumed / "metrics.json").read_text())["step"] == 40
     assert len(steps) < 40 and (40 - len(steps)) % 3 == 0, len(steps)  # went on from a checkpoint, not the start
     assert_same_final_model(straight, resumed, atol=1e-6)
@@ -179,7 +179,7 @@ def test_resume_skips_a_checkpoint_the_kill_left_half_written(repo_root, tiny_be
     half = run / "checkpoints" / "checkpoint-4"  # killed while writing: no trainer_state.json, optimizer cut short
     (half / "trainer_state.json").unlink()
     (half / "optimizer.pt").write_bytes((half / "optimizer.pt").read_bytes()[:100])
-    resumed = main([*args, "--resume"])  # continues from checkpoint-2 and writes checkpoint-4 again
+    resumed = main([*args, "--resume"]).model_dir  # continues from checkpoint-2 and writes checkpoint-4 again
     assert json.loads((half / "trainer_state.json").read_text())["global_step"] == 4
     assert_same_final_model(tmp_path / "straight", resumed, atol=1e-6)
 
@@ -234,7 +234,7 @@ def test_a_checkpoint_holding_code_is_refused_with_one_line(trained, repo_root, 
 @pytest.mark.parametrize(("loss", "head"), [("both", True), ("mnrl", False)])
 def test_other_objectives_train_end_to_end(repo_root, tiny_bert, tmp_path, loss, head):
     extra = ["data.max_train_pairs=null"] + (["data.eval_pairs=600"] if loss == "mnrl" else [])
-    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", *extra))
+    model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={loss}", *extra)).model_dir
     assert (model_dir / "nli_head.safetensors").is_file() == head
     assert (NLIEncoder.load(model_dir, device="cpu").head is not None) == head
     if loss == "mnrl":
@@ -244,7 +244,7 @@ def test_other_objectives_train_end_to_end(repo_root, tiny_bert, tmp_path, loss,
 
 def test_plateau_schedule_gets_a_warmup(repo_root, tiny_bert, tmp_path):
     model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.lr_scheduler_type=reduce_lr_on_plateau",
-                                "train.warmup_steps=3", "train.logging_steps=1", "train.eval_steps=2"))  # fmt: skip
+                                "train.warmup_steps=3", "train.logging_steps=1", "train.eval_steps=2")).model_dir  # fmt: skip
     state = json.loads((model_dir.parent / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     lrs = [e["learning_rate"] for e in state["log_history"] if "learning_rate" in e]
     assert lrs[:3] == pytest.approx([1.0e-3 / 3, 2.0e-3 / 3, 1.0e-3])  # linear warmup, then the plateau's own lr
@@ -281,7 +281,7 @@ def run_capturing_trainer(monkeypatch, argv: list[str]):
         return result
 
     monkeypatch.setattr(train_module, "run_stage", spy)
-    model_dir = main(argv)
+    model_dir = main(argv).model_dir
     return trainers[-1], model_dir
 
 
@@ -350,7 +350,7 @@ def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny
 
     monkeypatch.setattr(trainer_module.NLIAccuracyEvaluator, "__call__", scripted)
     model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.select_best=true", "train.max_steps=6",
-                                "train.eval_steps=2", "train.save_steps=2"))  # fmt: skip
+                                "train.eval_steps=2", "train.save_steps=2")).model_dir  # fmt: skip
     checkpoints = tmp_path / "siamese-debug" / "checkpoints"
     assert_same_final_model(checkpoints / "checkpoint-4", model_dir, atol=0)
     last = load_file(str(checkpoints / "checkpoint-6" / HEAD_FILE))  # the rotation keeps the best and the newest

@@ -27,14 +27,16 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
         for i in range(64)
     ]  # fmt: skip
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    source = f"data.train_sources=[{{path: {path}, config_name: null}}]"
+    source = f"data.train_sources=[{{path: {path}}}]"
     one_pass = (
         "data.max_train_pairs=null",
         "train.per_device_train_batch_size=8",
         "train.max_steps=7",
         "train.save_steps=7",
     )
-    model_dir = main(run_args(repo_root, tiny_bert, tmp_path, source, *one_pass))  # 56 labelled pairs = 7 steps of 8
+    model_dir = main(
+        run_args(repo_root, tiny_bert, tmp_path, source, *one_pass)
+    ).model_dir  # 56 labelled pairs = 7 steps of 8
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
 
@@ -87,10 +89,43 @@ def test_dataloader_workers_do_not_change_the_training_pairs(repo_root, tiny_ber
         (folder / f"part-{i}.jsonl").write_text("".join(lines[i::files]), encoding="utf-8")
     overrides = [
         f"model.base_model={tiny_bert}", f"output_dir={tmp_path}", "model.max_seq_length=32", "data.eval_pairs=0",
-        f"data.train_sources=[{{path: {folder}, config_name: null}}]", "data.shuffle_buffer=64",
+        f"data.train_sources=[{{path: {folder}}}]", "data.shuffle_buffer=64",
         "data.max_train_pairs=null",
     ]  # fmt: skip
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml", overrides)
     in_process = first_batches(cfg, 0, 12)
     assert len(in_process) == 12
     assert first_batches(cfg, 2, 12) == in_process
+
+
+# Two training sources (mixing by weight) crashed before training: interleaving the streams deep-copies
+# their cleaning maps, and the row counters inside them (shared memory) cannot be copied.
+@pytest.mark.parametrize("workers", [0, 1])
+def test_two_training_sources_train_and_count_their_rows_apart(repo_root, tiny_bert, tmp_path, workers):
+    glue = tmp_path / "glue.jsonl"  # Hub GLUE columns, a label as a name or "-"
+    glue_rows = [
+        {"premise": f"A person number {i} walks.", "hypothesis": f"Someone {i} moves.", "label": "-" if i % 8 == 3 else i % 3}
+        for i in range(40)
+    ]  # fmt: skip
+    glue.write_text("".join(json.dumps(row) + "\n" for row in glue_rows), encoding="utf-8")
+    sick = tmp_path / "sick.jsonl"  # other column names, one row without text
+    sick_rows = [
+        {"sentence1": f"A dog number {i} runs." if i != 5 else " ", "sentence2": f"An animal {i} moves.", "gold_label": i % 3}
+        for i in range(22)
+    ]  # fmt: skip
+    sick.write_text("".join(json.dumps(row) + "\n" for row in sick_rows), encoding="utf-8")
+    sources = (
+        f"data.train_sources=[{{path: {glue}, config_name: null, weight: 2.0}}, "
+        f"{{path: {sick}, config_name: null, weight: 1.0}}]"
+    )
+    one_pass = (
+        "data.max_train_pairs=null",
+        "train.per_device_train_batch_size=8",
+        "train.max_steps=7",  # 35 + 21 labelled pairs with text: 7 whole batches of 8
+        "train.save_steps=7",
+        f"impl.dataloader_num_workers={workers}",
+    )
+    model_dir = main(run_args(repo_root, tiny_bert, tmp_path, sources, *one_pass)).model_dir
+    counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]
+    assert counts[str(glue)] == {"seen": 40, "kept": 35, "dropped_no_label": 5, "dropped_empty_text": 0}
+    assert counts[str(sick)] == {"seen": 22, "kept": 21, "dropped_no_label": 0, "dropped_empty_text": 1}

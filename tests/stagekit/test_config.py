@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import copy
+import json
+import pickle
 from dataclasses import dataclass, field
 from typing import Literal
 
 import pytest
 
-from stagekit.config import load_config, require
+from stagekit.checkpoints import check_resume_settings
+from stagekit.config import load_config, require, save_config, to_dict
 from stagekit.errors import ConfigError
 
 
@@ -101,3 +105,65 @@ def test_a_tagged_section_is_built_as_the_class_its_tag_names():
         load_config(Tagged, None, ["model.theta=10"])
     with pytest.raises(ConfigError, match="config key 'model.architecture': 'big' is not one of"):
         load_config(Tagged, None, ["model.architecture=big"])
+
+
+@dataclass
+class Listed:
+    models: list[Model] = field(default_factory=list)
+
+
+# A list override that is not valid YAML ended in a 74-line traceback from the YAML parser.
+@pytest.mark.parametrize(
+    ("schema", "override", "key"),
+    [
+        (Root, "train.tags=[x, y", "train.tags"),
+        (Root, "train.tags=[x]]", "train.tags"),
+        (Root, "train.tags=[!!python/name:os.system x]", "train.tags"),
+        (Listed, "models=[{hidden_size: 8", "models"),
+        (Listed, "models=[{hidden_size: 8}, {dropout: [}]", "models"),
+    ],
+)
+def test_a_malformed_list_override_is_one_line_naming_the_key(schema, override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(schema, None, [override])
+    message = str(err.value)
+    assert f"config key '{key}'" in message and "not valid YAML" in message and "\n" not in message
+
+
+# A ${VAR} in a config string was expanded before the config was saved: a secret in it (or any other value of
+# the environment) was written in clear into resolved_config.yaml, run_config.json and the W&B config.
+def test_variables_are_expanded_for_the_run_and_saved_as_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("RUN_ROOT", "/scratch/me")
+    monkeypatch.setenv("WANDB_API_KEY", "s3cr3t-0123")
+    path = tmp_path / "c.yaml"
+    path.write_text('train:\n  name: "${RUN_ROOT}/runs"\n')
+    cfg = load_config(Root, path, ["train.tags=['run-${WANDB_API_KEY}', plain]"])
+    assert cfg.train.name == "/scratch/me/runs" and cfg.train.tags == ["run-s3cr3t-0123", "plain"]  # the run's
+    saved = tmp_path / "resolved_config.yaml"
+    save_config(cfg, saved)
+    for text in (saved.read_text(), json.dumps(to_dict(cfg))):
+        assert "s3cr3t" not in text and "/scratch/me" not in text
+        assert "${RUN_ROOT}/runs" in text and "run-${WANDB_API_KEY}" in text
+    assert to_dict(cfg, expanded=True)["train"]["name"] == "/scratch/me/runs"
+    assert load_config(Root, saved) == cfg  # the saved file gives the same run again
+    for copied in (copy.deepcopy(cfg), pickle.loads(pickle.dumps(cfg))):
+        assert copied == cfg and to_dict(copied) == to_dict(cfg)
+
+
+def test_a_resume_compares_the_config_as_written_and_accepts_checkpoints_that_recorded_it_expanded(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("DATA", "/data/v1")
+    cfg = load_config(Root, None, ["train.name=${DATA}/train.jsonl"])
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    # today's record, and one written before configs kept ${VAR} (the value expanded)
+    for recorded in (
+        to_dict(cfg),
+        {**to_dict(cfg), "train": {**to_dict(cfg)["train"], "name": "/data/v1/train.jsonl"}},
+    ):
+        (checkpoint / "run_config.json").write_text(json.dumps(recorded))
+        assert check_resume_settings(str(checkpoint), to_dict(cfg), (), expanded=to_dict(cfg, expanded=True)) == []
+    changed = load_config(Root, None, ["train.name=${DATA}/other.jsonl"])
+    with pytest.raises(ConfigError, match="config key 'train.name': '/data/v1/train.jsonl' in checkpoint"):
+        check_resume_settings(str(checkpoint), to_dict(changed), (), expanded=to_dict(changed, expanded=True))

@@ -8,42 +8,52 @@ import shlex
 
 import pytest
 
+from pipeline import config_docs
 from pretrain.config import PretrainConfig
-from siamese.config import IMPLIED_BY_OLD_CHECKPOINTS, SiameseConfig
-from stagekit import config_docs
+from siamese import evaluate, probe
+from siamese.config import EvalConfig, SiameseConfig
 from stagekit.checkpoints import check_resume_settings
 from stagekit.cli import config_parser
 from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
 from stagekit.errors import ConfigError
 
 SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
+# every config class whose keys docs/configuration.md lists (evaluation and the probe take --model beside theirs)
+DOCUMENTED = SCHEMAS | {"siamese.evaluate": EvalConfig, "siamese.probe": probe.ProbeConfig}
+PARSERS = {"siamese.evaluate": evaluate.parser, "siamese.probe": probe.parser}
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
-# `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...` up to a comment or the line's end
-COMMAND = re.compile(r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese|pipeline)(?=[ \t\n`]|$)([^`|#\n]*)")
+# `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...`, `python -m siamese.evaluate ...`
+# up to a comment or the line's end
+COMMAND = re.compile(
+    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese\.evaluate|siamese\.probe|siamese|pipeline)(?=[ \t\n`]|$)"
+    r"([^`|#\n]*)"
+)
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_every_key_has_help(stage):
-    undocumented = [info.dotted for info in describe_keys(SCHEMAS[stage]) if not info.help.strip()]
+    undocumented = [info.dotted for info in describe_keys(DOCUMENTED[stage]) if not info.help.strip()]
     assert not undocumented, f"config keys without help: {undocumented}"
 
 
 def test_configuration_md_is_in_step_with_the_config_classes():
-    assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m stagekit.config_docs"
+    assert config_docs.TARGET.read_text(encoding="utf-8") == config_docs.render(), "run python -m pipeline.config_docs"
 
 
-@pytest.mark.parametrize("stage", SCHEMAS)
+def parser_of(stage: str):
+    return PARSERS[stage]() if stage in PARSERS else config_parser(f"python -m {stage}", "", SCHEMAS[stage])
+
+
+@pytest.mark.parametrize("stage", DOCUMENTED)
 def test_help_lists_every_key_and_its_examples_load(stage):
-    schema = SCHEMAS[stage]
-    parser = config_parser(f"python -m {stage}", "", schema)
+    schema, parser = DOCUMENTED[stage], parser_of(stage)
     text = parser.format_help()
     assert all(info.dotted in text for info in describe_keys(schema))
     assert schema.examples
     for example in schema.examples:
-        args = parser.parse_intermixed_args(
-            ["--resume", *shlex.split(example)] if "--resume" in example else shlex.split(example)
-        )
-        load_config(schema, args.config, args.overrides)
+        words = shlex.split(example) + (["--model", "DIR"] if stage == "siamese.evaluate" else [])
+        args = parser.parse_intermixed_args(words)
+        load_config(schema, getattr(args, "config", None), args.overrides)
 
 
 def documented_commands() -> list[tuple[str, str, str]]:
@@ -57,26 +67,27 @@ def documented_commands() -> list[tuple[str, str, str]]:
 
 def test_the_documents_show_commands():
     stages = {stage for _, stage, _ in documented_commands()}
-    assert stages == {"pretrain", "siamese", "pipeline"}
+    assert stages == {"pretrain", "siamese", "pipeline", "siamese.evaluate", "siamese.probe"}
 
 
 @pytest.mark.parametrize(("document", "stage", "rest"), documented_commands())
 def test_every_documented_command_parses_and_its_config_loads(document, stage, rest, monkeypatch):
     monkeypatch.setenv("CORPUS", str(REPO_ROOT / "README.md"))  # stands in for a user's $CORPUS
-    words = [w for w in shlex.split(rest.replace("...", "")) if w not in ("--help", "-h")]
+    usage = re.sub(r"\[[^\]]*\]", "", rest)  # usage notation: "[key=value ...]"
+    words = [w for w in shlex.split(usage.replace("...", "")) if w not in ("--help", "-h")]
     if stage == "pipeline":
-        from pipeline.__main__ import parse_args
+        from pipeline.__main__ import build_configs, parse_args
 
-        args = parse_args(["2" if w == "N" else w for w in words])
-        load_config(PretrainConfig, args.pretrain_config)
-        load_config(SiameseConfig, args.siamese_config)
+        build_configs(parse_args(["2" if w == "N" else w for w in words]))
         return
-    schema = SCHEMAS[stage]
+    schema = DOCUMENTED[stage]
     if "--config" in words and words.index("--config") == len(words) - 1:
         return  # prose: "python -m pretrain --config" followed by a file named in the sentence
-    parsed = config_parser(f"python -m {stage}", "", schema).parse_intermixed_args(words)
+    if stage == "siamese.evaluate" and "--model" not in words:
+        return  # prose: the command named, not shown
+    parsed = parser_of(stage).parse_intermixed_args(words)
     overrides = [o.replace("$CORPUS", str(REPO_ROOT / "README.md")) for o in parsed.overrides]
-    load_config(schema, parsed.config, overrides)
+    load_config(schema, getattr(parsed, "config", None), overrides)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +116,7 @@ def test_a_checkpoint_of_the_old_vocabulary_resumes(tmp_path):
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
     (checkpoint / "run_config.json").write_text(__import__("json").dumps(old))
-    args = (resumable_keys(SiameseConfig), renamed_keys(SiameseConfig), IMPLIED_BY_OLD_CHECKPOINTS)
+    args = (resumable_keys(SiameseConfig), renamed_keys(SiameseConfig), SiameseConfig.implied_by_old_checkpoints)
     assert check_resume_settings(str(checkpoint), to_dict(cfg), *args) == []
     changed = load_config(
         SiameseConfig, REPO_ROOT / "configs/siamese/debug.yaml", ["train.per_device_train_batch_size=4"]

@@ -12,7 +12,7 @@ import pytest
 
 from stagekit.config import REPO_ROOT
 from stagekit.errors import UserError
-from stagekit.runlock import PIPELINE_LOCK, claim_run_folder
+from stagekit.runlock import claim_run_folder
 
 # Holds the folder, forks a child that outlives it (as a dataloader worker would), prints both pids.
 HOLDER = """
@@ -54,8 +54,8 @@ def test_a_killed_holder_frees_the_folder_though_its_forked_child_lives_on(tmp_p
                 pass
 
 
-def test_the_lock_is_released_at_the_end_of_the_block_and_locks_differ_by_name(tmp_path):
-    with claim_run_folder(tmp_path), claim_run_folder(tmp_path, lock=PIPELINE_LOCK, what="pipeline"):
-        pass  # a pipeline holds its own lock on a folder whose stage lock its stage then takes
+def test_the_lock_is_released_at_the_end_of_the_block(tmp_path):
+    with claim_run_folder(tmp_path):
+        pass
     with claim_run_folder(tmp_path):
         pass

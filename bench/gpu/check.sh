@@ -3,13 +3,13 @@
 # and the bare-loop anchor with a profile of our step (bench/pretrain_throughput.py), the data path per loader
 # worker (bench/step_overhead.py --loader-only), bert-medium pretraining on the offline IMDB stand-in (the
 # loss curve), the siamese stage on its model and the evaluation — what docs/benchmarks.md records under
-# "GPU check". bench/gpu_mission.sh sets up a bare device machine (wheels, data) and calls this with a
+# "GPU check". bench/gpu/mission.sh sets up a bare GPU machine (wheels, data) and calls this with a
 # total time budget.
 #
-#   bash bench/gpu_check.sh                  # data from ${BERT_DATA_DIR:-../shared/data}
-#   PRETRAIN_MINUTES=10 bash bench/gpu_check.sh
-#   MISSION_SECONDS=540 bash bench/gpu_check.sh   # pretraining gets what the other steps leave of 540 s
-#   DRY=1 bash bench/gpu_check.sh            # the same steps on a CPU with the debug configs, in minutes
+#   bash bench/gpu/check.sh                  # data from ${BERT_DATA_DIR:-../shared/data}
+#   PRETRAIN_MINUTES=10 bash bench/gpu/check.sh
+#   MISSION_SECONDS=540 bash bench/gpu/check.sh   # pretraining gets what the other steps leave of 540 s
+#   DRY=1 bash bench/gpu/check.sh            # the same steps on a CPU with the debug configs, in minutes
 #
 # Runs, logs and reports go under ${CHECK_DIR:-outputs/gpu-check}; if ${OUT} is set, a tarball of everything
 # small (logs, metrics, reports, plots; no weights) is refreshed there after each step, so a run stopped
@@ -35,7 +35,7 @@ if [ "$DRY" = 1 ]; then  # a CPU rehearsal: tiny models, a few steps, nothing ap
     PRE_STEPS=(train.eval_steps=10 train.save_steps=20 impl.num_threads=1)
     SIA_STEPS=(train.max_steps=6 train.eval_steps=3 train.save_steps=3 impl.num_threads=1)
     MINUTES=${PRETRAIN_MINUTES:-0.3}
-    EVALUATE_LIMIT=(--limit 64)
+    EVALUATE_LIMIT=(limit=64)
     export OMP_NUM_THREADS=1
 else
     PRE_CONFIG=configs/pretrain/bert-medium.yaml SIA_CONFIG=configs/siamese/bert-medium.yaml
@@ -100,7 +100,7 @@ if [ -n "${MISSION_SECONDS:-}" ]; then
 fi
 PRE=$CHECK/mission-pretrain
 step pretrain "$(awk "BEGIN {print int($MINUTES * 60 + 150)}")" python3 -m pretrain --config "$PRE_CONFIG" \
-    output_dir="$CHECK" run_name=mission-pretrain data.source="$CORPUS" data.revision=null \
+    output_dir="$CHECK" run_name=mission-pretrain data.source="$CORPUS" \
     train.max_train_minutes="$MINUTES" "${PRE_STEPS[@]}" ${PRETRAIN_OVERRIDES:-}
 step fill-mask 60 python3 -m pretrain.fill_mask --model "$PRE/model" \
     "the movie was [MASK] and i loved every minute of it." \
@@ -114,9 +114,8 @@ step fill-mask 60 python3 -m pretrain.fill_mask --model "$PRE/model" \
 SIA=$CHECK/mission-siamese
 step siamese "$(awk "BEGIN {print int($SIAMESE_MINUTES * 60 + 180)}")" python3 -m siamese --config "$SIA_CONFIG" \
     output_dir="$CHECK" run_name=mission-siamese model.base_model="$PRE/model" \
-    "data.train_sources=[{path: $DATA/mnli/train.jsonl.gz, config_name: null}]" \
-    "data.eval_sources=[{path: $DATA/mnli/validation_matched.jsonl.gz, config_name: null}]" \
-    postprocess.selection_source.path="$DATA/stsb/validation.jsonl.gz" postprocess.selection_source.config_name=null \
+    "data.train_sources=[$DATA/mnli/train.jsonl.gz]" "data.eval_sources=[$DATA/mnli/validation_matched.jsonl.gz]" \
+    postprocess.selection_source="$DATA/stsb/validation.jsonl.gz" \
     train.max_train_minutes="$SIAMESE_MINUTES" "${SIA_STEPS[@]}" ${SIAMESE_OVERRIDES:-}
 step evaluate 120 python3 -m siamese.evaluate --model "$SIA/model" "${EVALUATE_LIMIT[@]}" ${EVALUATE_ARGS:-}
 echo "== the check took $((SECONDS - START)) s" | tee -a "$CHECK/steps.txt"

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Run HERE (a machine with pip and the shared data), before a device call of bench/gpu_mission.sh: fills the
-# git-ignored folders the call carries, and checks they fit the device tool's 64 MiB with the working tree.
-#   .gpu-data/  the data the mission reads: the IMDB stand-in (xz, decompressed on the device: as gzip it
+# Run on a machine with pip and the shared data, before bench/gpu/mission.sh runs on a GPU machine without
+# network access: fills the git-ignored folders that travel there with the working tree, and checks that
+# tree and folders together fit the 64 MiB such a machine accepts.
+#   .gpu-data/  the data the mission reads: the IMDB stand-in (xz, decompressed on the GPU machine: as gzip it
 #               alone is 48.5 MiB), the MNLI subset and dev sets, STS-B validation and test
-#   .whl/       wheels the device image lacks or has older (/work/.library/device/KINDS.md): datasets and
-#               its dill / multiprocess, and the transformers / sentence-transformers versions tested here
+#   .whl/       wheels the GPU machine's image lacks or has older: datasets and its dill / multiprocess, and
+#               the transformers / sentence-transformers versions the project is tested with
 #
-#   bash bench/gpu_carry.sh            # then: run(command="bash bench/gpu_mission.sh", carry=[".gpu-data", ".whl"])
+#   bash bench/gpu/carry.sh     # then, on the GPU machine, with .gpu-data/ and .whl/ beside the tree:
+#                               #   bash bench/gpu/mission.sh
 set -euo pipefail
 
 DATA=${BERT_DATA_DIR:-../shared/data}

@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# The longest mission one device call allows (10 minutes a command), on a bare H200 machine: install the
-# carried wheels, decompress the carried IMDB stand-in, then bench/gpu_check.sh with a total budget —
+# The GPU check on a bare GPU machine that runs one command of at most 10 minutes: install the carried
+# wheels, decompress the carried IMDB stand-in, then bench/gpu/check.sh with a total budget —
 # throughput of ours vs the reference path and the bare-loop anchor with the step profile, the data path per
 # loader worker, bert-medium pretraining for whatever those leave of MISSION_SECONDS, the siamese stage and
 # the evaluation. Everything small comes back in $OUT/gpu-check.tgz, refreshed after each step.
 #
-#   here, once:  bash bench/gpu_carry.sh
-#   the call:    run(command="bash bench/gpu_mission.sh", carry=[".gpu-data", ".whl"], timeout_s=600)
-#   CPU dry run: DRY=1 bash bench/gpu_mission.sh     (the debug configs, tiny steps; a few minutes here)
+#   with network, once:  bash bench/gpu/carry.sh     (fills .gpu-data/ and .whl/, which go with the tree)
+#   on the GPU machine:  bash bench/gpu/mission.sh   (within a 600 s limit)
+#   CPU dry run:         DRY=1 bash bench/gpu/mission.sh   (the debug configs, tiny steps; a few minutes)
 #
-# MISSION_SECONDS (default 560) is the whole script's budget inside the call's 600 s: the install and
+# MISSION_SECONDS (default 560) is the whole script's budget inside the command's 600 s: the install and
 # decompression, the bench steps (limits 270 + 60 s), then pretraining gets the rest less
-# gpu_check.sh's RESERVE_SECONDS for what follows it (at least MIN_PRETRAIN_MINUTES, default 1.5: the
+# check.sh's RESERVE_SECONDS for what follows it (at least MIN_PRETRAIN_MINUTES, default 1.5: the
 # 2026-11-30 run left the unigram plateau only after ~1,500 steps). SKIP_BENCH=1 gives pretraining
 # the bench's time too (about 5 minutes then); SIAMESE_MINUTES defaults to 1 here.
 set -u -o pipefail
@@ -48,7 +48,7 @@ with lzma.open(sys.argv[1]) as src, open(sys.argv[2], "wb") as dst:
         export CORPUS=/tmp/mission-data/imdb_100k.jsonl
     fi
 fi
-echo "== mission setup: $((SECONDS - START)) s; data ${BERT_DATA_DIR:-../shared/data}, corpus ${CORPUS:-the default of gpu_check.sh}"
+echo "== mission setup: $((SECONDS - START)) s; data ${BERT_DATA_DIR:-../shared/data}, corpus ${CORPUS:-the default of check.sh}"
 
-# gpu_check.sh counts its own time from its start: give it what setup left.
-MISSION_SECONDS=$((MISSION_SECONDS - (SECONDS - START))) exec bash bench/gpu_check.sh
+# check.sh counts its own time from its start: give it what setup left.
+MISSION_SECONDS=$((MISSION_SECONDS - (SECONDS - START))) exec bash bench/gpu/check.sh

@@ -1,5 +1,6 @@
 """A tiny, randomly initialised BERT with a WordPiece vocabulary trained on MNLI lines: the stand-in base
-model of tests and of the memory benchmark, where what is measured does not depend on the model's size."""
+model of tests and of the memory benchmark (bench/siamese_memory.py), where what is measured does not depend
+on the model's size. A test fixture first: the benchmark borrows it from a checkout, as it runs from one."""
 
 from __future__ import annotations
 

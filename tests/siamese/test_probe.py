@@ -1,0 +1,81 @@
+"""The cross-encoder probe: a fixed number of steps on MNLI train, then MNLI dev matched / mismatched, written."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pretrain.export import save_model_files
+from pretrain.model import build_model
+from siamese.probe import PUBLISHED, ProbeConfig, load
+from siamese.probe import main as probe
+from stagekit.cli import run_cli
+from stagekit.config import REPO_ROOT, load_config
+
+pytestmark = pytest.mark.slow
+DEBUG = str(REPO_ROOT / "configs" / "probe" / "debug.yaml")
+
+
+def test_the_debug_probe_trains_fixed_steps_and_writes_both_dev_accuracies(pretrained_debug, tmp_path, capsys):
+    report = probe(
+        ["--config", DEBUG, "--model", str(pretrained_debug), f"output_dir={tmp_path}", "impl.num_threads=1"]
+    )
+    written = json.loads((tmp_path / "probe-debug" / "probe.json").read_text())
+    assert written["steps"] == 10 and written["pairs_seen"] == 80  # fixed: no early stop, nothing chosen on dev
+    assert math.isfinite(written["train_loss"]) and written["model"] == str(pretrained_debug)
+    for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
+        section = written[split]
+        assert section["n"] == 64 and 0.0 <= section["accuracy"] <= 1.0
+        assert sum(map(sum, section["confusion_matrix"])) == 64
+        assert section["accuracy"] == pytest.approx(sum(section["confusion_matrix"][i][i] for i in range(3)) / 64)
+        assert report[split]["accuracy"] == section["accuracy"]
+    assert written["published"]["BERT-Medium (L8/H512)"] == {"matched": 0.8, "mismatched": 0.791}
+    assert (tmp_path / "probe-debug" / "resolved_config.yaml").is_file()
+    out = capsys.readouterr().out
+    assert "MNLI dev matched" in out and "Turc et al. 2019" in out
+
+
+@pytest.mark.parametrize("architecture", ["nomic_bert", "modernbert"])
+def test_every_pretraining_architecture_becomes_a_classifier(architecture, tiny_config, tiny_data, tmp_path):
+    cfg = tiny_config(f"model.architecture={architecture}", "model.hidden_size=32", "model.intermediate_size=64")
+    torch.manual_seed(0)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_model_files(folder, build_model(cfg.model, tiny_data.tokenizer), tiny_data.tokenizer)
+    report = probe([
+        "--config", DEBUG, "--model", str(folder), f"output_dir={tmp_path}", "train.max_steps=2",
+        "data.eval_limit=8", "impl.num_threads=1",
+    ])  # fmt: skip
+    assert all(0.0 <= report[s]["accuracy"] <= 1.0 for s in ("mnli_validation_matched", "mnli_validation_mismatched"))
+    assert report["steps"] == 2
+
+
+def test_the_random_init_control_keeps_the_shape_and_tokenizer_but_not_the_weights(pretrained_debug):
+    from siamese.probe import build_model as probe_model
+
+    pretrained, _ = probe_model(load(["--config", DEBUG, "--model", str(pretrained_debug)]))
+    control, tokenizer = probe_model(
+        load(["--config", DEBUG, "--model", str(pretrained_debug), "model.random_init=true"])
+    )
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert pretrained.state_dict()[embeddings].shape == control.state_dict()[embeddings].shape
+    assert not torch.equal(pretrained.state_dict()[embeddings], control.state_dict()[embeddings])
+    assert len(tokenizer) == control.config.vocab_size
+
+
+def test_a_folder_that_is_not_a_pretraining_output_is_refused_in_one_line(tmp_path, capsys):
+    assert run_cli(probe, ["--config", DEBUG, "--model", str(tmp_path), f"output_dir={tmp_path}"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(tmp_path) in line and "python -m pretrain" in line
+
+
+def test_model_sets_the_base_model_and_overrides_are_checked(tmp_path):
+    assert load(["--config", DEBUG, "--model", "some/folder"]).model.base_model == "some/folder"
+    with pytest.raises(Exception, match="train.max_steps"):
+        load(["--config", DEBUG, "train.max_steps=null"])
+    shipped = load_config(ProbeConfig, REPO_ROOT / "configs" / "probe" / "cpu-small.yaml")
+    assert shipped.train.max_steps == 2000 and shipped.data.eval_limit is None  # the full dev sets
+    assert set(PUBLISHED) >= {"BERT-Medium (L8/H512)"}
