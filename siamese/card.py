@@ -18,6 +18,7 @@ from huggingface_hub import EvalResult
 from siamese.encoder import HEAD_FILE
 from siamese.model import MINILM_NAMES
 from siamese.postprocess import POSTPROCESS_FILE
+from siamese.trainer import BEST_NLI_METRIC
 from stagekit.model_card import (
     PROJECT_TAG,
     Card,
@@ -196,8 +197,16 @@ def _time_table(info: dict, metrics: dict) -> str:
     ])  # fmt: skip
 
 
+def is_reported_set(source: dict) -> bool:
+    """Whether a data.eval_sources entry is MNLI dev matched or mismatched, the sets the card's figures come from
+    (their shared local copies or GLUE's splits on the Hub)."""
+    path, split = str(source.get("path") or ""), str(source.get("split") or "")
+    local = Path(path).name.startswith(("validation_matched.", "validation_mismatched.")) and "mnli" in path
+    return local or (path == "nyu-mll/glue" and split.startswith("validation_"))
+
+
 def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: str) -> str:
-    held_out = metrics.get("eval_mnli-dev_accuracy")
+    held_out = metrics.get(BEST_NLI_METRIC)
     if not report:
         line = f"Held-out NLI accuracy during training: {percent(held_out)}. " if held_out is not None else ""
         return line + f"Not evaluated yet: `python -m siamese.evaluate --model {model_id}` fills this section."
@@ -214,9 +223,11 @@ def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: 
     sizes = "/".join(str(_get(report, k, "n")) for k in FULL_SETS)
     note = f" on the first {report['limit']} pairs of each set" if report.get("limit") else ""
     backend = f", backend {report['backend']}" if report.get("backend", "torch") != "torch" else ""
+    validation = (data.get("eval_sources") or [{}])[0]
+    overlap = ", which are among the pairs scored here" if is_reported_set(validation) else ""
     chosen = (
-        f" The checkpoint was chosen on the first {data.get('eval_pairs')} pairs of MNLI dev matched, which are among "
-        "the pairs scored here; nothing else was chosen on MNLI dev or STS-B test."
+        f" The checkpoint was chosen on the first {data.get('eval_pairs')} pairs of "
+        f"{source_words(validation.get('path'))}{overlap}; nothing else was chosen on MNLI dev or STS-B test."
         if metrics.get("best_step") and train.get("select_best")
         else ""
     )

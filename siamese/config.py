@@ -45,7 +45,9 @@ def _default_train_sources() -> list[SourceConfig]:
 
 
 def _default_eval_sources() -> list[SourceConfig]:
-    return [SourceConfig(path="nyu-mll/glue", config_name="mnli", split="validation_matched")]
+    # SNLI dev (Bowman et al. 2015), not MNLI dev: checkpoints are chosen on these pairs, and MNLI dev matched and
+    # mismatched are what evaluation reports (siamese/evaluate.py); GLUE's MNLI test split has no labels.
+    return [SourceConfig(path="stanfordnlp/snli", split="validation")]
 
 
 @dataclass
@@ -55,11 +57,12 @@ class DataConfig:
         factory=_default_train_sources,
     )
     eval_sources: list[SourceConfig] = key(
-        help="held-out NLI pairs scored during training (the first source): accuracy, eval loss for reduce_lr_on_plateau",
+        help="validation NLI pairs scored during training (the first source): accuracy, eval loss for "
+        "reduce_lr_on_plateau, the checkpoint train.select_best keeps; not a set evaluation reports (SNLI dev)",
         factory=_default_eval_sources,
         resumable=True,
     )
-    eval_pairs: int = key(1000, "held-out pairs read from the first eval source (0: no evaluation)", resumable=True)
+    eval_pairs: int = key(1000, "validation pairs read from the first eval source (0: no evaluation)", resumable=True)
     shuffle_buffer: int = key(10_000, "pairs in the streaming shuffle buffer (1: no shuffling)")
     max_train_pairs: int | None = key(
         None, "read at most this many training pairs; null: the whole stream (cycled until max_steps)"

@@ -150,6 +150,7 @@ def clean_pairs(
 
 
 TRAIN_HINT = "${BERT_DATA_DIR}/mnli/train.jsonl.gz"
+VALIDATION_HINT = "${BERT_DATA_DIR}/snli/validation.jsonl.gz"  # data.eval_sources' local copy
 
 
 def open_pairs(

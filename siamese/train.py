@@ -25,7 +25,16 @@ from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
-from siamese.nli_data import RowCounts, first_pairs, preview_row, read_pairs, source_name, train_stream, triplets_of
+from siamese.nli_data import (
+    VALIDATION_HINT,
+    RowCounts,
+    first_pairs,
+    preview_row,
+    read_pairs,
+    source_name,
+    train_stream,
+    triplets_of,
+)
 from siamese.postprocess import save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
 from stagekit.batch_fit import MiniBatches
@@ -72,7 +81,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
     """Held-out pairs (first eval source) as lists for the accuracy evaluator and as the eval-loss set."""
     if cfg.data.eval_pairs == 0 or not cfg.data.eval_sources:
         return None, None
-    pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts)
+    pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts, local_hint=VALIDATION_HINT)
     if cfg.loss.name == "mnrl":
         triplets = triplets_of(pairs, cfg.data.triplet_window)
         if not triplets["anchor"]:

@@ -154,8 +154,9 @@ def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
         ) from None
 
 
-# The evaluator's name during training; its accuracy is logged as eval_<name>_accuracy.
-EVAL_NAME = "mnli-dev"
+# The evaluator's name during training; its accuracy is logged as eval_<name>_accuracy. Its pairs are validation
+# data (data.eval_sources: SNLI dev by default), never a set that siamese/evaluate.py reports.
+EVAL_NAME = "validation"
 BEST_NLI_METRIC = f"eval_{EVAL_NAME}_accuracy"
 
 

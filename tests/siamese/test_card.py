@@ -47,7 +47,7 @@ def test_training_writes_our_card_in_place_of_the_generic_one(model_dir):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     text = card.text
     assert "Not evaluated yet" in text and f"python -m siamese.evaluate --model {model_dir}" in text
-    assert f"{metrics['eval_mnli-dev_accuracy']:.1%}" in text  # the held-out accuracy of training
+    assert f"{metrics['eval_validation_accuracy']:.1%}" in text  # the held-out accuracy of training
     assert "4 of 4 (max_steps)" in text and "learning rate 0.001" in text and "-core " in text
     assert "nli_head.safetensors" in text and "postprocessing.json" in text
 

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from siamese.card import is_reported_set
 from siamese.config import SiameseConfig
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError
@@ -17,6 +18,24 @@ CONFIGS = sorted((__import__("pathlib").Path(__file__).parents[2] / "configs" / 
 def test_every_config_loads(path):
     cfg = load_config(SiameseConfig, path)
     assert cfg.train.max_steps >= 1 and cfg.data.train_sources
+
+
+@pytest.mark.parametrize("path", [*CONFIGS, None], ids=[*(p.stem for p in CONFIGS), "defaults"])
+def test_checkpoints_are_chosen_on_validation_pairs_never_on_a_reported_set(path):
+    # MNLI dev matched / mismatched are what evaluation and the model card report; the pairs scored during
+    # training pick the shipped checkpoint (train.select_best), so they must come from elsewhere.
+    cfg = load_config(SiameseConfig, path) if path else SiameseConfig()
+    validation = cfg.data.eval_sources[0]
+    assert not is_reported_set({"path": validation.path, "split": validation.split})
+    assert "snli" in validation.path and "validation" in f"{validation.path} {validation.split}"
+
+
+def test_a_reported_set_is_recognised_locally_and_on_the_hub():
+    assert is_reported_set({"path": "${BERT_DATA_DIR}/mnli/validation_matched.jsonl.gz"})
+    assert is_reported_set({"path": "/data/mnli/validation_mismatched.jsonl.gz"})
+    assert is_reported_set({"path": "nyu-mll/glue", "split": "validation_matched"})
+    assert not is_reported_set({"path": "nyu-mll/glue", "split": "train"})
+    assert not is_reported_set({"path": "${BERT_DATA_DIR}/snli/validation.jsonl.gz"})
 
 
 def test_the_expected_configs_exist():

@@ -47,7 +47,7 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
     assert all(c["dropped_no_label"] == 0 for c in info["data_counts"].values())
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["step"] == 4 and "eval_mnli-dev_accuracy" in metrics
+    assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
     # the stage calibrated the model (configs/siamese/debug.yaml: method auto on STS-B validation)
     decision = json.loads((model_dir / "postprocessing.json").read_text())
@@ -356,11 +356,11 @@ def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny
     last = load_file(str(checkpoints / "checkpoint-6" / HEAD_FILE))  # the rotation keeps the best and the newest
     assert not torch.equal(last["weight"], load_file(str(model_dir / HEAD_FILE))["weight"])
     metrics = json.loads((model_dir / "metrics.json").read_text())
-    assert metrics["best_step"] == 4 and metrics["eval_mnli-dev_accuracy"] == 0.90
-    assert metrics["best_metric_name"] == "eval_mnli-dev_accuracy"
+    assert metrics["best_step"] == 4 and metrics["eval_validation_accuracy"] == 0.90
+    assert metrics["best_metric_name"] == "eval_validation_accuracy"
 
 
-@pytest.mark.parametrize(("loss", "metric", "greater"), [("softmax", "eval_mnli-dev_accuracy", True),
+@pytest.mark.parametrize(("loss", "metric", "greater"), [("softmax", "eval_validation_accuracy", True),
                                                          ("mnrl", "eval_loss", False)])  # fmt: skip
 def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, tiny_bert, loss, metric, greater):
     from siamese.config import SiameseConfig
