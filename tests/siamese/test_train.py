@@ -36,7 +36,7 @@ def trained(repo_root, tiny_bert, tmp_path_factory):
     return main(debug_args(repo_root, tiny_bert, out)).model_dir, out
 
 
-def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
+def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert, data_dir):
     model_dir, out = trained
     assert model_dir == out / "siamese-debug" / "model"
     assert SentenceTransformer(str(model_dir), device="cpu").encode(["a test"]).shape == (1, 64)
@@ -45,7 +45,10 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     assert prediction.probs.shape == (1, 3) and abs(prediction.probs.sum() - 1) < 1e-5
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
-    assert all(c["dropped_no_label"] == 0 for c in info["data_counts"].values())
+    counts = info["data_counts"]
+    assert counts[str(data_dir / "mnli" / "train.jsonl.gz")]["dropped_no_label"] == 0
+    snli = counts[str(data_dir / "snli" / "validation.jsonl.gz")]  # the validation pairs: SNLI dev has unlabelled rows
+    assert snli["kept"] >= 32 and snli["seen"] == snli["kept"] + snli["dropped_no_label"] + snli["dropped_empty_text"]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
