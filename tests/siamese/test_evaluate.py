@@ -11,10 +11,8 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from siamese.config import ImplConfig, LossConfig, ModelConfig
-from siamese.encoder import NLIEncoder, save_head
+from siamese.encoder import NLIEncoder
 from siamese.evaluate import eval_source, main
-from siamese.model import build_loss, build_model
 from siamese.report import stsb_drop_warning
 from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
 from stagekit.errors import DataError, UserError
@@ -70,19 +68,8 @@ def test_each_stsb_source_declares_its_scale(data_dir):
     assert stsb_scale(str(data_dir / "stsb" / "test.jsonl.gz"), declared=1.0) == 1.0
 
 
-@pytest.fixture(scope="module")
-def trained_dir(tiny_bert, tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(base_model=str(tiny_bert), max_seq_length=32), ImplConfig(device="cpu"))
-    loss = build_loss(model, LossConfig())
-    out = tmp_path_factory.mktemp("eval-model")
-    model.save(str(out))
-    save_head(loss.classifier, out)
-    return out
-
-
-def test_stsb_spearman_matches_a_hand_computation(trained_dir):
-    encoder = NLIEncoder.load(trained_dir, device="cpu")
+def test_stsb_spearman_matches_a_hand_computation(untrained_model_dir):
+    encoder = NLIEncoder.load(untrained_model_dir, device="cpu")
     s1 = ["A man plays guitar.", "A dog runs.", "Rain falls.", "The cat sleeps.", "Kids play football."]
     s2 = ["A man plays a guitar.", "A cat sits.", "It is sunny.", "A cat is sleeping.", "Children play soccer."]
     scores = [1.0, 0.3, 0.1, 0.9, 0.8]
@@ -94,8 +81,8 @@ def test_stsb_spearman_matches_a_hand_computation(trained_dir):
     assert got["n"] == 5
 
 
-def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp_path):
-    report = main(["--model", str(trained_dir), "limit=12", f"out={tmp_path}", "baseline=null"])
+def test_evaluate_cli_writes_the_report_the_app_reads(untrained_model_dir, data_dir, tmp_path):
+    report = main(["--model", str(untrained_model_dir), "limit=12", f"out={tmp_path}", "baseline=null"])
     on_disk = json.loads((tmp_path / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
     assert {"model", "mnli_validation_matched", "mnli_validation_mismatched", "stsb_test", "baseline"} <= set(on_disk)
@@ -119,7 +106,9 @@ def test_evaluate_cli_writes_the_report_the_app_reads(trained_dir, data_dir, tmp
      (["stsb=sentence-transformers/stsb"], ["sentence-transformers/stsb", "stsb/test.jsonl.gz"]),
      (["mnli_mismatched=nyu-mll/glue"], ["nyu-mll/glue", "mnli/validation_mismatched.jsonl.gz"])],
 )  # fmt: skip
-def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(trained_dir, tmp_path, monkeypatch, args, names):
+def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(
+    untrained_model_dir, tmp_path, monkeypatch, args, names
+):
     import time
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -127,7 +116,7 @@ def test_unreachable_hub_sources_fail_in_seconds_before_any_evaluation(trained_d
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
     started = time.monotonic()
     with pytest.raises(UserError) as err:
-        main(["--model", str(trained_dir), "limit=4", f"out={tmp_path}", "baseline=null", *args])
+        main(["--model", str(untrained_model_dir), "limit=4", f"out={tmp_path}", "baseline=null", *args])
     assert time.monotonic() - started < 10
     message = str(err.value)
     assert "unreachable" in message and "\n" not in message and all(name in message for name in names)
@@ -175,19 +164,19 @@ def with_base(model_dir, base_dir, out, name: str = "the-base"):
 
 
 @pytest.fixture(scope="module")
-def shaken_dir(trained_dir, tmp_path_factory):
+def shaken_dir(untrained_model_dir, tmp_path_factory):
     """The same model with noise on its encoder weights: another STS-B ranking."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(trained_dir), device="cpu")
+    model = SentenceTransformer(str(untrained_model_dir), device="cpu")
     torch.manual_seed(1)
     with torch.no_grad():
         for param in model.parameters():
             param.add_(0.05 * torch.randn_like(param))
     out = tmp_path_factory.mktemp("shaken")
     model.save(str(out))
-    shutil.copy(trained_dir / "nli_head.safetensors", out)
-    shutil.copy(trained_dir / "nli_labels.json", out)
+    shutil.copy(untrained_model_dir / "nli_head.safetensors", out)
+    shutil.copy(untrained_model_dir / "nli_labels.json", out)
     return out
 
 
@@ -195,12 +184,14 @@ def evaluate(model_dir, out, *extra):
     return main(["--model", str(model_dir), "limit=40", f"out={out}", "baseline=null", *extra])
 
 
-def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(trained_dir, shaken_dir, tmp_path, caplog):
-    alone = {d: evaluate(d, tmp_path / f"alone-{i}")["stsb_test"] for i, d in enumerate((trained_dir, shaken_dir))}
-    assert alone[trained_dir]["spearman"] != alone[shaken_dir]["spearman"]
+def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(untrained_model_dir, shaken_dir, tmp_path, caplog):
+    alone = {
+        d: evaluate(d, tmp_path / f"alone-{i}")["stsb_test"] for i, d in enumerate((untrained_model_dir, shaken_dir))
+    }
+    assert alone[untrained_model_dir]["spearman"] != alone[shaken_dir]["spearman"]
     # each model evaluated as if fine-tuned from the other: exactly one of the two lowered the base's Spearman
     warned = []
-    for model_dir, base_dir in ((trained_dir, shaken_dir), (shaken_dir, trained_dir)):
+    for model_dir, base_dir in ((untrained_model_dir, shaken_dir), (shaken_dir, untrained_model_dir)):
         out = tmp_path / f"{model_dir.name}-from-{base_dir.name}"
         caplog.clear()
         report = evaluate(with_base(model_dir, base_dir, out / "model"), out)
@@ -236,20 +227,20 @@ def test_the_warning_names_both_spearmans_when_the_drop_shows(before, after, lin
     assert stsb_drop_warning({"stsb_test": {"spearman": after}, "base": None}) is None
 
 
-def test_no_base_stsb_skips_the_base(trained_dir, shaken_dir, tmp_path):
-    model_dir = with_base(trained_dir, shaken_dir, tmp_path / "model")
+def test_no_base_stsb_skips_the_base(untrained_model_dir, shaken_dir, tmp_path):
+    model_dir = with_base(untrained_model_dir, shaken_dir, tmp_path / "model")
     report = evaluate(model_dir, tmp_path / "out", "base_stsb=false")
     assert report["base"] is None and "before and after" not in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_a_model_folder_without_run_info_has_no_base_section(trained_dir, tmp_path):
-    assert evaluate(trained_dir, tmp_path)["base"] is None
+def test_a_model_folder_without_run_info_has_no_base_section(untrained_model_dir, tmp_path):
+    assert evaluate(untrained_model_dir, tmp_path)["base"] is None
 
 
-def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_dir, tmp_path, monkeypatch):
+def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(untrained_model_dir, tmp_path, monkeypatch):
     import time
 
-    model_dir = with_base(trained_dir, "someone/some-encoder", tmp_path / "model")
+    model_dir = with_base(untrained_model_dir, "someone/some-encoder", tmp_path / "model")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
     started = time.monotonic()
@@ -261,12 +252,14 @@ def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(trained_
     assert "\n" not in message and not (tmp_path / "out").exists()
 
 
-def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_processing(trained_dir, tmp_path, repo_root):
+def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_processing(
+    untrained_model_dir, tmp_path, repo_root
+):
     from siamese.calibrate import main as calibrate_main
 
-    whitened = calibrate_main(["--model", str(trained_dir), "--out", str(tmp_path / "whitened"), "--config",
+    whitened = calibrate_main(["--model", str(untrained_model_dir), "--out", str(tmp_path / "whitened"), "--config",
                                str(repo_root / "configs" / "siamese" / "debug.yaml"), "postprocess.method=whiten"])  # fmt: skip
-    plain = main(["--model", str(trained_dir), "limit=40", f"out={tmp_path / 'plain'}", "baseline=null"])
+    plain = main(["--model", str(untrained_model_dir), "limit=40", f"out={tmp_path / 'plain'}", "baseline=null"])
     report = main(["--model", str(whitened), "limit=40", f"out={tmp_path / 'report'}", "baseline=null"])
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         random = report[split]["random_pair_cosine"]
@@ -287,14 +280,14 @@ def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_proce
 
 # a model in a read-only folder was scored on all of MNLI dev, then evaluation died at the first plot.
 def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
-    trained_dir, tmp_path, monkeypatch, read_only, caplog
+    untrained_model_dir, tmp_path, monkeypatch, read_only, caplog
 ):
     import logging
 
     from siamese import evaluate as evaluate_module
 
     model = tmp_path / "model"
-    shutil.copytree(trained_dir, model)
+    shutil.copytree(untrained_model_dir, model)
     read_only(model)
     real_read, reads = evaluate_module.read_eval_data, []
     monkeypatch.setattr(evaluate_module, "read_eval_data", lambda *a, **kw: reads.append(1) or real_read(*a, **kw))

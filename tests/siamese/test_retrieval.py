@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from siamese.config import ImplConfig, LossConfig, ModelConfig, SourceConfig
-from siamese.encoder import NLIEncoder, save_head
+from siamese.config import SourceConfig
+from siamese.encoder import NLIEncoder
 from siamese.evaluate import main
-from siamese.model import build_loss, build_model
 from siamese.nli_data import read_pairs
 from siamese.retrieval import METRICS, nanobeir_metrics, nli_retrieval_set, retrieval_metrics, widths_to_score
 from siamese.scores import read_stsb, stsb_by_width, stsb_metrics
@@ -79,24 +78,16 @@ def test_widths_to_score():
     assert widths_to_score(64, (64, 16)) == [64, 32, 16]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tiny_bert, tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(base_model=str(tiny_bert), max_seq_length=32), ImplConfig(device="cpu"))
-    loss = build_loss(model, LossConfig())
-    out = tmp_path_factory.mktemp("retrieval-model")
-    model.save(str(out))
-    save_head(loss.classifier, out)
-    return out
-
-
 def local(path) -> SourceConfig:
     return SourceConfig(path=str(path), config_name=None, split="train")
 
 
-def test_a_narrower_width_scores_what_a_truncated_model_embeds(model_dir, data_dir):
+def test_a_narrower_width_scores_what_a_truncated_model_embeds(untrained_model_dir, data_dir):
     rset = nli_retrieval_set(read_pairs(local(data_dir / "mnli" / "validation_matched.jsonl.gz"), 60), "mnli")
-    full, truncated = NLIEncoder.load(model_dir, device="cpu"), NLIEncoder.load(model_dir, "cpu", truncate_dim=32)
+    full, truncated = (
+        NLIEncoder.load(untrained_model_dir, device="cpu"),
+        NLIEncoder.load(untrained_model_dir, "cpu", truncate_dim=32),
+    )
     assert truncated.embed(["a test"]).shape == (1, 32) and full.embed(["a test"]).shape == (1, 64)
     widths = retrieval_metrics(full, rset, [64, 32])["by_width"]
     assert widths[32] == pytest.approx(retrieval_metrics(truncated, rset, [32])["by_width"][32])
@@ -107,8 +98,10 @@ def test_a_narrower_width_scores_what_a_truncated_model_embeds(model_dir, data_d
     assert by_width[32]["spearman"] == pytest.approx(stsb_metrics(truncated, *sts)["spearman"], abs=1e-5)
 
 
-def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(model_dir, tmp_path):
-    report = main(["--model", str(model_dir), "limit=40", f"out={tmp_path}", f"baseline={model_dir}"])
+def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(untrained_model_dir, tmp_path):
+    report = main(
+        ["--model", str(untrained_model_dir), "limit=40", f"out={tmp_path}", f"baseline={untrained_model_dir}"]
+    )
     for section in (report, report["baseline"]):
         retrieval = section["retrieval"]
         assert retrieval["name"] == "mnli_validation_matched" and retrieval["queries"] > 0 and retrieval["corpus"] > 0
@@ -125,28 +118,28 @@ def test_the_report_has_retrieval_and_stsb_at_each_width_for_model_and_baseline(
     assert "| baseline | 64 |" in markdown
 
 
-def test_another_nli_file_is_a_retrieval_set(model_dir, data_dir, tmp_path):
+def test_another_nli_file_is_a_retrieval_set(untrained_model_dir, data_dir, tmp_path):
     snli = data_dir / "snli" / "validation.jsonl.gz"
-    report = main(["--model", str(model_dir), "limit=30", f"out={tmp_path}", f"retrieval={snli}"])
+    report = main(["--model", str(untrained_model_dir), "limit=30", f"out={tmp_path}", f"retrieval={snli}"])
     assert report["retrieval"]["name"] == "snli/validation" and report["retrieval"]["queries"] <= 30
     with pytest.raises(UserError, match="retrieval=nowhere.jsonl: no such file"):
-        main(["--model", str(model_dir), "limit=4", f"out={tmp_path / 'x'}", "retrieval=nowhere.jsonl"])
+        main(["--model", str(untrained_model_dir), "limit=4", f"out={tmp_path / 'x'}", "retrieval=nowhere.jsonl"])
 
 
-def test_nanobeir_offline_fails_in_seconds_naming_the_local_set(model_dir, tmp_path, monkeypatch):
+def test_nanobeir_offline_fails_in_seconds_naming_the_local_set(untrained_model_dir, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: the connect fails at once
     started = time.monotonic()
     with pytest.raises(UserError) as err:
-        main(["--model", str(model_dir), "limit=4", f"out={tmp_path / 'out'}", "retrieval=nanobeir"])
+        main(["--model", str(untrained_model_dir), "limit=4", f"out={tmp_path / 'out'}", "retrieval=nanobeir"])
     assert time.monotonic() - started < 10
     message = str(err.value)
     assert "unreachable" in message and "retrieval" in message and "mnli/validation_matched.jsonl.gz" in message
     assert "\n" not in message and not (tmp_path / "out").exists()
 
 
-def test_nanobeir_is_scored_per_width_from_one_pass(model_dir, monkeypatch):
+def test_nanobeir_is_scored_per_width_from_one_pass(untrained_model_dir, monkeypatch):
     from datasets import Dataset
     from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator
 
@@ -156,7 +149,7 @@ def test_nanobeir_is_scored_per_width_from_one_pass(model_dir, monkeypatch):
         "qrels": Dataset.from_dict({"query-id": ["q0", "q1"], "corpus-id": ["d0", "d1"]}),
     }
     monkeypatch.setattr(NanoBEIREvaluator, "_load_dataset_subset_split", lambda self, subset, **_: subsets[subset])
-    encoder = NLIEncoder.load(model_dir, device="cpu")
+    encoder = NLIEncoder.load(untrained_model_dir, device="cpu")
     calls = []
     real_embed = encoder.embed
     encoder.embed = lambda texts, batch_size=64: calls.append(len(texts)) or real_embed(texts, batch_size)
