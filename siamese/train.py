@@ -78,7 +78,7 @@ def siamese_arguments(
 
 
 def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | None, Dataset | None]:
-    """Held-out pairs (first eval source) as lists for the accuracy evaluator and as the eval-loss set."""
+    """Validation pairs (first eval source) as lists for the accuracy evaluator and as the eval-loss set."""
     if cfg.data.eval_pairs == 0 or not cfg.data.eval_sources:
         return None, None
     pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts, local_hint=VALIDATION_HINT)
