@@ -198,11 +198,14 @@ def _time_table(info: dict, metrics: dict) -> str:
 
 
 def is_reported_set(source: dict) -> bool:
-    """Whether a data.eval_sources entry is MNLI dev matched or mismatched, the sets the card's figures come from
-    (their shared local copies or GLUE's splits on the Hub)."""
-    path, split = str(source.get("path") or ""), str(source.get("split") or "")
-    local = Path(path).name.startswith(("validation_matched.", "validation_mismatched.")) and "mnli" in path
-    return local or (path == "nyu-mll/glue" and split.startswith("validation_"))
+    """Whether a data source (a data.eval_sources entry) is one of FULL_SETS, the sets the card's figures come
+    from: on the Hub by dataset and split, or a local copy of one (e.g. mnli/validation_matched.jsonl.gz)."""
+    path = str(source.get("path") or "")
+    local_split = Path(path).name.split(".")[0] if not hub_id(path) else None
+    return any(
+        dataset_id(path) == hub and (local_split or source.get("split")) == split
+        for _, hub, _, split, _ in FULL_SETS.values()
+    )
 
 
 def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: str) -> str:
