@@ -13,7 +13,7 @@ top k), each in [0, 1].
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,15 +108,26 @@ def retrieval_metrics(encoder: NLIEncoder, rset: RetrievalSet, widths: Sequence[
     {"name", "queries", "corpus", "by_width": {k: {metric: value}}}. Corpus and queries are embedded once."""
     evaluator = _evaluator(rset)
     evaluator.table = embedding_table(encoder, [*rset.corpus.values(), *rset.queries.values()])
+
+    def set_width(width: int) -> None:
+        evaluator.truncate_dim = width
+
+    by_width = _by_width(evaluator, set_width, encoder, rset.name, rset.name, widths)
+    return rset.describe() | {"by_width": by_width}
+
+
+def _by_width(
+    evaluator: Any, set_width: Callable[[int], None], encoder: NLIEncoder, name: str, label: str, widths: Sequence[int]
+) -> dict[int, dict[str, float]]:
+    """Run `evaluator` (named `name`) once per width after `set_width(width)`; METRICS per width, logged as `label`."""
     by_width = {}
     for width in widths:
-        evaluator.truncate_dim = width
+        set_width(width)
         with quiet_evaluators():
             scores = evaluator(encoder.model)
-        prefix = f"{rset.name}_cosine_"
-        by_width[int(width)] = {key: float(scores[prefix + name]) for key, name in METRICS.items()}
-        log.info("retrieval on %s, %d dimensions: %s", rset.name, width, _summary(by_width[int(width)]))
-    return rset.describe() | {"by_width": by_width}
+        by_width[int(width)] = {key: float(scores[f"{name}_cosine_{m}"]) for key, m in METRICS.items()}
+        log.info("retrieval on %s, %d dimensions: %s", label, width, _summary(by_width[int(width)]))
+    return by_width
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -167,15 +178,12 @@ def nanobeir_metrics(encoder: NLIEncoder, widths: Sequence[int]) -> dict[str, An
     )
     texts = [t for ev in nano.evaluators for t in (*ev.queries, *ev.corpus)]
     table = embedding_table(encoder, texts)
-    by_width = {}
-    for width in widths:
+
+    def set_width(width: int) -> None:
         for ev in nano.evaluators:
             ev.table, ev.truncate_dim = table, width
-        with quiet_evaluators():
-            scores = nano(encoder.model)
-        prefix = f"{nano.name}_cosine_"
-        by_width[int(width)] = {key: float(scores[prefix + name]) for key, name in METRICS.items()}
-        log.info("retrieval on NanoBEIR, %d dimensions: %s", width, _summary(by_width[int(width)]))
+
+    by_width = _by_width(nano, set_width, encoder, nano.name, "NanoBEIR", widths)
     queries = sum(len(ev.queries) for ev in nano.evaluators)
     corpus = sum(len(ev.corpus) for ev in nano.evaluators)
     return {"name": "NanoBEIR (mean of 13 sets)", "queries": queries, "corpus": corpus, "by_width": by_width}
