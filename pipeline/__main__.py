@@ -23,6 +23,7 @@ from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError, UserError
 from stagekit.stage import run_stage
+from stagekit.tracking import pipeline_group
 
 log = logging.getLogger("pipeline")
 SECTIONS = ("pretrain", "siamese", "eval")
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     pretrain_cfg, siamese_cfg, eval_cfg = build_configs(args)
     for run_dir in (pretrain_cfg.run_dir, siamese_cfg.run_dir):  # now, not when the second stage starts
         require_writable(run_dir, "set --output-dir (or output_dir in the configs) to a writable folder")
+    if group := pipeline_group([pretrain_cfg.wandb, siamese_cfg.wandb], pretrain_cfg.run_dir):
+        log.info("W&B group %s: the pipeline's runs, evaluation included (kept on resume)", group)
     model_dir, is_main = siamese_cfg.run_dir / "model", True
     if args.nproc > 1:  # each launched process runs the stages itself (--nproc left out: torchrun would read it)
         inner = [w for i, w in enumerate(argv) if not w.startswith("--nproc") and argv[i - 1 : i] != ["--nproc"]]

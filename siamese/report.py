@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from siamese.labels import LABELS
+from stagekit.lineage import describe, log_files, use_model
 from stagekit.tracking import run_wandb_config, start_tracking
 
 
@@ -218,7 +219,9 @@ def _base_lines(report: dict[str, Any]) -> list[str]:
 
 
 def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
-    """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model."""
+    """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model (its
+    project, mode and group); the model's artifact as the run's input, and report.json, report.md and the plots as
+    an artifact of type evaluation (stagekit/lineage.py)."""
     flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
             for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
     for width, metrics in (report.get("retrieval") or {}).get("by_width", {}).items():
@@ -231,9 +234,13 @@ def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir:
         return
     import wandb
 
+    use_model(report["model"])  # lineage: the fine-tuned model's artifact is the evaluation's input
     tracker.log(flat)
     images = {p.stem: wandb.Image(str(p)) for p in sorted(out_dir.glob("*.png"))}
     columns = list(samples[0]) if samples else ["split"]
     table = wandb.Table(columns=columns, data=[[s[c] for c in columns] for s in samples])
     tracker.log(images | {"sample_predictions": table})
+    if tracker.active:
+        files = ["report.json", "report.md", *sorted(p.name for p in out_dir.glob("*.png"))]
+        log_files(out_dir, name, "evaluation", describe(flat), [f"run-{tracker.run.id}"], files)
     tracker.finish(flat)

@@ -42,6 +42,7 @@ from stagekit.checkpoints import read_run_config
 from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, UserError
+from stagekit.lineage import use_model
 from stagekit.push import pushed_when_done
 from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
@@ -168,6 +169,7 @@ class SiameseStage(Stage):
         cfg = self.cfg
         if checkpoint:
             check_head_groups(checkpoint, cfg.train.head_learning_rate)
+        use_model(cfg.model.base_model)  # W&B lineage: the pretraining artifact (or Hub model) is this run's input
         trainer = build_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
         self.warm_start = maybe_warm_start(cfg, trainer, checkpoint, self.eval_pairs)
         trainer.mini_batches = ranking_mini_batches(cfg, trainer)

@@ -33,6 +33,7 @@ from stagekit.checkpoints import STATE, check_resume_settings, check_world_size,
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.finished import FinishedModel, finished_model, keep_previous_model
+from stagekit.lineage import add_checkpoint_artifacts, describe, log_model
 from stagekit.model_card import describe_hardware
 from stagekit.precision import run_precision
 from stagekit.runlock import claim_run_folder
@@ -150,6 +151,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         log.info("%s: %s", stage.name, starting_point(checkpoint, cfg.train.max_steps or 0))
         trainer = stage.build_trainer(report_to, checkpoint)
         add_stage_callbacks(trainer, cfg.train, record)
+        add_checkpoint_artifacts(trainer, cfg.wandb.log_model, cfg.run_dir.name, stage.name)
         mini_batches = getattr(trainer, "mini_batches", None)
         probe = trainer.probe_batch  # type: ignore[attr-defined]
         fitted = fit_trainer_batch(trainer, probe, cfg.impl.fit_batch, mini_batches)
@@ -166,6 +168,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         metrics["wall_time_s"] = time.perf_counter() - started
         if trainer.is_world_process_zero():
             write_model_folder(stage, trainer, model_dir, metrics)
+            log_model(model_dir, cfg.run_dir.name, cfg.wandb.log_model, {"stage": stage.name} | describe(metrics))
             finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             log.info("%s: model written to %s (%.1f min)", stage.name, model_dir, (time.perf_counter() - started) / 60)
         state.wait_for_everyone()

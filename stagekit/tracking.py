@@ -8,6 +8,9 @@ run first (on the main process only), with the project, entity, tags and folder 
 fall-back to offline, then to no tracking, so a W&B failure never stops training; transformers'
 WandbCallback then logs into that run. Evaluation, which has no Trainer, logs through `Tracker`.
 
+Runs of one pipeline share a W&B group (`wandb.group`); each stage logs its model folder as an artifact and
+declares the model it started from as an input (stagekit/lineage.py).
+
 A resumed stage continues its W&B run: each checkpoint records the run's id (stagekit/checkpoints.py), and
 `start_run(resume_id=...)` opens that id again with `resume="allow"`, online or offline.
 """
@@ -17,10 +20,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from stagekit.atomic import atomic_write_text
 from stagekit.config import key
 
 log = logging.getLogger(__name__)
@@ -38,6 +43,13 @@ class WandbConfig:
         "auto", "auto: WANDB_MODE if set, else online with WANDB_API_KEY, else offline (`wandb sync` uploads later)"
     )
     tags: list[str] | None = key(None, "W&B tags of the run")
+    group: str | None = key(
+        None, "the W&B group the run joins; null: WANDB_RUN_GROUP if set (python -m pipeline sets one per pipeline)"
+    )
+    log_model: Literal["end", "checkpoint", "never"] = key(
+        "end", "log the finished model folder as a W&B artifact of type model (checkpoint: also each checkpoint's "
+        "weights; offline runs stage it for `wandb sync`): stagekit/lineage.py"
+    )
 
 
 def resolve_mode(mode: str) -> str:
@@ -76,6 +88,7 @@ def start_run(
         config=config,
         job_type=job_type,
         tags=cfg.tags,
+        group=cfg.group,  # None: wandb reads WANDB_RUN_GROUP
         dir=str(out_dir),
         reinit="finish_previous",
     )
@@ -174,6 +187,30 @@ def run_wandb_config(model_dir: str | Path) -> WandbConfig:
             log.warning("%s: no usable wandb section (%s); W&B defaults apply", path, str(err).splitlines()[0])
         return WandbConfig()
     return cfg
+
+
+GROUP_FILE = "wandb_group.txt"
+
+
+def pipeline_group(wandb_sections: list[WandbConfig], folder: Path) -> str | None:
+    """The one W&B group of a pipeline's runs, set on every section: the one a section names, else
+    WANDB_RUN_GROUP, else the one `folder` stored (a resumed pipeline keeps its group), else a new
+    `pipeline-<date>-<time>`; stored in `folder`. None (nothing set or stored) when tracking is disabled in all."""
+    if all(resolve_mode(cfg.mode) == "disabled" for cfg in wandb_sections):
+        return None
+    path = Path(folder) / GROUP_FILE
+    try:
+        stored = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        stored = ""
+    given = next((cfg.group for cfg in wandb_sections if cfg.group), None)
+    group = given or os.environ.get("WANDB_RUN_GROUP") or stored or time.strftime("pipeline-%Y%m%d-%H%M%S")
+    for cfg in wandb_sections:
+        cfg.group = group
+    if group != stored:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, group + "\n")
+    return group
 
 
 def start_tracking(
