@@ -47,8 +47,9 @@ class WandbConfig:
         None, "the W&B group the run joins; null: WANDB_RUN_GROUP if set (python -m pipeline sets one per pipeline)"
     )
     log_model: Literal["end", "checkpoint", "never"] = key(
-        "end", "log the finished model folder as a W&B artifact of type model (checkpoint: also each checkpoint's "
-        "weights; offline runs stage it for `wandb sync`): stagekit/lineage.py"
+        "end",
+        "log the finished model folder as a W&B artifact of type model (checkpoint: also each checkpoint's "
+        "weights; offline runs stage it for `wandb sync`): stagekit/lineage.py",
     )
 
 
