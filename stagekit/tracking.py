@@ -44,12 +44,12 @@ class WandbConfig:
     )
     tags: list[str] | None = key(None, "W&B tags of the run")
     group: str | None = key(
-        None, "the W&B group the run joins; null: WANDB_RUN_GROUP if set (python -m pipeline sets one per pipeline)"
+        None, "the W&B group the run joins; null: WANDB_RUN_GROUP if set (a pipeline names one for all its runs)"
     )
     log_model: Literal["end", "checkpoint", "never"] = key(
         "end",
-        "log the finished model folder as a W&B artifact of type model (checkpoint: also each checkpoint's "
-        "weights; offline runs stage it for `wandb sync`): stagekit/lineage.py",
+        "a training stage logs its finished model folder as a W&B artifact of type model (checkpoint: also each "
+        "checkpoint's weights; offline runs stage it for `wandb sync`): stagekit/lineage.py",
     )
 
 

@@ -92,3 +92,49 @@ def test_a_wandb_failure_never_stops_training(tiny_args, tmp_path, monkeypatch, 
     assert not (model / REFERENCE_FILE).exists()  # no artifact, so no reference to one
     expected = "W&B offline init failed (W&B is down)" if failing == "init" else "W&B: logging model/ as a model"
     assert expected in caplog.text and "W&B is down" in caplog.text
+
+
+def offline_records(folder) -> list[dict]:
+    """The records of the one offline W&B run under `folder`/wandb, read back by the SDK's reader."""
+    import subprocess
+    import sys
+
+    (log_file,) = (folder / "wandb" / "latest-run").resolve().glob("run-*.wandb")
+    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(log_file)],
+                         capture_output=True, text=True, timeout=120, check=True)  # fmt: skip
+    return [json.loads(line)[r] for line in out.stdout.splitlines() if (r := json.loads(line)["type"]) == "artifact"]
+
+
+def test_a_base_model_from_elsewhere_is_a_reference(tmp_path, monkeypatch, caplog):
+    from stagekit.lineage import use_model
+    from stagekit.tracking import finish_run, start_run
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    folder = tmp_path / "someone-elses-model"
+    folder.mkdir()
+    assert start_run(WandbConfig(mode="offline"), tmp_path / "run", {}, "siamese") is not None
+    with caplog.at_level(logging.INFO):
+        use_model("sentence-transformers/all-MiniLM-L6-v2")
+        use_model(folder)
+    finish_run()
+    (hub,) = offline_records(tmp_path / "run")  # the local folder adds no artifact
+    assert hub["name"] == "hf-sentence-transformers-all-MiniLM-L6-v2" and hub["use_after_commit"]
+    (entry,) = hub["manifest"]["contents"]
+    assert entry["ref"] == "https://huggingface.co/sentence-transformers/all-MiniLM-L6-v2"
+    assert "someone-elses-model was not logged by a tracked run of ours" in caplog.text
+
+
+@pytest.mark.slow
+def test_log_model_checkpoint_logs_each_checkpoints_weights(tiny_args, tmp_path, monkeypatch):
+    from pretrain.train import main
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
+    result = main(tiny_args("train.max_steps=2", "train.save_steps=1", "train.eval_steps=1", "train.cloze_sentences=0",
+                            "wandb.mode=offline", "wandb.log_model=checkpoint", "impl.num_threads=1"))  # fmt: skip
+    logged = offline_records(result.model_dir.parent)
+    assert [a["aliases"][0] for a in logged][:2] == ["step-1", "step-2"] and logged[2]["aliases"][0].startswith("run-")
+    assert {a["name"] for a in logged} == {"pretrain-debug"} and {a["type"] for a in logged} == {"model"}
+    step_1 = {e["path"] for e in logged[0]["manifest"]["contents"]}
+    assert "model.safetensors" in step_1 and "trainer_state.json" in step_1
+    assert not any(f.startswith(("optimizer", "scheduler", "rng_state", "training_args")) for f in step_1)
+    assert json.loads(logged[0]["metadata"])["step"] == 1
