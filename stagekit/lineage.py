@@ -147,7 +147,7 @@ def log_files(
                  ", staged for `wandb sync`" if run.offline else "")  # fmt: skip
         return reference
     except Exception as err:  # tracking never ends a run
-        _warn(f"logging {folder.name}/ as a {kind} artifact", err)
+        _warn(f"logging {'/'.join(folder.parts[-2:])}/ as a {kind} artifact", err)
         return None
 
 
@@ -195,7 +195,7 @@ def use_model(model: str | Path) -> None:
             _use(run, None, lambda staging: hub_reference(str(model)))
             log.info("W&B: input %s%s (a reference artifact)", HUB_URL, model)
     except Exception as err:  # tracking never ends a run
-        _warn(f"declaring {folder.name or model} as the run's input", err)
+        _warn(f"declaring {'/'.join(folder.parts[-2:]) or model} as the run's input", err)
 
 
 def rebuilt(reference: dict[str, Any], folder: Path, staging: Path) -> Any:

@@ -90,7 +90,11 @@ def test_a_wandb_failure_never_stops_training(tiny_args, tmp_path, monkeypatch, 
     assert result.trained and (model / "model.safetensors").is_file() and (model / "metrics.json").is_file()
     assert json.loads((model / "metrics.json").read_text())["step"] == 2
     assert not (model / REFERENCE_FILE).exists()  # no artifact, so no reference to one
-    expected = "W&B offline init failed (W&B is down)" if failing == "init" else "W&B: logging model/ as a model"
+    expected = (
+        "W&B offline init failed (W&B is down)"
+        if failing == "init"
+        else "W&B: logging pretrain-debug/model/ as a model artifact failed (W&B is down)"
+    )
     assert expected in caplog.text and "W&B is down" in caplog.text
 
 
