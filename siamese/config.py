@@ -156,7 +156,9 @@ class ImplConfig(SharedImplConfig):
         False, "embed premise and hypothesis in one forward pass (GPU: fewer kernel launches; CPU: more padding)"
     )
     length_bucket_batches: int = key(
-        32, "sort pairs by length inside windows of this many batches so each batch pads little (0: off)"
+        32,
+        "sort pairs by length inside windows of this many optimizer steps' pairs and cut them into one step's pairs "
+        "(all processes' micro-batches, in order) so each batch pads little (0: off)",
     )
     mini_batch_size: int | None = key(
         None,

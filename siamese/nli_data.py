@@ -239,6 +239,9 @@ class _LengthBuckets:
 
 
 def bucket_by_length(ds: IterableDataset, batch_size: int, window_batches: int) -> IterableDataset:
+    """`ds` in buckets of `batch_size` rows of similar length, in a shuffled order within each window of
+    `window_batches` buckets (off for `window_batches` <= 1). `batch_size` is the pairs of one optimizer step
+    (all micro-batches of all ranks): a bucket cut smaller would let the split of a step change its pairs."""
     if window_batches <= 1:
         return ds
     features = ds.features
@@ -335,7 +338,8 @@ def train_stream(
     *,
     triplets: bool = False,
 ) -> IterableDataset:
-    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed."""
+    """The training stream: sources mixed, shuffled in a bounded buffer, capped, length-bucketed in buckets of
+    `batch_size` pairs, the global batch (per-device batch × gradient accumulation × processes)."""
     ds = mixed_pairs(cfg, seed, counts)
     if triplets:
         ds = triplet_stream(ds, cfg.triplet_window, counts)

@@ -152,11 +152,14 @@ class SiameseStage(Stage):
     def prepare(self, world_size: int) -> dict[str, Any]:
         # Data first: an unreachable or malformed source fails before any time goes into loading a model.
         cfg = self.cfg
+        t = cfg.train
+        # Length buckets of the global batch (one optimizer step's pairs, all ranks), split into micro-batches in
+        # order: any per-device batch × accumulation × processes (impl.fit_batch's too) trains the same pairs.
         self.train = train_stream(
             cfg.data,
-            cfg.train.per_device_train_batch_size * world_size,  # length buckets of the global batch, split by rank
+            t.per_device_train_batch_size * t.gradient_accumulation_steps * world_size,
             cfg.impl.length_bucket_batches,
-            cfg.train.seed,
+            t.seed,
             self.counts,
             triplets=cfg.loss.name == "mnrl",
         )

@@ -98,10 +98,12 @@ def pretraining(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def fine_tuning(tmp_path_factory, tiny_bert_for_distributed):
-    """The debug fine-tuning on two processes × 8 pairs: (the folder holding its run, its argv)."""
+    """The debug fine-tuning on two processes × 4 pairs × 2 accumulation steps: (the folder holding its run, its
+    argv). Its length buckets are the global batch of 16, so it trains the pairs of one process × 16 in each step."""
     root = tmp_path_factory.mktemp("siamese-two")
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}"]
-    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", "train.per_device_train_batch_size=8"], 2)
+    split = ["train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2"]
+    launch("siamese", root / "two", [*argv, f"output_dir={root / 'two'}", *split], 2)
     return root, argv
 
 
@@ -175,12 +177,8 @@ def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning
 
     root, argv = fine_tuning
     out = copy_run(root, "siamese-debug", tmp_path)
-    assert (
-        run_cli(
-            main, [*argv, f"output_dir={out}", "train.per_device_train_batch_size=8", "train.max_steps=9", "--resume"]
-        )
-        == 2
-    )
+    split = ["train.per_device_train_batch_size=4", "train.gradient_accumulation_steps=2"]  # as the run was
+    assert run_cli(main, [*argv, f"output_dir={out}", *split, "train.max_steps=9", "--resume"]) == 2
     refused_on_other_process_count(capsys)
     assert not (out / "siamese-debug" / "model").exists()
 

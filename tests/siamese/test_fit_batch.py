@@ -44,9 +44,8 @@ def test_fit_batch_keeps_a_ranking_losss_in_batch_negatives_and_fits_its_mini_ba
     repo_root, tiny_bert, tmp_path, monkeypatch, loss
 ):
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 
-    from siamese.ranking import SoftmaxRankingLoss
+    from siamese.ranking import CachedDistinctRankingLoss, SoftmaxRankingLoss
 
     forward = SentenceTransformer.forward
 
@@ -56,7 +55,7 @@ def test_fit_batch_keeps_a_ranking_losss_in_batch_negatives_and_fits_its_mini_ba
         return forward(self, features, *args, **kwargs)
 
     ranked: list[int] = []  # candidates each training loss ranked against: the rows of the batch it saw
-    cached = CachedMultipleNegativesRankingLoss if loss == "mnrl" else SoftmaxRankingLoss
+    cached = CachedDistinctRankingLoss if loss == "mnrl" else SoftmaxRankingLoss
     calculate = cached.calculate_loss
 
     def spy(self, reps, *args, **kwargs):

@@ -1,8 +1,10 @@
-"""The ranking losses on two gloo processes train the one-process objective of the global batch
-(siamese/gather.py for `loss.name=both`, sentence-transformers' `gather_across_devices` for `mnrl`)."""
+"""The ranking losses on two gloo processes train the one-process objective of the global batch (siamese/gather.py;
+for `mnrl` the same as sentence-transformers' `gather_across_devices`), and a twin of a row's positive is no negative
+on whichever rank it sits."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 
@@ -13,6 +15,7 @@ import torch.multiprocessing as mp
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 from siamese.gather import ranking_loss
+from siamese.ranking import column_ranking
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +53,8 @@ def _rank(rank: int, world: int, port: int, loss_name: str, results) -> None:
         else:
             mnrl = MultipleNegativesRankingLoss(None, scale=SCALE, gather_across_devices=True)
             loss = mnrl.compute_loss_from_embeddings([u, v], labels)
+            ours = column_ranking([u, v], None, SCALE)  # `mnrl`'s loss: sentence-transformers' on the same ranks
+            assert ours.item() == pytest.approx(loss.item(), rel=1e-12)
         loss.backward()
         results[rank] = (loss.item(), u.grad.clone(), v.grad.clone())
     finally:
@@ -79,3 +84,50 @@ def test_two_processes_rank_against_the_global_batch(loss_name):
         mnrl = MultipleNegativesRankingLoss(None, scale=SCALE)
         alone = [mnrl.compute_loss_from_embeddings([u[a:b], v[a:b]], LABELS[a:b]) for a, b in ((0, 4), (4, 8))]
     assert abs(sum(x.item() for x in alone) / 2 - loss) > 1e-3
+
+
+# A batch with twins across ranks, embedded by a perfect encoder (a premise and its entailment alike): premises
+# P0 P1 P2, hypotheses E0 E1 (entailments), C0 (a contradiction). Rank 0: (P0 E0 0) (P0 C0 2) (P1 E1 0); rank 1: (P0
+# E0 0), the twin of rank 0's first row; (P2 E1 2), a contradiction identical to P1's entailment; (P1 E1 0).
+TWIN_PREMISES = [0, 0, 1, 0, 2, 1]
+TWIN_HYPOTHESES = [0, 3, 1, 0, 1, 1]  # meaning of each hypothesis: E0 0, E1 1, C0 3
+TWIN_LABELS = torch.tensor([0, 2, 0, 0, 2, 0])
+TOKENS = {0: [5, 6], 1: [7, 8, 9], 3: [10]}  # token ids of E0, E1, C0
+
+
+def twin_batch(start: int, stop: int, padding: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows start:stop as (premise embeddings, hypothesis embeddings, hypothesis keys padded by `padding`)."""
+    u = torch.nn.functional.one_hot(torch.tensor(TWIN_PREMISES[start:stop]), 8).double()
+    v = torch.nn.functional.one_hot(torch.tensor(TWIN_HYPOTHESES[start:stop]), 8).double()
+    ids = [TOKENS[m] for m in TWIN_HYPOTHESES[start:stop]]
+    width = max(map(len, ids)) + padding  # ranks pad to other lengths: the gather pads them to one
+    keys = torch.tensor([row + [-1] * (width - len(row)) for row in ids])
+    return u, v, keys
+
+
+def _twin_rank(rank: int, world: int, port: int, results) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        start, stop = 3 * rank, 3 * rank + 3
+        u, v, keys = twin_batch(start, stop, padding=2 if rank == 0 else 0)
+        labels = TWIN_LABELS[start:stop]
+        results[rank] = (ranking_loss(u, v, labels, SCALE, keys).item(), ranking_loss(u, v, labels, SCALE).item())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_twin_of_the_positive_on_another_rank_is_no_negative():
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.start_processes(_twin_rank, args=(2, port, results), nprocs=2, join=True, start_method="fork")
+    u, v, keys = twin_batch(0, 6, padding=0)
+    alone = ranking_loss(u, v, TWIN_LABELS, SCALE, keys).item()
+    assert 0 <= alone < 1e-6
+    assert 0 <= (results[0][0] + results[1][0]) / 2 < 1e-6
+    # Unmasked, each premise ties its positive with the positive's twins, whichever rank they are on: log 2 for P0
+    # (one twin), log 3 for P1 (its entailment twice more, once as P2's contradiction).
+    assert (results[0][1] + results[1][1]) / 2 == pytest.approx((math.log(2) + math.log(3)) / 2, rel=1e-6)

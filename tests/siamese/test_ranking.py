@@ -1,5 +1,6 @@
 """The ranking objectives' options: cached mini-batches (impl.mini_batch_size) change memory, not the loss or its
-gradients; Matryoshka widths (loss.matryoshka_dims) add the ranking loss at each width; refusals in one line."""
+gradients; Matryoshka widths (loss.matryoshka_dims) add the ranking loss at each width; refusals in one line. A text
+identical to a row's positive is no negative of that row."""
 
 from __future__ import annotations
 
@@ -135,13 +136,11 @@ def test_a_merged_pair_forward_is_ignored_with_mini_batches_and_says_so(model, c
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnrl", "both"])
 def test_the_configured_mini_batch_is_what_training_uses(repo_root, tiny_bert, tmp_path, monkeypatch, name):
-    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
-
-    from siamese.ranking import SoftmaxRankingLoss
+    from siamese.ranking import CachedDistinctRankingLoss, SoftmaxRankingLoss
     from siamese.train import main
     from tests.siamese.test_train import debug_args
 
-    cached = CachedMultipleNegativesRankingLoss if name == "mnrl" else SoftmaxRankingLoss
+    cached = CachedDistinctRankingLoss if name == "mnrl" else SoftmaxRankingLoss
     calculate, seen = cached.calculate_loss, []
 
     def spy(self, reps, *args, **kwargs):
@@ -153,3 +152,69 @@ def test_the_configured_mini_batch_is_what_training_uses(repo_root, tiny_bert, t
     triplets = ["data.max_train_pairs=null", "data.eval_pairs=600"] if name == "mnrl" else []
     main(debug_args(repo_root, tiny_bert, tmp_path, f"loss.name={name}", "impl.mini_batch_size=4", *triplets))
     assert seen and all(sizes == [4, 4] for sizes in seen)  # batches of 8 in mini-batches of 4
+
+
+def perfect_encoder(model, rows: list[tuple[str, str, str]]):
+    """A forward for `model` that embeds each text as a one-hot of its meaning: a premise and its entailment
+    alike, each contradiction apart. Texts are recognised by their token ids (padding stripped)."""
+    meaning: dict[tuple[int, ...], int] = {}
+
+    def ids(text: str) -> tuple[int, ...]:
+        return tuple(model.tokenize([text])["input_ids"][0].tolist())
+
+    for i, (premise, entailment, contradiction) in enumerate(rows):
+        meaning[ids(premise)] = meaning[ids(entailment)] = i
+        meaning[ids(contradiction)] = len(rows) + i
+
+    def forward(features: dict, *args, **kwargs) -> dict:
+        ids, masks = features["input_ids"], features["attention_mask"].bool()
+        index = [meaning[tuple(row[mask].tolist())] for row, mask in zip(ids, masks, strict=True)]
+        width = model.get_embedding_dimension()
+        return features | {"sentence_embedding": torch.nn.functional.one_hot(torch.tensor(index), width).float()}
+
+    return forward
+
+
+def duplicated_batch(model, name: str) -> tuple[list[dict], torch.Tensor]:
+    """Every row twice: `mnrl`'s triplets, or `both`'s pairs (each premise with its entailment and its
+    contradiction), so each positive has an identical twin among the candidates."""
+    if name == "mnrl":
+        rows = TRIPLETS + TRIPLETS
+        columns = list(zip(*rows, strict=True))
+        return [dict(model.tokenize(list(column))) for column in columns], torch.zeros(len(rows), dtype=torch.long)
+    pairs = [(p, e, 0) for p, e, _ in TRIPLETS] + [(p, c, 2) for p, _, c in TRIPLETS]
+    premises, hypotheses, labels = zip(*(pairs + pairs), strict=True)
+    return [dict(model.tokenize(list(premises))), dict(model.tokenize(list(hypotheses)))], torch.tensor(labels)
+
+
+# With every row twice, a pair's own twin was one of its negatives: a perfect encoder could not rank its positive
+# above an identical text, and its ranking loss stayed at log 2 instead of 0.
+@pytest.mark.parametrize("name", ["mnrl", "both"])
+@pytest.mark.parametrize("mini_batch_size", [None, 4])
+@pytest.mark.parametrize("dims", [None, [16]])
+def test_a_text_identical_to_the_positive_is_no_negative(model, monkeypatch, name, mini_batch_size, dims):
+    loss = build_loss(model, LossConfig(name=name, matryoshka_dims=dims), mini_batch_size=mini_batch_size)
+    monkeypatch.setattr(model, "forward", perfect_encoder(model, TRIPLETS))
+    features, labels = duplicated_batch(model, name)
+    with torch.no_grad():
+        value = loss([dict(f) for f in features], labels)
+    ranking = float(value["mnrl"] if isinstance(value, dict) else value)
+    assert 0 <= ranking < 1e-4  # each anchor's positive scores 20, every other candidate 0 (weight 1 per width)
+
+
+def test_mnrl_is_sentence_transformers_loss_when_no_text_repeats(model):
+    features, labels = batch(model, "mnrl")
+    with torch.no_grad():
+        ours = build_loss(model, LossConfig(name="mnrl"))([dict(f) for f in features], labels)
+        theirs = MultipleNegativesRankingLoss(model, scale=20.0)([dict(f) for f in features], labels)
+    assert float(ours) == pytest.approx(float(theirs), rel=1e-5)  # float32 rounding apart
+
+
+def test_one_text_has_one_key_however_its_batch_pads_it():
+    from siamese.gather import input_keys, pad_keys
+
+    right = input_keys({"input_ids": torch.tensor([[5, 6, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 0, 0]])})
+    left = input_keys({"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]])})
+    other = input_keys({"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 1]])})
+    right, left, other = pad_keys([right, left, other])
+    assert torch.equal(right, left) and not torch.equal(right, other)
