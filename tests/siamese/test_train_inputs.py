@@ -129,3 +129,51 @@ def test_two_training_sources_train_and_count_their_rows_apart(repo_root, tiny_b
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]
     assert counts[str(glue)] == {"seen": 40, "kept": 35, "dropped_no_label": 5, "dropped_empty_text": 0}
     assert counts[str(sick)] == {"seen": 22, "kept": 21, "dropped_no_label": 0, "dropped_empty_text": 1}
+
+
+def write_pairs(path, rows) -> str:
+    path.write_text(
+        "".join(json.dumps(dict(zip(("premise", "hypothesis", "label"), r, strict=True))) + "\n" for r in rows)
+    )
+    return f"data.train_sources=[{{path: {path}}}]"
+
+
+# entailment-only data trained for exit 0, and the model answered entailment to every pair.
+@pytest.mark.parametrize("loss", ["softmax", "both"])
+def test_training_data_of_one_class_are_refused_for_a_classifier(repo_root, tiny_bert, tmp_path, capsys, loss):
+    rows = [(f"A person number {i} walks.", f"Someone {i} moves.", 0) for i in range(40)]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "e.jsonl", rows), f"loss.name={loss}")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training data (") and "\n" not in err
+    assert "one class in its first 40 pairs (entailment 40)" in err and f"loss.name={loss}" in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
+
+
+# mnrl said "no labelled pairs" of labelled pairs: what it lacks is a premise with both kinds of hypothesis.
+@pytest.mark.parametrize(
+    ("labels", "same_premise", "expected"),
+    [((0, 1), True, "no contradiction pair in its first 40 pairs (entailment 20, neutral 20)"),
+     ((0, 2), False, "no premise with both an entailment and a contradiction hypothesis")],
+)  # fmt: skip
+def test_mnrl_says_what_its_triplets_lack(repo_root, tiny_bert, tmp_path, capsys, labels, same_premise, expected):
+    rows = [
+        (f"A person number {i // 2 if same_premise else i} walks.", f"Someone {i} moves.", labels[i % 2])
+        for i in range(40)
+    ]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "loss.name=mnrl")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training data (") and expected in err and "no labelled pairs" not in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
+
+
+def test_training_logs_the_classes_it_saw(repo_root, tiny_bert, tmp_path, caplog):
+    rows = [(f"A person number {i} walks.", f"Someone {i} moves.", i % 3) for i in range(30)]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "m.jsonl", rows), "train.max_steps=1")
+    with caplog.at_level("INFO"):
+        main(argv)
+    assert any(
+        "classes in its first 30 pairs: entailment 10, neutral 10, contradiction 10" in r.message
+        for r in caplog.records
+    )
