@@ -176,13 +176,12 @@ def data_warnings(data: EvalData, limit: int | None) -> list[str]:
                         f"{_count(rset.pairs, 'pair')}, so no query{cut(rset.pairs)}")  # fmt: skip
     warnings += [line for split, pairs in data.nli.items() if (line := one_class_warning(split, pairs["label"]))]
     sizes = {split: len(pairs["label"]) for split, pairs in data.nli.items()} | {"stsb_test": len(data.stsb[2])}
-    few = [f"{name} {_count(n, 'pair')}" for name, n in sizes.items() if n < FEW_EXAMPLES]
+    few = {f"{name} {_count(n, 'pair')}": n for name, n in sizes.items() if n < FEW_EXAMPLES}  # line → pairs read
     if rset is not None and 0 < len(rset.queries) < FEW_EXAMPLES:
-        few.append(f"retrieval on {rset.name} {_count(len(rset.queries), 'query')}")
+        few[f"retrieval on {rset.name} {_count(len(rset.queries), 'query')}"] = rset.pairs
     if few:
-        sized = [n for n in sizes.values() if n < FEW_EXAMPLES] + ([rset.pairs] if rset is not None else [])
         warnings.append(f"few examples behind these figures (fewer than {FEW_EXAMPLES}, so read them as rough): "
-                        f"{', '.join(few)}{cut(*sized)}")  # fmt: skip
+                        f"{', '.join(few)}{cut(*few.values())}")  # fmt: skip
     return warnings
 
 
