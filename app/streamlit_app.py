@@ -51,6 +51,7 @@ from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import describe as describe_backend
 from siamese.postprocess import SimilarityReference
 from stagekit.errors import UserError
+from stagekit.text import csv_text
 
 
 @st.cache_resource(show_spinner="Loading the model…")
@@ -306,7 +307,7 @@ def batch_tab(encoder: NLIEncoder) -> None:
         st.dataframe(result, hide_index=True)
         st.download_button(
             "Download predictions (CSV)",
-            result.to_csv(index=False).encode("utf-8"),
+            csv_text(result).encode("utf-8"),
             file_name="predictions.csv",
             mime="text/csv",
             on_click="ignore",

@@ -200,8 +200,10 @@ def source_names(sources: list[SourceConfig]) -> list[str]:
     return [f"{n} (source {i + 1})" if names.count(n) > 1 else n for i, n in enumerate(names)]
 
 
-def preview_row(stream: IterableDataset, counts: RowCounts, where: str) -> dict[str, Any]:
-    """The stream's first row, for the log, leaving `counts` as they were.
+def preview_row(
+    stream: IterableDataset, counts: RowCounts, where: str, empty: str = "no labelled pairs with text to train on"
+) -> dict[str, Any]:
+    """The stream's first row, for the log, leaving `counts` as they were; DataError "<where>: <empty>" if none.
 
     Reading a lazy stream runs its cleaning map, which counts rows; the training pass then reads them
     again, so without the restore every previewed row would be counted twice in run_info.json.
@@ -211,7 +213,7 @@ def preview_row(stream: IterableDataset, counts: RowCounts, where: str) -> dict[
         with reading(where):
             return next(iter(stream.take(1)))
     except StopIteration:
-        raise DataError(f"{where}: no labelled pairs with text to train on") from None
+        raise DataError(f"{where}: {empty}") from None
     finally:
         counts.restore(before)
 

@@ -197,17 +197,36 @@ def build_model(cfg: ProbeConfig):
     return model, tokenizer
 
 
-def accuracy_on(trainer, source: SourceConfig, cfg: ProbeConfig, tokenizer, keep) -> dict[str, Any]:
-    """Accuracy, confusion matrix and per-class scores (siamese/scores.py) on the first `data.eval_limit` pairs."""
+def check_classes(source: SourceConfig) -> None:
+    """The classes among the first CLASS_CHECK_PAIRS training pairs (logged), read before the model is loaded.
+    Raises DataError (one line) for one class: the classifier would learn to answer it for every pair."""
+    from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
+    from siamese.nli_data import RowCounts, open_pairs, source_name
+    from stagekit.sources import reading
+
+    where = f"training data ({source_name(source)})"
+    with reading(where):
+        counts = class_counts(row["label"] for row in open_pairs(source, RowCounts()).take(CLASS_CHECK_PAIRS))
+    log.info("%s: classes in its first %s pairs: %s", where, f"{sum(counts.values()):,}", describe_classes(counts))
+    require_several_classes(where, counts, "the probe's classifier")
+
+
+def accuracy_on(trainer, name: str, source: SourceConfig, cfg: ProbeConfig, tokenizer, keep) -> dict[str, Any]:
+    """Accuracy, confusion matrix and per-class scores (siamese/scores.py) on the first `data.eval_limit` pairs of
+    set `name`; with "warning" (also logged) when they are all of one class."""
     from datasets import Dataset
 
     from siamese.nli_data import read_pairs
-    from siamese.scores import nli_metrics
+    from siamese.scores import nli_metrics, one_class_warning
 
     pairs = read_pairs(source, cfg.data.eval_limit, local_hint="${BERT_DATA_DIR}/mnli/" + source.split + ".jsonl.gz")
     data = tokenized(Dataset.from_dict(pairs), tokenizer, cfg.model.max_seq_length, keep)
     logits = trainer.predict(data).predictions
-    return nli_metrics(pairs["label"], logits.argmax(axis=-1))
+    metrics = nli_metrics(pairs["label"], logits.argmax(axis=-1))
+    if warning := one_class_warning(name, pairs["label"]):
+        log.warning(warning)
+        metrics["warning"] = warning
+    return metrics
 
 
 def run(cfg: ProbeConfig) -> dict[str, Any]:
@@ -223,6 +242,7 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     require_writable(cfg.run_dir, "set output_dir= to a writable folder")
+    check_classes(cfg.data.train_source)  # data first: no time goes into loading a model for data it cannot use
     device = resolve_device(cfg.impl.device)
     setup_process(device, cfg.impl.num_threads, cfg.train.seed)
     model, tokenizer = build_model(cfg)
@@ -253,7 +273,7 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
         t.per_device_train_batch_size,
     )
     result = trainer.train()
-    scores = {name: accuracy_on(trainer, source, cfg, tokenizer, keep)
+    scores = {name: accuracy_on(trainer, name, source, cfg, tokenizer, keep)
               for name, source in (("mnli_validation_matched", cfg.data.matched),
                                    ("mnli_validation_mismatched", cfg.data.mismatched))}  # fmt: skip
     report = {
@@ -268,6 +288,7 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
         "wall_time_s": time.perf_counter() - started,
         "hardware": describe_hardware(device),
         "published": {name: {"matched": m, "mismatched": mm} for name, (m, mm) in PUBLISHED.items()},
+        "warnings": [section.pop("warning") for section in scores.values() if "warning" in section],
     }
     finish_run({f"final/{k}/accuracy": v["accuracy"] for k, v in scores.items()})
     save_config(cfg, cfg.run_dir / "resolved_config.yaml")

@@ -91,6 +91,7 @@ def format_metric(value: Any) -> str:
 def write_markdown(report: dict[str, Any], path: Path) -> None:
     models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
     lines = [f"# Evaluation of `{report['model']}`", ""]
+    lines += [line for warning in report.get("warnings") or [] for line in (f"**Warning: {warning}.**", "")]
     if report.get("backend", "torch") != "torch":  # an ONNX export (siamese/export.py) run by ONNX Runtime
         lines += [f"Backend: {report['backend']} (the model's ONNX export, run by ONNX Runtime).", ""]
     if report.get("baseline"):
@@ -146,7 +147,8 @@ def _width_lines(models: list[tuple[str, dict[str, Any]]]) -> list[str]:
         "",
         f"## Retrieval and STS-B by embedding width: {retrieval['name']}",
         "",
-        f"{retrieval['queries']:,} queries, {retrieval['corpus']:,} documents; a width of k is the embedding's first k "
+        f"{retrieval['queries']:,} {'query' if retrieval['queries'] == 1 else 'queries'}, {retrieval['corpus']:,} "
+        f"document{'' if retrieval['corpus'] == 1 else 's'}; a width of k is the embedding's first k "
         "dimensions (sentence-transformers' `truncate_dim`).",
         "",
         "| encoder | width | STS-B test Spearman | " + " | ".join(t for t, _ in RETRIEVAL_COLUMNS) + " |",

@@ -52,6 +52,7 @@ class RetrievalSet:
     queries: dict[str, str]
     corpus: dict[str, str]
     relevant: dict[str, set[str]] = field(default_factory=dict)
+    pairs: int = 0  # the NLI pairs it was built from
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "queries": len(self.queries), "corpus": len(self.corpus)}
@@ -75,6 +76,7 @@ def nli_retrieval_set(pairs: dict[str, list], name: str) -> RetrievalSet:
         queries={qid: text for text, qid in query_ids.items()},
         corpus={cid: text for text, cid in corpus_ids.items()},
         relevant=relevant,
+        pairs=len(pairs["label"]),
     )
 
 
@@ -105,7 +107,8 @@ def _evaluator(rset: RetrievalSet, cls: type = TableIREvaluator) -> InformationR
 
 def retrieval_metrics(encoder: NLIEncoder, rset: RetrievalSet, widths: Sequence[int]) -> dict[str, Any]:
     """The set's description and, for each width k in `widths`, the metrics of the embeddings' first k dimensions:
-    {"name", "queries", "corpus", "by_width": {k: {metric: value}}}. Corpus and queries are embedded once."""
+    {"name", "queries", "corpus", "by_width": {k: {metric: value}}}. Corpus and queries are embedded once.
+    A set without a query cannot be scored: `siamese/evaluate.py` skips it before any scoring."""
     evaluator = _evaluator(rset)
     evaluator.table = embedding_table(encoder, [*rset.corpus.values(), *rset.queries.values()])
 

@@ -15,6 +15,7 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from siamese.encoder import LABELS, NLIEncoder
+from siamese.labels import class_counts
 from siamese.postprocess import cosine_rows, random_pair_cosines
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, load_source, reading
@@ -43,6 +44,16 @@ def nli_metrics(gold: Sequence[int], predicted: Sequence[int]) -> dict[str, Any]
             gold, predicted, labels=ids, target_names=list(LABELS), output_dict=True, zero_division=0
         ),
     }
+
+
+def one_class_warning(where: str, gold: Sequence[int]) -> str | None:
+    """One line when every pair of an NLI set has the same gold class: its accuracy is then that of one class (a
+    model that always answers it scores 1.0), else None."""
+    counts = class_counts(gold)
+    if len(counts) != 1:
+        return None
+    ((name, n),) = counts.items()
+    return f"{where}: all {n:,} pair{'' if n == 1 else 's'} are {name}, so its accuracy measures that one class only"
 
 
 def cosine_by_class(cosine: np.ndarray, gold: Sequence[int]) -> dict[str, dict[str, float]]:
@@ -83,7 +94,8 @@ def read_stsb(
 ) -> tuple[list[str], list[str], list[float]]:
     """The first `limit` STS-B pairs with text, scores divided by the source's declared `score_scale` (to 0-1).
 
-    Raises DataError (one line) for a score outside 0..score_scale, naming the row, or when no pair is left.
+    Raises DataError (one line) for a score outside 0..score_scale, naming the row, or when fewer than 2 pairs
+    or only one score value are left (Spearman and Pearson are undefined there).
     """
     ds = load_source(
         source.path, split=source.split, config_name=source.config_name, streaming=True, local_hint=local_hint
@@ -106,6 +118,12 @@ def read_stsb(
             scores.append(float(score) / score_scale)
     if not scores:
         raise DataError(f"{source.path}: no STS-B pairs (need sentence1, sentence2, score columns)")
+    need = "Spearman and Pearson need at least 2 pairs with different scores"
+    if len(scores) < 2:
+        read = f" (limit={limit})" if limit is not None else ""
+        raise DataError(f"{source.path}: 1 STS-B pair{read}: {need}")
+    if len(set(scores)) < 2:
+        raise DataError(f"{source.path}: all {len(scores)} STS-B scores are {scores[0] * score_scale:g}: {need}")
     return s1, s2, scores
 
 

@@ -25,10 +25,12 @@ from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
+from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
 from siamese.nli_data import (
     VALIDATION_HINT,
     RowCounts,
     first_pairs,
+    mixed_pairs,
     preview_row,
     read_pairs,
     source_name,
@@ -41,9 +43,10 @@ from stagekit.batch_fit import MiniBatches
 from stagekit.checkpoints import read_run_config
 from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
-from stagekit.errors import ConfigError, UserError
+from stagekit.errors import ConfigError, DataError, UserError
 from stagekit.lineage import use_model
 from stagekit.push import pushed_when_done
+from stagekit.sources import reading
 from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
 
@@ -134,6 +137,33 @@ def training_data_name(cfg: SiameseConfig) -> str:
     return "training data (" + ", ".join(source_name(s) for s in cfg.data.train_sources) + ")"
 
 
+def check_classes(cfg: SiameseConfig) -> dict[str, int]:
+    """The classes among the first CLASS_CHECK_PAIRS training pairs (logged), read before any model is loaded.
+
+    Raises DataError (one line, naming the classes seen) for data without a labelled pair, and for what the loss
+    cannot learn from: one class for `softmax` and `both` (the classifier would answer it for every pair), no
+    entailment pair for `both`'s ranking part, no entailment or no contradiction pair for `mnrl`'s (premise,
+    entailment, contradiction) triplets.
+    """
+    where, loss = training_data_name(cfg), cfg.loss.name
+    with reading(where):  # counted apart: the training pass reads these pairs again
+        labels = [row["label"] for row in mixed_pairs(cfg.data, cfg.train.seed, RowCounts()).take(CLASS_CHECK_PAIRS)]
+    if not labels:
+        raise DataError(f"{where}: no labelled pairs with text to train on")
+    counts = class_counts(labels)
+    log.info("%s: classes in its first %s pairs: %s", where, f"{len(labels):,}", describe_classes(counts))
+    if loss != "mnrl":
+        require_several_classes(where, counts, f"loss.name={loss}")
+    needed = ("entailment", "contradiction") if loss == "mnrl" else ("entailment",) if loss == "both" else ()
+    if missing := [name for name in needed if name not in counts]:
+        raise DataError(
+            f"{where}: no {' and no '.join(missing)} pair in its first {len(labels):,} pairs "
+            f"({describe_classes(counts)}); loss.name={loss} ranks each premise's entailed hypothesis above the "
+            "others" + (" and its contradicting one" if loss == "mnrl" else "")
+        )
+    return counts
+
+
 class SiameseStage(Stage):
     """`python -m siamese`: the NLI stream read once in order, SentenceTransformerTrainer with the NLI loss,
     held-out NLI accuracy, then post-processing fitted and a SentenceTransformer folder written.
@@ -152,6 +182,7 @@ class SiameseStage(Stage):
     def prepare(self, world_size: int) -> dict[str, Any]:
         # Data first: an unreachable or malformed source fails before any time goes into loading a model.
         cfg = self.cfg
+        check_classes(cfg)
         t = cfg.train
         # Length buckets of the global batch (one optimizer step's pairs, all ranks), split into micro-batches in
         # order: any per-device batch × accumulation × processes (impl.fit_batch's too) trains the same pairs.
@@ -165,7 +196,13 @@ class SiameseStage(Stage):
         )
         self.eval_pairs, self.eval_set = eval_data(cfg, self.counts)
         # Not counted: training reads it again.
-        log.info("first training row: %s", preview_row(self.train, self.counts, training_data_name(cfg)))
+        empty = (
+            f"no premise with both an entailment and a contradiction hypothesis within data.triplet_window="
+            f"{cfg.data.triplet_window} premises: loss.name=mnrl trains on (premise, entailment, contradiction) triplets"
+            if cfg.loss.name == "mnrl"
+            else "no labelled pairs with text to train on"
+        )
+        log.info("first training row: %s", preview_row(self.train, self.counts, training_data_name(cfg), empty))
         return {}
 
     def build_trainer(self, report_to: list[str], checkpoint: str | None) -> SiameseTrainer:

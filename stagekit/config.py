@@ -204,7 +204,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         if isinstance(value, str):  # a CLI override: parse it as YAML, e.g. [a, b]
             try:
-                value = yaml.safe_load(value)
+                value = safe_load_unique(value, f"config key '{key}'")
             except yaml.YAMLError as err:
                 problem = getattr(err, "problem", None) or str(err).splitlines()[0]
                 raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({problem})") from None
@@ -319,6 +319,48 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+def _duplicate_key(node: yaml.Node, path: str, seen: set[int]) -> str | None:
+    """The first key given twice in one mapping under `node`, as "key 'a.b' is given twice (lines 3 and 7)",
+    else None. A mapping's own keys are checked before those nested in its values; `<<` merge keys are not keys."""
+    if id(node) in seen:  # an alias met again (or a recursive one)
+        return None
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        children = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            name = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(id(key_node))
+            line = key_node.start_mark.line + 1
+            dotted = f"{path}.{name}" if path else name
+            if name in lines:
+                return f"key '{dotted}' is given twice (lines {lines[name]} and {line})"
+            lines[name] = line
+            children.append((value_node, dotted))
+    elif isinstance(node, yaml.SequenceNode):
+        children = [(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+    else:
+        return None
+    return next((found for child, at in children if (found := _duplicate_key(child, at, seen))), None)
+
+
+def safe_load_unique(text: str, where: str) -> Any:
+    """`yaml.safe_load(text)` that refuses a key given twice in one mapping, at any depth: PyYAML keeps the last
+    one silently, so a second `train:` section replaced the whole first one with defaults.
+
+    Raises ConfigError "<where>: key 'train.learning_rate' is given twice (lines 3 and 9); keep one", and
+    yaml.YAMLError for text that is not YAML, as `yaml.safe_load` does.
+    """
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None and (duplicate := _duplicate_key(node, "", set())):
+        raise ConfigError(f"{where}: {duplicate}; keep one")
+    return yaml.safe_load(text)
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
     pairs = []
     for item in overrides:
@@ -337,7 +379,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = safe_load_unique(path.read_text(encoding="utf-8"), f"config file {path}") or {}
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -1,8 +1,11 @@
-"""What counts as text at all: one rule for every reader of pairs, the app and the corpus."""
+"""What counts as text at all: one rule for every reader of pairs, the app and the corpus; and text cells made
+safe for a spreadsheet in every CSV the project writes."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
+from typing import Any
 
 # Unicode categories with nothing to see on their own: separators (Z*), controls (Cc), format characters such
 # as the zero-width space/joiners, word joiner, BOM, soft hyphen and bidi marks (Cf), lone surrogates (Cs), and
@@ -22,3 +25,31 @@ def has_visible_content(text: object) -> bool:
     if not isinstance(text, str):
         return False
     return any(ch not in _BLANK_LOOKING and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"); TAB and CR can precede
+# the sign, and a few spreadsheets strip them first.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows instead of running: a single quote before a cell that starts
+    with = + - @ TAB or CR (OWASP's rule), unless the whole cell is a plain number such as -0.5 or +3."""
+    if text.startswith(_FORMULA_START) and not _NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def csv_text(table: Any) -> str:
+    """A pandas DataFrame as CSV text (header, no index) with every text cell passed through `spreadsheet_safe`:
+    the one writer of the CSVs the project hands out (the app's batch predictions). Number and bool columns are
+    written as they are; `table` is not changed."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    escaped = table.copy()
+    for column in escaped.columns:
+        if not (is_numeric_dtype(escaped[column]) or is_bool_dtype(escaped[column])):
+            escaped[column] = [spreadsheet_safe(v) if isinstance(v, str) else v for v in escaped[column]]
+    escaped.columns = [spreadsheet_safe(str(c)) for c in escaped.columns]
+    return escaped.to_csv(index=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv as csv_module
+import io
 import re
 
 import pytest
@@ -265,3 +267,25 @@ def test_compare_shows_the_baseline_beside_the_model(app):
     mine, baseline = app.dataframe[-2].value, app.dataframe[-1].value
     # MiniLM knows what a guitar is; the tiny test model does not have to
     assert baseline["sentence"].iloc[0] == "A man is playing a guitar." and len(mine) == len(baseline) == 4
+
+
+def test_the_batch_download_escapes_cells_a_spreadsheet_would_run(app, monkeypatch):
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    served: list[bytes] = []
+    keep = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, path_or_data, mimetype, kind, filename=None):
+        if filename == "predictions.csv":
+            served.append(path_or_data)
+        return keep(self, path_or_data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    csv = 'premise,hypothesis\n"=cmd|\' /C calc\'!A0",@SUM(A1)\n"=HYPERLINK(""http://x.example"",""y"")",+1\n'
+    app.file_uploader(key="csv").set_value(("pairs.csv", csv.encode(), "text/csv")).run()
+    app.button(key="predict_batch").click().run()
+    assert not app.exception and served
+    header, first, second = csv_module.reader(io.StringIO(served[-1].decode("utf-8")))
+    assert first[:2] == ["'=cmd|' /C calc'!A0", "'@SUM(A1)"]
+    assert second[:2] == ['\'=HYPERLINK("http://x.example","y")', "+1"]  # +1 is a number, left as it is
+    assert float(first[header.index("cosine")]) <= 1.0  # numbers stay numbers

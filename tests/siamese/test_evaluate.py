@@ -208,7 +208,7 @@ def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(untrained_mode
             assert lines == [expected] and f"**Warning: {expected}.**" in markdown
             warned.append(model_dir)
         else:
-            assert lines == [] and "Warning" not in markdown
+            assert lines == [] and "lowered" not in markdown
     assert len(warned) == 1
 
 
@@ -299,3 +299,83 @@ def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
         main(["--model", str(model), "limit=4", f"out={out}", "baseline=null"])
     assert (out / "report.json").is_file() and not (model / "report.json").exists()
     assert f"go to {out}, not the model folder" in caplog.text
+
+
+def write_nli(path, rows):
+    with gzip.open(path, "wt", encoding="utf-8") as fh:
+        for premise, hypothesis, label in rows:
+            fh.write(json.dumps({"premise": premise, "hypothesis": hypothesis, "label": label}) + "\n")
+    return path
+
+
+def evaluate_small(model_dir, out, *extra):
+    return main(["--model", str(model_dir), f"out={out}", "baseline=null", *extra])
+
+
+# Spearman and Pearson of one pair (limit=1) failed in scipy after the NLI sets were scored and plotted.
+@pytest.mark.parametrize(
+    ("rows", "args", "expected"),
+    [(None, ["limit=1"], "1 STS-B pair (limit=1): Spearman and Pearson need at least 2 pairs with different scores"),
+     ([("a b", "a c", 2.0), ("x y", "p q", 2.0), ("m n", "m o", 2.0)], ["limit=4"],
+      "all 3 STS-B scores are 2: Spearman and Pearson need at least 2 pairs with different scores")],
+)  # fmt: skip
+def test_an_stsb_set_too_small_to_score_is_refused_before_anything_is_written(
+    untrained_model_dir, tmp_path, rows, args, expected
+):
+    out = tmp_path / "report"
+    out.mkdir()
+    given = [f"stsb={write_sts(tmp_path / 'sts.jsonl.gz', rows).path}"] if rows else []
+    with pytest.raises(DataError) as err:
+        evaluate_small(untrained_model_dir, out, *args, *given)
+    assert expected in str(err.value) and "\n" not in str(err.value)
+    assert not list(out.iterdir())  # no plots without a report
+
+
+# limit=2 (a neutral and a contradiction pair) and a retrieval file without an entailment pair have no query:
+# retrieval ended in "stack expects a non-empty TensorList" after the other sets were scored and plotted.
+@pytest.mark.parametrize("use_file", [False, True])
+def test_a_retrieval_set_without_a_query_is_skipped_in_one_line(untrained_model_dir, tmp_path, caplog, use_file):
+    args = ["limit=2"]
+    if use_file:
+        rows = [("A man sleeps.", "A man is awake.", 2), ("A dog runs.", "A cat sits.", 1), ("It rains.", "Wet.", 1)]
+        args = ["limit=6", f"retrieval={write_nli(tmp_path / 'no-entailment.jsonl.gz', rows)}"]
+    out = tmp_path / "report"
+    with caplog.at_level("WARNING"):
+        report = evaluate_small(untrained_model_dir, out, *args)
+    name = f"{tmp_path.name}/no-entailment" if use_file else "mnli_validation_matched"
+    pairs = 3 if use_file else 2
+    line = f"retrieval on {name}: not scored: no entailment pair among its {pairs} pairs, so no query"
+    assert report["retrieval"] is None and any(w.startswith(line) for w in report["warnings"])
+    assert json.loads((out / "report.json").read_text())["retrieval"] is None
+    assert line in (out / "report.md").read_text()
+    assert [r.message for r in caplog.records].count(next(w for w in report["warnings"] if w.startswith(line))) == 1
+
+
+# limit=3 reported MRR@10 1.0 from a single query without a word.
+def test_the_report_says_how_many_pairs_and_queries_each_figure_rests_on(untrained_model_dir, tmp_path, caplog):
+    out = tmp_path / "report"
+    with caplog.at_level("WARNING"):
+        report = evaluate_small(untrained_model_dir, out, "limit=3")
+    assert report["retrieval"]["queries"] == 1
+    assert report["mnli_validation_matched"]["n"] == report["stsb_test"]["n"] == 3
+    line = (
+        "few examples behind these figures (fewer than 100, so read them as rough): mnli_validation_matched 3 pairs, "
+        "mnli_validation_mismatched 3 pairs, stsb_test 3 pairs, retrieval on mnli_validation_matched 1 query (limit=3)"
+    )
+    assert line in report["warnings"] and line in (out / "report.md").read_text()
+    assert line in [r.message for r in caplog.records]
+    assert "1 queries" not in (out / "report.md").read_text()
+
+
+# An evaluation set of one class scored accuracy 1.0000 for a model that always answers that class, without a word.
+def test_an_nli_set_of_one_class_is_flagged(untrained_model_dir, tmp_path, caplog):
+    rows = [(f"A man number {i} eats.", f"Someone number {i} eats.", 0) for i in range(5)]
+    out = tmp_path / "report"
+    with caplog.at_level("WARNING"):
+        report = evaluate_small(
+            untrained_model_dir, out, "limit=5", f"mnli_mismatched={write_nli(tmp_path / 'e.jsonl.gz', rows)}"
+        )
+    line = "mnli_validation_mismatched: all 5 pairs are entailment, so its accuracy measures that one class only"
+    assert line in report["warnings"] and line in (out / "report.md").read_text()
+    assert line in [r.message for r in caplog.records]
+    assert not any(w.startswith("mnli_validation_matched:") for w in report["warnings"])  # it holds several classes

@@ -79,3 +79,26 @@ def test_model_sets_the_base_model_and_overrides_are_checked(tmp_path):
     shipped = load_config(ProbeConfig, REPO_ROOT / "configs" / "probe" / "cpu-small.yaml")
     assert shipped.train.max_steps == 2000 and shipped.data.eval_limit is None  # the full dev sets
     assert set(PUBLISHED) >= {"BERT-Medium (L8/H512)"}
+
+
+def write_pairs(path, rows):
+    path.write_text(
+        "".join(json.dumps(dict(zip(("premise", "hypothesis", "label"), r, strict=True))) + "\n" for r in rows)
+    )
+    return path
+
+
+# a classifier trained on one class answers it for every pair; an accuracy on one class says nothing more.
+def test_one_class_training_data_are_refused_and_a_one_class_dev_set_is_flagged(tiny_bert, tmp_path, capsys, caplog):
+    one = write_pairs(tmp_path / "e.jsonl", [(f"A man number {i} eats.", f"Someone {i} eats.", 0) for i in range(24)])
+    args = ["--config", DEBUG, "--model", str(tiny_bert), f"output_dir={tmp_path}", "impl.num_threads=1",
+            "train.max_steps=1", "data.eval_limit=24", "model.max_seq_length=32"]  # fmt: skip
+    assert run_cli(probe, [*args, f"data.train_source.path={one}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "one class in its first 24 pairs (entailment 24)" in err and err.startswith("error: training data (")
+    assert not (tmp_path / "probe-debug" / "probe.json").exists()
+    with caplog.at_level("WARNING"):
+        probe([*args, f"data.matched.path={one}"])
+    line = "mnli_validation_matched: all 24 pairs are entailment, so its accuracy measures that one class only"
+    assert line in [r.getMessage() for r in caplog.records]
+    assert line in json.loads((tmp_path / "probe-debug" / "probe.json").read_text())["warnings"]

@@ -173,3 +173,51 @@ def test_per_device_batch_times_accumulation_trains_the_same_pairs_in_each_step(
     assert whole_weights.keys() == split_weights.keys()
     for name, tensor in whole_weights.items():  # the mean over 8 pairs = the mean of two means over 4, up to float
         torch.testing.assert_close(split_weights[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def write_pairs(path, rows) -> str:
+    path.write_text(
+        "".join(json.dumps(dict(zip(("premise", "hypothesis", "label"), r, strict=True))) + "\n" for r in rows)
+    )
+    return f"data.train_sources=[{{path: {path}}}]"
+
+
+# entailment-only data trained for exit 0, and the model answered entailment to every pair.
+@pytest.mark.parametrize("loss", ["softmax", "both"])
+def test_training_data_of_one_class_are_refused_for_a_classifier(repo_root, tiny_bert, tmp_path, capsys, loss):
+    rows = [(f"A person number {i} walks.", f"Someone {i} moves.", 0) for i in range(40)]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "e.jsonl", rows), f"loss.name={loss}")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training data (") and "\n" not in err
+    assert "one class in its first 40 pairs (entailment 40)" in err and f"loss.name={loss}" in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
+
+
+# mnrl said "no labelled pairs" of labelled pairs: what it lacks is a premise with both kinds of hypothesis.
+@pytest.mark.parametrize(
+    ("labels", "same_premise", "expected"),
+    [((0, 1), True, "no contradiction pair in its first 40 pairs (entailment 20, neutral 20)"),
+     ((0, 2), False, "no premise with both an entailment and a contradiction hypothesis")],
+)  # fmt: skip
+def test_mnrl_says_what_its_triplets_lack(repo_root, tiny_bert, tmp_path, capsys, labels, same_premise, expected):
+    rows = [
+        (f"A person number {i // 2 if same_premise else i} walks.", f"Someone {i} moves.", labels[i % 2])
+        for i in range(40)
+    ]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "loss.name=mnrl")
+    assert run_cli(main, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: training data (") and expected in err and "no labelled pairs" not in err
+    assert not (tmp_path / "siamese-debug" / "checkpoints").exists()
+
+
+def test_training_logs_the_classes_it_saw(repo_root, tiny_bert, tmp_path, caplog):
+    rows = [(f"A person number {i} walks.", f"Someone {i} moves.", i % 3) for i in range(30)]
+    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "m.jsonl", rows), "train.max_steps=1")
+    with caplog.at_level("INFO"):
+        main(argv)
+    assert any(
+        "classes in its first 30 pairs: entailment 10, neutral 10, contradiction 10" in r.message
+        for r in caplog.records
+    )

@@ -79,6 +79,33 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(Root, bad)
 
 
+# PyYAML keeps the last of a key given twice: a second `train:` section replaced the whole first one with defaults.
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  lr: 1.0e-3\n  steps: 8\nmodel:\n  hidden_size: 32\ntrain:\n  steps: 9\n",
+         "key 'train' is given twice (lines 1 and 6)"),
+        ("model:\n  hidden_size: 32\n  dropout: 0.2\n  hidden_size: 64\n",
+         "key 'model.hidden_size' is given twice (lines 2 and 4)"),
+        ("flag: true\ntrain: {lr: 1.0e-3, lr: 2.0e-3}\nflag: false\n", "key 'flag' is given twice (lines 1 and 3)"),
+        ("train:\n  tags:\n    - {a: 1, a: 2}\n", "key 'train.tags[0].a' is given twice (lines 3 and 3)"),
+    ],
+)  # fmt: skip
+def test_a_key_given_twice_in_a_config_file_is_one_line_naming_it_and_both_lines(tmp_path, text, expected):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(Root, path)
+    assert str(err.value) == f"config file {path}: {expected}; keep one"
+
+
+def test_anchors_and_merge_keys_are_not_duplicates(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("base: &base\n  lr: 1.0e-3\n  steps: 8\ntrain:\n  <<: *base\n  steps: 9\n")
+    with pytest.raises(ConfigError, match="unknown config key 'base'"):  # parsed, then refused as a key
+        load_config(Root, path)
+
+
 @dataclass
 class Small:
     architecture: Literal["small"] = "small"
