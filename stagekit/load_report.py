@@ -12,8 +12,10 @@ The same rule for every architecture: NomicBERT and ModernBERT have no pooler, B
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +69,21 @@ def quiet_unused_weight_reports() -> None:
     logger = logging.getLogger(REPORTING_LOGGER)
     if not any(isinstance(f, UnusedWeightsOnly) for f in logger.filters):
         logger.addFilter(UnusedWeightsOnly())
+
+
+class _LoadingRemarks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
+@contextlib.contextmanager
+def loading_quietly() -> Iterator[None]:
+    """No LOAD REPORT and no other warning of transformers' loading code within (for a missing head it adds "This
+    checkpoint seem corrupted … tied weights"): for a caller that reads `output_loading_info` itself and says what
+    matters in one line (pretrain/fill_mask.py)."""
+    logger, quiet = logging.getLogger(REPORTING_LOGGER), _LoadingRemarks()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)

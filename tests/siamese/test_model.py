@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import NLIEncoder, head_features, save_head
@@ -275,3 +277,28 @@ def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert
         for f in filters:
             if f not in logger.filters:
                 logger.addFilter(f)
+
+
+# A weights file cut short or emptied (an interrupted copy or download, a full disk): one line naming the file.
+@pytest.mark.parametrize("keep", [0, 1000])
+def test_a_base_model_whose_weights_are_cut_short_is_named_in_one_line(tiny_bert, tmp_path, keep):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])
+    with pytest.raises(UserError) as err:
+        build_model(ModelConfig(base_model=str(base), max_seq_length=32), ImplConfig(device="cpu"))
+    assert str(weights) in str(err.value) and "cut short" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_base_model_that_is_not_an_encoder_is_refused_in_one_line(gpt2, tiny_bert, tmp_path):
+    with pytest.raises(UserError) as err:
+        build_model(ModelConfig(base_model=str(gpt2), max_seq_length=32), ImplConfig(device="cpu"))
+    message = str(err.value)
+    assert str(gpt2) in message and "'gpt2'" in message and "not an encoder" in message and "\n" not in message
+    encoder = SentenceTransformer(modules=[Transformer(str(gpt2)), Pooling(32)], device="cpu")
+    encoder.save(str(tmp_path))  # a SentenceTransformer folder of it is refused the same way
+    with pytest.raises(UserError, match="'gpt2'.*not an encoder"):
+        build_model(ModelConfig(base_model=str(tmp_path), max_seq_length=32), ImplConfig(device="cpu"))

@@ -79,3 +79,15 @@ def test_model_sets_the_base_model_and_overrides_are_checked(tmp_path):
     shipped = load_config(ProbeConfig, REPO_ROOT / "configs" / "probe" / "cpu-small.yaml")
     assert shipped.train.max_steps == 2000 and shipped.data.eval_limit is None  # the full dev sets
     assert set(PUBLISHED) >= {"BERT-Medium (L8/H512)"}
+
+
+def test_a_damaged_weights_file_or_a_decoder_is_refused_in_one_line(pretrained_debug, gpt2, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pretrained_debug, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:2000])
+    for folder, words in ((broken, [str(broken / "model.safetensors"), "cut short"]), (gpt2, [str(gpt2), "'gpt2'"])):
+        assert run_cli(probe, ["--config", DEBUG, "--model", str(folder), f"output_dir={tmp_path}"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert all(word in line for word in words), line
