@@ -71,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     from pretrain.blocks import prepare_data
     from pretrain.config import PretrainConfig
     from stagekit.config import load_config
+    from stagekit.weights import check_weights
 
     parser = argparse.ArgumentParser(prog="python -m pretrain.attention", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a model folder written by python -m pretrain")
@@ -81,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
         raise UserError(f"{folder} is not a model folder written by python -m pretrain (no resolved_config.yaml)")
     if args.blocks < 1:
         raise UserError("--blocks must be >= 1")
+    check_weights(folder)  # before the data: a weights file cut short is one line naming it
     cfg = load_config(PretrainConfig, folder / "resolved_config.yaml")
     data = prepare_data(cfg)  # the run's cache: a hit unless it was deleted
     model = AutoModelForMaskedLM.from_pretrained(folder)

@@ -19,8 +19,9 @@ BASELINE_HINT = (
 def load_baseline(name: str, setting: str = "baseline") -> NLIEncoder:
     """The encoder `name` names, without an NLI head. `setting` is what the user set it with (for messages).
 
-    Raises UserError (one line, within seconds) for a missing folder, or a Hub id while the Hub is unreachable
-    and nothing is cached.
+    Raises UserError (one line, within seconds) for a missing folder, a weights file that cannot be opened (named
+    for a folder: siamese/encoder.py `NLIEncoder.load`), or a Hub id while the Hub is unreachable and nothing is
+    cached.
     """
     path = resolve_base(name)  # the Hub id → the offline copy when installed
     if Path(path).expanduser().is_dir():
@@ -28,10 +29,11 @@ def load_baseline(name: str, setting: str = "baseline") -> NLIEncoder:
     if looks_local(path):
         raise UserError(f"{setting}={name}: no such folder")
     hub = hub_model_kwargs(path, setting, BASELINE_HINT)
+    from safetensors import SafetensorError
     from sentence_transformers import SentenceTransformer
 
     try:
         model = SentenceTransformer(path, device=resolve_device("auto"), **hub)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # a damaged file in the Hugging Face cache included
         raise UserError(f"{setting}={name} could not be loaded: {str(err).splitlines()[0]}") from None
     return NLIEncoder(model.eval())

@@ -20,13 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from siamese.labels import LABELS
 from siamese.onnx_backend import check_backend, onnx_file, use_onnx
 from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
+from stagekit.weights import check_weights, load_tensors
 
 HEAD_FILE = "nli_head.safetensors"
 LABELS_FILE = "nli_labels.json"
@@ -71,8 +72,10 @@ def save_head(classifier: torch.nn.Linear, model_dir: str | Path, labels: tuple[
 
 
 def load_head(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Linear, tuple[str, ...]]:
+    """The NLI head in `model_dir` and its labels. Raises UserError (one line naming the file) for a head file
+    that cannot be opened (cut short, empty) or whose outputs do not match the labels."""
     model_dir = Path(model_dir)
-    state = load_file(str(model_dir / HEAD_FILE), device=str(device))
+    state = load_tensors(model_dir / HEAD_FILE, device=device)
     labels = tuple(json.loads((model_dir / LABELS_FILE).read_text())["labels"])
     out_features, in_features = state["weight"].shape
     if out_features != len(labels):
@@ -163,8 +166,9 @@ class NLIEncoder:
         """The encoder in folder `path`; `backend` "onnx" / "onnx-int8" runs its exported ONNX file on the CPU;
         `truncate_dim` keeps the first k dimensions of each embedding.
 
-        Raises UserError (one line) for a folder without a model, one that cannot be loaded, a missing ONNX file,
-        a head that does not fit the model or a `truncate_dim` outside 1..its width.
+        Raises UserError (one line) for a folder without a model, one that cannot be loaded, a weights file that
+        cannot be opened (named: stagekit/weights.py), a missing ONNX file, a head that does not fit the model or a
+        `truncate_dim` outside 1..its width.
         """
         from sentence_transformers import SentenceTransformer
 
@@ -174,6 +178,7 @@ class NLIEncoder:
             raise UserError(f"model path {path} is not a directory")
         if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
             raise UserError(f"model path {path} holds no model (no modules.json or config.json)")
+        check_weights(path)  # the encoder's and the head's: one line naming a file cut short
         file = None if backend == "torch" else onnx_file(path, backend)
         # ONNX Runtime runs on the CPU here (onnxruntime's CPU build): the modules around it stay there too.
         device = resolve_device(device or "auto") if file is None else "cpu"

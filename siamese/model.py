@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
@@ -27,6 +28,7 @@ from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
 from stagekit.sources import hub_reachable
+from stagekit.weights import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,22 @@ def _check_model_dir(path: Path) -> None:
         )
     if not ((path / "modules.json").is_file() or (path / "config.json").is_file()):
         raise UserError(f"base model {path} is not a model folder (no config.json or modules.json)")
+    check_weights(path)
+
+
+def check_encoder(model_type: str | None, where: str | Path) -> None:
+    """Refuse a base model that is not a bidirectional encoder: one whose architecture transformers can train as a
+    masked language model (BERT, NomicBERT, ModernBERT, RoBERTa, MPNet, DistilBERT, ...), what this project
+    pretrains and fine-tunes. A decoder such as GPT-2 reads left to right and has no padding token, so it failed
+    at the first batch with a long traceback. UserError (one line) naming `where` and its `model_type`."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise UserError(
+            f"base model {where} is a {model_type!r} model (config.json model_type), not an encoder this project "
+            "fine-tunes: give a BERT-like encoder (a pretraining output of python -m pretrain, or e.g. bert, "
+            "nomic_bert, modernbert, roberta, mpnet)"
+        )
 
 
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -92,8 +110,9 @@ def _in_hub_cache(name: str) -> bool:
 def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
     """A pretraining output (BERT + tokenizer) → Transformer + Pooling; a SentenceTransformer folder as is.
 
-    Raises UserError (one line) for a missing or broken folder, a Hub id while offline and not cached, and
-    for settings the base model cannot honour: `max_seq_length` past its position embeddings, a dropout
+    Raises UserError (one line) for a missing or broken folder (a weights file cut short is named), a Hub id while
+    offline and not cached, a model that is not an encoder (`check_encoder`, e.g. GPT-2), and for settings the
+    base model cannot honour: `max_seq_length` past its position embeddings, a dropout
     field its config does not have, a tokenizer larger than its embedding table.
     """
     device = resolve_device(impl.device)
@@ -126,8 +145,9 @@ def build_model(cfg: ModelConfig, impl: ImplConfig) -> SentenceTransformer:
             )
             pooling = Pooling(backbone.get_embedding_dimension(), pooling_mode=cfg.pooling)
             model = SentenceTransformer(modules=[backbone, pooling], device=device)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:  # a Hub model's damaged cached file included
         raise UserError(f"base model {cfg.base_model} could not be loaded: {str(err).splitlines()[0]}") from None
+    check_encoder(model[0].auto_model.config.model_type, cfg.base_model)
     _check_dropout_fields(model, dropout, cfg.base_model)
     _check_tokenizer(model, cfg.base_model)
     _check_max_seq_length(model, cfg.max_seq_length, cfg.base_model)

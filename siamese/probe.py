@@ -162,16 +162,20 @@ class FreshHeadReport(logging.Filter):
 def build_model(cfg: ProbeConfig):
     """The pretraining output with a fresh 3-way classifier (and, for BERT and NomicBERT, a fresh pooler: MLM
     training never trains one); with `model.random_init` its architecture alone, all weights random. Raises
-    UserError (one line) for a folder that is not a model."""
+    UserError (one line) for a folder that is not a model, a weights file that cannot be opened (named) and a
+    model that is not an encoder (siamese/model.py `check_encoder`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     from siamese.labels import LABELS
+    from siamese.model import check_encoder
     from stagekit.errors import UserError
     from stagekit.load_report import REPORTING_LOGGER, quiet_unused_weight_reports
+    from stagekit.weights import check_weights
 
     path = Path(cfg.model.base_model).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a pretraining output (no config.json); train one with python -m pretrain")
+    check_weights(path)
     quiet_unused_weight_reports()  # the MLM head is left out by design
     reports, fresh_head = logging.getLogger(REPORTING_LOGGER), FreshHeadReport()
     reports.addFilter(fresh_head)
@@ -182,12 +186,13 @@ def build_model(cfg: ProbeConfig):
         "label2id": {n: i for i, n in enumerate(LABELS)},
     }
     try:
+        config = AutoConfig.from_pretrained(str(path), **labels, **extra)
+        check_encoder(config.model_type, path)
         if cfg.model.random_init:  # seeded by setup_process (train.seed)
-            config = AutoConfig.from_pretrained(str(path), **labels, **extra)
             model = AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa")
         else:
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(path), attn_implementation="sdpa", **labels, **extra
+                str(path), config=config, attn_implementation="sdpa"
             )
         tokenizer = AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError) as err:

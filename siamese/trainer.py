@@ -15,7 +15,6 @@ import datasets
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
@@ -25,6 +24,7 @@ from stagekit.batch_fit import longest_pairs
 from stagekit.errors import UserError
 from stagekit.sources import reading
 from stagekit.training import ScheduleMixin, ThroughputMixin
+from stagekit.weights import check_weights, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
             save_head(self.classifier, output_dir or self.args.output_dir)
 
     def _load_from_checkpoint(self, checkpoint_path: str, model=None) -> None:
+        check_weights(checkpoint_path)  # the best checkpoint too (train.select_best): a file cut short in one line
         super()._load_from_checkpoint(checkpoint_path)
         if self.classifier is None:
             return
@@ -78,7 +79,7 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         if not head_file.is_file():
             raise UserError(f"checkpoint {checkpoint_path} has no {HEAD_FILE}; it cannot resume the NLI head")
         device = self.classifier.weight.device
-        self.classifier.load_state_dict(load_file(str(head_file), device=str(device)))
+        self.classifier.load_state_dict(load_tensors(head_file, device=device))
         log.info("restored the NLI head from %s", head_file)
 
     def _load_best_model(self) -> None:

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from stagekit import elastic
 from stagekit.errors import ConfigError, UserError
 from stagekit.tracking import active_run_id
+from stagekit.weights import damaged_weights
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,26 @@ def checkpoint_dirs(root: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
-def is_complete(path: Path) -> bool:
-    """The Trainer writes trainer_state.json last, then `SaveRunConfig` adds run_config.json: a folder
-    without both, readable, was cut short by a kill."""
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint folder `path` cannot be resumed from, or None when it can.
+
+    The Trainer writes trainer_state.json last, then `SaveRunConfig` adds run_config.json: a folder without both,
+    readable, was cut short by a kill. A folder with both whose weights, optimizer or random state cannot be
+    opened (a file cut short or emptied by a full disk, a partial copy: stagekit/weights.py) fails the same way
+    at every resume, so it counts as cut short too."""
     try:
         json.loads((path / STATE).read_text())
         json.loads((path / RUN_CONFIG).read_text())
     except (OSError, ValueError):
-        return False
-    return True
+        return "was not written completely (killed while saving?)"
+    for file, why in damaged_weights(path):
+        return f"has a file that cannot be opened: {file.relative_to(path)} ({why})"
+    return None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a checkpoint a resume can continue from (`checkpoint_problem`)."""
+    return checkpoint_problem(path) is None
 
 
 def newest_checkpoint(root: str | Path) -> Path | None:
@@ -65,8 +77,9 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
 
     Without `resume`, a run folder that already holds checkpoints or a final model is refused: a second
     run there would mix with the first (its checkpoint rotation would delete the newer run's files).
-    With `resume`, checkpoints a kill left half-written are removed (by the main process only) and the
-    newest complete one is returned; with none, the run starts from step 0 with a warning.
+    With `resume`, checkpoints a kill left half-written, or whose files cannot be opened (`checkpoint_problem`),
+    are removed with a warning saying why (by the main process only) and the newest complete one is returned;
+    with none, the run starts from step 0 with a warning.
     A torchrun restart of the job that started this run resumes without `--resume` (`stagekit.elastic`).
     """
     checkpoints = run_dir / "checkpoints"
@@ -85,10 +98,11 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
     if is_main:
         elastic.mark_run_folder(run_dir)
     for path in reversed(existing):
-        if is_complete(path):
+        problem = checkpoint_problem(path)
+        if problem is None:
             return str(path)
         if is_main:
-            log.warning("%s was not written completely (killed while saving?): removing it", path)
+            log.warning("%s %s: removing it, to resume from the checkpoint before it", path, problem)
             shutil.rmtree(path, ignore_errors=True)
     log.warning("--resume: no complete checkpoint under %s; starting from step 0", checkpoints)
     return None

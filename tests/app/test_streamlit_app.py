@@ -167,15 +167,20 @@ def test_model_loads_once_across_reruns_and_again_when_retrained(
     assert not at.exception and len(calls) == 2
 
 
-def test_damaged_head_file_is_one_line_error(app_env, monkeypatch, tiny_model_dir, tmp_path, repo_root):
+@pytest.mark.parametrize(("name", "keep"), [("nli_head.safetensors", 10), ("model.safetensors", 0)])
+def test_damaged_weights_file_is_one_line_error_naming_it(
+    app_env, monkeypatch, tiny_model_dir, tmp_path, repo_root, name, keep
+):
     import shutil
 
     broken = tmp_path / "broken" / "model"
     shutil.copytree(tiny_model_dir, broken)
-    (broken / "nli_head.safetensors").write_bytes(b"\x00" * 10)
+    (broken / name).write_bytes((broken / name).read_bytes()[:keep])  # an interrupted copy, a full disk
     monkeypatch.setenv("APP_MODEL_DIR", str(broken))
     at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
-    assert not at.exception and "could not be loaded" in at.error[0].value and "\n" not in at.error[0].value
+    (error,) = at.error
+    assert not at.exception and "cannot be opened" in error.value and "\n" not in error.value
+    assert name.replace("_", "\\_") in error.value and "cut short" in error.value  # as Markdown shows it
 
 
 def test_the_cosine_is_read_against_random_pairs_and_the_verdict_in_words(app):

@@ -221,6 +221,54 @@ def test_fill_mask_refuses_a_folder_that_is_not_a_model(tmp_path):
         fill_mask_main(["--model", str(tmp_path), "a [MASK] b"])
 
 
+def test_fill_mask_and_attention_name_a_weights_file_cut_short(pretrained_debug, tmp_path):
+    import shutil
+
+    from pretrain.attention import main as attention_main
+
+    broken = tmp_path / "model"
+    shutil.copytree(pretrained_debug, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:3000])  # an interrupted copy, a full disk
+    for command in (
+        lambda: fill_mask_main(["--model", str(broken), "a [MASK] b"]),
+        lambda: attention_main(["--model", str(broken)]),
+    ):
+        with pytest.raises(UserError) as err:
+            command()
+        assert str(weights) in str(err.value) and "cut short" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_fill_mask_refuses_a_folder_without_a_masked_lm_head(pretrained_debug, tmp_path, capfd):
+    """A fine-tuned sentence encoder keeps the encoder only: transformers would fill the head in at random and
+    answer differently at every run."""
+    from sentence_transformers import SentenceTransformer
+
+    SentenceTransformer(str(pretrained_debug), device="cpu").save(str(tmp_path))
+    capfd.readouterr()
+    with pytest.raises(UserError) as err:
+        fill_mask_main(["--model", str(tmp_path), "the movie was [MASK] ."])
+    message = str(err.value)
+    assert str(tmp_path) in message and "no masked-LM head" in message and "cls.predictions" in message
+    assert "\n" not in message and "LOAD REPORT" not in capfd.readouterr().err
+
+
+def test_resume_skips_a_checkpoint_whose_weights_were_cut_short(tiny_args, tmp_path, caplog):
+    """A full disk while saving the newest checkpoint: every resume from it died the same way. It counts as cut
+    short: a warning, and the run continues from the checkpoint before it to the same weights."""
+    args = tiny_args("train.max_steps=10", *RESUME_SETTINGS)
+    main(args)
+    run = tmp_path / "pretrain-debug"
+    (run / "model").rename(tmp_path / "straight")  # a run stopped after its last save leaves no model
+    weights = run / "checkpoints" / "checkpoint-10" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with caplog.at_level(logging.WARNING, logger="stagekit.checkpoints"):
+        main([*args, "--resume"])
+    (line,) = [r.getMessage() for r in caplog.records if "checkpoint-10" in r.getMessage()]
+    assert "model.safetensors" in line and "cannot be opened" in line
+    assert_same_weights(load_file(str(tmp_path / "straight" / "model.safetensors")), final_weights(tmp_path))
+
+
 def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(tiny_args, tmp_path, monkeypatch):
     def out_of_memory(self, *args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -379,3 +379,25 @@ def test_an_nli_set_of_one_class_is_flagged(untrained_model_dir, tmp_path, caplo
     assert line in report["warnings"] and line in (out / "report.md").read_text()
     assert line in [r.message for r in caplog.records]
     assert not any(w.startswith("mnli_validation_matched:") for w in report["warnings"])  # it holds several classes
+
+
+# a weights file cut short or emptied (an interrupted copy, a full disk): one line naming it, nothing written.
+@pytest.mark.parametrize(("name", "keep"), [("nli_head.safetensors", 0), ("model.safetensors", 5000)])
+def test_a_damaged_weights_file_is_one_line_naming_it(untrained_model_dir, tmp_path, capsys, name, keep):
+    from stagekit.cli import run_cli
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(untrained_model_dir, model_dir)
+    (model_dir / name).write_bytes((model_dir / name).read_bytes()[:keep])
+    assert run_cli(main, ["--model", str(model_dir), "limit=12", f"out={tmp_path / 'out'}", "baseline=null"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert str(model_dir / name) in line and "cannot be opened" in line and not (tmp_path / "out").exists()
+
+
+def test_a_damaged_base_model_is_one_line_naming_its_file(untrained_model_dir, tiny_bert, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    (base / "model.safetensors").write_bytes(b"")
+    with pytest.raises(UserError) as err:
+        evaluate(with_base(untrained_model_dir, base, tmp_path / "model"), tmp_path / "out")
+    assert str(base / "model.safetensors") in str(err.value) and "\n" not in str(err.value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
 from siamese.encoder import NLIEncoder, head_features, save_head
@@ -215,23 +217,29 @@ def test_hub_model_id_in_the_local_cache_loads_without_the_hub(tiny_bert, tmp_pa
     assert time.monotonic() - started < 20 and model.get_embedding_dimension() == 64
 
 
-def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert, tmp_path):
-    """Its MLM head is left out by design: one INFO line, not transformers' 10-line UNEXPECTED table (which
-    the same load emits without stagekit/load_report.py's filter)."""
+@pytest.mark.parametrize("architecture", ["nomic_bert", "bert"])
+def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert, tmp_path, architecture, caplog):
+    """Its MLM head is left out by design (and BERT's pooler, which mean pooling never reads, is new): one INFO
+    line, not transformers' 10–15-line table of UNEXPECTED and MISSING keys (which the same load emits without
+    stagekit/load_report.py's filter), for NomicBERT (configs/pretrain/cpu-small.yaml) and BERT (the GPU recipes)
+    alike."""
     import logging
     import shutil
 
     from sentence_transformers.sentence_transformer.modules import Transformer
-    from transformers import BertConfig, NomicBertConfig, NomicBertForMaskedLM
+    from transformers import BertConfig, BertForMaskedLM, NomicBertConfig, NomicBertForMaskedLM
 
     from siamese.config import ImplConfig, ModelConfig
     from siamese.model import build_model
     from stagekit.load_report import REPORTING_LOGGER, UnusedWeightsOnly
 
-    mlm = tmp_path / "mlm"  # NomicBERT, as configs/pretrain/cpu-small.yaml trains
+    mlm = tmp_path / "mlm"
     bert = BertConfig.from_pretrained(tiny_bert)
     shape = {k: getattr(bert, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")}
-    NomicBertForMaskedLM(NomicBertConfig(**shape, intermediate_size=64)).save_pretrained(mlm)
+    if architecture == "nomic_bert":
+        NomicBertForMaskedLM(NomicBertConfig(**shape, intermediate_size=64)).save_pretrained(mlm)
+    else:
+        BertForMaskedLM(BertConfig(**shape, intermediate_size=64, max_position_embeddings=32)).save_pretrained(mlm)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (tiny_bert / name).is_file():
             shutil.copy(tiny_bert / name, mlm / name)
@@ -253,10 +261,44 @@ def test_an_encoder_built_from_an_mlm_checkpoint_prints_no_load_report(tiny_bert
         Transformer(str(mlm))
         assert any("LOAD REPORT" in m for m in reports.seen)  # what the filter removes is really there
         reports.seen.clear()
-        build_model(ModelConfig(base_model=str(mlm), max_seq_length=32), ImplConfig(device="cpu"))
+        with caplog.at_level(logging.INFO, logger="stagekit.load_report"):
+            build_model(ModelConfig(base_model=str(mlm), max_seq_length=32), ImplConfig(device="cpu"))
         assert not any("LOAD REPORT" in m for m in reports.seen)
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "stagekit.load_report"]
+        assert str(mlm) in line and "not used (cls.*" in line
+        assert ("new (pooler.*" in line) == (architecture == "bert")
+        if architecture == "bert":  # a refused setting is the only line after the load, not the 16th
+            caplog.clear()
+            with pytest.raises(UserError, match=r"model\.max_seq_length=64 .*32 position"):
+                build_model(ModelConfig(base_model=str(mlm), max_seq_length=64), ImplConfig(device="cpu"))
+            assert not any("LOAD REPORT" in m for m in reports.seen)
     finally:
         logger.removeHandler(reports)
         for f in filters:
             if f not in logger.filters:
                 logger.addFilter(f)
+
+
+# A weights file cut short or emptied (an interrupted copy or download, a full disk): one line naming the file.
+@pytest.mark.parametrize("keep", [0, 1000])
+def test_a_base_model_whose_weights_are_cut_short_is_named_in_one_line(tiny_bert, tmp_path, keep):
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:keep])
+    with pytest.raises(UserError) as err:
+        build_model(ModelConfig(base_model=str(base), max_seq_length=32), ImplConfig(device="cpu"))
+    assert str(weights) in str(err.value) and "cut short" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_base_model_that_is_not_an_encoder_is_refused_in_one_line(gpt2, tiny_bert, tmp_path):
+    with pytest.raises(UserError) as err:
+        build_model(ModelConfig(base_model=str(gpt2), max_seq_length=32), ImplConfig(device="cpu"))
+    message = str(err.value)
+    assert str(gpt2) in message and "'gpt2'" in message and "not an encoder" in message and "\n" not in message
+    encoder = SentenceTransformer(modules=[Transformer(str(gpt2)), Pooling(32)], device="cpu")
+    encoder.save(str(tmp_path))  # a SentenceTransformer folder of it is refused the same way
+    with pytest.raises(UserError, match="'gpt2'.*not an encoder"):
+        build_model(ModelConfig(base_model=str(tmp_path), max_seq_length=32), ImplConfig(device="cpu"))

@@ -102,3 +102,15 @@ def test_one_class_training_data_are_refused_and_a_one_class_dev_set_is_flagged(
     line = "mnli_validation_matched: all 24 pairs are entailment, so its accuracy measures that one class only"
     assert line in [r.getMessage() for r in caplog.records]
     assert line in json.loads((tmp_path / "probe-debug" / "probe.json").read_text())["warnings"]
+
+
+def test_a_damaged_weights_file_or_a_decoder_is_refused_in_one_line(pretrained_debug, gpt2, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(pretrained_debug, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:2000])
+    for folder, words in ((broken, [str(broken / "model.safetensors"), "cut short"]), (gpt2, [str(gpt2), "'gpt2'"])):
+        assert run_cli(probe, ["--config", DEBUG, "--model", str(folder), f"output_dir={tmp_path}"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert all(word in line for word in words), line
