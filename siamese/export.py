@@ -36,6 +36,7 @@ from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
 from siamese.onnx_check import CHECK_SENTENCES, agreement
 from siamese.postprocess import POSTPROCESS_FILE
 from stagekit.atomic import atomic_dir
+from stagekit.cli import doc_summary
 from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | No
 def main(argv: Sequence[str] | None = None) -> Path:
     from siamese.model import resolve_base
 
-    parser = argparse.ArgumentParser(prog="python -m siamese.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m siamese.export", description=doc_summary(__doc__))
     parser.add_argument("--model", required=True, help="a SentenceTransformer folder, or all-MiniLM-L6-v2")
     parser.add_argument("--out", required=True, help="the exported folder to write (replaced atomically)")
     parser.add_argument("--no-int8", action="store_true", help="write the fp32 ONNX file only")
