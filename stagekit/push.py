@@ -73,9 +73,11 @@ def check_hub(
     again = again or push_command(folder, repo_id, private=private, token_env=token_env)
     if not hub_reachable():
         if trained:
+            space = space_sdk(folder) is not None
+            use = "a Space's files run here too" if space else "a local path loads like the repo would"
             raise UserError(
                 f"cannot push {folder} to {repo_id}: the Hugging Face Hub is unreachable (offline?); {folder} is "
-                f"there to use as it is (a local path loads like the repo would); push it once online with {again}"
+                f"there to use as it is ({use}); push it once online with {again}"
             )
         raise UserError(
             f"--push-to-hub {repo_id}: the Hugging Face Hub is unreachable (offline?); train without --push-to-hub "
