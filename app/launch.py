@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stagekit.cli import doc_summary
+
 APP = Path(__file__).resolve().parent / "streamlit_app.py"
 
 
@@ -25,7 +27,7 @@ def launch(model: str | Path | None = None, port: int = 8501, backend: str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="bert-app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bert-app", description=doc_summary(__doc__))
     parser.add_argument(
         "--model", help="model folder or Hub id owner/name (default: the newest trained run under outputs/)"
     )

@@ -12,17 +12,19 @@ import io
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from app.examples import load_examples
+from app.examples import example_sources, load_examples
 from app.predict import MAX_CHARS_ENV, max_text_chars, too_long_message, unknown_message
 from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from stagekit.errors import DataError, UserError
 from stagekit.text import has_visible_content
 
 MAX_SENTENCES_ENV = "APP_SEARCH_MAX_SENTENCES"
+SENTENCES_ENV = "APP_SEARCH_SENTENCES"  # a .txt file, one sentence per line, searched by default (a Space's own set)
 DEFAULT_MAX_SENTENCES = 100_000
 MAX_UPLOAD_MB = 50
 DEFAULT_CORPUS_SIZE = 3_000  # MNLI dev matched premises, each once
@@ -93,6 +95,20 @@ def default_corpus(source: str, size: int = DEFAULT_CORPUS_SIZE) -> list[str]:
     """The first `size` distinct premises of the MNLI dev source the example picker reads."""
     examples = load_examples(source, limit=4 * size)  # premises repeat: ~3 hypotheses each
     return list(dict.fromkeys(e.premise for e in examples))[:size]
+
+
+def default_sentences(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The search tab's default sentences: the file `APP_SEARCH_SENTENCES` names (one per line; a Space folder
+    carries one, app/space.py), else `default_corpus` of the local MNLI dev file. Raises a one-line UserError when
+    neither can be read, DataError for a file with no sentences or more than `max_sentences`."""
+    path = env.get(SENTENCES_ENV)
+    if not path:
+        return default_corpus(example_sources(env)[-1])
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{SENTENCES_ENV}={path}: cannot be read ({type(err).__name__})") from None
+    return clean_sentences(text.splitlines(), path, max_sentences(env))
 
 
 @dataclass

@@ -42,7 +42,7 @@ from app.search import (
     SearchIndex,
     clean_sentences,
     csv_columns,
-    default_corpus,
+    default_sentences,
     max_sentences,
     search_table,
     sentences_from_upload,
@@ -365,8 +365,7 @@ def search_sentences() -> list[str] | None:
         if upload.name.lower().endswith(".csv") and (columns := csv_columns(data)):
             column = st.selectbox("Column", columns, key="search_column")
         return sentences_from_upload(data, upload.name, limit, column)
-    examples_source = example_sources()[-1]
-    return default_corpus(examples_source)
+    return default_sentences()
 
 
 def search_tab(model: tuple[str, str], compare: bool) -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from app.examples import example_sources, first_available
 from app.models import TRAIN_COMMAND, discover_models, outputs_root
 from app.predict import PairResult, cpu_threads, predict_pair, predict_table
-from stagekit.cli import run_cli
+from stagekit.cli import doc_summary, run_cli
 from stagekit.errors import UserError
 
 GOAL_MS = 50.0
@@ -47,7 +47,7 @@ def machine() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("model", nargs="?", type=Path, help="model folder (default: newest under outputs/)")
     parser.add_argument("--pairs", type=int, default=100, help="timed pairs (at least 50)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed pairs first")

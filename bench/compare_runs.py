@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from stagekit.checkpoints import newest_checkpoint  # noqa: E402
+from stagekit.cli import doc_summary
 from stagekit.errors import UserError  # noqa: E402
 
 
@@ -33,7 +34,7 @@ def bert15_curve(run: Path) -> list[tuple[int, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--steps", nargs="*", type=int, default=[100, 200, 300, 400, 500, 600])
     parser.add_argument("--unigram-entropy", type=float, help="draw the frequency-only loss as a line")

@@ -28,6 +28,7 @@ from pathlib import Path
 import psutil
 
 from bench.harness import append_results, machine
+from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "WANDB_MODE": "disabled"}
@@ -139,7 +140,7 @@ def restart(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("what", choices=["nodes", "restart"])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--kill-at", type=int, default=25, help="restart: logged steps before the kill")

@@ -17,12 +17,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import BertConfig, BertForMaskedLM
 
+from stagekit.cli import doc_summary
+
 MASK_ID = 4  # any id below FIRST_ID: never drawn as a token
 FIRST_ID = 10
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--positions", type=int, default=128, help="tokens per block (even)")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stagekit.cli import doc_summary
 from stagekit.errors import UserError
 
 BATCH = 64
@@ -128,7 +129,7 @@ def verdict(result: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(prog="python -m bench.onnx_latency", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.onnx_latency", description=doc_summary(__doc__))
     parser.add_argument("--model", action="append", required=True, help="a model folder or all-MiniLM-L6-v2")
     parser.add_argument("--sentences", type=int, default=1000, help="sentences embedded for sentences/s")
     parser.add_argument("--pairs", type=int, default=50, help="pairs predicted one at a time for latency")

@@ -35,6 +35,7 @@ from pathlib import Path
 from bench.harness import append_results, machine
 from bench.process_memory import Measured, run_measured
 from pretrain.config import PretrainConfig
+from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT, load_config
 
 CORPORA = {"imdb": ["imdb_100k.jsonl.gz"], "wikipedia": ["wikipedia_2015.jsonl.gz"]}
@@ -224,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         files, num_proc, vocab, block = json.loads(argv[1]), *map(int, argv[2:5])
         print(json.dumps(run_reference(files, num_proc, vocab, block)))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="configs/pretrain/bert-medium.yaml", help="data + tokenizer settings")
     parser.add_argument("--corpus", action="append", help="NAME[:DOCS], repeatable (default imdb:20000)")
     parser.add_argument("--num-proc", type=int, default=min(8, os.cpu_count() or 1), help="processes, both paths")

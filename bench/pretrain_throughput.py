@@ -48,6 +48,7 @@ from bench.harness import (
     timed_windows,
 )
 from pretrain.config import PretrainConfig
+from stagekit.cli import doc_summary
 from stagekit.config import load_config
 
 DEFAULT_OVERRIDES = [  # the shared stand-in corpus, enough documents for a few hundred batches
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Compare the paths (or profile ours); returns {"results": {path: child JSON}, "ours_over_reference",
     "ours_over_anchor", "flops_per_token", "peak_tflops", "mfu": {path: share}, with --profile-after
     "profile_rows"} (with --profile: {"rows"})."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument(
         "--config", default="configs/pretrain/bert-medium.yaml", help="model shape and training settings"
     )

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import append_results, machine
+from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT
 
 
@@ -38,7 +39,7 @@ def run_stage(stage: str, processes: int, argv: list[str]) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--pretrain-config", default=str(REPO_ROOT / "configs/pretrain/cpu-small.yaml"))

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stagekit.cli import doc_summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -144,7 +146,7 @@ def paths(batch: int, minis: list[int], accumulation: int) -> list[tuple[str, in
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return child(json.loads(sys.argv[2]))
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--model", default="outputs/pretrain-cpu-small/model", help="base model folder")
     parser.add_argument("--data", help="NLI pairs (default: ${BERT_DATA_DIR}/mnli/train.jsonl.gz)")
     parser.add_argument("--losses", nargs="+", choices=["both", "mnrl"], default=["both"])

@@ -28,7 +28,7 @@ import torch
 from app.search import SearchIndex
 from bench.harness import machine
 from siamese.encoder import NLIEncoder
-from stagekit.cli import run_cli
+from stagekit.cli import doc_summary, run_cli
 
 FILES = ("mnli/train.jsonl.gz", "mnli/validation_matched.jsonl.gz", "mnli/validation_mismatched.jsonl.gz",
          "snli/validation.jsonl.gz")  # fmt: skip
@@ -80,7 +80,7 @@ def search_paths(rows: np.ndarray, k: int) -> dict[str, Callable[[np.ndarray], o
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.search_latency", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.search_latency", description=doc_summary(__doc__))
     parser.add_argument("--model", required=True, help="a model folder (or all-MiniLM-L6-v2)")
     parser.add_argument("--sentences", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=50)

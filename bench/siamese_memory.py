@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from stagekit.cli import doc_summary
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -58,7 +60,7 @@ def run(pairs: int, args: argparse.Namespace, model: str, out: Path) -> dict:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(sys.argv[2:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--model", help="base model folder (default: a tiny L1/H32 BERT built in a temp dir)")
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--large", type=int, default=200_000)

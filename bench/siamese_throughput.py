@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from bench.harness import append_results, machine
+from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT
 
 MNLI = "${BERT_DATA_DIR}/mnli/train.jsonl.gz"
@@ -66,7 +67,7 @@ def ours(args: argparse.Namespace, out: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--model", default=str(REPO_ROOT / "outputs" / "pretrain-cpu-small" / "model"))
     parser.add_argument("--config", default=str(REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml"))
     parser.add_argument("--batch-size", type=int, default=32)

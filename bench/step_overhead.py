@@ -30,6 +30,7 @@ from bench.harness import append_results, machine, median, sync
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, MaskedBlocks, stack
 from pretrain.sampling import BlockOrder
+from stagekit.cli import doc_summary
 from stagekit.config import load_config
 
 TARGET_TOKENS_PER_S = 1.5e6  # the throughput goal for bert-medium on one H200: what the loader must feed
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     "trainer_overhead_ms", "trainer_over_loader_loop"}."""
     from pretrain.blocks import prepare_data
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=doc_summary(__doc__))
     parser.add_argument("--config", default="configs/pretrain/debug.yaml", help="model shape and training settings")
     parser.add_argument("--batch-size", type=int, default=None, help="default: train.per_device_train_batch_size")
     parser.add_argument("--loader-batch-size", type=int, default=256, help="batch of the data-path figures")

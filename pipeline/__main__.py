@@ -19,7 +19,7 @@ from siamese.evaluate import evaluate
 from siamese.train import SiameseStage
 from stagekit import elastic
 from stagekit.atomic import require_writable
-from stagekit.cli import run_cli
+from stagekit.cli import doc_summary, run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError, UserError
 from stagekit.stage import run_stage
@@ -30,7 +30,7 @@ SECTIONS = ("pretrain", "siamese", "eval")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=doc_summary(__doc__))
     for stage in ("pretrain", "siamese"):
         parser.add_argument(f"--{stage}-config", default=str(REPO_ROOT / "configs" / stage / "cpu-small.yaml"),
                             help=f"the {stage} stage's YAML config (keys: python -m {stage} --help)")  # fmt: skip

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pretrain.config import PretrainConfig
 from siamese.config import EvalConfig, SiameseConfig
 from siamese.probe import ProbeConfig
+from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT, describe_keys, format_default
 
 TARGET = REPO_ROOT / "docs" / "configuration.md"
@@ -71,7 +72,7 @@ def render() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.config_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.config_docs", description=doc_summary(__doc__))
     parser.add_argument("--check", action="store_true", help="exit 1 if docs/configuration.md is out of step")
     args = parser.parse_args(argv)
     text = render()

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel
 
-from stagekit.cli import run_cli
+from stagekit.cli import doc_summary, run_cli
 from stagekit.errors import UserError
 
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, float]]:
     from stagekit.config import load_config
     from stagekit.weights import check_weights
 
-    parser = argparse.ArgumentParser(prog="python -m pretrain.attention", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pretrain.attention", description=doc_summary(__doc__))
     parser.add_argument("--model", required=True, help="a model folder written by python -m pretrain")
     parser.add_argument("--blocks", type=int, default=8, help="validation blocks to average over")
     args = parser.parse_args(argv)

@@ -95,7 +95,7 @@ def pretrain_card(folder: Path, hardware: str | None = None, final: str | Path |
     sections = [
         ("Model", _model_table(arch, config, size)),
         ("Data", _data_section(data, metrics)),
-        ("Tokenizer", _tokenizer_section(tokenizer, config)),
+        ("Tokenizer", _tokenizer_section(tokenizer, config, metrics)),
         ("Training recipe", _recipe_table(train, data, metrics)),
         ("Hardware and time", _time_table(metrics, hardware)),
         ("Evaluation", _evaluation_table(metrics, train)),
@@ -132,11 +132,15 @@ def _data_section(data: dict, metrics: dict) -> str:
     ])  # fmt: skip
 
 
-def _tokenizer_section(tokenizer: dict, config: dict) -> str:
+def _tokenizer_section(tokenizer: dict, config: dict, metrics: dict) -> str:
     case = "lowercased, accents stripped (uncased)" if tokenizer.get("lowercase", True) else "cased"
+    # The documents the data build fed the tokenizer (pretrain/build.py `tokenizer_documents`): fewer than
+    # tokenizer.max_training_documents when the corpus is smaller; a folder from before it was recorded gives the cap.
+    read = metrics.get("tokenizer_documents")
+    documents = _int(read) if read is not None else f"up to {_int(tokenizer.get('max_training_documents'))}"
     return (
         f"WordPiece, {config.get('vocab_size')} entries, {case}, learnt on the first "
-        f"{_int(tokenizer.get('max_training_documents'))} training documents (pieces seen at least "
+        f"{documents} training documents (pieces seen at least "
         f"{tokenizer.get('min_frequency', '?')} times); `[CLS] … [SEP]` around each block, `[MASK]` for masked tokens."
     )
 

@@ -32,7 +32,7 @@ from siamese.postprocess import (
 )
 from siamese.scores import read_stsb, stsb_scale
 from stagekit.atomic import atomic_dir, require_writable
-from stagekit.cli import run_cli
+from stagekit.cli import doc_summary, run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import UserError
 from stagekit.sources import SourceConfig, looks_local
@@ -99,7 +99,7 @@ def load_core(name: str) -> tuple[SentenceTransformer, Path | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m siamese.calibrate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m siamese.calibrate", description=doc_summary(__doc__))
     parser.add_argument(
         "--model", required=True, help="a model folder (pretraining output, SentenceTransformer) or Hub id"
     )

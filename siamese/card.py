@@ -85,33 +85,40 @@ def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
     base_id = "sentence-transformers/all-MiniLM-L6-v2" if base in MINILM_NAMES else base
     sources = [s.get("path") for s in data.get("train_sources", [])]
     dim = _embedding_dimension(folder)
+    has_head = (folder / HEAD_FILE).is_file()
     results = _model_index(report)
     front = metadata(
         library_name="sentence-transformers",
         pipeline_tag="sentence-similarity",
-        tags=["sentence-transformers", "sentence-similarity", "feature-extraction", "natural-language-inference",
-              "bi-encoder", PROJECT_TAG],
+        tags=["sentence-transformers", "sentence-similarity", "feature-extraction",
+              *(["natural-language-inference"] if has_head else []), "bi-encoder", PROJECT_TAG],
         datasets=[dataset_id(s) for s in sources],
         base_model=base_id,
         model_name=run_name,
         results=results,
     )  # fmt: skip
+    width = post.get("truncate_dim") or dim  # an export with --truncate-dim K gives the first K dimensions
+    kept = (
+        f": the first {width} of {dim}, kept by `python -m siamese.export --truncate-dim {width}`"
+        if width != dim
+        else ""
+    )
     summary = (
         f"A Siamese (bi-encoder) sentence encoder: a transformer with {model.get('pooling', 'mean')} pooling "
-        f"({dim or '?'}-dimensional embeddings), fine-tuned on NLI pairs with `{loss.get('name', '?')}` loss by this "
-        f"project's `python -m siamese`, starting from {_base_words(base)}. Each sentence is embedded on its own "
-        "(cosine similarity, semantic search)"
+        f"({width or '?'}-dimensional embeddings{kept}), fine-tuned on NLI {_units(loss, 'long')} with "
+        f"`{loss.get('name', '?')}` loss by this project's `python -m siamese`, starting from {_base_words(base)}. "
+        "Each sentence is embedded on its own (cosine similarity, semantic search)"
         + ("; the NLI head saved beside it predicts entailment / neutral / contradiction from the two embeddings."
-           if (folder / HEAD_FILE).is_file() else ".")
+           if has_head else ".")
     )  # fmt: skip
     sections = [
-        ("Data", _data_table(data, info, metrics)),
+        ("Data", _data_table(data, info, metrics, loss)),
         ("Tokenizer", _tokenizer_words(info, model)),
-        ("Training recipe", _recipe_table(train, loss, metrics, post)),
+        ("Training recipe", _recipe_table(train, loss, metrics, post, dim)),
         ("Hardware and time", _time_table(info, metrics)),
         ("Evaluation", _evaluation(report, metrics, train, data, local_reference(final or folder))),
-        ("How to load", _loading(model_reference(folder, final), (folder / HEAD_FILE).is_file())),
-        ("Limits", _limits(info, data, model)),
+        ("How to load", _loading(model_reference(folder, final), has_head)),
+        ("Limits", _limits(info, data, model, has_head)),
         ("License", "The weights derive from the base model and the NLI data above, whose terms apply; the front "
          "matter says `license: other` until you set the license that fits before sharing the model."),
     ]  # fmt: skip
@@ -137,16 +144,29 @@ def _model_index(report: dict) -> list[EvalResult]:
     return results
 
 
-def _data_table(data: dict, info: dict, metrics: dict) -> str:
-    counts = info.get("data_counts") or {}
-    kept = sum(c.get("kept", 0) for name, c in counts.items() if name != "triplets")
+def _units(loss: dict, style: str = "short") -> str:
+    """What one training example is: an `mnrl` model learns from triplets, the others from labelled pairs."""
+    if loss.get("name") == "mnrl":
+        return "triplets (premise, entailed hypothesis, contradicted hypothesis)" if style == "long" else "triplets"
+    return "pairs"
+
+
+def _data_table(data: dict, info: dict, metrics: dict, loss: dict) -> str:
+    # run_info.json's data_counts: the training sources' rows only (the held-out rows are validation_counts)
+    counts = {name: c for name, c in (info.get("data_counts") or {}).items() if name != "triplets"}
+    kept = sum(c.get("kept", 0) for c in counts.values())
     dropped = sum(c.get("dropped_no_label", 0) + c.get("dropped_empty_text", 0) for c in counts.values())
     evaluated = (data.get("eval_sources") or [{}])[0].get("path")
+    made = []
+    if triplets := (info.get("data_counts") or {}).get("triplets"):
+        made.append(("triplets made / premises left without an entailment and a contradiction",
+                     f"{triplets.get('triplets', 0):,} / {triplets.get('premises_without_partner', 0):,}"))  # fmt: skip
     return table([
-        ("training pairs", ", ".join(source_words(s.get("path")) for s in data.get("train_sources", []))),
+        ("training data", ", ".join(source_words(s.get("path")) for s in data.get("train_sources", []))),
         ("rows read / kept / dropped for no gold label or empty text (each pass over the data counted)",
          f"{sum(c.get('seen', 0) for c in counts.values()):,} / {kept:,} / {dropped:,}"),
-        ("pairs trained on (with repeats)", f"{metrics.get('pairs_seen', info.get('pairs_seen', 0)):,}"),
+        *made,
+        (f"{_units(loss)} trained on (with repeats)", f"{metrics.get('pairs_seen', info.get('pairs_seen', 0)):,}"),
         ("held out, scored during training", f"the first {data.get('eval_pairs', 0)} pairs of {source_words(evaluated)}"
          if data.get("eval_pairs") else "none"),
     ])  # fmt: skip
@@ -162,7 +182,7 @@ def _tokenizer_words(info: dict, model: dict) -> str:
     return f"{words}; sentences are cut at {model.get('max_seq_length', '?')} tokens."
 
 
-def _recipe_table(train: dict, loss: dict, metrics: dict, post: dict) -> str:
+def _recipe_table(train: dict, loss: dict, metrics: dict, post: dict, dim: int | None) -> str:
     per_device, accumulation = train.get("per_device_train_batch_size"), train.get("gradient_accumulation_steps", 1)
     processes = metrics.get("processes", 1) or 1
     head = metrics.get("head_init") or {}
@@ -174,7 +194,7 @@ def _recipe_table(train: dict, loss: dict, metrics: dict, post: dict) -> str:
         ("optimizer", f"AdamW, learning rate {train.get('learning_rate')} (NLI head: "
          f"{train.get('head_learning_rate') or 'the same'}), weight decay {train.get('weight_decay')}"),
         ("schedule", f"{train.get('lr_scheduler_type')} after {warmup_words(train.get('warmup_steps'))} of warmup"),
-        ("batch", f"{per_device} pairs × {accumulation} accumulation × {processes} process(es)"),
+        ("batch", f"{per_device} {_units(loss)} × {accumulation} accumulation × {processes} process(es)"),
         ("steps", f"{metrics.get('step')} of {train.get('max_steps')} ({metrics.get('stop_reason', '?')})"),
         ("NLI head warm start", f"fitted on the frozen encoder's features of {head.get('pairs', train.get('head_init_pairs'))} "
          "pairs first" if train.get("head_init_pairs") else "none"),
@@ -184,6 +204,12 @@ def _recipe_table(train: dict, loss: dict, metrics: dict, post: dict) -> str:
                                                else "fixed by the config") if chosen else "none"),
         ("precision / seed", f"{metrics.get('precision', '?')} / {train.get('seed')}"),
     ]  # fmt: skip
+    if dims := loss.get("matryoshka_dims"):
+        widths = [dim or "full", *sorted(dims, reverse=True)]
+        words = ", ".join(map(str, widths[:-1])) + f" and {widths[-1]}"
+        rows.append(("Matryoshka widths", f"the ranking loss trained at {words} dimensions (`loss.matryoshka_dims`): "
+                     f"`SentenceTransformer(model_id, truncate_dim={widths[1]})` embeds with the first {widths[1]}; "
+                     "the NLI head reads the full width"))  # fmt: skip
     return table(rows) + "\n\nEvery setting is in `resolved_config.yaml` beside the weights."
 
 
@@ -212,7 +238,11 @@ def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: 
     held_out = metrics.get(BEST_NLI_METRIC)
     if not report:
         line = f"Held-out NLI accuracy during training: {percent(held_out)}. " if held_out is not None else ""
-        return line + f"Not evaluated yet: `python -m siamese.evaluate --model {model_id}` fills this section."
+        return line + (
+            "Not evaluated yet: this card was written when training ended (a stage's `--push-to-hub` publishes it "
+            f"then). `python -m siamese.evaluate --model {model_id}` fills this section on MNLI dev and STS-B test; "
+            f"push the folder again afterwards (`python -m stagekit.push {model_id} OWNER/NAME`) to publish it."
+        )
     baseline = report.get("baseline") or {}
     rows = [
         ("MNLI dev matched accuracy", percent(_get(report, "mnli_validation_matched", "accuracy"))),
@@ -281,17 +311,21 @@ def _loading(model_id: str, has_head: bool) -> str:
     return LOAD.format(model_id=model_id) + "\n\n" + HEAD.format(head=HEAD_FILE, post=POSTPROCESS_FILE)
 
 
-def _limits(info: dict, data: dict, model: dict) -> str:
+def _limits(info: dict, data: dict, model: dict, has_head: bool = True) -> str:
     params = (info.get("pretrain_metrics") or {}).get("parameters")
+    head = " Use it for similarity and search; read the NLI head's probabilities as a hint." if has_head else (
+        " Use it for similarity and search.")  # fmt: skip
     lines = [
         "- **A bi-encoder**: each sentence is embedded without seeing the other, which bounds NLI accuracy well "
         "below a cross-encoder's (BERT-Base, reading both sentences at once, reaches 84.6 % on MNLI-m, GLUE test, "
-        "Devlin et al. 2019). Use it for similarity and search; read the NLI head's probabilities as a hint.",
+        "Devlin et al. 2019)." + head,
         f"- **Small and briefly trained**: {params / 1e6:.2f} M parameters; see the base model's card."
         if params
         else "- **Small and briefly trained**: see the base model's card.",
         f"- **Sentences of at most {model.get('max_seq_length', '?')} tokens**; longer ones are cut.",
-        "- **English only**; the NLI head knows MNLI's genres (fiction, government, travel, telephone, Slate).",
+        "- **English only**; "
+        + ("the NLI head knows" if has_head else "trained on")
+        + " MNLI's genres (fiction, government, travel, telephone, Slate).",
         "- **Cosines are relative**: compare them with `similarity_reference.json` (cosines of random sentence "
         "pairs), not with a fixed threshold.",
     ]

@@ -64,7 +64,7 @@ from siamese.scores import (
     stsb_scale,
 )
 from stagekit.atomic import require_writable
-from stagekit.cli import config_parser, parse_config, run_cli
+from stagekit.cli import config_parser, doc_summary, parse_config, run_cli
 from stagekit.errors import ConfigError, DataError, UserError
 from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
 
@@ -282,7 +282,7 @@ OLD_FLAGS = {"--baseline": "baseline=NAME", "--no-base-stsb": "base_stsb=false",
 
 def parser() -> argparse.ArgumentParser:
     built = config_parser(
-        "python -m siamese.evaluate", __doc__.splitlines()[0], EvalConfig, resume=False, leading="--model DIR"
+        "python -m siamese.evaluate", doc_summary(__doc__), EvalConfig, resume=False, leading="--model DIR"
     )
     built.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
     return built

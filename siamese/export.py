@@ -13,7 +13,8 @@ all-MiniLM-L6-v2: `--model all-MiniLM-L6-v2` is the offline copy).
 `--truncate-dim K` makes the exported embeddings the first K dimensions (what a model trained with
 `loss.matryoshka_dims` is trained for): a `Dense` module holding the first K rows of the identity is appended as one
 more post-processing module, so `SentenceTransformer(out).encode` returns K dimensions with no code of ours, and the
-NLI head still reads the full embedding.
+NLI head still reads the full embedding. This project's model card is kept, rewritten with the width (siamese/card.py);
+another card (e.g. all-MiniLM-L6-v2's) is copied as it is.
 
 Before the folder is written the agreement check runs on a fixed set of sentences; an fp32 export whose
 embeddings fall below cosine MIN_FP32_COSINE of torch's is refused (nothing is written).
@@ -31,12 +32,15 @@ from pathlib import Path
 
 import torch
 
+from siamese.card import write_model_card
 from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
 from siamese.onnx_check import CHECK_SENTENCES, agreement
 from siamese.postprocess import POSTPROCESS_FILE
 from stagekit.atomic import atomic_dir
+from stagekit.cli import doc_summary
 from stagekit.errors import UserError
+from stagekit.model_card import replaceable
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = f"{ONNX_DIR}/export.json"
@@ -115,21 +119,27 @@ def quantize_int8(source: Path, target: Path) -> None:
         root.setLevel(level)
 
 
-def append_truncation(encoder: NLIEncoder, folder: Path, dims: int) -> None:
+def append_truncation(encoder: NLIEncoder, folder: Path, dims: int, final: Path | None = None) -> None:
     """Save `encoder`'s model into `folder` with one more module that keeps the first `dims` dimensions (a Dense
     layer whose weight is the first `dims` rows of the identity: exact in fp32), counted as post-processing in
-    postprocessing.json so the NLI head keeps reading the full embedding."""
+    postprocessing.json so the NLI head keeps reading the full embedding. `final`: where `folder` will live, as
+    the card's load snippet names it."""
 
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Dense
 
     full = encoder.widths[0]
     keep = Dense(full, dims, bias=False, activation_function=None, init_weight=torch.eye(full)[:dims].clone())
-    SentenceTransformer(modules=[*encoder.model, keep], device="cpu").save(str(folder))
+    # The copied card stays (sentence-transformers would write its generic one); ours is rewritten below.
+    SentenceTransformer(modules=[*encoder.model, keep], device="cpu").save(str(folder), create_model_card=False)
     path = folder / POSTPROCESS_FILE
     decision = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"modules": 0}
     decision |= {"modules": decision["modules"] + 1, "truncate_dim": dims}
     path.write_text(json.dumps(decision, indent=2), encoding="utf-8")
+    # A folder of the siamese stage (run_info.json) with its card, or the generic one of a folder from before cards:
+    # this project's card, now giving the width; any other card stays as copied.
+    if (folder / "run_info.json").is_file() and replaceable(folder, generated_by="sentence-transformers"):
+        write_model_card(folder, final)
 
 
 def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | None = None) -> dict:
@@ -148,7 +158,7 @@ def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | No
     with atomic_dir(out) as tmp:
         shutil.copytree(model_dir, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(ONNX_DIR, ".tmp-*"))
         if truncate_dim is not None and truncate_dim < reference.widths[0]:
-            append_truncation(reference, tmp, truncate_dim)
+            append_truncation(reference, tmp, truncate_dim, out)
         fp32 = tmp / ONNX_FILES["onnx"]
         names = export_fp32(reference.model, fp32)
         if int8:
@@ -171,7 +181,7 @@ def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | No
 def main(argv: Sequence[str] | None = None) -> Path:
     from siamese.model import resolve_base
 
-    parser = argparse.ArgumentParser(prog="python -m siamese.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m siamese.export", description=doc_summary(__doc__))
     parser.add_argument("--model", required=True, help="a SentenceTransformer folder, or all-MiniLM-L6-v2")
     parser.add_argument("--out", required=True, help="the exported folder to write (replaced atomically)")
     parser.add_argument("--no-int8", action="store_true", help="write the fp32 ONNX file only")

@@ -108,11 +108,9 @@ class ProbeConfig(RunConfig):
 
 
 def parser() -> argparse.ArgumentParser:
-    from stagekit.cli import config_parser
+    from stagekit.cli import config_parser, doc_summary
 
-    built = config_parser(
-        "python -m siamese.probe", __doc__.splitlines()[0].split(": ")[0], ProbeConfig, resume=False, push=False
-    )
+    built = config_parser("python -m siamese.probe", doc_summary(__doc__), ProbeConfig, resume=False, push=False)
     built.add_argument("--model", help="the pretraining output to probe (sets model.base_model)")
     return built
 

@@ -177,6 +177,7 @@ class SiameseStage(Stage):
     def __init__(self, cfg: SiameseConfig) -> None:
         super().__init__(cfg)
         self.counts = RowCounts()
+        self.validation_counts = RowCounts()  # apart: the card's training counts are the training sources' alone
         self.warm_start: WarmStart | None = None
 
     def prepare(self, world_size: int) -> dict[str, Any]:
@@ -194,7 +195,7 @@ class SiameseStage(Stage):
             self.counts,
             triplets=cfg.loss.name == "mnrl",
         )
-        self.eval_pairs, self.eval_set = eval_data(cfg, self.counts)
+        self.eval_pairs, self.eval_set = eval_data(cfg, self.validation_counts)
         # Not counted: training reads it again.
         empty = (
             f"no premise with both an entailment and a contradiction hypothesis within data.triplet_window="
@@ -225,7 +226,8 @@ class SiameseStage(Stage):
 
     def save_model(self, trainer: SiameseTrainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         """Post-processing fitted (siamese/calibrate.py), then the SentenceTransformer, the NLI head and the
-        post-processing files; run_info.json gets the base model, the loss and the rows read per source."""
+        post-processing files; run_info.json gets the base model, the loss and the rows read per training source (data_counts) and
+        of the held-out validation pairs (validation_counts)."""
         cfg, started = self.cfg, time.time()
         nested = bool(cfg.loss.matryoshka_dims)  # whitening that keeps the trained widths (siamese/postprocess.py)
         model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
@@ -238,6 +240,7 @@ class SiameseStage(Stage):
             "loss": cfg.loss.name,
             "pairs_seen": metrics["pairs_seen"],
             "data_counts": self.counts.as_dict(),
+            "validation_counts": self.validation_counts.as_dict(),
         }
 
     def model_card(self, folder: Path, final: Path) -> None:

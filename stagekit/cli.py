@@ -17,6 +17,13 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+def doc_summary(doc: str | None) -> str:
+    """A module docstring's first paragraph on one line, as an entry point's `--help` description: whole sentences
+    (its first line alone was often cut mid-sentence); a paragraph that introduces a list (ends in ":") ends in "."."""
+    first = " ".join((doc or "").strip().split("\n\n")[0].split())
+    return first[:-1] + "." if first.endswith(":") else first
+
+
 def default_config(schema: type) -> Path:
     """configs/<stage>/cpu-small.yaml: the recipe that runs on a laptop CPU in minutes."""
     return REPO_ROOT / "configs" / schema.stage / "cpu-small.yaml"

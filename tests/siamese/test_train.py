@@ -45,9 +45,10 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert, data_di
     assert prediction.probs.shape == (1, 3) and abs(prediction.probs.sum() - 1) < 1e-5
     info = json.loads((model_dir / "run_info.json").read_text())
     assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
-    counts = info["data_counts"]
+    counts, validation = info["data_counts"], info["validation_counts"]
     assert counts[str(data_dir / "mnli" / "train.jsonl.gz")]["dropped_no_label"] == 0
-    snli = counts[str(data_dir / "snli" / "validation.jsonl.gz")]  # the validation pairs: SNLI dev has unlabelled rows
+    assert str(data_dir / "snli" / "validation.jsonl.gz") not in counts  # the training counts are training rows only
+    snli = validation[str(data_dir / "snli" / "validation.jsonl.gz")]  # SNLI dev has unlabelled rows
     assert snli["kept"] >= 32 and snli["seen"] == snli["kept"] + snli["dropped_no_label"] + snli["dropped_empty_text"]
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics

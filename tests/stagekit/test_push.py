@@ -4,6 +4,7 @@ naming the folder; online the folder goes up whole through create_repo + upload_
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -161,3 +162,44 @@ def test_a_stage_pushes_its_model_folder_after_training(hub, repo_root, tmp_path
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "metrics.json"} <= set(uploaded["files"])
     assert 'model_id = "me/tiny-bert"' in uploaded["card"]
     assert json.loads((tmp_path / "pretrain-debug" / "model" / "metrics.json").read_text())["step"] == 4
+
+
+def advised(line: str) -> list[str]:
+    """The words of the push command a one-line refusal ends with ("… push it once online with COMMAND")."""
+    words = shlex.split(line.rsplit(" with ", 1)[1])
+    assert words[:3] == ["python", "-m", "stagekit.push"], line
+    return words[3:]
+
+
+@pytest.mark.parametrize(
+    "options", [[], ["--private"], ["--token-env", "MY_HUB_TOKEN"], ["--private", "--token-env", "MY_HUB_TOKEN"]]
+)
+def test_the_retry_command_after_an_offline_refusal_keeps_every_option(folder, options, monkeypatch, capsys):
+    monkeypatch.setattr(push, "hub_reachable", lambda: False)
+    argv = [str(folder), "me/tiny-encoder", *options]
+    assert run_cli(push.main, argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert push.parser().parse_args(advised(line)) == push.parser().parse_args(argv)
+
+
+def test_a_stages_retry_command_keeps_hub_private(repo_root, tmp_path, capsys):
+    from pretrain.train import main
+
+    argv = ["--config", str(repo_root / "configs" / "pretrain" / "debug.yaml"), f"output_dir={tmp_path}",
+            "--push-to-hub", "me/model", "--hub-private"]  # fmt: skip
+    assert run_cli(main, argv) == 2  # offline: refused before training
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    args = push.parser().parse_args(advised(line))
+    assert (args.model, args.repo, args.private) == (str(tmp_path / "pretrain-debug" / "model"), "me/model", True)
+
+
+def test_a_space_folder_is_pushed_as_a_space(tmp_path, hub, monkeypatch):
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "README.md").write_text("---\ntitle: demo\nsdk: streamlit\napp_file: space_app.py\n---\n# demo\n")
+    (space / "space_app.py").write_text("print('app')\n")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    push.main([str(space), "me/demo", "--private"])
+    (_, created), (_, uploaded) = hub
+    assert created["repo_type"] == "space" and created["space_sdk"] == "streamlit" and created["private"] is True
+    assert uploaded["repo_type"] == "space" and "space_app.py" in uploaded["files"]
