@@ -48,6 +48,7 @@ from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
+HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
 
 
 def siamese_arguments(
@@ -235,7 +236,9 @@ def maybe_warm_start(
         log.info("resuming: the NLI head comes from %s, no warm start", checkpoint)
         return None
     fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, shuffled=True)
-    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.eval_batch_size() * 2)
+    # A fixed batch for the features: padding changes their float rounding, which the fit amplifies, so a batch
+    # following the per-device one would fit another head on 2 processes × 8 than on 1 × 16.
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, HEAD_INIT_BATCH)
 
 
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:
