@@ -17,6 +17,7 @@ from huggingface_hub import EvalResult
 
 from siamese.encoder import HEAD_FILE
 from siamese.model import MINILM_NAMES
+from siamese.nli_data import HOLDOUT_RULE
 from siamese.postprocess import POSTPROCESS_FILE
 from siamese.trainer import BEST_NLI_METRIC
 from stagekit.model_card import (
@@ -116,7 +117,7 @@ def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
         ("Tokenizer", _tokenizer_words(info, model)),
         ("Training recipe", _recipe_table(train, loss, metrics, post, dim)),
         ("Hardware and time", _time_table(info, metrics)),
-        ("Evaluation", _evaluation(report, metrics, train, data, local_reference(final or folder))),
+        ("Evaluation", _evaluation(report, metrics, train, data, info, local_reference(final or folder))),
         ("How to load", _loading(model_reference(folder, final), has_head)),
         ("Limits", _limits(info, data, model, has_head)),
         ("License", "The weights derive from the base model and the NLI data above, whose terms apply; the front "
@@ -156,7 +157,6 @@ def _data_table(data: dict, info: dict, metrics: dict, loss: dict) -> str:
     counts = {name: c for name, c in (info.get("data_counts") or {}).items() if name != "triplets"}
     kept = sum(c.get("kept", 0) for c in counts.values())
     dropped = sum(c.get("dropped_no_label", 0) + c.get("dropped_empty_text", 0) for c in counts.values())
-    evaluated = (data.get("eval_sources") or [{}])[0].get("path")
     made = []
     if triplets := (info.get("data_counts") or {}).get("triplets"):
         made.append(("triplets made / premises left without an entailment and a contradiction",
@@ -167,9 +167,28 @@ def _data_table(data: dict, info: dict, metrics: dict, loss: dict) -> str:
          f"{sum(c.get('seen', 0) for c in counts.values()):,} / {kept:,} / {dropped:,}"),
         *made,
         (f"{_units(loss)} trained on (with repeats)", f"{metrics.get('pairs_seen', info.get('pairs_seen', 0)):,}"),
-        ("held out, scored during training", f"the first {data.get('eval_pairs', 0)} pairs of {source_words(evaluated)}"
-         if data.get("eval_pairs") else "none"),
+        ("held out, scored during training", _validation_words(data, info) if data.get("eval_pairs") else "none"),
     ])  # fmt: skip
+
+
+def _validation_words(data: dict, info: dict) -> str:
+    """Which pairs the checkpoints were scored (and chosen) on: a slice held out of the training sources, or the
+    first pairs of an eval source."""
+    fraction, count = data.get("validation_fraction"), info.get("validation_pairs")
+    if fraction:
+        files = ", ".join(source_words(s.get("path")) for s in data.get("train_sources", []))
+        return (
+            f"{f'{count:,} ' if count else ''}pairs of {files} whose premise falls in a {fraction:g} share by a fixed "
+            f"hash ({HOLDOUT_RULE}), never trained on: the training stream, the NLI head's warm start and the "
+            "post-processing fit skip every pair of those premises"
+        )
+    evaluated = (data.get("eval_sources") or [{}])[0].get("path")
+    return f"the first {count or data.get('eval_pairs', 0):,} pairs of {source_words(evaluated)}"
+
+
+def _criterion(metrics: dict) -> str:
+    name = str(metrics.get("best_metric_name") or "")
+    return "NLI accuracy" if name.endswith("accuracy") else "loss" if name.endswith("loss") else "score"
 
 
 def _tokenizer_words(info: dict, model: dict) -> str:
@@ -198,8 +217,8 @@ def _recipe_table(train: dict, loss: dict, metrics: dict, post: dict, dim: int |
         ("steps", f"{metrics.get('step')} of {train.get('max_steps')} ({metrics.get('stop_reason', '?')})"),
         ("NLI head warm start", f"fitted on the frozen encoder's features of {head.get('pairs', train.get('head_init_pairs'))} "
          "pairs first" if train.get("head_init_pairs") else "none"),
-        ("checkpoint shipped", f"step {metrics['best_step']}, the best held-out NLI accuracy" if metrics.get("best_step")
-         else "the last step"),
+        ("checkpoint shipped", f"step {metrics['best_step']}, chosen by its {_criterion(metrics)} on the validation pairs"
+         if metrics.get("best_step") else "the last step"),
         ("post-processing", f"{chosen}, " + (f"selected on {post['selected_on']}" if post.get("selected_on")
                                                else "fixed by the config") if chosen else "none"),
         ("precision / seed", f"{metrics.get('precision', '?')} / {train.get('seed')}"),
@@ -234,7 +253,7 @@ def is_reported_set(source: dict) -> bool:
     )
 
 
-def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: str) -> str:
+def _evaluation(report: dict, metrics: dict, train: dict, data: dict, info: dict, model_id: str) -> str:
     held_out = metrics.get(BEST_NLI_METRIC)
     if not report:
         line = f"Held-out NLI accuracy during training: {percent(held_out)}. " if held_out is not None else ""
@@ -256,11 +275,14 @@ def _evaluation(report: dict, metrics: dict, train: dict, data: dict, model_id: 
     sizes = "/".join(str(_get(report, k, "n")) for k in FULL_SETS)
     note = f" on the first {report['limit']} pairs of each set" if report.get("limit") else ""
     backend = f", backend {report['backend']}" if report.get("backend", "torch") != "torch" else ""
-    validation = (data.get("eval_sources") or [{}])[0]
-    overlap = ", which are among the pairs scored here" if is_reported_set(validation) else ""
+    # The pairs checkpoints were chosen on: a slice of the training sources, or the first eval source.
+    validation = (
+        (data.get("train_sources") or []) if data.get("validation_fraction") else (data.get("eval_sources") or [{}])[:1]
+    )
+    overlap = ", which are among the pairs scored here" if any(is_reported_set(v) for v in validation) else ""
     chosen = (
-        f" The checkpoint was chosen on the first {data.get('eval_pairs')} pairs of "
-        f"{source_words(validation.get('path'))}{overlap}; nothing else was chosen on MNLI dev or STS-B test."
+        f" The checkpoint was chosen by its {_criterion(metrics)} on {_validation_words(data, info)}{overlap}; "
+        "nothing else was chosen on MNLI dev or STS-B test."
         if metrics.get("best_step") and train.get("select_best")
         else ""
     )

@@ -9,6 +9,7 @@ own longest pair. Labels follow GLUE / the Hub: 0 entailment, 1 neutral, 2 contr
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import random
 import zlib
@@ -298,32 +299,91 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
     )
 
 
-def mixed_pairs(cfg: DataConfig, seed: int, counts: RowCounts) -> IterableDataset:
+# The validation slice of the training sources (data.validation_fraction) is a fixed property of the text, the
+# same for every seed, run, rank and dataloader worker: a keyed blake2b, never Python's per-process salted hash().
+HOLDOUT_KEY = b"nli-validation"
+HOLDOUT_RULE = "blake2b of the premise, lower-cased, letters and digits only"
+
+
+def premise_key(premise: str) -> str:
+    """A premise as the holdout hashes it: lower-cased, letters and digits only, so the copies of one premise
+    that two sources spell with different punctuation or case fall on the same side."""
+    return "".join(c for c in premise.lower() if c.isalnum())
+
+
+def held_out(premise: str, fraction: float) -> bool:
+    """Whether a pair belongs to the validation slice: the hash of its `premise_key` falls below `fraction`.
+
+    By premise, so every hypothesis of one premise (and every duplicate row) is on the same side.
+    """
+    digest = hashlib.blake2b(premise_key(premise).encode("utf-8", "surrogatepass"), digest_size=8, key=HOLDOUT_KEY)
+    return int.from_bytes(digest.digest(), "little") < fraction * 2**64
+
+
+class _HoldOut:
+    """Batched filter on the premise column: the validation slice (`keep=True`) or the rest."""
+
+    def __init__(self, fraction: float, keep: bool) -> None:
+        self.fraction, self.keep = fraction, keep
+
+    def __call__(self, premises: list[str]) -> list[bool]:
+        return [held_out(p, self.fraction) == self.keep for p in premises]
+
+
+def mixed_pairs(cfg: DataConfig, seed: int, counts: RowCounts, *, validation: bool = False) -> IterableDataset:
     """The training sources' clean pairs in one stream, before shuffling: several sources interleaved by
-    weight (seeded, so every rank and every call sees the same order)."""
+    weight (seeded, so every rank and every call sees the same order). With data.validation_fraction set,
+    the pairs `held_out` for validation are left out, or with `validation` they alone are kept."""
     names = source_names(cfg.train_sources)
     streams = [open_pairs(s, counts, name=n) for s, n in zip(cfg.train_sources, names, strict=True)]
-    if len(streams) == 1:
-        return streams[0]
-    weights = [s.weight for s in cfg.train_sources]
-    return datasets.interleave_datasets(
-        streams,
-        probabilities=[w / sum(weights) for w in weights],
-        seed=seed,
-        stopping_strategy="all_exhausted_without_replacement",
-    )
+    ds = streams[0]
+    if len(streams) > 1:
+        weights = [s.weight for s in cfg.train_sources]
+        ds = datasets.interleave_datasets(
+            streams,
+            probabilities=[w / sum(weights) for w in weights],
+            seed=seed,
+            stopping_strategy="all_exhausted_without_replacement",
+        )
+    if not cfg.validation_fraction:
+        return ds
+    holdout = _HoldOut(cfg.validation_fraction, keep=validation)
+    return ds.filter(holdout, input_columns="premise", batched=True, batch_size=256)
 
 
-def first_pairs(cfg: DataConfig, n: int, seed: int) -> dict[str, list]:
+def held_out_pairs(cfg: DataConfig, limit: int | None) -> dict[str, list]:
+    """The validation slice of the training sources (data.validation_fraction) as lists: the first `limit` of
+    its pairs, or all. The same pairs for every train.seed (sources interleaved with a fixed seed). Counted
+    apart from the training pass. Raises DataError when no pair falls in the slice, or as `open_pairs` does."""
+    where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
+    ds = mixed_pairs(cfg, 0, RowCounts(), validation=True)
+    if limit is not None:
+        ds = ds.take(limit)
+    out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
+    with reading(where):
+        for row in ds:
+            for key in out:
+                out[key].append(row[key])
+    if not out["label"]:
+        raise DataError(f"{where}: no pair held out by data.validation_fraction={cfg.validation_fraction}; raise it")
+    return out
+
+
+def first_pairs(cfg: DataConfig, n: int, seed: int, *, shuffled: bool = False) -> dict[str, list]:
     """The first `n` clean training pairs of `mixed_pairs` as lists (fewer if the sources hold fewer); the
-    same pairs on every call and every rank. Counted apart from the training pass (not in run_info.json).
+    same pairs on every call and every rank. With `shuffled`, through the seeded shuffle buffer of the
+    training stream (data.shuffle_buffer), so `seed` picks them. Counted apart from the training pass (not in
+    run_info.json).
 
     Raises DataError when the sources hold no labelled pair, or as `open_pairs` does.
     """
     where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
     out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
+    ds = mixed_pairs(cfg, seed, RowCounts())
+    if shuffled and cfg.shuffle_buffer > 1:
+        ds = ds.shuffle(seed=seed, buffer_size=cfg.shuffle_buffer)
     with reading(where):
-        for row in mixed_pairs(cfg, seed, RowCounts()).take(n):
+        for row in ds.take(n):
             for key in out:
                 out[key].append(row[key])
     if not out["label"]:

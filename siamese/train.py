@@ -30,6 +30,7 @@ from siamese.nli_data import (
     VALIDATION_HINT,
     RowCounts,
     first_pairs,
+    held_out_pairs,
     mixed_pairs,
     preview_row,
     read_pairs,
@@ -51,6 +52,7 @@ from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
+HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
 
 
 def siamese_arguments(
@@ -82,16 +84,21 @@ def siamese_arguments(
 
 
 def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | None, Dataset | None]:
-    """Validation pairs (first eval source) as lists for the accuracy evaluator and as the eval-loss set."""
-    if cfg.data.eval_pairs == 0 or not cfg.data.eval_sources:
+    """Validation pairs as lists for the accuracy evaluator and as the eval-loss set: the slice held out of the
+    training sources (data.validation_fraction), else the first eval source."""
+    if cfg.data.eval_pairs == 0 or not (cfg.data.validation_fraction or cfg.data.eval_sources):
         return None, None
-    pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts, local_hint=VALIDATION_HINT)
+    if cfg.data.validation_fraction:
+        pairs, where = held_out_pairs(cfg.data, cfg.data.eval_pairs), "the held-out training pairs"
+    else:
+        pairs = read_pairs(cfg.data.eval_sources[0], cfg.data.eval_pairs, counts, local_hint=VALIDATION_HINT)
+        where = source_name(cfg.data.eval_sources[0])
     if cfg.loss.name == "mnrl":
         triplets = triplets_of(pairs, cfg.data.triplet_window)
         if not triplets["anchor"]:
             raise UserError(
-                f"{source_name(cfg.data.eval_sources[0])}: no premise with both an entailment "
-                "and a contradiction among the eval pairs; raise data.eval_pairs"
+                f"{where}: no premise with both an entailment and a contradiction among the eval pairs; raise "
+                "data.eval_pairs"
             )
         return pairs, Dataset.from_dict(triplets)
     return pairs, Dataset.from_dict(pairs)
@@ -114,7 +121,9 @@ def build_trainer(
     evaluator = None
     if classifier is not None and eval_pairs is not None:
         evaluator = NLIAccuracyEvaluator(eval_pairs, classifier, EVAL_NAME, batch_size=t.eval_batch_size() * 2)
-    best_metric = BEST_NLI_METRIC if evaluator is not None else "eval_loss"  # never an STS score
+    best_metric = "eval_loss"  # never an STS score; the ranking loss's when there is no NLI head
+    if evaluator is not None:
+        best_metric = BEST_NLI_METRIC if t.select_metric == "accuracy" else f"eval_{EVAL_NAME}_loss"
     head_pattern = siamese_model.head_parameter_pattern(loss)
     args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
     return SiameseTrainer(
@@ -241,6 +250,7 @@ class SiameseStage(Stage):
             "pairs_seen": metrics["pairs_seen"],
             "data_counts": self.counts.as_dict(),
             "validation_counts": self.validation_counts.as_dict(),
+            "validation_pairs": len(self.eval_pairs["label"]) if self.eval_pairs else 0,
         }
 
     def model_card(self, folder: Path, final: Path) -> None:
@@ -270,8 +280,10 @@ def maybe_warm_start(
     if checkpoint:
         log.info("resuming: the NLI head comes from %s, no warm start", checkpoint)
         return None
-    fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed)
-    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, cfg.train.eval_batch_size() * 2)
+    fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, shuffled=True)
+    # A fixed batch for the features: padding changes their float rounding, which the fit amplifies, so a batch
+    # following the per-device one would fit another head on 2 processes × 8 than on 1 × 16.
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, HEAD_INIT_BATCH)
 
 
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:

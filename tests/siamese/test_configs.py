@@ -25,6 +25,10 @@ def test_checkpoints_are_chosen_on_validation_pairs_never_on_a_reported_set(path
     # MNLI dev matched / mismatched are what evaluation and the model card report; the pairs scored during
     # training pick the shipped checkpoint (train.select_best), so they must come from elsewhere.
     cfg = load_config(SiameseConfig, path) if path else SiameseConfig()
+    if cfg.data.validation_fraction:  # a slice held out of the training sources (siamese/nli_data.py `held_out`)
+        assert not any(is_reported_set({"path": s.path, "split": s.split}) for s in cfg.data.train_sources)
+        assert "mnli" in f"{cfg.data.train_sources[0].path} {cfg.data.train_sources[0].config_name}"
+        return
     validation = cfg.data.eval_sources[0]
     assert not is_reported_set({"path": validation.path, "split": validation.split})
     assert "snli" in validation.path and "validation" in f"{validation.path} {validation.split}"

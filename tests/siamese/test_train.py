@@ -47,9 +47,9 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert, data_di
     assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
     counts, validation = info["data_counts"], info["validation_counts"]
     assert counts[str(data_dir / "mnli" / "train.jsonl.gz")]["dropped_no_label"] == 0
-    assert str(data_dir / "snli" / "validation.jsonl.gz") not in counts  # the training counts are training rows only
-    snli = validation[str(data_dir / "snli" / "validation.jsonl.gz")]  # SNLI dev has unlabelled rows
-    assert snli["kept"] >= 32 and snli["seen"] == snli["kept"] + snli["dropped_no_label"] + snli["dropped_empty_text"]
+    # the validation pairs are held out of the training file (configs/siamese/debug.yaml), counted apart
+    assert list(counts) == [str(data_dir / "mnli" / "train.jsonl.gz")] and info["validation_pairs"] == 16
+    assert validation == {}  # no eval source read: the held-out pairs are the training file's
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
@@ -354,7 +354,7 @@ def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny
 
     monkeypatch.setattr(trainer_module.NLIAccuracyEvaluator, "__call__", scripted)
     model_dir = main(debug_args(repo_root, tiny_bert, tmp_path, "train.select_best=true", "train.max_steps=6",
-                                "train.eval_steps=2", "train.save_steps=2")).model_dir  # fmt: skip
+                                "train.eval_steps=2", "train.save_steps=2", "train.select_metric=accuracy")).model_dir  # fmt: skip
     checkpoints = tmp_path / "siamese-debug" / "checkpoints"
     assert_same_final_model(checkpoints / "checkpoint-4", model_dir, atol=0)
     last = load_file(str(checkpoints / "checkpoint-6" / HEAD_FILE))  # the rotation keeps the best and the newest
@@ -364,9 +364,13 @@ def test_select_best_ships_the_best_checkpoints_encoder_and_head(repo_root, tiny
     assert metrics["best_metric_name"] == "eval_validation_accuracy"
 
 
-@pytest.mark.parametrize(("loss", "metric", "greater"), [("softmax", "eval_validation_accuracy", True),
-                                                         ("mnrl", "eval_loss", False)])  # fmt: skip
-def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, tiny_bert, loss, metric, greater):
+@pytest.mark.parametrize(("loss", "select", "metric", "greater"),
+                         [("softmax", "loss", "eval_validation_loss", False),
+                          ("softmax", "accuracy", "eval_validation_accuracy", True),
+                          ("mnrl", "loss", "eval_loss", False)])  # fmt: skip
+def test_select_best_judges_by_the_heads_loss_or_accuracy_or_for_mnrl_by_eval_loss(
+    repo_root, tiny_bert, loss, select, metric, greater
+):
     from siamese.config import SiameseConfig
     from siamese.nli_data import RowCounts
     from siamese.train import build_trainer, eval_data
@@ -374,7 +378,7 @@ def test_select_best_judges_by_nli_accuracy_or_for_mnrl_by_eval_loss(repo_root, 
 
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
                       [f"model.base_model={tiny_bert}", f"loss.name={loss}", "train.select_best=true",
-                       "data.eval_pairs=600"])  # fmt: skip
+                       f"train.select_metric={select}", "data.eval_pairs=600"])  # fmt: skip
     eval_pairs, eval_set = eval_data(cfg, RowCounts())
     trainer = build_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
     assert trainer.args.load_best_model_at_end
