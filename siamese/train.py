@@ -148,6 +148,9 @@ class SiameseStage(Stage):
         self.counts = RowCounts()
         self.warm_start: WarmStart | None = None
 
+    def base_model(self) -> str:
+        return self.cfg.model.base_model
+
     def prepare(self, world_size: int) -> dict[str, Any]:
         # Data first: an unreachable or malformed source fails before any time goes into loading a model.
         cfg = self.cfg

@@ -196,7 +196,8 @@ def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(untrained_mode
         caplog.clear()
         report = evaluate(with_base(model_dir, base_dir, out / "model"), out)
         before, after = alone[base_dir]["spearman"], alone[model_dir]["spearman"]
-        assert report["base"]["model"] == "the-base" and report["base"]["path"] == str(base_dir)
+        # a base outside the data and output folders is named by its folder alone in what may leave the machine
+        assert report["base"]["model"] == "the-base" and report["base"]["path"] == f"…/{base_dir.name}"
         assert report["base"]["stsb_test"]["spearman"] == pytest.approx(before, abs=1e-6)  # the same STS-B path
         assert report["base"]["stsb_spearman_change"] == pytest.approx(after - before, abs=1e-6)
         assert json.loads((out / "report.json").read_text())["base"] == json.loads(json.dumps(report["base"]))
@@ -225,6 +226,17 @@ def test_the_warning_names_both_spearmans_when_the_drop_shows(before, after, lin
     }
     assert stsb_drop_warning(report) == line
     assert stsb_drop_warning({"stsb_test": {"spearman": after}, "base": None}) is None
+
+
+# report.json named the model's and its base's absolute paths on the machine that evaluated it.
+def test_a_base_in_the_output_folder_is_named_relative_to_the_run_folder(untrained_model_dir, shaken_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    shutil.copytree(shaken_dir, outputs / "pretrain" / "model")
+    model_dir = with_base(untrained_model_dir, "../pretrain/model", outputs / "siamese" / "model")
+    report = evaluate(model_dir, model_dir)
+    assert report["model"] == "../siamese/model" and report["base"]["path"] == "../pretrain/model"
+    assert json.loads((model_dir / "report.json").read_text())["base"]["stsb_test"]["n"] == 40
+    assert str(tmp_path) not in (model_dir / "report.json").read_text() + (model_dir / "report.md").read_text()
 
 
 def test_no_base_stsb_skips_the_base(untrained_model_dir, shaken_dir, tmp_path):
