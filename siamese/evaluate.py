@@ -326,7 +326,7 @@ def current_report(model_dir: Path, cfg: EvalConfig) -> Path | None:
         recorded = json.loads(path.read_text(encoding="utf-8")).get(EVALUATED)
     except (OSError, ValueError, AttributeError):
         return None
-    now = json.loads(json.dumps(evaluated_with(model_dir, cfg)))  # as JSON reads it back
+    now = json.loads(json.dumps(portable(evaluated_with(model_dir, cfg), model_dir.resolve().parent)))  # as written
     return path if recorded == now and now["model_sha256"] else None
 
 

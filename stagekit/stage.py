@@ -124,8 +124,10 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
 
     Without `resume`, a run folder that holds a run already is refused. With it, the run continues from its
     newest complete checkpoint; a finished model (one whose recorded config asks for no fewer steps or minutes
-    than this one: stagekit/finished.py) is left as it is and returned without training. A model that is
-    trained on is replaced; the previous one moves aside with whatever was added to it (an evaluation).
+    than this one: stagekit/finished.py) is left as it is and returned without training. A model or checkpoint
+    trained from another base model than the stage's now (`Stage.base_model`) is neither: the checkpoints move
+    aside and training starts at step 0. A model that is trained on is replaced; the previous one moves aside
+    with whatever was added to it (an evaluation).
 
     Raises UserError (one line) for a run folder in use or not writable, a refused resume (changed settings,
     another number of processes, a folder holding a run without `resume`) and CUDA out of memory.

@@ -311,3 +311,21 @@ def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
         main(["--model", str(model), "limit=4", f"out={out}", "baseline=null"])
     assert (out / "report.json").is_file() and not (model / "report.json").exists()
     assert f"go to {out}, not the model folder" in caplog.text
+
+
+# The pipeline evaluated an unchanged model again on every re-run (minutes on cpu-small).
+def test_a_report_is_current_for_the_same_weights_and_settings_only(untrained_model_dir, tmp_path):
+    from siamese.config import EvalConfig
+    from siamese.evaluate import current_report
+    from stagekit.config import load_config
+
+    model_dir = tmp_path / "run" / "model"
+    shutil.copytree(untrained_model_dir, model_dir)
+    out = tmp_path / "elsewhere"  # an absolute out= is written portably, and still matches
+    settings = ["limit=40", f"out={out}", "baseline=null", "base_stsb=false"]
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) is None
+    evaluate(model_dir, out, "base_stsb=false")
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) == out / "report.json"
+    assert current_report(model_dir, load_config(EvalConfig, None, [*settings, "limit=30"])) is None
+    (model_dir / "nli_head.safetensors").write_bytes(b"other weights")
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) is None
