@@ -15,7 +15,7 @@ from pathlib import Path
 from pretrain.config import PretrainConfig
 from pretrain.train import PretrainStage
 from siamese.config import EvalConfig, SiameseConfig
-from siamese.evaluate import evaluate
+from siamese.evaluate import current_report, evaluate
 from siamese.train import SiameseStage
 from stagekit import elastic
 from stagekit.atomic import require_writable
@@ -79,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         run_stage(PretrainStage(pretrain_cfg), resume=True)
         log.info("2/3 siamese fine-tuning → %s", model_dir)
         is_main = run_stage(SiameseStage(siamese_cfg), resume=True).is_main
-        if is_main:  # global rank 0 alone evaluates and starts the app
+        if is_main and (report := current_report(model_dir, eval_cfg)) is not None:  # unchanged: minutes saved
+            log.info("3/3 evaluation: %s was made from this model with these settings; nothing to evaluate", report)
+        elif is_main:  # global rank 0 alone evaluates and starts the app
             log.info("3/3 evaluation of %s", model_dir)
             evaluate(model_dir, eval_cfg)
     if is_main and not args.no_app:

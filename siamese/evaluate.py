@@ -65,8 +65,11 @@ from siamese.scores import (
 )
 from stagekit.atomic import require_writable
 from stagekit.cli import config_parser, doc_summary, parse_config, run_cli
+from stagekit.config import to_dict
 from stagekit.errors import ConfigError, DataError, UserError
+from stagekit.finished import weights_sha256
 from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
+from stagekit.variables import OUTSIDE, expand, portable
 
 log = logging.getLogger(__name__)
 DATA = os.environ.get("BERT_DATA_DIR", "")
@@ -248,10 +251,19 @@ def load_base_encoder(model_dir: Path) -> BaseEncoder | None:
     if not isinstance(base, str) or not base.strip():
         log.info("%s names no base_model: no STS-B before fine-tuning to compare with", info_path)
         return None
+    if base.startswith(OUTSIDE):
+        log.warning(
+            "%s names the base model as %s (a folder outside the data and output folders, not recorded): no STS-B "
+            "before fine-tuning to compare with", info_path, base,
+        )  # fmt: skip
+        return None
+    # A base in the output folder is named relative to the run folder (stagekit/variables.py `portable`).
+    local = model_dir.resolve().parent / expand(base)
+    path = str(local) if base.startswith(".") and local.is_dir() else expand(base)
     resolved = _resolved_config(model_dir)
     model_section, impl_section = resolved.get("model", {}), resolved.get("impl", {})
     cfg = ModelConfig(
-        base_model=base,
+        base_model=path,
         max_seq_length=int(model_section.get("max_seq_length", ModelConfig.max_seq_length)),
         pooling=model_section.get("pooling", ModelConfig.pooling),
     )
@@ -325,6 +337,7 @@ def evaluate(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
         | {"base": None, "baseline": None, "limit": cfg.limit, "warnings": data.warnings}
     )
     report["postprocessing"] = read_postprocessing(model_dir)
+    report[EVALUATED] = evaluated_with(model_dir, cfg)
     if base is not None:
         stsb = stsb_metrics(base.encoder, *data.stsb)
         report["base"] = base_section(base.name, base.path, stsb, report["stsb_test"])
@@ -333,19 +346,43 @@ def evaluate(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
         widths = [full, *(w for w in widths_to_score(encoder.widths[0], encoder.widths[1:]) if w < full)]
         baseline, _ = evaluate_encoder(baseline_encoder, "baseline", data, out_dir, widths)
         report["baseline"] = {"model": cfg.baseline} | baseline
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    write_markdown(report, out_dir / "report.md")
+    # What may leave this machine (the model folder is pushed) names no path outside the data and output folders.
+    published = portable(report, model_dir.resolve().parent)
+    (out_dir / REPORT).write_text(json.dumps(published, indent=2), encoding="utf-8")
+    write_markdown(published, out_dir / "report.md")
     refresh_model_card(model_dir, out_dir)  # README.md with these figures, when the report is the model folder's
-    log_to_wandb(report, samples, out_dir)
+    log_to_wandb(report, samples, out_dir)  # reads the run's W&B settings from the model folder's path
     for split in NLI_SPLITS:
         log.info("%s accuracy: %s (n=%d)", split, format_metric(report[split]["accuracy"]), report[split]["n"])
     log.info("STS-B test spearman %.4f pearson %.4f; report in %s", report["stsb_test"]["spearman"],
              report["stsb_test"]["pearson"], out_dir / "report.md")  # fmt: skip
     if report["base"] is not None:
         log.info("STS-B test spearman of the base before fine-tuning: %.4f", report["base"]["stsb_test"]["spearman"])
-    if warning := stsb_drop_warning(report):
+    if warning := stsb_drop_warning(published):
         log.warning(warning)
-    return report
+    return published
+
+
+REPORT, EVALUATED = "report.json", "evaluated_with"
+
+
+def evaluated_with(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
+    """What a report is a report of: the model's weights (stagekit/finished.py `weights_sha256`) and the
+    evaluation settings as written (`${VAR}` kept)."""
+    return {"model_sha256": weights_sha256(model_dir), "settings": to_dict(cfg)}
+
+
+def current_report(model_dir: Path, cfg: EvalConfig) -> Path | None:
+    """The report.json that evaluating `model_dir` with `cfg` would write (in `out=` when given), when one is
+    there already and was made of the same weights with the same settings; None otherwise (none there, an
+    unreadable one, one written before reports recorded this, or another model or settings)."""
+    path = (Path(cfg.out) if cfg.out else model_dir) / REPORT
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get(EVALUATED)
+    except (OSError, ValueError, AttributeError):
+        return None
+    now = json.loads(json.dumps(portable(evaluated_with(model_dir, cfg), model_dir.resolve().parent)))  # as written
+    return path if recorded == now and now["model_sha256"] else None
 
 
 def read_postprocessing(model_dir: Path) -> dict[str, Any] | None:

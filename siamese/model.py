@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 import torch
+import yaml
 from safetensors import SafetensorError
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses.merged_forward import embed_columns
@@ -28,6 +29,7 @@ from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
 from stagekit.sources import hub_reachable
+from stagekit.variables import portable
 from stagekit.weights import check_weights
 
 log = logging.getLogger(__name__)
@@ -278,7 +280,12 @@ def base_model_info(base_model: str) -> dict:
     info: dict = {"base_model": str(path.resolve()) if path.exists() else base_model}
     for candidate in (path / "resolved_config.yaml", path.parent / "resolved_config.yaml"):
         if candidate.is_file():
-            info["pretrain_resolved_config"] = candidate.read_text(encoding="utf-8")
+            text = candidate.read_text(encoding="utf-8")
+            try:  # one written before saved configs named paths portably: the same, with portable paths
+                text = yaml.safe_dump(portable(yaml.safe_load(text), candidate.parent.parent), sort_keys=False)
+            except yaml.YAMLError:
+                pass
+            info["pretrain_resolved_config"] = text
             break
     metrics = path / "metrics.json"
     if metrics.is_file():

@@ -9,7 +9,9 @@ bi-encoder, which never lets the two sentences attend to each other.
 
 NLI rows come through siamese/nli_data.py, the project's one NLI reader; training runs on transformers' `Trainer`
 with the TrainingArguments both stages build (stagekit/training.py). Writes `<output_dir>/<run_name>/probe.json`
-(accuracies, confusion matrices, the run's counters) and `resolved_config.yaml`; the fine-tuned weights are not kept.
+(accuracies, confusion matrices, the run's counters) and `resolved_config.yaml` — the random-weights control
+(`model.random_init=true`) `probe-random-init.json` and `resolved_config-random-init.yaml` beside them, so the
+two sit side by side; the fine-tuned weights are not kept.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from stagekit.config import RunConfig, key, require, save_config, to_dict
 from stagekit.sources import SourceConfig
 from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
 from stagekit.tracking import WandbConfig
+from stagekit.variables import portable
 
 log = logging.getLogger(__name__)
 # Turc et al. 2019, "Well-Read Students Learn Better" (arXiv:1908.08962), the BERT miniatures' GLUE table (test
@@ -294,9 +297,18 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
         "warnings": [section.pop("warning") for section in scores.values() if "warning" in section],
     }
     finish_run({f"final/{k}/accuracy": v["accuracy"] for k, v in scores.items()})
-    save_config(cfg, cfg.run_dir / "resolved_config.yaml")
-    (cfg.run_dir / "probe.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report = portable(report, cfg.run_dir)  # names no path outside the data and output folders
+    config_file, report_file = written_files(cfg)
+    save_config(cfg, config_file, cfg.run_dir)
+    report_file.write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+def written_files(cfg: ProbeConfig) -> tuple[Path, Path]:
+    """Where the probe writes its resolved config and its report: `resolved_config.yaml` and `probe.json` in the
+    run folder, the random-weights control `resolved_config-random-init.yaml` and `probe-random-init.json`."""
+    suffix = "-random-init" if cfg.model.random_init else ""
+    return cfg.run_dir / f"resolved_config{suffix}.yaml", cfg.run_dir / f"probe{suffix}.json"
 
 
 def summary(report: dict[str, Any], path: Path) -> str:
@@ -313,7 +325,7 @@ def summary(report: dict[str, Any], path: Path) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg = load(argv)
     report = run(cfg)
-    print(summary(report, cfg.run_dir / "probe.json"))
+    print(summary(report, written_files(cfg)[1]))
     return report | {"config": to_dict(cfg)}
 
 

@@ -189,6 +189,9 @@ class SiameseStage(Stage):
         self.validation_counts = RowCounts()  # apart: the card's training counts are the training sources' alone
         self.warm_start: WarmStart | None = None
 
+    def base_model(self) -> str:
+        return self.cfg.model.base_model
+
     def prepare(self, world_size: int) -> dict[str, Any]:
         # Data first: an unreachable or malformed source fails before any time goes into loading a model.
         cfg = self.cfg

@@ -9,7 +9,8 @@ Both stages write the Trainer's `checkpoint-N/` folders under `<run_dir>/checkpo
 - `--resume` on another number of processes: refused in one line naming both counts (`check_world_size`).
 
 Beside the config, `run_config.json` records what the run was, not what it was told: the number of
-processes it trained on and its W&B run id, which a resume continues (`RECORDED`).
+processes it trained on, its W&B run id, which a resume continues, and the base model it started from, which a
+resume must still find (stagekit/finished.py) (`RECORDED`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ PREFIX = "checkpoint-"
 RUN_CONFIG = "run_config.json"
 STATE = "trainer_state.json"
 WORLD_SIZE, WANDB_RUN_ID = "world_size", "wandb_run_id"
-RECORDED = (WORLD_SIZE, WANDB_RUN_ID)  # written beside the config by SaveRunConfig; not settings to compare
+BASE_MODEL = "base_model_identity"  # the model fine-tuning started from: stagekit/finished.py `model_identity`
+RECORDED = (WORLD_SIZE, WANDB_RUN_ID, BASE_MODEL)  # written beside the config; not settings to compare
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -140,7 +142,7 @@ def check_resume_settings(
     old = flatten({k: v for k, v in recorded.items() if k not in RECORDED})
     old = {(renamed or {}).get(k, k): v for k, v in old.items()}
     old = {k: v for k, v in (implied or {}).items() if k not in old} | old
-    new = flatten(config)
+    new = flatten({k: v for k, v in config.items() if k not in RECORDED})
     runtime = flatten(expanded or {})
     applied = []
     for key in sorted(old.keys() | new.keys()):

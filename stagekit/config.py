@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from stagekit.errors import ConfigError
-from stagekit.variables import as_written, expand
+from stagekit.variables import as_written, expand, portable
 
 T = TypeVar("T")
 
@@ -399,9 +399,13 @@ def to_dict(config: Any, *, expanded: bool = False) -> dict[str, Any]:
     return data if expanded else as_written(data)
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    """Write the config as YAML that `load_config` reads back; `${VAR}`s stay as written (`to_dict`)."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+def save_config(config: Any, path: str | Path, run_dir: str | Path | None = None) -> None:
+    """Write the config as YAML that `load_config` reads back; `${VAR}`s stay as written (`to_dict`). With
+    `run_dir` (a file that may leave this machine), absolute paths are named by stagekit/variables.py `portable`."""
+    data = to_dict(config)
+    if run_dir is not None:
+        data = portable(data, run_dir)
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
 
 
 @dataclasses.dataclass

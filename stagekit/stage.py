@@ -29,16 +29,31 @@ from transformers import Trainer
 from stagekit import elastic
 from stagekit.atomic import atomic_dir
 from stagekit.batch_fit import fit_trainer_batch
-from stagekit.checkpoints import STATE, check_resume_settings, check_world_size, choose_checkpoint, recorded_wandb_id
+from stagekit.checkpoints import (
+    BASE_MODEL,
+    STATE,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
+    recorded_wandb_id,
+)
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device
-from stagekit.finished import FinishedModel, finished_model, keep_previous_model
+from stagekit.finished import (
+    FinishedModel,
+    finished_model,
+    keep_previous_model,
+    model_identity,
+    set_aside_checkpoints,
+    stale_checkpoint,
+)
 from stagekit.lineage import add_checkpoint_artifacts, describe, log_model
 from stagekit.model_card import describe_hardware
 from stagekit.precision import run_precision
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to
 from stagekit.training import add_stage_callbacks, advise_on_out_of_memory, setup_process, stop_reason
+from stagekit.variables import portable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +94,12 @@ class Stage(ABC):
         """Write the model's own files into `folder` (a temporary folder renamed into place afterwards; main
         process only). It may add to `metrics`; returns what run_info.json holds for this stage."""
 
+    def base_model(self) -> str | None:
+        """The model this stage starts from (a folder or Hub id), or None when it starts from random weights. A
+        base that changed since a checkpoint or the model was trained from it is trained from again
+        (stagekit/finished.py `model_identity`)."""
+        return None
+
     def model_card(self, folder: Path, final: Path) -> None:  # noqa: B027 (optional: a folder may go without)
         """Write the model card (README.md) into `folder` from the files there, run_stage's included; `final` is
         where the folder will live."""
@@ -104,8 +125,10 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
 
     Without `resume`, a run folder that holds a run already is refused. With it, the run continues from its
     newest complete checkpoint; a finished model (one whose recorded config asks for no fewer steps or minutes
-    than this one: stagekit/finished.py) is left as it is and returned without training. A model that is
-    trained on is replaced; the previous one moves aside with whatever was added to it (an evaluation).
+    than this one: stagekit/finished.py) is left as it is and returned without training. A model or checkpoint
+    trained from another base model than the stage's now (`Stage.base_model`) is neither: the checkpoints move
+    aside and training starts at step 0. A model that is trained on is replaced; the previous one moves aside
+    with whatever was added to it (an evaluation).
 
     Raises UserError (one line) for a run folder in use or not writable, a refused resume (changed settings,
     another number of processes, a folder holding a run without `resume`) and CUDA out of memory.
@@ -118,18 +141,26 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     # Writable and not in use by another run, or refused before any data are read; held until the model is out.
     with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
         resume = resume or elastic.resumes_after_restart(cfg.run_dir)  # torchrun re-ran the command line as it was
-        finished = finished_model(model_dir, cfg) if resume else None
+        base = model_identity(stage.base_model(), cfg.run_dir)  # recorded in checkpoints and run_info.json
+        finished = finished_model(model_dir, cfg, base) if resume else None
         if finished is not None:
             log.info("%s: %s", stage.name, finished.line)
             return StageResult(model_dir, finished.metrics, None, state.is_main_process)
         checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
+        stale = stale_checkpoint(checkpoint, base)  # read by every rank before the main process moves it
         state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+        if stale:  # trained from another base model: never continued
+            log.warning("%s: %s", stage.name, stale)
+            if state.is_main_process:
+                set_aside_checkpoints(checkpoint)
+            checkpoint = None
+            state.wait_for_everyone()
         if checkpoint:
             check_world_size(checkpoint, state.num_processes)  # before the data: a cache may take minutes
         # One process per machine builds a cache, the others then read it; on storage the machines share, the
         # cache's build lock lets one build and the others find it (pretrain/blocks.py).
         with state.local_main_process_first():
-            record = to_dict(cfg) | stage.prepare(state.num_processes)
+            record = to_dict(cfg) | stage.prepare(state.num_processes) | ({BASE_MODEL: base} if base else {})
         schema = type(cfg)
         if checkpoint:
             check_resume_settings(
@@ -167,7 +198,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         metrics |= precision.as_metrics() | fitted.as_metrics()
         metrics["wall_time_s"] = time.perf_counter() - started
         if trainer.is_world_process_zero():
-            write_model_folder(stage, trainer, model_dir, metrics)
+            write_model_folder(stage, trainer, model_dir, metrics, base)
             log_model(model_dir, cfg.run_dir.name, cfg.wandb.log_model, {"stage": stage.name} | describe(metrics))
             finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
             log.info("%s: model written to %s (%.1f min)", stage.name, model_dir, (time.perf_counter() - started) / 60)
@@ -175,15 +206,19 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     return StageResult(model_dir, metrics, trainer, state.is_main_process)
 
 
-def write_model_folder(stage: Stage, trainer: Trainer, model_dir: Path, metrics: dict[str, Any]) -> None:
+def write_model_folder(
+    stage: Stage, trainer: Trainer, model_dir: Path, metrics: dict[str, Any], base: dict[str, Any] | None = None
+) -> None:
     """The model folder in one rename: the stage's files, then resolved_config.yaml, metrics.json and
-    run_info.json. A model already there (a finished run trained on) moves aside, with its evaluation, just
-    before the new one takes its place."""
+    run_info.json (with `base`, the base model's `model_identity`). A model already there (a finished run trained
+    on) moves aside, with its evaluation, just before the new one takes its place. What may leave this machine
+    names no path outside the data and output folders (stagekit/variables.py `portable`)."""
+    run_dir = stage.cfg.run_dir
     with atomic_dir(model_dir) as tmp:
-        info = stage.save_model(trainer, tmp, metrics)
-        save_config(stage.cfg, tmp / RESOLVED_CONFIG)
-        (tmp / METRICS).write_text(json.dumps(metrics, indent=2))
-        (tmp / RUN_INFO).write_text(json.dumps(run_info(stage, trainer, metrics) | info, indent=2))
+        info = stage.save_model(trainer, tmp, metrics) | ({BASE_MODEL: base} if base else {})
+        save_config(stage.cfg, tmp / RESOLVED_CONFIG, run_dir)
+        (tmp / METRICS).write_text(json.dumps(portable(metrics, run_dir), indent=2))
+        (tmp / RUN_INFO).write_text(json.dumps(portable(run_info(stage, trainer, metrics) | info, run_dir), indent=2))
         stage.model_card(tmp, model_dir)
         keep_previous_model(model_dir)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 
@@ -38,3 +39,38 @@ def expand(text: str) -> str:
     as an `Expanded` that remembers `text` when anything was expanded."""
     expanded = os.path.expandvars(text)
     return text if expanded == text else Expanded(expanded, text)
+
+
+DATA_VARIABLE = "BERT_DATA_DIR"
+OUTSIDE = "…/"  # a path outside the data and output folders, named by its last part alone: not a Hub id, no folders
+
+
+def portable(value: Any, run_dir: str | os.PathLike) -> Any:
+    """`value` (a string, or lists and dicts of them, keys included) with every absolute path named as it may
+    leave this machine in a run's files: under ${BERT_DATA_DIR} as `${BERT_DATA_DIR}/mnli/train.jsonl.gz`, under
+    the output folder holding `run_dir` relative to `run_dir` (`../pretrain-debug/model`, `..` for the output
+    folder itself), anywhere else by its last part alone (`…/model`). Relative paths, `${VAR}` texts, Hub ids
+    and other strings stay as they are."""
+    if isinstance(value, str):
+        return _portable_path(value, Path(run_dir))
+    if isinstance(value, dict):
+        return {portable(k, run_dir): portable(v, run_dir) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(portable(v, run_dir) for v in value)
+    return value
+
+
+def _portable_path(text: str, run_dir: Path) -> str:
+    if not text.startswith(os.sep) or "\n" in text:
+        return text
+    roots = [(os.environ.get(DATA_VARIABLE), "${" + DATA_VARIABLE + "}"), (str(run_dir.resolve().parent), "..")]
+    for root, name in roots:
+        if not root:
+            continue
+        for form in dict.fromkeys((root.rstrip(os.sep), os.path.realpath(root))):
+            if text == form or text.startswith(form + os.sep):
+                return name + text[len(form) :]
+    # Only what reads as a path: one word, or a file that is there (a sentence that starts with a slash is not).
+    if len(text.split()) > 1 and not os.path.exists(text):
+        return text
+    return OUTSIDE + (Path(text).name or text)

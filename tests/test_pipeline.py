@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +25,14 @@ def pipeline_argv(repo_root, tmp_path) -> list[str]:
     ]  # fmt: skip
 
 
+def machine_paths(root: Path, paths: list[Path]) -> list[str]:
+    """Lines "file: path" for every file under `root` that names one of `paths` (absolute, as this machine has them)."""
+    needles = {str(p) for p in paths if len(Path(p).parts) > 1}
+    needles = {n.encode() for n in needles | {os.path.realpath(n) for n in needles}}
+    return [f"{f.relative_to(root)}: {n.decode()}" for f in sorted(root.rglob("*")) if f.is_file()
+            for n in needles if n in f.read_bytes()]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, repo_root, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the pretraining cache lives under the working directory
@@ -33,15 +43,44 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, 
     assert model_dir == tmp_path / "outputs" / "siamese-debug" / "model"
     assert (pretrained / "model.safetensors").is_file()
     # The siamese stage fine-tuned the model this pipeline pretrained, not the one its config names.
-    assert json.loads((model_dir / "run_info.json").read_text())["base_model"] == str(pretrained)
+    assert json.loads((model_dir / "run_info.json").read_text())["base_model"] == "../pretrain-debug/model"
     report = json.loads((model_dir / "report.json").read_text())
     assert report["mnli_validation_matched"]["n"] == 12 and 0.0 <= report["mnli_validation_matched"]["accuracy"] <= 1.0
+    # What --push-to-hub uploads (either model folder, evaluation included) names no path of this machine.
+    private = [tmp_path, repo_root, Path.home(), data_dir]
+    for folder in (pretrained, model_dir):
+        assert machine_paths(folder, private) == []
 
     stamp = (pretrained / "model.safetensors").stat().st_mtime_ns
+    evaluated = (model_dir / "report.json").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
         main(argv)
     assert "1/3 pretraining" in caplog.text and "is finished (step 30, max_steps); nothing to train" in caplog.text
     assert (pretrained / "model.safetensors").stat().st_mtime_ns == stamp
+    # The model and the evaluation settings are unchanged: its report stands.
+    assert "report.json was made from this model with these settings; nothing to evaluate" in caplog.text
+    assert (model_dir / "report.json").stat().st_mtime_ns == evaluated
+
+    from stagekit.finished import weights_sha256
+
+    # Pretraining trains on: the fine-tuned model of its old output is not finished, and is trained again from
+    # step 0 (its checkpoints never continued), so that the report describes one model.
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        main([*argv, "pretrain.train.max_steps=40"])
+    assert f"{model_dir} was fine-tuned from ../pretrain-debug/model (step 30, sha256 " in caplog.text
+    assert "but that base model is now ../pretrain-debug/model (step 40, sha256 " in caplog.text
+    assert "siamese: starting at step 0 of 10" in caplog.text
+    base = json.loads((model_dir / "run_info.json").read_text())["base_model_identity"]
+    assert base["sha256"] == weights_sha256(pretrained) and base["step"] == 40
+    siamese_run = model_dir.parent
+    assert (siamese_run / "model-step-10" / "report.json").is_file()  # the old model, with its evaluation
+    assert (siamese_run / "checkpoints-step-10" / "checkpoint-10").is_dir()  # its checkpoints, set aside
+    report = json.loads((model_dir / "report.json").read_text())
+    assert report["evaluated_with"]["model_sha256"] == weights_sha256(model_dir)
+    assert report["base"]["path"] == "../pretrain-debug/model"
+    for folder in (tmp_path / "outputs").glob("*/model*"):  # the new models and the ones set aside
+        assert machine_paths(folder, private) == []
 
 
 @pytest.mark.slow

@@ -196,7 +196,8 @@ def test_the_report_puts_the_bases_stsb_beside_the_fine_tuned_one(untrained_mode
         caplog.clear()
         report = evaluate(with_base(model_dir, base_dir, out / "model"), out)
         before, after = alone[base_dir]["spearman"], alone[model_dir]["spearman"]
-        assert report["base"]["model"] == "the-base" and report["base"]["path"] == str(base_dir)
+        # a base outside the data and output folders is named by its folder alone in what may leave the machine
+        assert report["base"]["model"] == "the-base" and report["base"]["path"] == f"…/{base_dir.name}"
         assert report["base"]["stsb_test"]["spearman"] == pytest.approx(before, abs=1e-6)  # the same STS-B path
         assert report["base"]["stsb_spearman_change"] == pytest.approx(after - before, abs=1e-6)
         assert json.loads((out / "report.json").read_text())["base"] == json.loads(json.dumps(report["base"]))
@@ -225,6 +226,17 @@ def test_the_warning_names_both_spearmans_when_the_drop_shows(before, after, lin
     }
     assert stsb_drop_warning(report) == line
     assert stsb_drop_warning({"stsb_test": {"spearman": after}, "base": None}) is None
+
+
+# report.json named the model's and its base's absolute paths on the machine that evaluated it.
+def test_a_base_in_the_output_folder_is_named_relative_to_the_run_folder(untrained_model_dir, shaken_dir, tmp_path):
+    outputs = tmp_path / "outputs"
+    shutil.copytree(shaken_dir, outputs / "pretrain" / "model")
+    model_dir = with_base(untrained_model_dir, "../pretrain/model", outputs / "siamese" / "model")
+    report = evaluate(model_dir, model_dir)
+    assert report["model"] == "../siamese/model" and report["base"]["path"] == "../pretrain/model"
+    assert json.loads((model_dir / "report.json").read_text())["base"]["stsb_test"]["n"] == 40
+    assert str(tmp_path) not in (model_dir / "report.json").read_text() + (model_dir / "report.md").read_text()
 
 
 def test_no_base_stsb_skips_the_base(untrained_model_dir, shaken_dir, tmp_path):
@@ -401,3 +413,21 @@ def test_a_damaged_base_model_is_one_line_naming_its_file(untrained_model_dir, t
     with pytest.raises(UserError) as err:
         evaluate(with_base(untrained_model_dir, base, tmp_path / "model"), tmp_path / "out")
     assert str(base / "model.safetensors") in str(err.value) and "\n" not in str(err.value)
+
+
+# The pipeline evaluated an unchanged model again on every re-run (minutes on cpu-small).
+def test_a_report_is_current_for_the_same_weights_and_settings_only(untrained_model_dir, tmp_path):
+    from siamese.config import EvalConfig
+    from siamese.evaluate import current_report
+    from stagekit.config import load_config
+
+    model_dir = tmp_path / "run" / "model"
+    shutil.copytree(untrained_model_dir, model_dir)
+    out = tmp_path / "elsewhere"  # an absolute out= is written portably, and still matches
+    settings = ["limit=40", f"out={out}", "baseline=null", "base_stsb=false"]
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) is None
+    evaluate(model_dir, out, "base_stsb=false")
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) == out / "report.json"
+    assert current_report(model_dir, load_config(EvalConfig, None, [*settings, "limit=30"])) is None
+    (model_dir / "nli_head.safetensors").write_bytes(b"other weights")
+    assert current_report(model_dir, load_config(EvalConfig, None, settings)) is None

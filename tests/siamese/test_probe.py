@@ -25,7 +25,7 @@ def test_the_debug_probe_trains_fixed_steps_and_writes_both_dev_accuracies(pretr
     )
     written = json.loads((tmp_path / "probe-debug" / "probe.json").read_text())
     assert written["steps"] == 10 and written["pairs_seen"] == 80  # fixed: no early stop, nothing chosen on dev
-    assert math.isfinite(written["train_loss"]) and written["model"] == str(pretrained_debug)
+    assert math.isfinite(written["train_loss"]) and written["model"] == "…/model"  # outside the output folder
     for split in ("mnli_validation_matched", "mnli_validation_mismatched"):
         section = written[split]
         assert section["n"] == 64 and 0.0 <= section["accuracy"] <= 1.0
@@ -36,6 +36,16 @@ def test_the_debug_probe_trains_fixed_steps_and_writes_both_dev_accuracies(pretr
     assert (tmp_path / "probe-debug" / "resolved_config.yaml").is_file()
     out = capsys.readouterr().out
     assert "MNLI dev matched" in out and "Turc et al. 2019" in out
+
+    # The random-weights control writes beside the probe, not over it.
+    probe(["--config", DEBUG, "--model", str(pretrained_debug), f"output_dir={tmp_path}", "impl.num_threads=1",
+           "model.random_init=true", "train.max_steps=2"])  # fmt: skip
+    assert json.loads((tmp_path / "probe-debug" / "probe.json").read_text()) == written
+    control = json.loads((tmp_path / "probe-debug" / "probe-random-init.json").read_text())
+    assert control["random_init"] and control["steps"] == 2
+    assert "random_init: true" in (tmp_path / "probe-debug" / "resolved_config-random-init.yaml").read_text()
+    assert "random_init: false" in (tmp_path / "probe-debug" / "resolved_config.yaml").read_text()
+    assert "probe-random-init.json" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("architecture", ["nomic_bert", "modernbert"])

@@ -79,3 +79,27 @@ def test_resume_never_deletes_an_evaluation(repo_root, tiny_bert, tmp_path):
         evaluation <= {p.name for p in kept.iterdir()} and json.loads((kept / "metrics.json").read_text())["step"] == 4
     )
     assert json.loads((model / "metrics.json").read_text())["step"] == 6 and not (model / "report.json").exists()
+
+
+# A base model that changed under a fine-tuning run: raising its steps continued the encoder of the old base.
+def test_a_run_whose_base_changed_trains_again_from_step_0(repo_root, tiny_bert, tmp_path, caplog):
+    import json
+    import logging
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    main(debug_args(repo_root, base, tmp_path, "data.eval_pairs=0"))
+    run = tmp_path / "siamese-debug"
+    old = json.loads((run / "model" / "run_info.json").read_text())["base_model_identity"]
+    weights = load_file(base / "model.safetensors")
+    save_file({k: v + 0.01 for k, v in weights.items()}, base / "model.safetensors")  # the base trained on
+    with caplog.at_level(logging.INFO):
+        main(debug_args(repo_root, base, tmp_path, "data.eval_pairs=0", "train.max_steps=6", "--resume"))
+    assert "was fine-tuned from ../base (sha256 " in caplog.text and "siamese: starting at step 0 of 6" in caplog.text
+    assert f"checkpoint {run / 'checkpoints' / 'checkpoint-4'} was trained from ../base" in caplog.text
+    new = json.loads((run / "model" / "run_info.json").read_text())["base_model_identity"]
+    assert new["sha256"] != old["sha256"] and (run / "model-step-4").is_dir() and (run / "checkpoints-step-4").is_dir()
+    assert (run / "checkpoints" / "checkpoint-4").is_dir()  # saved by this run on its way to step 6

@@ -36,7 +36,7 @@ def trained(repo_root, tiny_bert, tmp_path_factory):
     return main(debug_args(repo_root, tiny_bert, out)).model_dir, out
 
 
-def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert, data_dir):
+def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     model_dir, out = trained
     assert model_dir == out / "siamese-debug" / "model"
     assert SentenceTransformer(str(model_dir), device="cpu").encode(["a test"]).shape == (1, 64)
@@ -44,11 +44,12 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert, data_di
     prediction = encoder.predict(["A man sleeps."], ["A person rests."])
     assert prediction.probs.shape == (1, 3) and abs(prediction.probs.sum() - 1) < 1e-5
     info = json.loads((model_dir / "run_info.json").read_text())
-    assert info["base_model"] == str(tiny_bert.resolve()) and info["pairs_seen"] == 4 * 8
+    # named without this machine's paths: the base outside the output folder by its name, data by ${BERT_DATA_DIR}
+    assert info["base_model"] == f"…/{tiny_bert.name}" and info["pairs_seen"] == 4 * 8
     counts, validation = info["data_counts"], info["validation_counts"]
-    assert counts[str(data_dir / "mnli" / "train.jsonl.gz")]["dropped_no_label"] == 0
+    assert counts["${BERT_DATA_DIR}/mnli/train.jsonl.gz"]["dropped_no_label"] == 0
     # the validation pairs are held out of the training file (configs/siamese/debug.yaml), counted apart
-    assert list(counts) == [str(data_dir / "mnli" / "train.jsonl.gz")] and info["validation_pairs"] == 16
+    assert list(counts) == ["${BERT_DATA_DIR}/mnli/train.jsonl.gz"] and info["validation_pairs"] == 16
     assert validation == {}  # no eval source read: the held-out pairs are the training file's
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics

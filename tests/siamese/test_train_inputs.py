@@ -38,7 +38,8 @@ def test_one_pass_over_a_file_counts_each_row_once(repo_root, tiny_bert, tmp_pat
     model_dir = main(
         run_args(repo_root, tiny_bert, tmp_path, source, *one_pass)
     ).model_dir  # 56 labelled pairs = 7 steps of 8
-    counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"][str(path)]
+    # a file in the output folder is named relative to the run folder
+    counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]["../pairs.jsonl"]
     assert counts == {"seen": 64, "kept": 56, "dropped_no_label": 8, "dropped_empty_text": 0}
 
 
@@ -128,8 +129,8 @@ def test_two_training_sources_train_and_count_their_rows_apart(repo_root, tiny_b
     )
     model_dir = main(run_args(repo_root, tiny_bert, tmp_path, sources, *one_pass)).model_dir
     counts = json.loads((model_dir / "run_info.json").read_text())["data_counts"]
-    assert counts[str(glue)] == {"seen": 40, "kept": 35, "dropped_no_label": 5, "dropped_empty_text": 0}
-    assert counts[str(sick)] == {"seen": 22, "kept": 21, "dropped_no_label": 0, "dropped_empty_text": 1}
+    assert counts["../glue.jsonl"] == {"seen": 40, "kept": 35, "dropped_no_label": 5, "dropped_empty_text": 0}
+    assert counts["../sick.jsonl"] == {"seen": 22, "kept": 21, "dropped_no_label": 0, "dropped_empty_text": 1}
 
 
 def pairs_per_step(repo_root, tiny_bert, out, monkeypatch, *split: str) -> tuple[dict[int, list], dict]:

@@ -194,3 +194,26 @@ def test_a_resume_compares_the_config_as_written_and_accepts_checkpoints_that_re
     changed = load_config(Root, None, ["train.name=${DATA}/other.jsonl"])
     with pytest.raises(ConfigError, match="config key 'train.name': '/data/v1/train.jsonl' in checkpoint"):
         check_resume_settings(str(checkpoint), to_dict(changed), (), expanded=to_dict(changed, expanded=True))
+
+
+# run_info.json, report.json and probe.json named absolute paths of the machine that trained, and were uploaded.
+def test_paths_leave_the_machine_relative_to_the_data_or_output_folder(tmp_path, monkeypatch):
+    from stagekit.variables import portable
+
+    monkeypatch.setenv("BERT_DATA_DIR", str(tmp_path / "data"))
+    (tmp_path / "data").mkdir()
+    run_dir = tmp_path / "outputs" / "siamese"
+    record = {
+        "base_model": str(tmp_path / "outputs" / "pretrain" / "model"),
+        "output_dir": str(tmp_path / "outputs"),
+        "counts": {str(tmp_path / "data" / "mnli" / "train.jsonl.gz"): 3},
+        "elsewhere": [str(tmp_path / "models" / "bert")],
+        "kept": ["outputs/pretrain/model", "${BERT_DATA_DIR}/x.jsonl.gz", "google-bert/bert-base-uncased", "/ not"],
+    }
+    assert portable(record, run_dir) == {
+        "base_model": "../pretrain/model",
+        "output_dir": "..",
+        "counts": {"${BERT_DATA_DIR}/mnli/train.jsonl.gz": 3},
+        "elsewhere": ["…/bert"],
+        "kept": ["outputs/pretrain/model", "${BERT_DATA_DIR}/x.jsonl.gz", "google-bert/bert-base-uncased", "/ not"],
+    }

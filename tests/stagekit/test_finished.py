@@ -62,3 +62,70 @@ def test_a_replaced_model_moves_aside_under_its_step(tmp_path):
     model = model_folder(tmp_path, 30, {"max_steps": 30})  # the same step again: a second folder, not over it
     assert keep_previous_model(model) == tmp_path / "model-step-30-2"
     assert keep_previous_model(tmp_path / "model") is None
+
+
+def base_folder(tmp_path, name, weights: bytes, step=30):
+    folder = tmp_path / "outputs" / name / "model"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "metrics.json").write_text(json.dumps({"step": step}))
+    return folder
+
+
+# Pretraining trained on, and the fine-tuned model of its old output still said "finished".
+def test_a_model_trained_from_another_base_is_not_finished(tmp_path, caplog):
+    import logging
+
+    from stagekit.finished import model_identity
+
+    base = base_folder(tmp_path, "pretrain", b"old weights")
+    run_dir = tmp_path / "outputs" / "siamese"
+    before = model_identity(str(base), run_dir)
+    run_dir.mkdir()
+    assert before["model"] == "../pretrain/model" and before["step"] == 30 and len(before["sha256"]) == 64
+    model = model_folder(run_dir, 10, {"max_steps": 10})
+    (model / "run_info.json").write_text(json.dumps({"base_model_identity": before}))
+    cfg = SimpleNamespace(train=SimpleNamespace(max_steps=10))
+    assert finished_model(model, cfg, before) is not None
+    assert finished_model(model, cfg, None) is not None  # a stage without a base compares nothing
+    (base / "model.safetensors").write_bytes(b"new weights")
+    (base / "metrics.json").write_text(json.dumps({"step": 40}))
+    after = model_identity(str(base), run_dir)
+    with caplog.at_level(logging.WARNING):
+        assert finished_model(model, cfg, after) is None
+    line = caplog.records[-1].getMessage()
+    assert f"was fine-tuned from ../pretrain/model (step 30, sha256 {before['sha256'][:8]})" in line
+    assert f"that base model is now ../pretrain/model (step 40, sha256 {after['sha256'][:8]})" in line
+    assert "\n" not in line
+
+
+def test_the_same_weights_elsewhere_are_the_same_base_and_an_old_record_counts_as_unchanged(tmp_path):
+    from stagekit.finished import base_changed, model_identity
+
+    run_dir = tmp_path / "outputs" / "siamese"
+    one = model_identity(str(base_folder(tmp_path, "a", b"w")), run_dir)
+    two = model_identity(str(base_folder(tmp_path, "b", b"w")), run_dir)
+    other = model_identity(str(base_folder(tmp_path, "c", b"x")), run_dir)
+    assert not base_changed(one, two) and base_changed(one, other)
+    hub = model_identity("sentence-transformers/all-MiniLM-L6-v2", run_dir)
+    assert hub == {"model": "sentence-transformers/all-MiniLM-L6-v2"} and base_changed(hub, one)
+    assert not base_changed(None, one)  # written before bases were recorded: cannot tell
+
+
+def test_a_checkpoint_of_another_base_is_named_and_set_aside(tmp_path):
+    from stagekit.checkpoints import RUN_CONFIG, STATE
+    from stagekit.finished import model_identity, set_aside_checkpoints, stale_checkpoint
+
+    run_dir = tmp_path / "outputs" / "siamese"
+    base = base_folder(tmp_path, "pretrain", b"old")
+    checkpoint = run_dir / "checkpoints" / "checkpoint-4"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / STATE).write_text(json.dumps({"global_step": 4}))
+    record = {"base_model_identity": model_identity(str(base), run_dir)}
+    (checkpoint / RUN_CONFIG).write_text(json.dumps(record))
+    assert stale_checkpoint(str(checkpoint), model_identity(str(base), run_dir)) is None
+    (base / "model.safetensors").write_bytes(b"new")
+    line = stale_checkpoint(str(checkpoint), model_identity(str(base), run_dir))
+    assert line.startswith(f"checkpoint {checkpoint} was trained from ../pretrain/model") and "step 0" in line
+    assert set_aside_checkpoints(str(checkpoint)) == run_dir / "checkpoints-step-4"
+    assert (run_dir / "checkpoints-step-4" / "checkpoint-4").is_dir() and not (run_dir / "checkpoints").exists()
