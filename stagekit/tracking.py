@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal
 
 from stagekit.atomic import atomic_write_text
 from stagekit.config import key
+from stagekit.variables import portable
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ def start_run(
     resume_id: str | None = None,
 ):
     """A wandb run (or None when disabled or when even offline fails); never raises. With `resume_id`, the run
-    of that id continues (created if the server or the offline folder has none)."""
+    of that id continues (created if the server or the offline folder has none). `config` goes to W&B with its
+    absolute paths named as in the run's own files (stagekit/variables.py `portable`, relative to `out_dir`): a
+    run's config leaves the machine once synced."""
     mode = resolve_mode(cfg.mode)
     if mode == "disabled":
         return None
@@ -86,7 +89,7 @@ def start_run(
         project=cfg.project,
         entity=cfg.entity,
         name=name or cfg.run_name or out_dir.name,
-        config=config,
+        config=portable(config, out_dir),
         job_type=job_type,
         tags=cfg.tags,
         group=cfg.group,  # None: wandb reads WANDB_RUN_GROUP
