@@ -183,11 +183,16 @@ def write_pairs(path, rows) -> str:
     return f"data.train_sources=[{{path: {path}}}]"
 
 
+def given_pairs(path, rows) -> tuple[str, str]:
+    """Overrides that train on exactly `rows`, none held out for validation."""
+    return write_pairs(path, rows), "data.validation_fraction=null"
+
+
 # entailment-only data trained for exit 0, and the model answered entailment to every pair.
 @pytest.mark.parametrize("loss", ["softmax", "both"])
 def test_training_data_of_one_class_are_refused_for_a_classifier(repo_root, tiny_bert, tmp_path, capsys, loss):
     rows = [(f"A person number {i} walks.", f"Someone {i} moves.", 0) for i in range(40)]
-    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "e.jsonl", rows), f"loss.name={loss}")
+    argv = run_args(repo_root, tiny_bert, tmp_path, *given_pairs(tmp_path / "e.jsonl", rows), f"loss.name={loss}")
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: training data (") and "\n" not in err
@@ -206,7 +211,7 @@ def test_mnrl_says_what_its_triplets_lack(repo_root, tiny_bert, tmp_path, capsys
         (f"A person number {i // 2 if same_premise else i} walks.", f"Someone {i} moves.", labels[i % 2])
         for i in range(40)
     ]
-    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "p.jsonl", rows), "loss.name=mnrl")
+    argv = run_args(repo_root, tiny_bert, tmp_path, *given_pairs(tmp_path / "p.jsonl", rows), "loss.name=mnrl")
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: training data (") and expected in err and "no labelled pairs" not in err
@@ -215,7 +220,7 @@ def test_mnrl_says_what_its_triplets_lack(repo_root, tiny_bert, tmp_path, capsys
 
 def test_training_logs_the_classes_it_saw(repo_root, tiny_bert, tmp_path, caplog):
     rows = [(f"A person number {i} walks.", f"Someone {i} moves.", i % 3) for i in range(30)]
-    argv = run_args(repo_root, tiny_bert, tmp_path, write_pairs(tmp_path / "m.jsonl", rows), "train.max_steps=1")
+    argv = run_args(repo_root, tiny_bert, tmp_path, *given_pairs(tmp_path / "m.jsonl", rows), "train.max_steps=1")
     with caplog.at_level("INFO"):
         main(argv)
     assert any(
