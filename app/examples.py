@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import stagekit.config  # noqa: F401  (gives ${BERT_DATA_DIR} its default: ../shared/data beside the checkout)
@@ -59,6 +59,13 @@ def load_examples(source: str, limit: int = DEFAULT_LIMIT) -> list[Example]:
 
 def first_available(sources: list[str], limit: int = DEFAULT_LIMIT) -> tuple[list[Example], list[str]]:
     """Examples from the first source that gives any, plus one line per source that failed."""
+    _, examples, problems = first_source(sources, limit)
+    return examples, problems
+
+
+def first_source(sources: Sequence[str], limit: int = DEFAULT_LIMIT) -> tuple[str | None, list[Example], list[str]]:
+    """The first source that gives examples (None: none does), its first `limit` examples, and one line per
+    source that failed before it."""
     problems = []
     for source in sources:
         try:
@@ -67,6 +74,6 @@ def first_available(sources: list[str], limit: int = DEFAULT_LIMIT) -> tuple[lis
             problems.append(str(err))
             continue
         if examples:
-            return examples, problems
+            return source, examples, problems
         problems.append(f"{source}: no rows")
-    return [], problems
+    return None, [], problems

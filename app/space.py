@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from app.examples import DEFAULT_LIMIT, EXAMPLES_ENV, Example, example_sources, load_examples
+from app.examples import DEFAULT_LIMIT, EXAMPLES_ENV, Example, example_sources, first_source
 from app.search import SENTENCES_ENV
 from siamese.encoder import LABELS
 from stagekit.atomic import atomic_dir
@@ -105,16 +105,9 @@ apply (see its card on the Hugging Face Hub).
 def read_space_data(sources: Sequence[str]) -> tuple[str, list[Example]]:
     """The first example source of `sources` that gives pairs, and its first pairs (enough for SEARCH_SENTENCES
     distinct premises); a one-line UserError naming each source's problem when none does."""
-    problems = []
-    for source in sources:
-        try:
-            rows = load_examples(source, limit=4 * SEARCH_SENTENCES)  # premises repeat: ~3 hypotheses each
-        except UserError as err:
-            problems.append(str(err))
-            continue
-        if rows:
-            return source, rows
-        problems.append(f"{source}: no rows")
+    source, rows, problems = first_source(sources, limit=4 * SEARCH_SENTENCES)  # premises repeat: ~3 hypotheses each
+    if source is not None:
+        return source, rows
     raise UserError(f"no example pairs for the Space ({'; '.join(problems)}): set BERT_DATA_DIR to the data folder "
                     f"or {EXAMPLES_ENV} to an NLI file")  # fmt: skip
 

@@ -351,12 +351,9 @@ def mixed_pairs(cfg: DataConfig, seed: int, counts: RowCounts, *, validation: bo
     return ds.filter(holdout, input_columns="premise", batched=True, batch_size=256)
 
 
-def held_out_pairs(cfg: DataConfig, limit: int | None) -> dict[str, list]:
-    """The validation slice of the training sources (data.validation_fraction) as lists: the first `limit` of
-    its pairs, or all. The same pairs for every train.seed (sources interleaved with a fixed seed). Counted
-    apart from the training pass. Raises DataError when no pair falls in the slice, or as `open_pairs` does."""
-    where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
-    ds = mixed_pairs(cfg, 0, RowCounts(), validation=True)
+def as_lists(ds: IterableDataset, limit: int | None, where: str) -> dict[str, list]:
+    """The first `limit` rows of `ds` (all: None) as {"premise", "hypothesis", "label"} lists; a read error names
+    `where` in one line (stagekit/sources.py `reading`)."""
     if limit is not None:
         ds = ds.take(limit)
     out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
@@ -364,6 +361,15 @@ def held_out_pairs(cfg: DataConfig, limit: int | None) -> dict[str, list]:
         for row in ds:
             for key in out:
                 out[key].append(row[key])
+    return out
+
+
+def held_out_pairs(cfg: DataConfig, limit: int | None) -> dict[str, list]:
+    """The validation slice of the training sources (data.validation_fraction) as lists: the first `limit` of
+    its pairs, or all. The same pairs for every train.seed (sources interleaved with a fixed seed). Counted
+    apart from the training pass. Raises DataError when no pair falls in the slice, or as `open_pairs` does."""
+    where = "training data (" + ", ".join(source_name(s) for s in cfg.train_sources) + ")"
+    out = as_lists(mixed_pairs(cfg, 0, RowCounts(), validation=True), limit, where)
     if not out["label"]:
         raise DataError(f"{where}: no pair held out by data.validation_fraction={cfg.validation_fraction}; raise it")
     return out
@@ -419,14 +425,7 @@ def read_pairs(
 
     Raises DataError when the source gives no labelled pair, or as `open_pairs` does.
     """
-    ds = open_pairs(source, counts or RowCounts(), local_hint=local_hint)
-    if limit is not None:
-        ds = ds.take(limit)
-    out: dict[str, list] = {"premise": [], "hypothesis": [], "label": []}
-    with reading(source_name(source)):
-        for row in ds:
-            for key in out:
-                out[key].append(row[key])
+    out = as_lists(open_pairs(source, counts or RowCounts(), local_hint=local_hint), limit, source_name(source))
     if not out["label"]:
         raise DataError(f"{source_name(source)}: no labelled pairs to evaluate on")
     return out
