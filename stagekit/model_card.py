@@ -148,8 +148,15 @@ def replaceable(folder: str | Path, generated_by: str | None = None) -> bool:
 
 
 def with_model_reference(text: str, repo_id: str) -> str:
-    """A card's text with its `model_id = "..."` line naming `repo_id` (unchanged if it has no such line)."""
-    return MODEL_ID_LINE.sub(f'model_id = "{repo_id}"', text)
+    """A card's text with its `model_id = "..."` line, and every other mention of the folder that line named (e.g.
+    `python -m siamese.evaluate --model DIR`), naming `repo_id`: the folder, absolute outside the working
+    directory, is this machine's (unchanged if the card has no such line)."""
+    match = MODEL_ID_LINE.search(text)
+    if match is None:
+        return text
+    old = match.group("id")
+    text = MODEL_ID_LINE.sub(f'model_id = "{repo_id}"', text)
+    return re.sub(rf"(?<![\w/.-]){re.escape(old)}(?![\w/.-])", repo_id, text) if old else text
 
 
 def describe_hardware(device: str, processes: int = 1) -> str:

@@ -54,3 +54,15 @@ def test_the_load_line_names_the_folder_until_a_push_names_the_repo(tmp_path, mo
 
 def test_durations_read_as_minutes_and_seconds():
     assert duration(820.4) == "13 min 40 s" and duration(45) == "45 s" and duration(None) == "–"
+
+
+# A model folder outside the working directory was named by its absolute path in the card that --push-to-hub uploads.
+def test_a_pushed_card_names_the_repo_wherever_it_named_the_folder(tmp_path):
+    folder = str(tmp_path / "outputs" / "run" / "model")
+    card = (
+        f'```python\nmodel_id = "{folder}"\n```\n\nNot evaluated yet: `python -m siamese.evaluate --model {folder}`; '
+        f"{folder}-step-3 and {folder}s are other folders.\n"
+    )
+    pushed = with_model_reference(card, "me/encoder")
+    assert 'model_id = "me/encoder"' in pushed and "--model me/encoder`" in pushed
+    assert f"{folder}-step-3" in pushed and f"{folder}s are" in pushed  # only the folder itself
