@@ -66,7 +66,7 @@ from siamese.scores import (
 from stagekit.atomic import require_writable
 from stagekit.cli import config_parser, doc_summary, parse_config, run_cli
 from stagekit.config import to_dict
-from stagekit.errors import ConfigError, DataError, UserError
+from stagekit.errors import DataError, UserError
 from stagekit.finished import weights_sha256
 from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
 from stagekit.variables import OUTSIDE, expand, portable
@@ -285,13 +285,6 @@ def _resolved_config(model_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# The flags these keys replaced: a one-line error naming the key instead of argparse's "unrecognized arguments".
-OLD_FLAGS = {"--baseline": "baseline=NAME", "--no-base-stsb": "base_stsb=false", "--backend": "backend=NAME",
-             "--out": "out=DIR", "--limit": "limit=N", "--mnli-matched": "mnli_matched=SOURCE",
-             "--mnli-mismatched": "mnli_mismatched=SOURCE", "--stsb": "stsb=SOURCE", "--stsb-scale": "stsb_scale=X",
-             "--retrieval": "retrieval=SOURCE"}  # fmt: skip
-
-
 def parser() -> argparse.ArgumentParser:
     built = config_parser(
         "python -m siamese.evaluate", doc_summary(__doc__), EvalConfig, resume=False, leading="--model DIR"
@@ -301,9 +294,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    for word in argv if argv is not None else sys.argv[1:]:
-        if (flag := word.split("=", 1)[0]) in OLD_FLAGS:
-            raise ConfigError(f"{flag} is now the key {OLD_FLAGS[flag]} (python -m siamese.evaluate --help)")
     cfg, args = parse_config(parser(), EvalConfig, argv)
     return evaluate(Path(args.model), cfg)
 
