@@ -1,8 +1,8 @@
 """In-batch negatives from every rank: N processes rank against the same candidates as one process with the
 global batch (both ranking losses: `loss.name=mnrl` and the ranking part of `both`, siamese/ranking.py).
 
-Without this, each rank ranked its premises against its own B hypotheses only: N processes trained an easier
-objective (B − 1 negatives instead of N·B − 1) than the one-process run they stand in for.
+Without this, each rank would rank its premises against its own B hypotheses only: N processes would train an
+easier objective (B − 1 negatives instead of N·B − 1) than the one-process run they stand in for.
 
 A candidate whose input is identical to a premise's own hypothesis (the same token ids: a pair that occurs twice
 in the data, or another row's contradiction that is this row's entailment) is no negative of that premise: it is

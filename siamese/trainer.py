@@ -98,7 +98,7 @@ class StreamInMainOrder(torch.utils.data.IterableDataset):
     """The training stream in the order the main process reads it, from dataloader worker 0 alone.
 
     Inside a dataloader worker, datasets re-seeds the shuffle buffer and the mixing of sources by the
-    worker's id (id 0 too) and hands each worker its own files, so the pairs trained on depended on
+    worker's id (id 0 too) and hands each worker its own files, so the pairs trained on would depend on
     `impl.dataloader_num_workers`, a setting that may change only speed (tests/siamese/test_train_inputs.py).
     `IterableDataset.iter` reads without that worker logic. The stream has one order, so one worker
     reads, cleans and collates it ahead of the training step; any others stop at once.
@@ -142,7 +142,7 @@ class AverageHeadGradients(TrainerCallback):
 @contextlib.contextmanager
 def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
     """A checkpoint file holding more than tensors → one line. The Trainer's torch.load calls pass
-    weights_only=True (tested), so torch refused to unpickle it and nothing in it ran."""
+    weights_only=True (tested), so torch refuses to unpickle it and nothing in it runs."""
     try:
         yield
     except pickle.UnpicklingError as err:

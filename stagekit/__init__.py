@@ -1,8 +1,9 @@
 """stagekit: what both stages are built from — the config schema and CLI, the stage lifecycle and the
 Trainer stack, data sources, checkpoints, run folders, tracking.
 
-A name of its own (it was `common`) so that a user's `common.py` or another package's `common` cannot shadow
-it (tests/stagekit mirrors it; a `tests/common` once hid it from a test started as a script).
+A name of its own, not a generic one like `common`, so that a user's `common.py` or another package's module
+of that name cannot shadow it; tests/stagekit mirrors it under the same name (a test started as a script puts
+tests/ first on sys.path, where a `tests/common` would hide a package `common`).
 """
 
 import os as _os

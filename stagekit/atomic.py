@@ -17,8 +17,8 @@ def require_writable(folder: str | Path, remedy: str) -> None:
     """Make `folder` (and its parents) and check that files can be created in it, or raise a one-line
     UserError ending in `remedy` (what to change, e.g. "set output_dir= to a writable folder").
 
-    Run before any work: a read-only output used to surface as a traceback minutes in, at the first save
-    or plot. `os.access` sees a read-only mount also for root (EROFS), who passes every permission check;
+    Run before any work, so a read-only output is one line at the start, not a traceback minutes in, at
+    the first save or plot. `os.access` sees a read-only mount also for root (EROFS), who passes every permission check;
     the file actually created and removed catches what access() cannot know (e.g. a network file system).
     """
     folder = Path(folder)

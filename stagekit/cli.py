@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def doc_summary(doc: str | None) -> str:
     """A module docstring's first paragraph on one line, as an entry point's `--help` description: whole sentences
-    (its first line alone was often cut mid-sentence); a paragraph that introduces a list (ends in ":") ends in "."."""
+    (a first line alone may end mid-sentence); a paragraph that introduces a list (ends in ":") ends in "."."""
     first = " ".join((doc or "").strip().split("\n\n")[0].split())
     return first[:-1] + "." if first.endswith(":") else first
 
@@ -89,7 +89,8 @@ def config_parser(
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """`parser`'s arguments with options anywhere among the overrides: plain `parse_args` ends the positional
-    list at the first option, so `run_name=x --resume train.max_steps=20` failed with "unrecognized arguments"."""
+    list at the first option, so `run_name=x --resume train.max_steps=20` would fail with "unrecognized
+    arguments"."""
     return parser.parse_intermixed_args(argv)
 
 

@@ -1,8 +1,8 @@
 """Whether a run folder's model is finished, and what happens to a finished model that is trained on.
 
-A stage run again on a folder whose model exists (`--resume`, or the pipeline) used to continue from the last
-checkpoint — the final step's — and train a step past the end, replacing the model, its metrics and, for
-fine-tuning, the evaluation written into the model folder. Now the model's own record decides:
+A stage run again on a folder whose model exists (`--resume`, or the pipeline) does not simply continue from
+the last checkpoint — the final step's — which would train a step past the end and replace the model, its
+metrics and, for fine-tuning, the evaluation written into the model folder. The model's own record decides:
 
 - **finished**: the config the model was trained with (its resolved_config.yaml) asks for at least as many
   steps, epochs and minutes as this one → nothing is trained; the stage says so and returns the model as it is;
@@ -160,8 +160,8 @@ def model_identity(name: str | None, run_dir: Path) -> dict[str, Any] | None:
 
 def base_changed(recorded: Any, current: dict[str, Any] | None) -> bool:
     """Whether the base model `recorded` by a checkpoint or model (`model_identity` then) differs from `current`:
-    by the weights' sha256 when both have one, else by name. A record without one (written before bases were
-    recorded) cannot tell, and counts as unchanged."""
+    by the weights' sha256 when both have one, else by name. A record that names no base model cannot tell, and
+    counts as unchanged."""
     if not isinstance(recorded, dict) or current is None:
         return False
     if recorded.get("sha256") and current.get("sha256"):

@@ -218,8 +218,8 @@ def restarted_after_a_kill(stage: str, argv: list[str], tmp_path: Path) -> tuple
     return run, logged
 
 
-# Before: the restarted group refused the folder ("already holds a run (checkpoint-4): pass --resume"), or with
-# --resume from the start never formed ("Gloo connectFullMesh failed … timed out connecting"); no model.
+# The restarted group accepts its own run folder (no "already holds a run (checkpoint-4): pass --resume") and
+# forms again ("Gloo connectFullMesh failed … timed out connecting" would be the failure); it ends with a model.
 def test_a_killed_pretraining_worker_is_restarted_and_resumes_by_itself(pretrain_argv, tmp_path):
     argv = [*pretrain_argv, "train.max_steps=24", "train.save_steps=4", "train.eval_steps=12"]
     run, logged = restarted_after_a_kill("pretrain", argv, tmp_path)
@@ -237,7 +237,8 @@ def test_a_killed_fine_tuning_worker_is_restarted_and_resumes_by_itself(tiny_ber
     assert_same_weights(final_weights(tmp_path / "straight/siamese-debug/model"), final_weights(run / "model"), 1e-6)
 
 
-# Before: the rank on the other "node" waited in its next all-reduce for gloo's 30-minute timeout.
+# The rank on the other "node" stops within seconds, instead of waiting in its next all-reduce for gloo's
+# 30-minute timeout.
 @pytest.mark.parametrize("stage", ["pretrain", "siamese"])
 def test_a_rank_that_raises_stops_every_node_within_seconds(stage, pretrain_argv, tiny_bert_for_distributed, tmp_path):
     if stage == "pretrain":
@@ -259,7 +260,7 @@ def test_a_rank_that_raises_stops_every_node_within_seconds(stage, pretrain_argv
 # ---- 3. ranking loss across devices ------------------------------------------------------------------------------
 
 
-# Before: each rank ranked its premises among its own 8 pairs, so 2 × 8 trained another objective than 1 × 16.
+# Each rank ranks its premises among all 16 pairs: 2 × 8 trains the same objective as 1 × 16, not one over 8.
 def test_the_ranking_loss_on_two_processes_follows_the_one_process_curve(tiny_bert_for_distributed, tmp_path):
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "loss.name=both", "impl.num_threads=1"]
     launch(
