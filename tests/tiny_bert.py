@@ -20,9 +20,13 @@ def make_tiny_bert(
     lines: int = 400,
     vocab_size: int = 1000,
     positions: int = 512,
+    max_length: int = 512,
     seed: int = 0,
 ) -> Path:
-    """A randomly initialised BertModel + a WordPiece tokenizer trained on `lines` MNLI pairs, saved together."""
+    """A randomly initialised BertModel + a WordPiece tokenizer trained on `lines` MNLI pairs, saved together
+    in `out_dir` (returned). `positions`: the model's position embeddings; `max_length`: the tokenizer's
+    `model_max_length`. The weights depend only on the sizes and `seed` (torch's generator is seeded here and
+    left where the model's initialisation ends)."""
     import torch
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -36,7 +40,7 @@ def make_tiny_bert(
             texts += [row["premise"], row["hypothesis"]]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
-    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=512)
+    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=max_length)
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),

@@ -1,4 +1,4 @@
-"""Build a tiny trained siamese NLI model (L2/H64, own WordPiece vocabulary) in seconds on CPU.
+"""Build a tiny trained siamese NLI model (the tiny BERT of tests/tiny_bert.py, L2/H64) in seconds on CPU.
 
 The app tests, the browser test and the latency benchmark's smoke run all need a real model folder
 in the layout the siamese stage writes: a SentenceTransformer + NLI head + run_info.json + report.json.
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from siamese.encoder import LABELS, save_head
+from tests.tiny_bert import make_tiny_bert
 
 MAX_SEQ_LENGTH = 32  # short, so a long input shows the truncation notice
 
@@ -28,29 +29,11 @@ def build_tiny_model(data_dir: Path, outputs_root: Path, run_name: str = "tiny",
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-    from tokenizers import BertWordPieceTokenizer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
 
-    torch.manual_seed(0)
     random.seed(0)
     pairs = read_pairs(data_dir / "mnli" / "train.jsonl.gz", 400)
-    work = outputs_root / run_name / "backbone"
-    work.mkdir(parents=True, exist_ok=True)
-
-    wordpiece = BertWordPieceTokenizer(lowercase=True)
-    texts = [p["premise"] for p in pairs] + [p["hypothesis"] for p in pairs]
-    wordpiece.train_from_iterator(texts, vocab_size=1000, min_frequency=1)
-    tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=MAX_SEQ_LENGTH)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(work)
-    tokenizer.save_pretrained(work)
+    # Seeds torch too: the pooling, the NLI head and the steps below start from the generator it leaves.
+    work = make_tiny_bert(outputs_root / run_name / "backbone", data_dir, positions=64, max_length=MAX_SEQ_LENGTH)
 
     model = SentenceTransformer(
         modules=[Transformer(str(work), max_seq_length=MAX_SEQ_LENGTH), Pooling(64, pooling_mode="mean")],
