@@ -18,8 +18,9 @@ cross-entropy) on:
 Printed per run: step × score, with each rule's pick marked; then per rule, how many picks differ from the oracle's
 and how many MNLI dev points (mean of matched and mismatched) its pick loses against the oracle's pick and against
 the last checkpoint (mean and max over runs; negative: a gain). A tie goes to the earliest step, as the Trainer
-keeps the first best. `--out FILE` writes it all as JSON, with the command, machine and date. Each process scores
-with one torch thread; `--jobs N` scores N runs side by side.
+keeps the first best. `--out FILE` writes it all as JSON, with the command, machine and date; such a file given in
+place of a run folder adds its scored runs to the summary without scoring them again (runs scored as each finished
+training). Each process scores with one torch thread; `--jobs N` scores N runs side by side.
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def score_run(run: Path, shared: dict[str, dict[str, list]], threads: int) -> di
     return {
         "run": str(run),
         "seed": cfg.train.seed,
-        "validation_pairs": len(sets["validation"]["label"]),
+        "pairs": {name: len(pairs["label"]) for name, pairs in sets.items()},
         "trainer_kept_step": kept,
         "checkpoints": rows,
         "picks": {rule: pick(rows, score, higher) for rule, (score, higher) in RULES.items()}
@@ -256,7 +257,13 @@ def shared_sets(snli_pairs: int, limit: int | None) -> dict[str, dict[str, list]
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.selection_rule", description=doc_summary(__doc__))
-    parser.add_argument("runs", nargs="+", type=Path, help="fine-tuning run folders (<output_dir>/<run_name>)")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        type=Path,
+        help="fine-tuning run folders (<output_dir>/<run_name>), or an --out file of an "
+        "earlier call whose runs join the summary unscored",
+    )
     parser.add_argument("--snli-pairs", type=int, default=500, help="SNLI dev pairs the old rule chose on")
     parser.add_argument("--limit", type=int, help="score the first N pairs of each MNLI dev set (dry runs)")
     parser.add_argument("--jobs", type=int, default=1, help="runs scored side by side, one process each")
@@ -264,23 +271,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, help="write the scores, picks and summary here (JSON)")
     args = parser.parse_args(argv)
     command = "python -m bench.selection_rule " + " ".join(sys.argv[1:] if argv is None else argv)
-    for run in args.runs:  # every folder checked before minutes of scoring
+    scored = [run for path in args.runs if path.is_file() for run in json.loads(path.read_text())["runs"]]
+    folders = [path for path in args.runs if not path.is_file()]
+    for run in folders:  # every folder checked before minutes of scoring
         kept_checkpoints(run, run_config(run))
     started = time.perf_counter()
-    shared = shared_sets(args.snli_pairs, args.limit)
+    shared = shared_sets(args.snli_pairs, args.limit) if folders else {}
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn"), initializer=setup_logging) as pool:
-            runs = list(pool.map(score_run, args.runs, [shared] * len(args.runs), [args.threads] * len(args.runs)))
+            runs = list(pool.map(score_run, folders, [shared] * len(folders), [args.threads] * len(folders)))
     else:
-        runs = [score_run(run, shared, args.threads) for run in args.runs]
+        runs = [score_run(run, shared, args.threads) for run in folders]
+    runs = sorted(scored + runs, key=lambda run: run["seed"])
     summary = summarise(runs)
     record = {
         "command": command,
         "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": round((time.perf_counter() - started) / 60, 1),
-        "pairs": {name: len(pairs["label"]) for name, pairs in shared.items()}
-        | {"validation": sorted({run["validation_pairs"] for run in runs})},
+        "pairs": sorted({json.dumps(run["pairs"], sort_keys=True) for run in runs}),
         "runs": runs,
         "summary": summary,
         "max_gap_to_logged_validation_loss": logged_gap(runs),
@@ -291,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print("\n".join(run_table(run)))
     print("\n" + "\n".join(picks_table(runs)))
     print("\nMNLI dev points (mean of m and mm) lost:\n" + "\n".join(summary_table(summary)))
-    print(f"\n{record['machine']}; {record['minutes']} min; pairs {record['pairs']}; held-out loss vs logged: "
+    print(f"\n{record['machine']}; {record['minutes']} min; pairs {'; '.join(record['pairs'])}; held-out loss vs logged: "
           f"max gap {record['max_gap_to_logged_validation_loss']:.2e}")  # fmt: skip
     if args.out:
         args.out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
