@@ -9,7 +9,6 @@ so it needs no shuffle of the whole corpus and no document positions.
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -22,7 +21,7 @@ import fsspec
 from pretrain.config import LOCAL_CORPUS_HINT, DataConfig
 from stagekit.errors import DataError
 from stagekit.sources import check_readable, file_type, load_source, local_files, reading
-from stagekit.text import has_visible_content
+from stagekit.text import has_visible_content, hashed_below
 
 _TAG = re.compile(r"<\s*/?\s*(?:br|p|i|b|em|strong|hr|div|span|a)\b[^>]*>", re.IGNORECASE)
 # A chunk also ends at this many characters (~200 IMDB reviews, ~16 Wikipedia articles), so the memory
@@ -117,8 +116,7 @@ def in_validation(text: str, fraction: float, seed: int) -> bool:
     A stream can be split this way without knowing its length; the split does not depend on chunking
     or worker count; exact duplicates (1,533 in the IMDB stand-in) land in the same split.
     """
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=str(seed).encode())
-    return int.from_bytes(digest.digest(), "little") < fraction * 2**64
+    return hashed_below(text, fraction, key=str(seed).encode())
 
 
 @dataclass

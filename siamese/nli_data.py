@@ -9,7 +9,6 @@ own longest pair. Labels follow GLUE / the Hub: 0 entailment, 1 neutral, 2 contr
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import random
 import zlib
@@ -24,7 +23,7 @@ from siamese.labels import LABELS
 from siamese.row_counts import RowCounts
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, json_value, load_source, local_files, reading
-from stagekit.text import has_visible_content
+from stagekit.text import has_visible_content, hashed_below
 
 log = logging.getLogger(__name__)
 
@@ -316,8 +315,7 @@ def held_out(premise: str, fraction: float) -> bool:
 
     By premise, so every hypothesis of one premise (and every duplicate row) is on the same side.
     """
-    digest = hashlib.blake2b(premise_key(premise).encode("utf-8", "surrogatepass"), digest_size=8, key=HOLDOUT_KEY)
-    return int.from_bytes(digest.digest(), "little") < fraction * 2**64
+    return hashed_below(premise_key(premise), fraction, key=HOLDOUT_KEY)
 
 
 class _HoldOut:

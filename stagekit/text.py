@@ -1,8 +1,10 @@
-"""What counts as text at all: one rule for every reader of pairs, the app and the corpus; and text cells made
-safe for a spreadsheet in every CSV the project writes."""
+"""What counts as text at all: one rule for every reader of pairs, the app and the corpus; the hash that splits a
+stream of texts into training and validation; and text cells made safe for a spreadsheet in every CSV the project
+writes."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from typing import Any
@@ -25,6 +27,15 @@ def has_visible_content(text: object) -> bool:
     if not isinstance(text, str):
         return False
     return any(ch not in _BLANK_LOOKING and unicodedata.category(ch) not in _INVISIBLE_CATEGORIES for ch in text)
+
+
+def hashed_below(text: str, fraction: float, key: bytes) -> bool:
+    """Whether a keyed blake2b (8 bytes, little-endian) of `text` falls below `fraction` of its range: a split of a
+    stream that needs no length, is the same on every machine, process and worker (never Python's salted hash()),
+    and puts exact copies of a text on the same side. Pretraining documents (pretrain/corpus.py) and NLI premises
+    (siamese/nli_data.py) are split by it."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8, key=key)
+    return int.from_bytes(digest.digest(), "little") < fraction * 2**64
 
 
 # A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"); TAB and CR can precede
