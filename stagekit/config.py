@@ -6,7 +6,7 @@ A `${VAR}` in a string is expanded for the run and kept as written in every save
 (stagekit/variables.py, `to_dict`).
 
 Each key carries its own help and resume rule as field metadata (`key(...)`); `describe_keys` reads them
-for `--help`, `resumable_keys` for what `--resume` may change, and `python -m stagekit.config_docs` writes
+for `--help`, `resumable_keys` for what `--resume` may change, and `python -m pipeline.config_docs` writes
 docs/configuration.md from the same place. A section renames a key with a `renamed` class attribute, so
 an old config gets a one-line error naming the new key and an old checkpoint's record is read under it.
 """

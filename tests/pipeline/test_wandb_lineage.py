@@ -14,7 +14,7 @@ import pytest
 
 from pipeline.__main__ import main
 from stagekit.lineage import REFERENCE_FILE
-from tests.test_pipeline import pipeline_argv
+from tests.pipeline.test_pipeline import pipeline_argv
 
 
 def records(run_folder: Path) -> list[dict]:
