@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from stagekit.distributed import all_ranks
 from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,6 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f}"
 
 
-def _all_ranks_min(value: int, device: torch.device) -> int:
-    """The smallest `value` over all ranks (each rank fits its own device; all must train alike)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())
-
-
 def trainer_probe(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) -> Callable[[int], int | None]:
     """A probe for `fit_batch`: one forward and backward pass of `trainer`'s loss on `make_inputs(batch)` under
     the run's autocast; the peak memory allocated on CUDA (None elsewhere). Gradients are dropped after."""
@@ -238,7 +229,7 @@ def fit_trainer_batch(
         _restore(states)
     if mini_batches is not None:
         return _agree_on_mini_batch(fit, mini_batches, device)
-    agreed = _all_ranks_min(fit.per_device, device)
+    agreed = all_ranks(fit.per_device, "min", device)  # each rank fits its own device; all train alike
     if agreed != fit.per_device:
         total = configured.per_device * configured.accumulation
         fit = BatchFit(agreed, total // agreed, (*fit.tried, (agreed, "the smallest fit over all ranks")))
@@ -251,7 +242,7 @@ def fit_trainer_batch(
 def _agree_on_mini_batch(fit: BatchFit, mini_batches: MiniBatches, device: torch.device) -> BatchFit:
     """Every rank embeds in the smallest mini-batch any rank fitted (one pass counts as the whole batch)."""
     mine = fit.mini_batch or fit.per_device
-    agreed = _all_ranks_min(mine, device)
+    agreed = all_ranks(mine, "min", device)
     if agreed != mine:
         mini_batches.use(agreed)
         fit = BatchFit(

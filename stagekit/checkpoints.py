@@ -22,10 +22,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from transformers import TrainerCallback
 
 from stagekit import elastic
+from stagekit.distributed import barrier
 from stagekit.errors import ConfigError, UserError
 from stagekit.tracking import active_run_id
 from stagekit.weights import damaged_weights
@@ -207,8 +207,7 @@ class SaveRunConfig(TrainerCallback):
         self.config = config
 
     def on_save(self, args, state, control, **kwargs):
-        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
             if folder.is_dir():

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from stagekit import distributed
 from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def run_id() -> str | None:
 
 def rank_and_size() -> tuple[int, int]:
     """(global rank, world size) from the launcher's environment, or of the running group; (0, 1) alone."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+    if distributed.distributed():
+        return distributed.rank(), distributed.world_size()
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 

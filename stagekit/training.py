@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from stagekit.checkpoints import SaveRunConfig, newest_checkpoint
+from stagekit.distributed import any_rank
 from stagekit.errors import UserError
 from stagekit.precision import run_precision, skipped_by_loss_scaler
 from stagekit.schedule import WarmupPlateauSchedule
@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDiverged(UserError):
     """The training loss or the gradient norm became NaN or infinite."""
-
-
-def any_rank(flag: bool, device: torch.device | str) -> bool:
-    """True on every rank when `flag` is True on any rank (an all-reduce MAX; the flag itself alone)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
 
 
 class StopOnNonFiniteLoss(TrainerCallback):
