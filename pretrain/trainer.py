@@ -64,8 +64,8 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
         untied = sorted(k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded)
         super()._issue_warnings_after_load(type(load_result)(untied, list(load_result.unexpected_keys)))
 
-    def probe_batch(self, n: int) -> dict[str, torch.Tensor]:
-        """The first `n` masked training blocks as one batch: `impl.fit_batch`'s memory probe (blocks all have
+    def worst_case_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """The first `n` masked training blocks as one batch: `impl.fit_batch`'s memory trial (blocks all have
         the same length, so any `n` of them cost the same)."""
         return self.data_collator([self.train_dataset[i] for i in range(n)])
 

@@ -225,10 +225,24 @@ class SiameseStage(Stage):
         use_model(cfg.model.base_model)  # W&B lineage: the pretraining artifact (or Hub model) is this run's input
         trainer = build_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
         self.warm_start = maybe_warm_start(cfg, trainer, checkpoint, self.eval_pairs)
-        trainer.mini_batches = ranking_mini_batches(cfg, trainer)
         per_step, steps = trainer.units_per_step, cfg.train.max_steps
         log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
         return trainer
+
+    def mini_batches(self, trainer: SiameseTrainer) -> MiniBatches | None:
+        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py)
+        instead of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
+        cfg = self.cfg
+        if cfg.loss.name == "softmax":
+            return None
+
+        def use(size: int) -> None:
+            loss = siamese_model.build_loss(
+                trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier
+            )
+            trainer.loss = trainer.prepare_loss(loss, trainer.model)
+
+        return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
     def metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
         metrics = final_metrics(trainer, trainer.evaluator)
@@ -258,19 +272,6 @@ class SiameseStage(Stage):
 
     def model_card(self, folder: Path, final: Path) -> None:
         write_model_card(folder, final)  # in place of sentence-transformers' generic README.md
-
-
-def ranking_mini_batches(cfg: SiameseConfig, trainer: SiameseTrainer) -> MiniBatches | None:
-    """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py) instead
-    of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
-    if cfg.loss.name == "softmax":
-        return None
-
-    def use(size: int) -> None:
-        loss = siamese_model.build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
-        trainer.loss = trainer.prepare_loss(loss, trainer.model)
-
-    return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
 
 def maybe_warm_start(

@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 import transformers
@@ -28,7 +28,7 @@ from transformers import Trainer
 
 from stagekit import elastic
 from stagekit.atomic import atomic_dir
-from stagekit.batch_fit import fit_trainer_batch
+from stagekit.batch_fit import MiniBatches, fit_trainer_batch
 from stagekit.checkpoints import (
     BASE_MODEL,
     STATE,
@@ -61,12 +61,22 @@ MODEL = "model"  # the final model folder inside the run folder
 METRICS, RUN_INFO, RESOLVED_CONFIG = "metrics.json", "run_info.json", "resolved_config.yaml"
 
 
+class StageTrainer(Protocol):
+    """What `run_stage` needs of the Trainer a stage builds, beyond transformers' `Trainer` it is: how much one
+    optimizer step trains on, and the batch `impl.fit_batch` tries memory on (stagekit/batch_fit.py). Both stages'
+    trainers get the first two from stagekit/training.py `ThroughputMixin`."""
+
+    units_per_step: float  # `throughput_unit`s per optimizer step over all ranks (tokens, pairs)
+    throughput_unit: str  # what `<unit>_seen` and `<unit>_per_s` count
+
+    def worst_case_batch(self, n: int) -> dict[str, Any]:
+        """`n` training examples as long as the run can see, collated: the most memory a batch of `n` takes."""
+        ...
+
+
 class Stage(ABC):
     """The parts of one training stage. `cfg` is the stage's config (a RunConfig with `train`, `impl` and
-    `wandb` sections: stagekit/stage_config.py). The Trainer it builds carries `units_per_step`,
-    `throughput_unit` and `probe_batch(n)` (stagekit/training.py `ThroughputMixin`, the stages' trainers), and may
-    carry `mini_batches` (stagekit/batch_fit.py `MiniBatches`) when its loss ranks within the batch, so that
-    `impl.fit_batch` fits the loss's mini-batch instead of cutting the batch's negatives."""
+    `wandb` sections: stagekit/stage_config.py). The Trainer it builds is a `StageTrainer`."""
 
     name: ClassVar[str]  # the W&B job type, the log prefix and the metrics' prefix in W&B
     example: ClassVar[str]  # what one per-device batch holds ("blocks", "pairs"): the out-of-memory message
@@ -82,7 +92,7 @@ class Stage(ABC):
 
     @abstractmethod
     def build_trainer(self, report_to: list[str], checkpoint: str | None) -> Trainer:
-        """The Trainer, ready to train; `checkpoint` is the one it will continue (None: a fresh run). Raises a
+        """The Trainer (a `StageTrainer`), ready to train; `checkpoint` is the one it will continue (None: a fresh run). Raises a
         one-line UserError for a checkpoint this stage cannot continue."""
 
     @abstractmethod
@@ -98,6 +108,12 @@ class Stage(ABC):
         """The model this stage starts from (a folder or Hub id), or None when it starts from random weights. A
         base that changed since a checkpoint or the model was trained from it is trained from again
         (stagekit/finished.py `model_identity`)."""
+        return None
+
+    def mini_batches(self, trainer: Trainer) -> MiniBatches | None:
+        """For a loss that ranks within the batch: how it embeds the batch in mini-batches, so that `impl.fit_batch`
+        fits the loss's mini-batch instead of cutting the batch's negatives (and the out-of-memory line names its
+        key). None (the default): the loss is a mean over independent examples."""
         return None
 
     def model_card(self, folder: Path, final: Path) -> None:  # noqa: B027 (optional: a folder may go without)
@@ -183,9 +199,8 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         trainer = stage.build_trainer(report_to, checkpoint)
         add_stage_callbacks(trainer, cfg.train, record)
         add_checkpoint_artifacts(trainer, cfg.wandb.log_model, cfg.run_dir.name, stage.name)
-        mini_batches = getattr(trainer, "mini_batches", None)
-        probe = trainer.probe_batch  # type: ignore[attr-defined]
-        fitted = fit_trainer_batch(trainer, probe, cfg.impl.fit_batch, mini_batches)
+        mini_batches = stage.mini_batches(trainer)
+        fitted = fit_trainer_batch(trainer, cfg.impl.fit_batch, mini_batches)
         with advise_on_out_of_memory(
             "train.per_device_train_batch_size",
             fitted.per_device,
@@ -253,14 +268,14 @@ def checkpoint_step(checkpoint: str | Path) -> int:
     return int(json.loads((Path(checkpoint) / STATE).read_text())["global_step"])
 
 
-def run_metrics(trainer: Trainer, train_loss: float) -> dict[str, Any]:
-    """What every stage reports under one name: steps, units seen and per second (the median logging
-    window, over all ranks), processes, why it stopped, the mean training loss."""
-    state, unit = trainer.state, trainer.throughput_unit  # type: ignore[attr-defined]
+def run_metrics(trainer: Any, train_loss: float) -> dict[str, Any]:
+    """What every stage reports under one name from its `StageTrainer`: steps, units seen and per second (the
+    median logging window, over all ranks), processes, why it stopped, the mean training loss."""
+    state, unit = trainer.state, trainer.throughput_unit
     rates = sorted(h[f"{unit}_per_s"] for h in state.log_history if f"{unit}_per_s" in h)
     return {
         "step": state.global_step,
-        f"{unit}_seen": state.global_step * trainer.units_per_step,  # type: ignore[attr-defined]
+        f"{unit}_seen": state.global_step * trainer.units_per_step,
         f"{unit}_per_s": rates[len(rates) // 2] if rates else math.nan,
         "processes": trainer.args.world_size,
         "stop_reason": stop_reason(trainer),
@@ -268,4 +283,4 @@ def run_metrics(trainer: Trainer, train_loss: float) -> dict[str, Any]:
     }
 
 
-__all__ = ["FinishedModel", "Stage", "StageResult", "run_stage", "starting_point"]
+__all__ = ["FinishedModel", "Stage", "StageResult", "StageTrainer", "run_stage", "starting_point"]
