@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +41,11 @@ from siamese.postprocess import save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
 from stagekit.batch_fit import MiniBatches
 from stagekit.checkpoints import read_run_config
-from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, DataError, UserError
 from stagekit.lineage import use_model
-from stagekit.push import pushed_when_done
 from stagekit.sources import reading
-from stagekit.stage import Stage, StageResult, run_stage
+from stagekit.stage import Stage
 from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
@@ -182,6 +179,7 @@ class SiameseStage(Stage):
     """
 
     name, example = "siamese", "pairs"
+    config_class, prog, description = SiameseConfig, "python -m siamese", "Fine-tune a sentence encoder on NLI."
 
     def __init__(self, cfg: SiameseConfig) -> None:
         super().__init__(cfg)
@@ -319,10 +317,3 @@ def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
         chosen = evals[-1] if evals else trainer.evaluate()
         metrics |= {k: v for k, v in chosen.items() if k.startswith("eval_")}
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def main(argv: Sequence[str] | None = None) -> StageResult:
-    parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
-    cfg, args = parse_config(parser, SiameseConfig, argv)
-    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
-        return run_stage(SiameseStage(cfg), resume=args.resume)

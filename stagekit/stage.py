@@ -1,4 +1,5 @@
-"""One training stage's lifecycle, the same for pretraining and fine-tuning: `run_stage(stage, resume)`.
+"""One training stage's lifecycle, the same for pretraining and fine-tuning: `run_stage(stage, resume)`, and the
+command around it (`stage_command`: `python -m pretrain`, `python -m siamese`).
 
     process group → run-folder lock → what the folder asks for (start, continue its newest complete checkpoint,
     or nothing: its model is finished) → data (one process per machine first) → resume checks → W&B →
@@ -16,8 +17,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -37,6 +40,7 @@ from stagekit.checkpoints import (
     choose_checkpoint,
     recorded_wandb_id,
 )
+from stagekit.cli import config_parser, parse_config, run_cli
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device
 from stagekit.finished import (
@@ -50,6 +54,7 @@ from stagekit.finished import (
 from stagekit.lineage import add_checkpoint_artifacts, describe, log_model
 from stagekit.model_card import describe_hardware
 from stagekit.precision import run_precision
+from stagekit.push import pushed_when_done
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to
 from stagekit.training import add_stage_callbacks, advise_on_out_of_memory, setup_process, stop_reason
@@ -80,6 +85,9 @@ class Stage(ABC):
 
     name: ClassVar[str]  # the W&B job type, the log prefix and the metrics' prefix in W&B
     example: ClassVar[str]  # what one per-device batch holds ("blocks", "pairs"): the out-of-memory message
+    config_class: ClassVar[type]  # the stage's config schema, read by its command (`stage_main`)
+    prog: ClassVar[str]  # the command as --help shows it ("python -m pretrain")
+    description: ClassVar[str]  # what --help says the command does, in whole sentences
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -119,6 +127,10 @@ class Stage(ABC):
     def model_card(self, folder: Path, final: Path) -> None:  # noqa: B027 (optional: a folder may go without)
         """Write the model card (README.md) into `folder` from the files there, run_stage's included; `final` is
         where the folder will live."""
+
+    def summary(self, result: StageResult) -> str | None:
+        """What the command prints once a model is trained (main process), or None: nothing."""
+        return None
 
 
 @dataclass
@@ -283,4 +295,43 @@ def run_metrics(trainer: Any, train_loss: float) -> dict[str, Any]:
     }
 
 
-__all__ = ["FinishedModel", "Stage", "StageResult", "StageTrainer", "run_stage", "starting_point"]
+def stage_main(stage_class: type[Stage], argv: Sequence[str] | None = None) -> StageResult:
+    """A stage's command: `--config FILE [--resume] [--push-to-hub REPO] [key=value ...]` read and checked before
+    any work (stagekit/cli.py), `run_stage` (the model folder pushed after it when asked: stagekit/push.py), then
+    the stage's summary when a model was trained. Raises UserError (one line) for what either refuses."""
+    schema = stage_class.config_class
+    parser = config_parser(stage_class.prog, stage_class.description, schema)
+    cfg, args = parse_config(parser, schema, argv)  # fails in one line before any work
+    stage = stage_class(cfg)
+    with pushed_when_done(args.push_to_hub, cfg.run_dir / MODEL, args.hub_private):  # checked now, pushed after
+        result = run_stage(stage, resume=args.resume)
+    if result.trained and result.is_main and (text := stage.summary(result)):
+        print(text)
+    return result
+
+
+def stage_command(
+    stage_class: type[Stage],
+) -> tuple[Callable[[Sequence[str] | None], StageResult], Callable[[], None]]:
+    """`main(argv)` (`stage_main` of `stage_class`, what tests and the pipeline call) and `cli()` (the console
+    script: `main` under `run_cli`, its one-line errors and exit status) of a stage's `python -m` command."""
+
+    def main(argv: Sequence[str] | None = None) -> StageResult:
+        return stage_main(stage_class, argv)
+
+    def cli() -> None:
+        sys.exit(run_cli(main))
+
+    return main, cli
+
+
+__all__ = [
+    "FinishedModel",
+    "Stage",
+    "StageResult",
+    "StageTrainer",
+    "run_stage",
+    "stage_command",
+    "stage_main",
+    "starting_point",
+]

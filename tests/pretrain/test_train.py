@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, pipeline
 
+from pretrain.__main__ import main
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
-from pretrain.train import main
 from stagekit.checkpoints import checkpoint_dirs, newest_checkpoint
 from stagekit.errors import ConfigError, UserError
 from stagekit.training import TrainingDiverged

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
+from siamese.__main__ import main
 from siamese.encoder import HEAD_FILE, NLIEncoder
-from siamese.train import main
 from stagekit.checkpoints import newest_checkpoint
 from stagekit.cli import run_cli
 from stagekit.errors import ConfigError, UserError

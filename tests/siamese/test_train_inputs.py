@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from siamese.train import main
+from siamese.__main__ import main
 from stagekit.cli import run_cli
 
 pytestmark = pytest.mark.slow
