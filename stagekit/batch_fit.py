@@ -18,9 +18,10 @@ Where torch reports no memory figures (CPU, MPS) only an out-of-memory error rul
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,27 @@ def _fits(
 
 def gib(n: int) -> str:
     return f"{n / 2**30:.1f}"
+
+
+@contextlib.contextmanager
+def advise_on_out_of_memory(
+    batch_key: str, batch_size: int, accumulation: int, unit: str, mini_batch_key: str | None = None
+) -> Iterator[None]:
+    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the same `unit`s per step; for a
+    loss that ranks within the batch that would cut its negatives, so the line names `mini_batch_key` instead."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if mini_batch_key is not None:
+            raise UserError(
+                f"CUDA out of memory at {batch_key}={batch_size}: the loss ranks each example against the whole "
+                f"batch, so set {mini_batch_key} (e.g. {max(1, batch_size // 4)}) to embed it in mini-batches with "
+                "cached gradients, or set impl.fit_batch=true to find one that fits"
+            ) from None
+        raise UserError(
+            f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
+            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device, or set impl.fit_batch=true"
+        ) from None
 
 
 def memory_trial(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) -> Callable[[int], int | None]:

@@ -15,7 +15,7 @@ compute capability is what says whether the tensor cores do bf16.
 fp16 keeps the weights, the optimizer and the loss in fp32 (autocast casts only the matmul inputs), runs
 softmax, layer norm and the loss in fp32 on CUDA (autocast's fp32 op list), and scales the loss so small
 gradients do not flush to zero (accelerate's GradScaler: a step whose gradients overflow is skipped and the
-scale halved). `StopOnNonFiniteLoss` (stagekit/training.py) asks `skipped_by_loss_scaler` before it calls an
+scale halved). `StopOnNonFiniteLoss` (stagekit/callbacks.py) asks `skipped_by_loss_scaler` before it calls an
 infinite gradient norm a divergence.
 """
 

@@ -31,7 +31,8 @@ from transformers import Trainer
 
 from stagekit import elastic
 from stagekit.atomic import atomic_dir
-from stagekit.batch_fit import MiniBatches, fit_trainer_batch
+from stagekit.batch_fit import MiniBatches, advise_on_out_of_memory, fit_trainer_batch
+from stagekit.callbacks import stop_reason
 from stagekit.checkpoints import (
     BASE_MODEL,
     STATE,
@@ -57,7 +58,7 @@ from stagekit.precision import run_precision
 from stagekit.push import pushed_when_done
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to
-from stagekit.training import add_stage_callbacks, advise_on_out_of_memory, setup_process, stop_reason
+from stagekit.training import add_stage_callbacks, setup_process
 from stagekit.variables import portable
 
 log = logging.getLogger(__name__)

@@ -115,7 +115,7 @@ class SharedImplConfig:
 
     resumable_section: ClassVar[bool] = True
     removed: ClassVar[dict[str, str]] = {
-        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (stagekit/training.py "
+        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (stagekit/callbacks.py "
         "StopOnNonFiniteLoss); delete it from your config",
         "bf16": RETIRED_BF16,
     }

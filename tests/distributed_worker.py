@@ -21,22 +21,23 @@ def main() -> None:
     stage, out, _, *argv = sys.argv[1:]
     import importlib
 
+    from stagekit import stage as stage_module
     from stagekit.cli import run_cli
 
     trainers = []
-    module = importlib.import_module(f"{stage}.train")
-    real_run = module.run_stage
+    command = importlib.import_module(f"{stage}.__main__")
+    real_run = stage_module.run_stage
 
     def spy(*args, **kwargs):
         result = real_run(*args, **kwargs)
         trainers.append(result.trainer)
         return result
 
-    module.run_stage = spy
+    stage_module.run_stage = spy
     if os.environ.get("BERT_TEST_FAIL"):
         fail_rank, fail_step = (int(x) for x in os.environ["BERT_TEST_FAIL"].split(":"))
         _fail_at(fail_rank, fail_step)
-    code = run_cli(module.main, argv)  # as the real command: a failure is reported to the other ranks
+    code = run_cli(command.main, argv)  # as the real command: a failure is reported to the other ranks
     if code:
         sys.exit(code)
     trainer = trainers[0]

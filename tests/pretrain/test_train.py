@@ -15,9 +15,9 @@ from transformers import AutoModelForMaskedLM, pipeline
 from pretrain.__main__ import main
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
+from stagekit.callbacks import TrainingDiverged
 from stagekit.checkpoints import checkpoint_dirs, newest_checkpoint
 from stagekit.errors import ConfigError, UserError
-from stagekit.training import TrainingDiverged
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow

@@ -276,7 +276,7 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tin
 
 def run_capturing_trainer(monkeypatch, argv: list[str]):
     """`main(argv)`, returning the trainer it trained with (to read its optimizer's parameter groups)."""
-    from siamese import train as train_module
+    from stagekit import stage as train_module
 
     trainers, real_run = [], train_module.run_stage
 

@@ -14,6 +14,7 @@ import torch
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
 from stagekit import device as device_module
+from stagekit.callbacks import StopOnNonFiniteLoss, TrainingDiverged
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError
 from stagekit.precision import (
@@ -24,7 +25,7 @@ from stagekit.precision import (
     choose_tf32,
     skipped_by_loss_scaler,
 )
-from stagekit.training import StopOnNonFiniteLoss, TrainingDiverged, training_arguments
+from stagekit.training import training_arguments
 
 H200 = DeviceInfo("cuda", "NVIDIA H200", (9, 0))
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))

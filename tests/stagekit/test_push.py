@@ -139,7 +139,7 @@ def test_without_a_token_the_push_says_how_to_get_one(folder, hub, monkeypatch, 
 
 @pytest.mark.parametrize("stage", ["pretrain", "siamese"])
 def test_a_stage_with_push_to_hub_offline_is_refused_before_any_work(stage, repo_root, tmp_path, capsys):
-    main = __import__(f"{stage}.train", fromlist=["main"]).main
+    main = __import__(f"{stage}.__main__", fromlist=["main"]).main
     argv = ["--config", str(repo_root / "configs" / stage / "debug.yaml"), f"output_dir={tmp_path}",
             "--push-to-hub", "me/model"]  # fmt: skip
     assert run_cli(main, argv) == 2
