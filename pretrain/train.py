@@ -56,7 +56,7 @@ def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -
     )
 
 
-def build_trainer(
+def mlm_trainer(
     cfg: PretrainConfig, data: PackedData, report_to: list[str], fresh: bool, callbacks: list | None = None
 ) -> MLMTrainer:
     """The Trainer `python -m pretrain` trains with, before `run_stage` adds the callbacks both stages share
@@ -144,7 +144,7 @@ class PretrainStage(Stage):
         return {"packed_data": self.data.stats["cache_key"]}
 
     def build_trainer(self, report_to: list[str], checkpoint: str | None) -> MLMTrainer:
-        trainer = build_trainer(self.cfg, self.packed, report_to, fresh=checkpoint is None)
+        trainer = mlm_trainer(self.cfg, self.packed, report_to, fresh=checkpoint is None)
         m = self.cfg.model
         log.info(
             "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",

@@ -18,13 +18,13 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from siamese import model as siamese_model
 from siamese.calibrate import calibrate
 from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
 from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
+from siamese.model import base_model_info, build_loss, build_model, describe, head_parameter_pattern, loss_classifier
 from siamese.nli_data import (
     VALIDATION_HINT,
     RowCounts,
@@ -102,7 +102,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
     return pairs, Dataset.from_dict(pairs)
 
 
-def build_trainer(
+def siamese_trainer(
     cfg: SiameseConfig,
     train: IterableDataset,
     eval_pairs: dict[str, list] | None,
@@ -111,10 +111,10 @@ def build_trainer(
 ) -> SiameseTrainer:
     """Model, objective, evaluator and the shared stops on SentenceTransformerTrainer."""
     device = resolve_device(cfg.impl.device)
-    model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
-    classifier = siamese_model.loss_classifier(loss)
-    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
+    model = build_model(cfg.model, cfg.impl)
+    loss = build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
+    classifier = loss_classifier(loss)
+    log.info("model: %s; loss: %s", describe(model), cfg.loss.name)
     t = cfg.train
     evaluator = None
     if classifier is not None and eval_pairs is not None:
@@ -122,7 +122,7 @@ def build_trainer(
     best_metric = "eval_loss"  # never an STS score; the ranking loss's when there is no NLI head
     if evaluator is not None:
         best_metric = BEST_NLI_METRIC if t.select_metric == "accuracy" else f"eval_{EVAL_NAME}_loss"
-    head_pattern = siamese_model.head_parameter_pattern(loss)
+    head_pattern = head_parameter_pattern(loss)
     args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
     return SiameseTrainer(
         model=model,
@@ -222,7 +222,7 @@ class SiameseStage(Stage):
         if checkpoint:
             check_head_groups(checkpoint, cfg.train.head_learning_rate)
         use_model(cfg.model.base_model)  # W&B lineage: the pretraining artifact (or Hub model) is this run's input
-        trainer = build_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
+        trainer = siamese_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
         self.warm_start = maybe_warm_start(cfg, trainer, checkpoint, self.eval_pairs)
         per_step, steps = trainer.units_per_step, cfg.train.max_steps
         log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
@@ -236,9 +236,7 @@ class SiameseStage(Stage):
             return None
 
         def use(size: int) -> None:
-            loss = siamese_model.build_loss(
-                trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier
-            )
+            loss = build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
             trainer.loss = trainer.prepare_loss(loss, trainer.model)
 
         return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
@@ -261,7 +259,7 @@ class SiameseStage(Stage):
         save_postprocessing(decision, reference, folder)
         if trainer.classifier is not None:
             save_head(trainer.classifier, folder)
-        return siamese_model.base_model_info(cfg.model.base_model) | {
+        return base_model_info(cfg.model.base_model) | {
             "loss": cfg.loss.name,
             "pairs_seen": metrics["pairs_seen"],
             "data_counts": self.counts.as_dict(),
