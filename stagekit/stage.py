@@ -31,7 +31,7 @@ from transformers import Trainer
 
 from stagekit import elastic
 from stagekit.atomic import atomic_dir
-from stagekit.batch_fit import MiniBatches, advise_on_out_of_memory, fit_trainer_batch
+from stagekit.batch_fit import BatchFit, MiniBatches, advise_on_out_of_memory, fit_trainer_batch
 from stagekit.callbacks import stop_reason
 from stagekit.checkpoints import (
     BASE_MODEL,
@@ -175,63 +175,103 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
         if finished is not None:
             log.info("%s: %s", stage.name, finished.line)
             return StageResult(model_dir, finished.metrics, None, state.is_main_process)
-        checkpoint = choose_checkpoint(cfg.run_dir, resume, is_main=state.is_main_process)
-        stale = stale_checkpoint(checkpoint, base)  # read by every rank before the main process moves it
-        state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
-        if stale:  # trained from another base model: never continued
-            log.warning("%s: %s", stage.name, stale)
-            if state.is_main_process:
-                set_aside_checkpoints(checkpoint)
-            checkpoint = None
-            state.wait_for_everyone()
-        if checkpoint:
-            check_world_size(checkpoint, state.num_processes)  # before the data: a cache may take minutes
-        # One process per machine builds a cache, the others then read it; on storage the machines share, the
-        # cache's build lock lets one build and the others find it (pretrain/blocks.py).
-        with state.local_main_process_first():
-            record = to_dict(cfg) | stage.prepare(state.num_processes) | ({BASE_MODEL: base} if base else {})
-        schema = type(cfg)
-        if checkpoint:
-            check_resume_settings(
-                checkpoint,
-                record,
-                resumable_keys(schema),
-                renamed_keys(schema),
-                schema.implied_by_old_checkpoints,
-                expanded=to_dict(cfg, expanded=True),
-            )
-        report_to = trainer_report_to(
-            cfg.wandb,
-            cfg.run_dir,
-            to_dict(cfg),
-            stage.name,
-            is_main=state.is_main_process,
-            resume_id=recorded_wandb_id(checkpoint),
-        )
-        log.info("%s: %s", stage.name, starting_point(checkpoint, cfg.train.max_steps or 0))
-        trainer = stage.build_trainer(report_to, checkpoint)
-        add_stage_callbacks(trainer, cfg.train, record)
-        add_checkpoint_artifacts(trainer, cfg.wandb.log_model, cfg.run_dir.name, stage.name)
-        mini_batches = stage.mini_batches(trainer)
-        fitted = fit_trainer_batch(trainer, cfg.impl.fit_batch, mini_batches)
-        with advise_on_out_of_memory(
-            "train.per_device_train_batch_size",
-            fitted.per_device,
-            fitted.accumulation,
-            stage.example,
-            mini_batches.key if mini_batches else None,
-        ):
-            result = trainer.train(resume_from_checkpoint=checkpoint)
-            metrics = run_metrics(trainer, result.training_loss) | stage.metrics(trainer)
+        checkpoint = checkpoint_to_continue(stage, state, resume, base)
+        record = prepared_record(stage, state, checkpoint, base)
+        trainer = ready_trainer(stage, state, checkpoint, record)
+        metrics, fitted = train(stage, trainer, checkpoint)
         metrics |= precision.as_metrics() | fitted.as_metrics()
         metrics["wall_time_s"] = time.perf_counter() - started
         if trainer.is_world_process_zero():
-            write_model_folder(stage, trainer, model_dir, metrics, base)
-            log_model(model_dir, cfg.run_dir.name, cfg.wandb.log_model, {"stage": stage.name} | describe(metrics))
-            finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+            write_outputs(stage, trainer, model_dir, metrics, base)
             log.info("%s: model written to %s (%.1f min)", stage.name, model_dir, (time.perf_counter() - started) / 60)
         state.wait_for_everyone()
     return StageResult(model_dir, metrics, trainer, state.is_main_process)
+
+
+def checkpoint_to_continue(stage: Stage, state: Any, resume: bool, base: dict[str, Any] | None) -> str | None:
+    """The checkpoint this run continues (None: step 0), agreed by every rank (`state`: accelerate's
+    PartialState): the newest complete one with `resume`, unless it was trained from another base model than
+    `base` (then the checkpoints move aside); refused on another number of processes than it was trained on."""
+    checkpoint = choose_checkpoint(stage.cfg.run_dir, resume, is_main=state.is_main_process)
+    stale = stale_checkpoint(checkpoint, base)  # read by every rank before the main process moves it
+    state.wait_for_everyone()  # the main process may have removed a half-written checkpoint
+    if stale:  # trained from another base model: never continued
+        log.warning("%s: %s", stage.name, stale)
+        if state.is_main_process:
+            set_aside_checkpoints(checkpoint)
+        checkpoint = None
+        state.wait_for_everyone()
+    if checkpoint:
+        check_world_size(checkpoint, state.num_processes)  # before the data: a cache may take minutes
+    return checkpoint
+
+
+def prepared_record(stage: Stage, state: Any, checkpoint: str | None, base: dict[str, Any] | None) -> dict[str, Any]:
+    """`Stage.prepare` (the main process of each machine first), then what every checkpoint records: the config,
+    the data's own record and the base model; checked against `checkpoint`'s (a refused resume: ConfigError)."""
+    cfg = stage.cfg
+    # One process per machine builds a cache, the others then read it; on storage the machines share, the
+    # cache's build lock lets one build and the others find it (pretrain/blocks.py).
+    with state.local_main_process_first():
+        record = to_dict(cfg) | stage.prepare(state.num_processes) | ({BASE_MODEL: base} if base else {})
+    schema = type(cfg)
+    if checkpoint:
+        check_resume_settings(
+            checkpoint,
+            record,
+            resumable_keys(schema),
+            renamed_keys(schema),
+            schema.implied_by_old_checkpoints,
+            expanded=to_dict(cfg, expanded=True),
+        )
+    return record
+
+
+def ready_trainer(stage: Stage, state: Any, checkpoint: str | None, record: dict[str, Any]) -> Trainer:
+    """W&B (or nothing), then the stage's Trainer with the callbacks every stage trains with: `record` written
+    into each checkpoint, the stops, the schedule's step, checkpoints as W&B artifacts."""
+    cfg = stage.cfg
+    report_to = trainer_report_to(
+        cfg.wandb,
+        cfg.run_dir,
+        to_dict(cfg),
+        stage.name,
+        is_main=state.is_main_process,
+        resume_id=recorded_wandb_id(checkpoint),
+    )
+    log.info("%s: %s", stage.name, starting_point(checkpoint, cfg.train.max_steps or 0))
+    trainer = stage.build_trainer(report_to, checkpoint)
+    add_stage_callbacks(trainer, cfg.train, record)
+    add_checkpoint_artifacts(trainer, cfg.wandb.log_model, cfg.run_dir.name, stage.name)
+    return trainer
+
+
+def train(stage: Stage, trainer: Any, checkpoint: str | None) -> tuple[dict[str, Any], BatchFit]:
+    """`impl.fit_batch`'s fit, then training from `checkpoint` (None: step 0); returns the metrics, computed on
+    every rank (`run_metrics` and the stage's own), and the batch it trained with. CUDA out of memory is one line
+    (UserError) saying which key to lower."""
+    mini_batches = stage.mini_batches(trainer)
+    fitted = fit_trainer_batch(trainer, stage.cfg.impl.fit_batch, mini_batches)
+    with advise_on_out_of_memory(
+        "train.per_device_train_batch_size",
+        fitted.per_device,
+        fitted.accumulation,
+        stage.example,
+        mini_batches.key if mini_batches else None,
+    ):
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        metrics = run_metrics(trainer, result.training_loss) | stage.metrics(trainer)
+    return metrics, fitted
+
+
+def write_outputs(
+    stage: Stage, trainer: Trainer, model_dir: Path, metrics: dict[str, Any], base: dict[str, Any] | None
+) -> None:
+    """The main process's part at the end: the model folder, its W&B artifact, the run's final figures."""
+    cfg = stage.cfg
+    write_model_folder(stage, trainer, model_dir, metrics, base)
+    log_model(model_dir, cfg.run_dir.name, cfg.wandb.log_model, {"stage": stage.name} | describe(metrics))
+    finish_run({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 
 def write_model_folder(
