@@ -21,7 +21,7 @@ from pretrain.blocks import PackedData
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, mask_seed, stack
 from pretrain.model import build_model
-from stagekit.precision import run_precision
+from stagekit.device import run_precision
 
 SYNTHETIC_BATCHES = 8  # distinct pre-masked batches cycled (enough that no step reuses the last one's data)
 

@@ -25,9 +25,8 @@ from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
 from pretrain.model import build_model, count_parameters, init_output_bias
 from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 from stagekit.callbacks import GridEarlyStopping
-from stagekit.device import resolve_device
+from stagekit.device import choose_compile, choose_tf32, device_info, resolve_device
 from stagekit.errors import DataError
-from stagekit.precision import choose_compile, choose_tf32, device_info
 from stagekit.schedule import plateau_settings
 from stagekit.stage import Stage, StageResult
 from stagekit.training import training_arguments

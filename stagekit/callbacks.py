@@ -17,9 +17,9 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
 from stagekit.checkpoints import newest_checkpoint
+from stagekit.device import skipped_by_loss_scaler
 from stagekit.distributed import any_rank
 from stagekit.errors import UserError
-from stagekit.precision import skipped_by_loss_scaler
 from stagekit.schedule import on_eval_grid
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from stagekit.checkpoints import (
 )
 from stagekit.cli import config_parser, parse_config, run_cli
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
-from stagekit.device import resolve_device
+from stagekit.device import resolve_device, run_precision
 from stagekit.finished import (
     FinishedModel,
     finished_model,
@@ -54,7 +54,6 @@ from stagekit.finished import (
 )
 from stagekit.lineage import add_checkpoint_artifacts, describe, log_model
 from stagekit.model_card import describe_hardware
-from stagekit.precision import run_precision
 from stagekit.push import pushed_when_done
 from stagekit.runlock import claim_run_folder
 from stagekit.tracking import finish_run, trainer_report_to

@@ -16,7 +16,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from stagekit.callbacks import StopOnNonFiniteLoss, TimeBudget, TimeCappedProgress
 from stagekit.checkpoints import SaveRunConfig
-from stagekit.precision import run_precision
+from stagekit.device import run_precision
 from stagekit.schedule import PlateauStep, WarmupPlateauSchedule
 from stagekit.stage_config import SharedTrainConfig
 from stagekit.variables import as_written
