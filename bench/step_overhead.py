@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 
 from bench.bare_loop import BareLoop
 from bench.harness import append_results, machine, median, sync
+from pretrain.blocks import BlockOrder
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, MaskedBlocks, stack
-from pretrain.sampling import BlockOrder
 from stagekit.cli import doc_summary
 from stagekit.config import load_config
 

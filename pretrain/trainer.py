@@ -22,8 +22,8 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
+from pretrain.blocks import BlockOrder
 from pretrain.model import IGNORE_INDEX
-from pretrain.sampling import BlockOrder
 from stagekit.training import ScheduleMixin, ThroughputMixin
 
 
@@ -70,7 +70,7 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
         return self.data_collator([self.train_dataset[i] for i in range(n)])
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> BlockOrder:
-        """Every block once per epoch in a seeded order that is never materialised (pretrain/sampling.py)."""
+        """Every block once per epoch in a seeded order that is never materialised (pretrain/blocks.py)."""
         return BlockOrder(len(train_dataset if train_dataset is not None else self.train_dataset), self.args.seed)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:
