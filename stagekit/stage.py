@@ -29,7 +29,6 @@ import torch
 import transformers
 from transformers import Trainer
 
-from stagekit import elastic
 from stagekit.atomic import atomic_dir
 from stagekit.batch_fit import BatchFit, MiniBatches, advise_on_out_of_memory, fit_trainer_batch
 from stagekit.callbacks import stop_reason
@@ -40,6 +39,7 @@ from stagekit.checkpoints import (
     check_world_size,
     choose_checkpoint,
     recorded_wandb_id,
+    resumes_after_restart,
 )
 from stagekit.cli import config_parser, parse_config, run_cli
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
@@ -168,7 +168,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
     model_dir = cfg.run_dir / MODEL
     # Writable and not in use by another run, or refused before any data are read; held until the model is out.
     with claim_run_folder(cfg.run_dir, is_main=state.is_main_process, device=state.device):
-        resume = resume or elastic.resumes_after_restart(cfg.run_dir)  # torchrun re-ran the command line as it was
+        resume = resume or resumes_after_restart(cfg.run_dir)  # torchrun re-ran the command line as it was
         base = model_identity(stage.base_model(), cfg.run_dir)  # recorded in checkpoints and run_info.json
         finished = finished_model(model_dir, cfg, base) if resume else None
         if finished is not None:

@@ -30,12 +30,12 @@ def setup_process(device: str, num_threads: int | None, seed: int):
 
     `cpu=True` matters: without it accelerate treats CPU processes as unrelated single runs, and every rank
     would think it is the main one (two cache builds, two final models). Under torchrun the group is joined on
-    this attempt's own store keys first (`stagekit.elastic.join_process_group`: a restarted group forms again).
+    this attempt's own store keys first (stagekit/distributed.py `join_process_group`: a restarted group forms again).
     """
     from accelerate import PartialState
     from transformers import set_seed
 
-    from stagekit.elastic import join_process_group
+    from stagekit.distributed import join_process_group
 
     join_process_group(device)
     state = PartialState(cpu=device == "cpu")

@@ -4,7 +4,7 @@ parameters (the encoder and, for the siamese stage, the NLI head) so the test ca
 `python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.distributed_worker STAGE OUT -- ARGV`
 
 With `BERT_TEST_FAIL=RANK:STEP` in the environment, rank RANK raises a RuntimeError in its training step after
-STEP optimizer steps: a rank that fails alone (out of memory, a bad batch), for the tests of `stagekit.elastic`.
+STEP optimizer steps: a rank that fails alone (out of memory, a bad batch), for the tests of stagekit/distributed.py.
 """
 
 from __future__ import annotations
