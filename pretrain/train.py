@@ -27,9 +27,8 @@ from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 from stagekit.callbacks import GridEarlyStopping
 from stagekit.device import choose_compile, choose_tf32, device_info, resolve_device
 from stagekit.errors import DataError
-from stagekit.schedule import plateau_settings
 from stagekit.stage import Stage, StageResult
-from stagekit.training import training_arguments
+from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
 

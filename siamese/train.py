@@ -44,10 +44,9 @@ from stagekit.checkpoints import read_run_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, DataError, UserError
 from stagekit.lineage import use_model
-from stagekit.schedule import plateau_settings
 from stagekit.sources import reading
 from stagekit.stage import Stage
-from stagekit.training import training_arguments
+from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
 HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed

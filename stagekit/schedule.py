@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import TrainerCallback
-
-if TYPE_CHECKING:
-    from stagekit.stage_config import SharedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,19 +98,6 @@ class WarmupPlateauSchedule(LRScheduler):
         self.scale, self.best = float(state_dict["scale"]), float(state_dict["best"])
         self.bad_evals = int(state_dict["bad_evals"])
         self._apply()
-
-
-def plateau_settings(t: SharedTrainConfig) -> dict[str, Any] | None:
-    """WarmupPlateauSchedule's keyword arguments for train.lr_scheduler_type=reduce_lr_on_plateau, else None."""
-    if not t.plateau:
-        return None
-    return {
-        "warmup_steps": t.warmup_step_count(),
-        "factor": t.plateau_factor,
-        "patience": t.plateau_patience,
-        "threshold": t.plateau_threshold,
-        "min_lr": t.min_lr,
-    }
 
 
 def on_eval_grid(args, state) -> bool:

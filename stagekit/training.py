@@ -96,6 +96,19 @@ def training_arguments(
     return arguments_class(**(arguments | stage_arguments))
 
 
+def plateau_settings(t: SharedTrainConfig) -> dict[str, Any] | None:
+    """WarmupPlateauSchedule's keyword arguments for train.lr_scheduler_type=reduce_lr_on_plateau, else None."""
+    if not t.plateau:
+        return None
+    return {
+        "warmup_steps": t.warmup_step_count(),
+        "factor": t.plateau_factor,
+        "patience": t.plateau_patience,
+        "threshold": t.plateau_threshold,
+        "min_lr": t.min_lr,
+    }
+
+
 class ScheduleMixin:
     """The learning-rate schedule both stages share. Mix in before the Trainer class.
 
