@@ -221,8 +221,9 @@ def _restore(states: tuple[Any, ...]) -> None:
 
 def fit_trainer_batch(trainer: Any, enabled: bool, mini_batches: MiniBatches | None = None) -> BatchFit:
     """With `enabled` (impl.fit_batch), fit the per-device batch of `trainer` (a stagekit/stage.py `StageTrainer`,
-    tried on its `worst_case_batch`; see `fit_batch`) and set it and the raised accumulation on the trainer; with `mini_batches` (a loss with in-batch negatives) fit its mini-batch
-    instead (see `fit_mini_batch`). Without `enabled`, return the configured ones, marked not fitted."""
+    tried on its `worst_case_batch`; see `fit_batch`) and set it and the raised accumulation on the trainer; with
+    `mini_batches` (a loss with in-batch negatives) fit its mini-batch instead (see `fit_mini_batch`). Without
+    `enabled`, return the configured ones, marked not fitted."""
     args = trainer.args
     configured = BatchFit(args.per_device_train_batch_size, args.gradient_accumulation_steps, fitted=False)
     if not enabled:

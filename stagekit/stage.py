@@ -100,8 +100,8 @@ class Stage(ABC):
 
     @abstractmethod
     def build_trainer(self, report_to: list[str], checkpoint: str | None) -> Trainer:
-        """The Trainer (a `StageTrainer`), ready to train; `checkpoint` is the one it will continue (None: a fresh run). Raises a
-        one-line UserError for a checkpoint this stage cannot continue."""
+        """The Trainer (a `StageTrainer`), ready to train; `checkpoint` is the one it will continue (None: a fresh
+        run). Raises a one-line UserError for a checkpoint this stage cannot continue."""
 
     @abstractmethod
     def metrics(self, trainer: Trainer) -> dict[str, Any]:
