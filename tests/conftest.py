@@ -138,7 +138,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_args(tmp_path: Path, cache_dir: Path, data_dir: Path):
-    """argv for `pretrain.train.main`: the debug config, outputs in tmp_path, plus extra overrides."""
+    """argv for `pretrain.__main__.main`: the debug config, outputs in tmp_path, plus extra overrides."""
 
     def make(*overrides: str, out: Path | None = None) -> list[str]:
         return [
