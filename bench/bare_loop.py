@@ -2,7 +2,7 @@
 writes it by hand — no Trainer, no data loader.
 
 Same model class as `python -m pretrain` (pretrain.model.build_model: SDPA, the MLM head over masked
-positions only), compiled as pretrain.train.build_trainer compiles it, bf16 autocast, fused AdamW, and
+positions only), compiled as pretrain.train.mlm_trainer compiles it, bf16 autocast, fused AdamW, and
 batches masked once up front (pretrain.masking.BlockMasker over the first blocks of the training data)
 and already on the device, cycled. On CUDA that is the loop "ours" is measured against; on a CPU the
 speed-only parts that only pay on a GPU are skipped, as `python -m pretrain` skips them there: no
@@ -21,7 +21,7 @@ from pretrain.blocks import PackedData
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, mask_seed, stack
 from pretrain.model import build_model
-from stagekit.precision import run_precision
+from stagekit.device import run_precision
 
 SYNTHETIC_BATCHES = 8  # distinct pre-masked batches cycled (enough that no step reuses the last one's data)
 
@@ -81,7 +81,7 @@ class BareLoop:
         torch.manual_seed(cfg.train.seed)
         model = build_model(cfg.model, self.data.tokenizer, masked_only_head=True).to(self.device).train()
         compiled = cuda and cfg.impl.compile
-        if compiled:  # exactly as pretrain.train.build_trainer compiles it
+        if compiled:  # exactly as pretrain.train.mlm_trainer compiles it
             model.base_model.compile()
             model.get_output_embeddings().compile(dynamic=True)
         if cuda and cfg.impl.tf32:

@@ -4,7 +4,7 @@
     truncated and padded to the block size, the full-vocabulary MLM head, DataCollatorForLanguageModeling,
     plain AdamW, in a loop of its own.
 (b) ours: exactly what `python -m pretrain` trains with — the transformers Trainer built by
-    `pretrain.train.build_trainer` (packed memory-mapped blocks, SDPA, the masked-only head inside forward,
+    `pretrain.train.mlm_trainer` (packed memory-mapped blocks, SDPA, the masked-only head inside forward,
     and on CUDA bf16 autocast, torch.compile and fused AdamW), timed at its step ends.
 
 (c) anchor: a bare loop over our model class (bench/bare_loop.py: SDPA, masked-only head, and on CUDA
@@ -165,14 +165,14 @@ class OursRun:
 
 
 def ours_rates(args: argparse.Namespace, data, profile_steps: int = 0, profile_only: bool = True) -> OursRun:
-    """Time `python -m pretrain`'s Trainer (pretrain.train.build_trainer) on `data`: `args.windows` windows
+    """Time `python -m pretrain`'s Trainer (pretrain.train.mlm_trainer) on `data`: `args.windows` windows
     of `args.steps_per_window` steps after `args.warmup`, then `profile_steps` steps under torch.profiler —
     or, with `profile_only`, only the profiled steps right after the warm-up."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from pretrain.train import build_trainer
+    from pretrain.train import mlm_trainer
 
     spw = args.steps_per_window
     timed = 0 if profile_steps and profile_only else args.windows * spw
@@ -183,7 +183,7 @@ def ours_rates(args: argparse.Namespace, data, profile_steps: int = 0, profile_o
         total = args.warmup + timed + profile_steps
         overrides = DEFAULT_OVERRIDES + args.overrides + trainer_overrides(args, total, out)
         cfg = load_config(PretrainConfig, args.config, overrides)
-        trainer = build_trainer(cfg, data, report_to=[], fresh=True)
+        trainer = mlm_trainer(cfg, data, report_to=[], fresh=True)
         times = StepTimes(trainer.args.device, set(marks))
         trainer.add_callback(times)
         profiler = None

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def child(argv: list[str]) -> None:
     """Run one training in this process, then report this process's own peak RSS."""
-    from siamese.train import main
+    from siamese.__main__ import main
     from stagekit.cli import setup_logging
 
     setup_logging()

@@ -52,7 +52,7 @@ def reference(args: argparse.Namespace, out: Path) -> float:
 
 
 def ours(args: argparse.Namespace, out: Path) -> float:
-    from siamese.train import main as siamese_main
+    from siamese.__main__ import main as siamese_main
 
     model_dir = siamese_main([
         "--config", args.config, f"model.base_model={args.model}", f"output_dir={out}", "run_name=bench",

@@ -7,7 +7,7 @@
    Printed as tokens/s per worker and the workers needed to feed `--target` tokens/s.
 2. the Trainer's own per-step work against bare loops on the same model and batches (bench/bare_loop.py):
    bare (pre-masked batches on the device), + gradient clipping, + a DataLoader over `MaskedBlocks`
-   (same sampler, collate and worker count as the Trainer), and `pretrain.train.build_trainer`'s Trainer.
+   (same sampler, collate and worker count as the Trainer), and `pretrain.train.mlm_trainer`'s Trainer.
    The variants run in turns, `--rounds` times, in this one process, so a shared machine's load falls on
    all of them alike; the ms per step of each is the median over rounds and windows.
 
@@ -27,9 +27,9 @@ from torch.utils.data import DataLoader
 
 from bench.bare_loop import BareLoop
 from bench.harness import append_results, machine, median, sync
+from pretrain.blocks import BlockOrder
 from pretrain.config import PretrainConfig
 from pretrain.masking import BlockMasker, MaskedBlocks, stack
-from pretrain.sampling import BlockOrder
 from stagekit.cli import doc_summary
 from stagekit.config import load_config
 

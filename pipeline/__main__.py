@@ -17,7 +17,7 @@ from pretrain.train import PretrainStage
 from siamese.config import EvalConfig, SiameseConfig
 from siamese.evaluate import current_report, evaluate
 from siamese.train import SiameseStage
-from stagekit import elastic
+from stagekit import distributed
 from stagekit.atomic import require_writable
 from stagekit.cli import doc_summary, run_cli
 from stagekit.config import REPO_ROOT, load_config
@@ -41,7 +41,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="e.g. pretrain.train.max_steps=500 "
                         "eval.limit=200 (eval keys: python -m siamese.evaluate --help)")  # fmt: skip
     args = parser.parse_intermixed_args(argv)
-    if args.nproc < 1 or (args.nproc > 1 and elastic.launched()):
+    if args.nproc < 1 or (args.nproc > 1 and distributed.launched()):
         raise UserError("--nproc must be >= 1, and is left out under a launcher (it sets the processes)")
     return args
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model_dir, is_main = siamese_cfg.run_dir / "model", True
     if args.nproc > 1:  # each launched process runs the stages itself (--nproc left out: torchrun would read it)
         inner = [w for i, w in enumerate(argv) if not w.startswith("--nproc") and argv[i - 1 : i] != ["--nproc"]]
-        elastic.run_under_torchrun("pipeline", [*inner, "--no-app"], args.nproc)
+        distributed.run_under_torchrun("pipeline", [*inner, "--no-app"], args.nproc)
     else:
         log.info("1/3 pretraining → %s", pretrain_cfg.run_dir / "model")
         run_stage(PretrainStage(pretrain_cfg), resume=True)

@@ -4,15 +4,10 @@ Corpus → tokenizer → packed blocks (cached) → MLM training → outputs/<ru
 runs on several processes: `torchrun --nproc_per_node=N -m pretrain --config ...`.
 """
 
-import sys
+from pretrain.train import PretrainStage
+from stagekit.stage import stage_command
 
-from pretrain.train import main
-from stagekit.cli import run_cli
-
-
-def cli() -> None:
-    sys.exit(run_cli(main))
-
+main, cli = stage_command(PretrainStage)
 
 if __name__ == "__main__":
     cli()

@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -82,16 +82,7 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
     start = time.perf_counter()
     # The pool first: its workers fork from a process the tokenizer trainer has not made multi-threaded.
     with worker_pool(data.num_proc) as pool, atomic_dir(target) as tmp:
-        limit = cfg.tokenizer.max_training_documents
-        sample_bar = tqdm(total=limit, desc="tokenizer sample", unit="doc")
-        with sample_bar, _stopwatch(seconds, "tokenizer: read + clean + train on the sample"):
-            tokenizer = train_tokenizer(
-                _counted(training_sample(data, limit), sample_bar),
-                cfg.tokenizer,
-                cfg.model.vocab_size,
-                model_max_length=data.block_size,
-            )
-            tokenizer.save_pretrained(tmp / "tokenizer")
+        tokenizer, sampled = sample_tokenizer(cfg, tmp, seconds)
         dtype = token_dtype(len(tokenizer))
         encoder = ChunkEncoder(
             str(tmp / "tokenizer" / "tokenizer.json"),
@@ -114,41 +105,9 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
             )
             for split in SPLITS
         }
-        chunks = _timed(document_chunks(data), seconds, "read source (main process)")
-        counts: dict[str, int] = defaultdict(int)
-        bar = tqdm(total=data.max_documents, desc="tokenizing + packing", unit="doc", dynamic_ncols=True)
-        loop_start = time.perf_counter()
-        with bar, files:
-            for chunk in encode_in_order(pool, encoder, chunks, in_flight=2 * data.num_proc):
-                with _stopwatch(seconds, "pack + write (main process)"):
-                    counts["read"] += chunk.read
-                    counts["dropped"] += chunk.dropped
-                    for split in SPLITS:
-                        counts[split] += chunk.documents[split]
-                        writers[split].add(chunk.tokens[split])
-                    for stage, s in chunk.seconds.items():
-                        seconds[f"{stage} (workers)"] += s
-                tokens = sum(w.blocks for w in writers.values()) * data.block_size
-                bar.update(chunk.read)
-                bar.set_postfix_str(
-                    f"{tokens / (time.perf_counter() - loop_start) / 1e3:,.0f}k tokens/s", refresh=False
-                )
-            for writer in writers.values():
-                writer.finish()
-        main_work = seconds["read source (main process)"] + seconds["pack + write (main process)"]
-        if pool is None:  # the chunks were encoded in this process, inside the loop
-            main_work += seconds["clean + split (workers)"] + seconds["tokenize (workers)"]
-        seconds["main process waiting for workers"] = time.perf_counter() - loop_start - main_work
-
-        kept = counts["train"] + counts["validation"]
-        if kept < 2:
-            raise DataError(
-                f"{data.source.path}: only {kept} of {counts['read']} documents have at least data.min_chars="
-                f"{data.min_chars} characters after cleaning; need at least 2 (one for validation)"
-            )
-        for split, writer in writers.items():
-            if writer.blocks == 0:
-                raise_few_blocks(cfg, split)
+        with files:
+            counts = pack_documents(cfg, pool, encoder, writers, seconds)
+        check_enough_kept(cfg, counts, writers)
         token_counts = writers["train"].counts.astype(np.float64)
         token_counts[tokenizer.all_special_ids] = 0
         np.save(tmp / "token_counts.npy", token_counts)
@@ -158,7 +117,7 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
             "documents_dropped": counts["dropped"],
             "train_documents": counts["train"],
             "validation_documents": counts["validation"],
-            "tokenizer_documents": sample_bar.n,
+            "tokenizer_documents": sampled,
             "train_blocks": writers["train"].blocks,
             "validation_blocks": writers["validation"].blocks,
             "train_tokens": writers["train"].blocks * data.block_size,
@@ -181,3 +140,65 @@ def build_cache(cfg: PretrainConfig, target: Path) -> dict[str, float]:
     )
     log.info("preparation seconds: %s", ", ".join(f"{k} {v:.1f}" for k, v in seconds.items()))
     return dict(seconds)
+
+
+def sample_tokenizer(cfg: PretrainConfig, tmp: Path, seconds: dict[str, float]) -> tuple[Any, int]:
+    """WordPiece trained on the first `tokenizer.max_training_documents` cleaned documents, saved to
+    `tmp`/tokenizer; returns it and how many documents it was trained on."""
+    limit = cfg.tokenizer.max_training_documents
+    sample_bar = tqdm(total=limit, desc="tokenizer sample", unit="doc")
+    with sample_bar, _stopwatch(seconds, "tokenizer: read + clean + train on the sample"):
+        tokenizer = train_tokenizer(
+            _counted(training_sample(cfg.data, limit), sample_bar),
+            cfg.tokenizer,
+            cfg.model.vocab_size,
+            model_max_length=cfg.data.block_size,
+        )
+        tokenizer.save_pretrained(tmp / "tokenizer")
+    return tokenizer, sample_bar.n
+
+
+def pack_documents(
+    cfg: PretrainConfig, pool: Any, encoder: ChunkEncoder, writers: dict[str, BlockWriter], seconds: dict[str, float]
+) -> dict[str, int]:
+    """Every chunk of the source, cleaned, split and tokenized by `pool`'s workers (in this process without one),
+    appended in order to the split's `writers`; returns documents read, dropped and per split. `seconds` gains
+    each stage's time and the main process's wait for the workers."""
+    data = cfg.data
+    chunks = _timed(document_chunks(data), seconds, "read source (main process)")
+    counts: dict[str, int] = defaultdict(int)
+    bar = tqdm(total=data.max_documents, desc="tokenizing + packing", unit="doc", dynamic_ncols=True)
+    loop_start = time.perf_counter()
+    with bar:
+        for chunk in encode_in_order(pool, encoder, chunks, in_flight=2 * data.num_proc):
+            with _stopwatch(seconds, "pack + write (main process)"):
+                counts["read"] += chunk.read
+                counts["dropped"] += chunk.dropped
+                for split in SPLITS:
+                    counts[split] += chunk.documents[split]
+                    writers[split].add(chunk.tokens[split])
+                for stage, s in chunk.seconds.items():
+                    seconds[f"{stage} (workers)"] += s
+            tokens = sum(w.blocks for w in writers.values()) * data.block_size
+            bar.update(chunk.read)
+            bar.set_postfix_str(f"{tokens / (time.perf_counter() - loop_start) / 1e3:,.0f}k tokens/s", refresh=False)
+        for writer in writers.values():
+            writer.finish()
+    main_work = seconds["read source (main process)"] + seconds["pack + write (main process)"]
+    if pool is None:  # the chunks were encoded in this process, inside the loop
+        main_work += seconds["clean + split (workers)"] + seconds["tokenize (workers)"]
+    seconds["main process waiting for workers"] = time.perf_counter() - loop_start - main_work
+    return counts
+
+
+def check_enough_kept(cfg: PretrainConfig, counts: dict[str, int], writers: dict[str, BlockWriter]) -> None:
+    """Refuse (DataError, one line) fewer than 2 documents kept, or a split without one whole block."""
+    kept = counts["train"] + counts["validation"]
+    if kept < 2:
+        raise DataError(
+            f"{cfg.data.source.path}: only {kept} of {counts['read']} documents have at least data.min_chars="
+            f"{cfg.data.min_chars} characters after cleaning; need at least 2 (one for validation)"
+        )
+    for split, writer in writers.items():
+        if writer.blocks == 0:
+            raise_few_blocks(cfg, split)

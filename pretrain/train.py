@@ -9,7 +9,6 @@ the main process writes the final model, metrics, plots and W&B.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,11 @@ from pretrain.export import save_model_files
 from pretrain.masking import BlockMasker, FixedMaskedBlocks, MaskedBlocks, stack
 from pretrain.model import build_model, count_parameters, init_output_bias
 from pretrain.trainer import MLMTrainer, ShortBlockWarmup
-from stagekit.cli import config_parser, parse_config
-from stagekit.device import resolve_device
+from stagekit.callbacks import GridEarlyStopping
+from stagekit.device import choose_compile, choose_tf32, device_info, resolve_device
 from stagekit.errors import DataError
-from stagekit.precision import choose_compile, choose_tf32, device_info
-from stagekit.push import pushed_when_done
-from stagekit.stage import Stage, StageResult, run_stage
-from stagekit.training import GridEarlyStopping, plateau_settings, training_arguments
+from stagekit.stage import Stage, StageResult
+from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,7 @@ def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -
     )
 
 
-def build_trainer(
+def mlm_trainer(
     cfg: PretrainConfig, data: PackedData, report_to: list[str], fresh: bool, callbacks: list | None = None
 ) -> MLMTrainer:
     """The Trainer `python -m pretrain` trains with, before `run_stage` adds the callbacks both stages share
@@ -130,6 +127,8 @@ class PretrainStage(Stage):
     model folder that loads with `AutoModelForMaskedLM.from_pretrained` and `SentenceTransformer(path)`."""
 
     name, example = "pretrain", "blocks"
+    config_class, prog = PretrainConfig, "python -m pretrain"
+    description = "Pretrain a small BERT with masked language modelling."
 
     def __init__(self, cfg: PretrainConfig) -> None:
         super().__init__(cfg)
@@ -143,7 +142,7 @@ class PretrainStage(Stage):
         return {"packed_data": self.data.stats["cache_key"]}
 
     def build_trainer(self, report_to: list[str], checkpoint: str | None) -> MLMTrainer:
-        trainer = build_trainer(self.cfg, self.packed, report_to, fresh=checkpoint is None)
+        trainer = mlm_trainer(self.cfg, self.packed, report_to, fresh=checkpoint is None)
         m = self.cfg.model
         log.info(
             "model: %s %.2fM parameters (L%d/H%d/A%d/FFN%d, vocab %d) on %s × %d; %d tokens per step",
@@ -174,6 +173,9 @@ class PretrainStage(Stage):
     def model_card(self, folder: Path, final: Path) -> None:
         write_model_card(folder, final)
 
+    def summary(self, result: StageResult) -> str:
+        return summary_lines(result.metrics, result.model_dir, self.cfg.run_dir / "loss_lr.png")
+
     @property
     def packed(self) -> PackedData:
         if self.data is None:
@@ -199,20 +201,7 @@ def final_metrics(cfg: PretrainConfig, trainer: MLMTrainer, data: PackedData) ->
     return metrics
 
 
-def main(argv: Sequence[str] | None = None) -> StageResult:
-    parser = config_parser(
-        "python -m pretrain", "Pretrain a small BERT with masked language modelling.", PretrainConfig
-    )
-    cfg, args = parse_config(parser, PretrainConfig, argv)  # fails in one line before any work
-
-    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
-        result = run_stage(PretrainStage(cfg), resume=args.resume)
-    if result.trained and result.is_main:
-        print(summary(result.metrics, result.model_dir, cfg.run_dir / "loss_lr.png"))
-    return result
-
-
-def summary(metrics: dict, model_dir, plot) -> str:
+def summary_lines(metrics: dict, model_dir, plot) -> str:
     return (
         f"done in {metrics['wall_time_s'] / 60:.1f} min, {metrics['step']} steps ({metrics['stop_reason']}): "
         f"validation loss {metrics['val_loss']:.3f} nats at the training masking, {metrics['val_bert15_loss']:.3f} at "

@@ -22,8 +22,8 @@ from accelerate.data_loader import prepare_data_loader
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
+from pretrain.blocks import BlockOrder
 from pretrain.model import IGNORE_INDEX
-from pretrain.sampling import BlockOrder
 from stagekit.training import ScheduleMixin, ThroughputMixin
 
 
@@ -64,13 +64,13 @@ class MLMTrainer(ThroughputMixin, ScheduleMixin, Trainer):
         untied = sorted(k for k in missing if k not in tensors or tensors[k].data_ptr() not in loaded)
         super()._issue_warnings_after_load(type(load_result)(untied, list(load_result.unexpected_keys)))
 
-    def probe_batch(self, n: int) -> dict[str, torch.Tensor]:
-        """The first `n` masked training blocks as one batch: `impl.fit_batch`'s memory probe (blocks all have
+    def worst_case_batch(self, n: int) -> dict[str, torch.Tensor]:
+        """The first `n` masked training blocks as one batch: `impl.fit_batch`'s memory trial (blocks all have
         the same length, so any `n` of them cost the same)."""
         return self.data_collator([self.train_dataset[i] for i in range(n)])
 
     def _get_train_sampler(self, train_dataset: Dataset | None = None) -> BlockOrder:
-        """Every block once per epoch in a seeded order that is never materialised (pretrain/sampling.py)."""
+        """Every block once per epoch in a seeded order that is never materialised (pretrain/blocks.py)."""
         return BlockOrder(len(train_dataset if train_dataset is not None else self.train_dataset), self.args.seed)
 
     def eval_loader(self, dataset: Dataset) -> DataLoader:

@@ -1,15 +1,10 @@
 """`python -m siamese --config configs/siamese/<name>.yaml [--resume] [key=value ...]` (also under
 `torchrun --nproc_per_node=N -m siamese ...`)."""
 
-import sys
+from siamese.train import SiameseStage
+from stagekit.stage import stage_command
 
-from siamese.train import main
-from stagekit.cli import run_cli
-
-
-def cli() -> None:
-    sys.exit(run_cli(main))
-
+main, cli = stage_command(SiameseStage)
 
 if __name__ == "__main__":
     cli()

@@ -12,20 +12,19 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from siamese import model as siamese_model
 from siamese.calibrate import calibrate
 from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
 from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
+from siamese.model import base_model_info, build_loss, build_model, describe, head_parameter_pattern, loss_classifier
 from siamese.nli_data import (
     VALIDATION_HINT,
     RowCounts,
@@ -42,13 +41,11 @@ from siamese.postprocess import save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
 from stagekit.batch_fit import MiniBatches
 from stagekit.checkpoints import read_run_config
-from stagekit.cli import config_parser, parse_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, DataError, UserError
 from stagekit.lineage import use_model
-from stagekit.push import pushed_when_done
 from stagekit.sources import reading
-from stagekit.stage import Stage, StageResult, run_stage
+from stagekit.stage import Stage
 from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
@@ -104,7 +101,7 @@ def eval_data(cfg: SiameseConfig, counts: RowCounts) -> tuple[dict[str, list] | 
     return pairs, Dataset.from_dict(pairs)
 
 
-def build_trainer(
+def siamese_trainer(
     cfg: SiameseConfig,
     train: IterableDataset,
     eval_pairs: dict[str, list] | None,
@@ -113,10 +110,10 @@ def build_trainer(
 ) -> SiameseTrainer:
     """Model, objective, evaluator and the shared stops on SentenceTransformerTrainer."""
     device = resolve_device(cfg.impl.device)
-    model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
-    classifier = siamese_model.loss_classifier(loss)
-    log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
+    model = build_model(cfg.model, cfg.impl)
+    loss = build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
+    classifier = loss_classifier(loss)
+    log.info("model: %s; loss: %s", describe(model), cfg.loss.name)
     t = cfg.train
     evaluator = None
     if classifier is not None and eval_pairs is not None:
@@ -124,7 +121,7 @@ def build_trainer(
     best_metric = "eval_loss"  # never an STS score; the ranking loss's when there is no NLI head
     if evaluator is not None:
         best_metric = BEST_NLI_METRIC if t.select_metric == "accuracy" else f"eval_{EVAL_NAME}_loss"
-    head_pattern = siamese_model.head_parameter_pattern(loss)
+    head_pattern = head_parameter_pattern(loss)
     args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
     return SiameseTrainer(
         model=model,
@@ -182,6 +179,7 @@ class SiameseStage(Stage):
     """
 
     name, example = "siamese", "pairs"
+    config_class, prog, description = SiameseConfig, "python -m siamese", "Fine-tune a sentence encoder on NLI."
 
     def __init__(self, cfg: SiameseConfig) -> None:
         super().__init__(cfg)
@@ -223,12 +221,24 @@ class SiameseStage(Stage):
         if checkpoint:
             check_head_groups(checkpoint, cfg.train.head_learning_rate)
         use_model(cfg.model.base_model)  # W&B lineage: the pretraining artifact (or Hub model) is this run's input
-        trainer = build_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
+        trainer = siamese_trainer(cfg, self.train, self.eval_pairs, self.eval_set, report_to)
         self.warm_start = maybe_warm_start(cfg, trainer, checkpoint, self.eval_pairs)
-        trainer.mini_batches = ranking_mini_batches(cfg, trainer)
         per_step, steps = trainer.units_per_step, cfg.train.max_steps
         log.info("%d steps × %d pairs (all ranks) = %d pairs", steps, per_step, steps * per_step)
         return trainer
+
+    def mini_batches(self, trainer: SiameseTrainer) -> MiniBatches | None:
+        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py)
+        instead of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
+        cfg = self.cfg
+        if cfg.loss.name == "softmax":
+            return None
+
+        def use(size: int) -> None:
+            loss = build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
+            trainer.loss = trainer.prepare_loss(loss, trainer.model)
+
+        return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
     def metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
         metrics = final_metrics(trainer, trainer.evaluator)
@@ -248,7 +258,7 @@ class SiameseStage(Stage):
         save_postprocessing(decision, reference, folder)
         if trainer.classifier is not None:
             save_head(trainer.classifier, folder)
-        return siamese_model.base_model_info(cfg.model.base_model) | {
+        return base_model_info(cfg.model.base_model) | {
             "loss": cfg.loss.name,
             "pairs_seen": metrics["pairs_seen"],
             "data_counts": self.counts.as_dict(),
@@ -258,19 +268,6 @@ class SiameseStage(Stage):
 
     def model_card(self, folder: Path, final: Path) -> None:
         write_model_card(folder, final)  # in place of sentence-transformers' generic README.md
-
-
-def ranking_mini_batches(cfg: SiameseConfig, trainer: SiameseTrainer) -> MiniBatches | None:
-    """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py) instead
-    of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
-    if cfg.loss.name == "softmax":
-        return None
-
-    def use(size: int) -> None:
-        loss = siamese_model.build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
-        trainer.loss = trainer.prepare_loss(loss, trainer.model)
-
-    return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")
 
 
 def maybe_warm_start(
@@ -318,10 +315,3 @@ def final_metrics(trainer: SiameseTrainer, evaluator) -> dict[str, Any]:
         chosen = evals[-1] if evals else trainer.evaluate()
         metrics |= {k: v for k, v in chosen.items() if k.startswith("eval_")}
     return {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-def main(argv: Sequence[str] | None = None) -> StageResult:
-    parser = config_parser("python -m siamese", "Fine-tune a sentence encoder on NLI.", SiameseConfig)
-    cfg, args = parse_config(parser, SiameseConfig, argv)
-    with pushed_when_done(args.push_to_hub, cfg.run_dir / "model", args.hub_private):  # checked now, pushed after
-        return run_stage(SiameseStage(cfg), resume=args.resume)

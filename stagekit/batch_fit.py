@@ -5,7 +5,7 @@ inputs the run can see (full blocks; pairs at `model.max_seq_length`). If it run
 plus AdamW's two moment buffers would pass MEMORY_FRACTION of the device, the next smaller divisor of
 per-device batch × accumulation is tried, and `gradient_accumulation_steps` rises by the same factor: the
 batch per optimizer step, and so the recipe, stay as configured (e.g. 256 × 1 → 128 × 2 → 64 × 4). Random
-states are restored after the probes and gradients dropped, so a fitted run learns what an unfitted one would.
+states are restored after the trials and gradients dropped, so a fitted run learns what an unfitted one would.
 The choice is logged and kept in the run's metrics (`fit_batch_*`).
 
 A loss with in-batch negatives (a ranking loss) is not a mean over independent examples: a smaller per-device
@@ -18,20 +18,21 @@ Where torch reports no memory figures (CPU, MPS) only an out-of-memory error rul
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from stagekit.distributed import all_ranks
 from stagekit.errors import UserError
 
 log = logging.getLogger(__name__)
-# Share of the device's memory a probe may reach: the caching allocator reserves more than it hands out, and
+# Share of the device's memory a trial may reach: the caching allocator reserves more than it hands out, and
 # batches of other lengths fragment it. A margin, chosen, not measured.
 MEMORY_FRACTION = 0.9
 KEY = "impl.fit_batch"
@@ -89,16 +90,16 @@ def candidates(per_device: int, accumulation: int) -> list[int]:
 def fit_batch(
     per_device: int,
     accumulation: int,
-    probe: Callable[[int], int | None],
+    trial: Callable[[int], int | None],
     limit_bytes: int | None = None,
     reserve_bytes: int = 0,
 ) -> BatchFit:
-    """The largest candidate batch whose `probe` (one training pass at that batch; returns its peak memory in
+    """The largest candidate batch whose `trial` (one training pass at that batch; returns its peak memory in
     bytes, or None where unknown) neither runs out of memory nor, with `reserve_bytes` added, passes
     `limit_bytes`. Raises UserError (one line) when not even a batch of 1 fits."""
     total, tried = per_device * accumulation, []
     for batch in candidates(per_device, accumulation):
-        if _fits(batch, lambda batch=batch: probe(batch), limit_bytes, reserve_bytes, tried):
+        if _fits(batch, lambda batch=batch: trial(batch), limit_bytes, reserve_bytes, tried):
             return BatchFit(batch, total // batch, tuple(tried))
     raise UserError(
         f"{KEY}: not even a per-device batch of 1 fits ({'; '.join(f'{b}: {o}' for b, o in tried)}); use a smaller "
@@ -109,14 +110,14 @@ def fit_batch(
 def fit_mini_batch(
     per_device: int,
     accumulation: int,
-    probe: Callable[[int], int | None],
+    trial: Callable[[int], int | None],
     mini_batches: MiniBatches,
     limit_bytes: int | None = None,
     reserve_bytes: int = 0,
 ) -> BatchFit:
     """For a loss with in-batch negatives: the per-device batch and accumulation stay, and the loss embeds the
     batch in the largest mini-batch that fits — as configured first, then the divisors of the batch below it
-    (each set through `mini_batches.use`, probed at the full per-device batch). Raises UserError (one line) when
+    (each set through `mini_batches.use`, tried at the full per-device batch). Raises UserError (one line) when
     not even mini-batches of 1 fit."""
     tried: list[tuple[int | str, str]] = []
     configured = mini_batches.size
@@ -125,7 +126,7 @@ def fit_mini_batch(
         if size != configured:
             mini_batches.use(size)
         label = per_device if size is None else f"mini-batch {size}"
-        if _fits(label, lambda: probe(per_device), limit_bytes, reserve_bytes, tried):
+        if _fits(label, lambda: trial(per_device), limit_bytes, reserve_bytes, tried):
             return BatchFit(per_device, accumulation, tuple(tried), mini_batch=size)
     raise UserError(
         f"{KEY}: not even mini-batches of 1 fit a per-device batch of {per_device} "
@@ -140,7 +141,7 @@ def _fits(
     reserve_bytes: int,
     tried: list[tuple[int | str, str]],
 ) -> bool:
-    """Run one probe; record its outcome under `label` in `tried` and say whether it fits."""
+    """Run one trial; record its outcome under `label` in `tried` and say whether it fits."""
     try:
         peak = run()
     except torch.OutOfMemoryError:
@@ -157,21 +158,33 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.1f}"
 
 
-def _all_ranks_min(value: int, device: torch.device) -> int:
-    """The smallest `value` over all ranks (each rank fits its own device; all must train alike)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
-    return int(tensor.item())
+@contextlib.contextmanager
+def advise_on_out_of_memory(
+    batch_key: str, batch_size: int, accumulation: int, unit: str, mini_batch_key: str | None = None
+) -> Iterator[None]:
+    """CUDA out of memory → one line: a smaller batch with more accumulation keeps the same `unit`s per step; for a
+    loss that ranks within the batch that would cut its negatives, so the line names `mini_batch_key` instead."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if mini_batch_key is not None:
+            raise UserError(
+                f"CUDA out of memory at {batch_key}={batch_size}: the loss ranks each example against the whole "
+                f"batch, so set {mini_batch_key} (e.g. {max(1, batch_size // 4)}) to embed it in mini-batches with "
+                "cached gradients, or set impl.fit_batch=true to find one that fits"
+            ) from None
+        raise UserError(
+            f"CUDA out of memory at {batch_key}={batch_size}: lower it and raise train.gradient_accumulation_steps "
+            f"(now {accumulation}) to keep {batch_size * accumulation} {unit} per step and device, or set impl.fit_batch=true"
+        ) from None
 
 
-def trainer_probe(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) -> Callable[[int], int | None]:
-    """A probe for `fit_batch`: one forward and backward pass of `trainer`'s loss on `make_inputs(batch)` under
+def memory_trial(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) -> Callable[[int], int | None]:
+    """A trial for `fit_batch`: one forward and backward pass of `trainer`'s loss on `make_inputs(batch)` under
     the run's autocast; the peak memory allocated on CUDA (None elsewhere). Gradients are dropped after."""
     model, device = trainer.model, trainer.args.device
 
-    def probe(batch: int) -> int | None:
+    def trial(batch: int) -> int | None:
         cuda = device.type == "cuda"
         if cuda:
             torch.cuda.empty_cache()
@@ -189,7 +202,7 @@ def trainer_probe(trainer: Any, make_inputs: Callable[[int], dict[str, Any]]) ->
             if cuda:
                 torch.cuda.empty_cache()
 
-    return probe
+    return trial
 
 
 def _rng_states() -> tuple[Any, ...]:
@@ -206,15 +219,11 @@ def _restore(states: tuple[Any, ...]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def fit_trainer_batch(
-    trainer: Any,
-    make_inputs: Callable[[int], dict[str, Any]],
-    enabled: bool,
-    mini_batches: MiniBatches | None = None,
-) -> BatchFit:
-    """With `enabled` (impl.fit_batch), fit the trainer's per-device batch (see `fit_batch`) and set it and the
-    raised accumulation on the trainer; with `mini_batches` (a loss with in-batch negatives) fit its mini-batch
-    instead (see `fit_mini_batch`). Without `enabled`, return the configured ones, marked not fitted."""
+def fit_trainer_batch(trainer: Any, enabled: bool, mini_batches: MiniBatches | None = None) -> BatchFit:
+    """With `enabled` (impl.fit_batch), fit the per-device batch of `trainer` (a stagekit/stage.py `StageTrainer`,
+    tried on its `worst_case_batch`; see `fit_batch`) and set it and the raised accumulation on the trainer; with
+    `mini_batches` (a loss with in-batch negatives) fit its mini-batch instead (see `fit_mini_batch`). Without
+    `enabled`, return the configured ones, marked not fitted."""
     args = trainer.args
     configured = BatchFit(args.per_device_train_batch_size, args.gradient_accumulation_steps, fitted=False)
     if not enabled:
@@ -226,19 +235,19 @@ def fit_trainer_batch(
         # AdamW keeps two moments per trainable parameter, in the parameter's dtype; created at the first step.
         reserve = 2 * sum(p.numel() * p.element_size() for p in trainer.model.parameters() if p.requires_grad)
     states = _rng_states()
-    probe = trainer_probe(trainer, make_inputs)
+    trial = memory_trial(trainer, trainer.worst_case_batch)
     try:
         if mini_batches is not None:
             fit = fit_mini_batch(
-                configured.per_device, configured.accumulation, probe, mini_batches, limit, reserve or 0
+                configured.per_device, configured.accumulation, trial, mini_batches, limit, reserve or 0
             )
         else:
-            fit = fit_batch(configured.per_device, configured.accumulation, probe, limit, reserve or 0)
+            fit = fit_batch(configured.per_device, configured.accumulation, trial, limit, reserve or 0)
     finally:
         _restore(states)
     if mini_batches is not None:
         return _agree_on_mini_batch(fit, mini_batches, device)
-    agreed = _all_ranks_min(fit.per_device, device)
+    agreed = all_ranks(fit.per_device, "min", device)  # each rank fits its own device; all train alike
     if agreed != fit.per_device:
         total = configured.per_device * configured.accumulation
         fit = BatchFit(agreed, total // agreed, (*fit.tried, (agreed, "the smallest fit over all ranks")))
@@ -251,7 +260,7 @@ def fit_trainer_batch(
 def _agree_on_mini_batch(fit: BatchFit, mini_batches: MiniBatches, device: torch.device) -> BatchFit:
     """Every rank embeds in the smallest mini-batch any rank fitted (one pass counts as the whole batch)."""
     mine = fit.mini_batch or fit.per_device
-    agreed = _all_ranks_min(mine, device)
+    agreed = all_ranks(mine, "min", device)
     if agreed != mine:
         mini_batches.use(agreed)
         fit = BatchFit(

@@ -6,7 +6,11 @@ Both stages write the Trainer's `checkpoint-N/` folders under `<run_dir>/checkpo
 - `--resume` with a changed learning rate, warmup, plateau, step or time setting: applied and logged;
 - `--resume` with any other change (model, data, batch size, optimizer, seed ...): refused in one line,
   because the checkpoint's weights, optimizer state or data position would not match it;
-- `--resume` on another number of processes: refused in one line naming both counts (`check_world_size`).
+- `--resume` on another number of processes: refused in one line naming both counts (`check_world_size`);
+- a torchrun restart of the job that started the run continues without `--resume` (torchrun re-runs the same
+  command line): `mark_run_folder` records the job's `TORCHELASTIC_RUN_ID`, and `resumes_after_restart` says
+  "resume" for a restart (`TORCHELASTIC_RESTART_COUNT` > 0) of that job only, so a first attempt that was
+  refused (e.g. a run folder that needed `--resume`) is refused again, not resumed.
 
 Beside the config, `run_config.json` records what the run was, not what it was told: the number of
 processes it trained on, its W&B run id, which a resume continues, and the base model it started from, which a
@@ -22,10 +26,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import torch.distributed as dist
 from transformers import TrainerCallback
 
-from stagekit import elastic
+from stagekit.distributed import barrier, restart_count, run_id
 from stagekit.errors import ConfigError, UserError
 from stagekit.tracking import active_run_id
 from stagekit.weights import damaged_weights
@@ -38,6 +41,7 @@ STATE = "trainer_state.json"
 WORLD_SIZE, WANDB_RUN_ID = "world_size", "wandb_run_id"
 BASE_MODEL = "base_model_identity"  # the model fine-tuning started from: stagekit/finished.py `model_identity`
 RECORDED = (WORLD_SIZE, WANDB_RUN_ID, BASE_MODEL)  # written beside the config; not settings to compare
+MARKER = ".torchelastic_run"  # in the run folder: the TORCHELASTIC_RUN_ID of the job that runs it
 
 
 def checkpoint_dirs(root: str | Path) -> list[Path]:
@@ -82,11 +86,11 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
     With `resume`, checkpoints a kill left half-written, or whose files cannot be opened (`checkpoint_problem`),
     are removed with a warning saying why (by the main process only) and the newest complete one is returned;
     with none, the run starts from step 0 with a warning.
-    A torchrun restart of the job that started this run resumes without `--resume` (`stagekit.elastic`).
+    A torchrun restart of the job that started this run resumes without `--resume` (`resumes_after_restart`).
     """
     checkpoints = run_dir / "checkpoints"
     existing = checkpoint_dirs(checkpoints)
-    resume = resume or elastic.resumes_after_restart(run_dir)
+    resume = resume or resumes_after_restart(run_dir)
     if not resume:
         if existing or (run_dir / "model").is_dir():
             what = existing[-1].name if existing else "a final model"
@@ -95,10 +99,10 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
                 "(or set another run_name=) to start over"
             )
         if is_main:
-            elastic.mark_run_folder(run_dir)
+            mark_run_folder(run_dir)
         return None
     if is_main:
-        elastic.mark_run_folder(run_dir)
+        mark_run_folder(run_dir)
     for path in reversed(existing):
         problem = checkpoint_problem(path)
         if problem is None:
@@ -108,6 +112,29 @@ def choose_checkpoint(run_dir: Path, resume: bool, *, is_main: bool = True) -> s
             shutil.rmtree(path, ignore_errors=True)
     log.warning("--resume: no complete checkpoint under %s; starting from step 0", checkpoints)
     return None
+
+
+def resumes_after_restart(run_dir: Path) -> bool:
+    """True when torchrun restarted the job that started the run in `run_dir`: then it continues from its newest
+    complete checkpoint without `--resume` (torchrun re-runs the command line as it was)."""
+    if restart_count() == 0 or run_id() is None:
+        return False
+    try:
+        recorded = (Path(run_dir) / MARKER).read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    if recorded == run_id():
+        log.warning(
+            "torchrun restart %d of job %s: resuming from the newest complete checkpoint", restart_count(), recorded
+        )
+        return True
+    return False
+
+
+def mark_run_folder(run_dir: Path) -> None:
+    """Record in `run_dir` which torchrun job runs it (main process, after the folder was accepted)."""
+    if run_id() is not None:
+        (Path(run_dir) / MARKER).write_text(run_id() + "\n", encoding="utf-8")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -207,8 +234,7 @@ class SaveRunConfig(TrainerCallback):
         self.config = config
 
     def on_save(self, args, state, control, **kwargs):
-        if args.world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.barrier()
+        barrier()
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX}{state.global_step}"
             if folder.is_dir():

@@ -112,22 +112,22 @@ def run_cli(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | N
     """Run `main(argv)` as a command: a UserError becomes `error: ...` on stderr and exit status 2.
 
     Under several processes the line names the rank, and any failure is reported to the other ranks, which
-    stop at once instead of waiting in a collective for the timeout (`stagekit.elastic`)."""
-    from stagekit import elastic
+    stop at once instead of waiting in a collective for the timeout (stagekit/distributed.py)."""
+    from stagekit import distributed
 
     setup_logging()
     try:
         main(argv)
     except UserError as err:
-        elastic.report_failure(err)
-        print(f"error: {elastic.where()}{err}", file=sys.stderr)
+        distributed.report_failure(err)
+        print(f"error: {distributed.where()}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        line = elastic.report_failure(err)
-        if elastic.rank_and_size()[1] > 1:  # the traceback follows, but not which rank it came from
+        line = distributed.report_failure(err)
+        if distributed.rank_and_size()[1] > 1:  # the traceback follows, but not which rank it came from
             print(f"error: {line}", file=sys.stderr, flush=True)
         raise
     return 0

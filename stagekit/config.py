@@ -17,7 +17,7 @@ import dataclasses
 import os
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin
 
@@ -178,40 +178,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Return `value` converted to the annotated type `tp`, or raise a one-line ConfigError."""
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
-        options = get_args(tp)
-        tagged = _tagged_options(options)
-        if tagged and isinstance(value, dict):  # sections told apart by their tag, e.g. model.architecture
-            field_name, by_tag = tagged
-            tag = value.get(field_name, next(iter(by_tag)))
-            if tag not in by_tag:
-                raise ConfigError(f"config key '{key}.{field_name}': {tag!r} is not one of {list(by_tag)}")
-            return _build(by_tag[tag], value, prefix=f"{key}.")
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}': {value!r} is not {_type_name(tp)}")
+        return _coerce_union(value, tp, key)
     if origin is Literal:
         if value not in get_args(tp):
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
         return value
     if origin in (list, tuple):
-        if isinstance(value, str):  # a CLI override: parse it as YAML, e.g. [a, b]
-            try:
-                value = safe_load_unique(value, f"config key '{key}'")
-            except yaml.YAMLError as err:
-                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-                raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({problem})") from None
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
-        (item_tp, *_) = get_args(tp) or (Any,)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return _coerce_list(value, tp, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, str) and getattr(tp, "shorthand", None):  # a plain string sets that one key
             value = {tp.shorthand: value}
@@ -220,37 +193,89 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _build(tp, value, prefix=f"{key}.")
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 3e-4 as a string; accept it as the number it means
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
-        return expand(str(value))
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, key)
     raise ConfigError(f"config key '{key}': unsupported type {_type_name(tp)}")
+
+
+def _coerce_union(value: Any, tp: Any, key: str) -> Any:
+    """`value` as the first option of the union `tp` it converts to: a section by its tag field, None, or the
+    options in order; a one-line ConfigError when none takes it."""
+    options = get_args(tp)
+    tagged = _tagged_options(options)
+    if tagged and isinstance(value, dict):  # sections told apart by their tag, e.g. model.architecture
+        field_name, by_tag = tagged
+        tag = value.get(field_name, next(iter(by_tag)))
+        if tag not in by_tag:
+            raise ConfigError(f"config key '{key}.{field_name}': {tag!r} is not one of {list(by_tag)}")
+        return _build(by_tag[tag], value, prefix=f"{key}.")
+    if value is None and type(None) in options:
+        return None
+    errors = []
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce(value, option, key)
+        except ConfigError as err:
+            errors.append(str(err))
+    raise ConfigError(errors[0] if len(errors) == 1 else f"config key '{key}': {value!r} is not {_type_name(tp)}")
+
+
+def _coerce_list(value: Any, tp: Any, key: str) -> list[Any]:
+    """A list (or, from the command line, YAML text of one) with each item converted to the item type."""
+    if isinstance(value, str):  # a CLI override: parse it as YAML, e.g. [a, b]
+        try:
+            value = safe_load_unique(value, f"config key '{key}'")
+        except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"config key '{key}': {value!r} is not valid YAML ({problem})") from None
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+    (item_tp, *_) = get_args(tp) or (Any,)
+    return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.replace("_", ""))
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):  # PyYAML reads 3e-4 as a string; accept it as the number it means
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+
+
+def _to_str(value: Any, key: str) -> str:
+    if isinstance(value, (dict, list)) or value is None:
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    return expand(str(value))
+
+
+# A scalar key's converter, by its annotated type: each raises a one-line ConfigError for a value it refuses.
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
 
 
 TAG_FIELDS = ("architecture",)

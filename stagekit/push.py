@@ -154,7 +154,7 @@ def pushed_when_done(repo_id: str | None, folder: Path, private: bool = False) -
         return
     token = check_hub(repo_id, folder, private=private, trained=False)
     yield
-    from stagekit.elastic import rank_and_size  # torch: only a stage, which has it loaded, gets here
+    from stagekit.distributed import rank_and_size  # torch: only a stage, which has it loaded, gets here
 
     if rank_and_size()[0] == 0:
         url = push_folder(folder, repo_id, private=private, token=token)

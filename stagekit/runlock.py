@@ -79,11 +79,11 @@ def claim_run_folder(
     """Hold `run_dir` for the block: checked writable (else `remedy`), then locked, both before any work.
 
     Under several processes only the main one (global rank 0, the one that writes outputs) checks and locks;
-    every rank then agrees on the outcome with one all-reduce (`stagekit.training.any_rank`, so the process
+    every rank then agrees on the outcome with one all-reduce (`stagekit.distributed.any_rank`, so the process
     group must be up), and all raise the same kind of one-line UserError: none is left waiting for the
     others. Raises UserError when the folder cannot be written or another living process holds its lock.
     """
-    from stagekit.training import any_rank
+    from stagekit.distributed import any_rank
 
     run_dir, problem, fd = Path(run_dir), None, None
     if is_main:

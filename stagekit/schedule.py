@@ -16,11 +16,15 @@ transformers' own "reduce_lr_on_plateau" has no warmup (transformers' get_schedu
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
 
 
 class WarmupPlateauSchedule(LRScheduler):
@@ -94,3 +98,25 @@ class WarmupPlateauSchedule(LRScheduler):
         self.scale, self.best = float(state_dict["scale"]), float(state_dict["best"])
         self.bad_evals = int(state_dict["bad_evals"])
         self._apply()
+
+
+def on_eval_grid(args, state) -> bool:
+    """True for the evaluations every `eval_steps` steps, False for extra ones (at the end of a run, on a
+    time-budget stop, on request). Only the grid's evaluations move the schedule and early stopping, so a
+    run stopped and resumed takes the same decisions as one that never stopped."""
+    return args.eval_steps is not None and state.global_step % int(args.eval_steps) == 0
+
+
+class PlateauStep(TrainerCallback):
+    """Feed each scheduled evaluation's loss to the warmup → plateau schedule (the Trainer only does this
+    for torch's own ReduceLROnPlateau). The loss is gathered over all ranks, so every rank lowers alike."""
+
+    def __init__(self, metric: str = "eval_loss") -> None:
+        self.metric = metric
+
+    def on_evaluate(self, args, state, control, metrics=None, lr_scheduler=None, **kwargs):
+        if not on_eval_grid(args, state):
+            return
+        if isinstance(lr_scheduler, WarmupPlateauSchedule) and metrics and self.metric in metrics:
+            if lr_scheduler.observe(float(metrics[self.metric])):
+                log.info("validation loss stalled: learning rate lowered to %.2e", lr_scheduler.get_last_lr()[0])

@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 from stagekit.config import key, require
-from stagekit.precision import RETIRED_BF16
+
+# The old boolean impl.bf16: naming it is a one-line error (`SharedImplConfig.removed`).
+RETIRED_BF16 = (
+    "is gone: use impl.precision (auto | bf16 | fp16 | fp32); auto picks bf16 on GPUs with bf16 tensor cores, "
+    "fp16 with loss scaling on T4 / V100, fp32 on CPU (bf16: true → impl.precision=bf16, false → fp32)"
+)
 
 Scheduler = Literal["linear", "cosine", "constant_with_warmup", "reduce_lr_on_plateau"]
 
@@ -115,7 +120,7 @@ class SharedImplConfig:
 
     resumable_section: ClassVar[bool] = True
     removed: ClassVar[dict[str, str]] = {
-        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (stagekit/training.py "
+        "stop_on_nonfinite_loss": "was removed: a NaN or infinite loss always stops the run (stagekit/callbacks.py "
         "StopOnNonFiniteLoss); delete it from your config",
         "bf16": RETIRED_BF16,
     }
@@ -126,7 +131,7 @@ class SharedImplConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = key(
         "auto",
         "auto: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 with loss scaling on 7.x "
-        "(T4, V100), fp32 elsewhere and on CPU / MPS (stagekit/precision.py)",
+        "(T4, V100), fp32 elsewhere and on CPU / MPS (stagekit/device.py)",
     )
     fit_batch: bool = key(
         False,

@@ -138,7 +138,7 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_args(tmp_path: Path, cache_dir: Path, data_dir: Path):
-    """argv for `pretrain.train.main`: the debug config, outputs in tmp_path, plus extra overrides."""
+    """argv for `pretrain.__main__.main`: the debug config, outputs in tmp_path, plus extra overrides."""
 
     def make(*overrides: str, out: Path | None = None) -> list[str]:
         return [
@@ -179,7 +179,7 @@ def tiny_config(tiny_args):
 @pytest.fixture(scope="session")
 def pretrained_debug(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, data_dir: Path) -> Path:
     """The debug config's pretraining output after 10 steps (the model folder, card included), built once."""
-    from pretrain.train import main
+    from pretrain.__main__ import main
 
     out = tmp_path_factory.mktemp("pretrained-debug")
     main([

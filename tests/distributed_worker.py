@@ -4,7 +4,7 @@ parameters (the encoder and, for the siamese stage, the NLI head) so the test ca
 `python -m torch.distributed.run --standalone --nproc_per_node=2 -m tests.distributed_worker STAGE OUT -- ARGV`
 
 With `BERT_TEST_FAIL=RANK:STEP` in the environment, rank RANK raises a RuntimeError in its training step after
-STEP optimizer steps: a rank that fails alone (out of memory, a bad batch), for the tests of `stagekit.elastic`.
+STEP optimizer steps: a rank that fails alone (out of memory, a bad batch), for the tests of stagekit/distributed.py.
 """
 
 from __future__ import annotations
@@ -21,22 +21,23 @@ def main() -> None:
     stage, out, _, *argv = sys.argv[1:]
     import importlib
 
+    from stagekit import stage as stage_module
     from stagekit.cli import run_cli
 
     trainers = []
-    module = importlib.import_module(f"{stage}.train")
-    real_run = module.run_stage
+    command = importlib.import_module(f"{stage}.__main__")
+    real_run = stage_module.run_stage
 
     def spy(*args, **kwargs):
         result = real_run(*args, **kwargs)
         trainers.append(result.trainer)
         return result
 
-    module.run_stage = spy
+    stage_module.run_stage = spy
     if os.environ.get("BERT_TEST_FAIL"):
         fail_rank, fail_step = (int(x) for x in os.environ["BERT_TEST_FAIL"].split(":"))
         _fail_at(fail_rank, fail_step)
-    code = run_cli(module.main, argv)  # as the real command: a failure is reported to the other ranks
+    code = run_cli(command.main, argv)  # as the real command: a failure is reported to the other ranks
     if code:
         sys.exit(code)
     trainer = trainers[0]

@@ -160,7 +160,7 @@ def refused_on_other_process_count(capsys) -> str:
 
 # a two-process run resumed on one process went on at the wrong data position with wrong counters.
 def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining, tmp_path, capsys):
-    from pretrain.train import main
+    from pretrain.__main__ import main
     from stagekit.cli import run_cli
 
     root, argv, _ = pretraining
@@ -172,7 +172,7 @@ def test_a_two_process_pretraining_resumed_on_one_process_is_refused(pretraining
 
 
 def test_a_two_process_fine_tuning_resumed_on_one_process_is_refused(fine_tuning, tmp_path, capsys):
-    from siamese.train import main
+    from siamese.__main__ import main
     from stagekit.cli import run_cli
 
     root, argv = fine_tuning

@@ -1,4 +1,4 @@
-"""Several machines and lost workers (stagekit/elastic.py): 2 "nodes" × 1 process on localhost against 1 × 2, a
+"""Several machines and lost workers (stagekit/distributed.py): 2 "nodes" × 1 process on localhost against 1 × 2, a
 SIGKILLed worker that torchrun restarts, a rank that raises. gloo on CPU, one thread per process."""
 
 from __future__ import annotations

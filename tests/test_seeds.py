@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pretrain.train import main as pretrain
+from pretrain.__main__ import main as pretrain
+from siamese.__main__ import main as finetune
 from siamese.config import DataConfig
 from siamese.encoder import HEAD_FILE
 from siamese.nli_data import first_pairs
-from siamese.train import main as finetune
 from stagekit.config import REPO_ROOT
 from stagekit.sources import SourceConfig
 

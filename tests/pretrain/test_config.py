@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.__main__ import main
 from pretrain.config import PretrainConfig
-from pretrain.train import main
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError

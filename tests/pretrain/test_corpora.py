@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pretrain.__main__ import main
 from pretrain.blocks import prepare_data
 from pretrain.config import DataConfig
 from pretrain.corpus import raw_batches
-from pretrain.train import main
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig
 

@@ -27,7 +27,7 @@ def test_fit_batch_keeps_the_batch_per_step_under_a_fake_memory_limit(tiny_args,
     monkeypatch.setattr(MLMTrainer, "compute_loss", limited)
     overrides = ("train.max_steps=3", "train.eval_steps=3", "train.save_steps=3", "train.cloze_sentences=4")
     metrics = main(tiny_args(*overrides, "impl.fit_batch=true")).metrics
-    assert seen[:3] == [16, 8, 4]  # the probes: configured 16, then halves, until one fits
+    assert seen[:3] == [16, 8, 4]  # the memory trials: configured 16, then halves, until one fits
     assert set(seen[3:]) == {4} and len(seen) >= 3 + 3 * 4  # every training step: 4 micro-batches of 4 blocks
     assert (metrics["fit_batch_per_device"], metrics["fit_batch_accumulation"]) == (4, 4)
     assert metrics["tokens_seen"] == 3 * 16 * 128  # the batch per step the config asks for

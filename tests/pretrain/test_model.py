@@ -114,7 +114,7 @@ def test_a_batch_without_masked_tokens_has_loss_zero_not_nan(tiny_config, data, 
 def test_a_validation_set_without_a_masked_token_is_refused_before_training(tiny_config):
     from pretrain.blocks import prepare_data
     from pretrain.masking import mask_seed
-    from pretrain.train import build_trainer
+    from pretrain.train import mlm_trainer
     from stagekit.errors import DataError
 
     short = ("data.block_size=8", "train.max_eval_batches=1", "train.per_device_eval_batch_size=1")
@@ -122,7 +122,7 @@ def test_a_validation_set_without_a_masked_token_is_refused_before_training(tiny
     masker = BlockMasker(data.tokenizer)  # validation is masked with seed train.seed + 1
     seed = next(s for s in range(200) if (masker(data.validation[0], mask_seed(s + 1, 0, 0))[1] == -100).all())
     with pytest.raises(DataError, match=r"the 1 validation block\(s\) of 8 tokens .* hold no masked token"):
-        build_trainer(tiny_config(*short, f"train.seed={seed}"), data, [], fresh=True)
+        mlm_trainer(tiny_config(*short, f"train.seed={seed}"), data, [], fresh=True)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))

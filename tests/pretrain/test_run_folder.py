@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from pretrain.train import main
+from pretrain.__main__ import main
 from stagekit.cli import run_cli
 from tests.processes import kill, start_until
 

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 import torch
 
-from pretrain.sampling import BlockOrder
+from pretrain.blocks import BlockOrder
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 64, 1000, 4099])

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForMaskedLM, pipeline
 
+from pretrain.__main__ import main
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
-from pretrain.train import main
+from stagekit.callbacks import TrainingDiverged
 from stagekit.checkpoints import checkpoint_dirs, newest_checkpoint
 from stagekit.errors import ConfigError, UserError
-from stagekit.training import TrainingDiverged
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
@@ -288,7 +288,7 @@ def test_training_reads_only_the_blocks_it_trains_on(tiny_config, tiny_data):
 
     import numpy as np
 
-    from pretrain.train import build_trainer
+    from pretrain.train import mlm_trainer
 
     read: list[int] = []
 
@@ -307,6 +307,6 @@ def test_training_reads_only_the_blocks_it_trains_on(tiny_config, tiny_data):
     data = dataclasses.replace(tiny_data, train=Recorded(tiny_data.train))
     cfg = tiny_config("train.max_steps=5", "train.per_device_train_batch_size=4", "train.eval_steps=1000",
                       "train.save_steps=1000")  # fmt: skip
-    build_trainer(cfg, data, report_to=[], fresh=True).train()
+    mlm_trainer(cfg, data, report_to=[], fresh=True).train()
     # 5 batches of 4, plus the one accelerate's loader fetches ahead to know where the epoch ends
     assert len(read) == len(set(read)) == 6 * 4 < len(tiny_data.train) // 10

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from huggingface_hub import ModelCard
 
+from siamese.__main__ import main as train
 from siamese.card import refresh_model_card, write_model_card
 from siamese.encoder import NLIEncoder
 from siamese.evaluate import main as evaluate
-from siamese.train import main as train
 from stagekit.model_card import PROJECT_TAG
 
 pytestmark = pytest.mark.slow

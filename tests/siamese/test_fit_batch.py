@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from siamese.train import main
+from siamese.__main__ import main
 from siamese.trainer import SiameseTrainer
 from tests.siamese.test_train import debug_args
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from siamese.__main__ import main
 from siamese.encoder import NLIEncoder
 from siamese.evaluate import main as evaluate
-from siamese.train import main
 from stagekit.errors import UserError
 from tests.siamese.test_train import debug_args
 

@@ -136,8 +136,8 @@ def test_a_merged_pair_forward_is_ignored_with_mini_batches_and_says_so(model, c
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnrl", "both"])
 def test_the_configured_mini_batch_is_what_training_uses(repo_root, tiny_bert, tmp_path, monkeypatch, name):
+    from siamese.__main__ import main
     from siamese.ranking import CachedDistinctRankingLoss, SoftmaxRankingLoss
-    from siamese.train import main
     from tests.siamese.test_train import debug_args
 
     cached = CachedDistinctRankingLoss if name == "mnrl" else SoftmaxRankingLoss

@@ -13,13 +13,13 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
+from siamese.__main__ import main
 from siamese.config import LossConfig
 from siamese.encoder import NLIEncoder
 from siamese.head_init import accuracy, pair_features
 from siamese.model import build_loss, resolve_base
 from siamese.nli_data import read_pairs
 from siamese.scores import read_stsb, stsb_metrics
-from siamese.train import main
 from stagekit.sources import SourceConfig
 
 pytestmark = pytest.mark.slow

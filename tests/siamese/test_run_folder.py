@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from siamese.train import main
+from siamese.__main__ import main
 from stagekit.cli import run_cli
 from tests.pretrain.test_run_folder import last_error, offline_run_ids
 from tests.processes import kill, start_until

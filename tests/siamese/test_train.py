@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
+from siamese.__main__ import main
 from siamese.encoder import HEAD_FILE, NLIEncoder
-from siamese.train import main
 from stagekit.checkpoints import newest_checkpoint
 from stagekit.cli import run_cli
 from stagekit.errors import ConfigError, UserError
@@ -276,7 +276,7 @@ def test_out_of_memory_suggests_a_smaller_batch_with_accumulation(repo_root, tin
 
 def run_capturing_trainer(monkeypatch, argv: list[str]):
     """`main(argv)`, returning the trainer it trained with (to read its optimizer's parameter groups)."""
-    from siamese import train as train_module
+    from stagekit import stage as train_module
 
     trainers, real_run = [], train_module.run_stage
 
@@ -374,14 +374,14 @@ def test_select_best_judges_by_the_heads_loss_or_accuracy_or_for_mnrl_by_eval_lo
 ):
     from siamese.config import SiameseConfig
     from siamese.nli_data import RowCounts
-    from siamese.train import build_trainer, eval_data
+    from siamese.train import eval_data, siamese_trainer
     from stagekit.config import load_config
 
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
                       [f"model.base_model={tiny_bert}", f"loss.name={loss}", "train.select_best=true",
                        f"train.select_metric={select}", "data.eval_pairs=600"])  # fmt: skip
     eval_pairs, eval_set = eval_data(cfg, RowCounts())
-    trainer = build_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
+    trainer = siamese_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
     assert trainer.args.load_best_model_at_end
     assert (trainer.args.metric_for_best_model, trainer.args.greater_is_better) == (metric, greater)
 
@@ -389,13 +389,13 @@ def test_select_best_judges_by_the_heads_loss_or_accuracy_or_for_mnrl_by_eval_lo
 def test_a_best_checkpoint_without_its_head_is_an_error_not_a_silent_last_step(repo_root, tiny_bert, tmp_path):
     from siamese.config import SiameseConfig
     from siamese.nli_data import RowCounts
-    from siamese.train import build_trainer, eval_data
+    from siamese.train import eval_data, siamese_trainer
     from stagekit.config import load_config
 
     cfg = load_config(SiameseConfig, repo_root / "configs" / "siamese" / "debug.yaml",
                       [f"model.base_model={tiny_bert}", "train.select_best=true"])  # fmt: skip
     eval_pairs, eval_set = eval_data(cfg, RowCounts())
-    trainer = build_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
+    trainer = siamese_trainer(cfg, eval_set.to_iterable_dataset(), eval_pairs, eval_set, [])
     best = tmp_path / "checkpoint-3"
     trainer.model.save(str(best))  # the encoder only: the head file is missing
     trainer.state.best_model_checkpoint = str(best)

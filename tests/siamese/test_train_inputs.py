@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from siamese.train import main
+from siamese.__main__ import main
 from stagekit.cli import run_cli
 
 pytestmark = pytest.mark.slow
@@ -59,13 +59,13 @@ def first_batches(cfg, workers: int, count: int) -> list[dict]:
     import dataclasses
 
     from siamese.nli_data import RowCounts, train_stream
-    from siamese.train import build_trainer
+    from siamese.train import siamese_trainer
 
     cfg = dataclasses.replace(cfg, impl=dataclasses.replace(cfg.impl, dataloader_num_workers=workers))
     stream = train_stream(
         cfg.data, cfg.train.per_device_train_batch_size, cfg.impl.length_bucket_batches, cfg.train.seed, RowCounts()
     )
-    loader = build_trainer(cfg, stream, None, None, []).get_train_dataloader()
+    loader = siamese_trainer(cfg, stream, None, None, []).get_train_dataloader()
     batches = []
     for batch in loader:
         batches.append({k: v.tolist() if hasattr(v, "tolist") else v for k, v in batch.items()})

@@ -16,15 +16,17 @@ class Stop(Exception):
 def test_a_stage_reads_overrides_after_resume(stage, tmp_path, monkeypatch):
     import importlib
 
-    train = importlib.import_module(f"{stage}.train")
+    from stagekit import stage as stage_module
+
+    command = importlib.import_module(f"{stage}.__main__")
 
     def seen(stage, resume=False):
         raise Stop(stage.cfg, resume)
 
-    monkeypatch.setattr(train, "run_stage", seen)
+    monkeypatch.setattr(stage_module, "run_stage", seen)
     argv = ["--config", str(REPO_ROOT / f"configs/{stage}/debug.yaml"), f"output_dir={tmp_path}", "run_name=x",
             "--resume", "train.max_steps=20"]  # fmt: skip
     with pytest.raises(Stop) as stop:
-        train.main(argv)
+        command.main(argv)
     cfg, resume = stop.value.args
     assert resume and cfg.run_name == "x" and cfg.train.max_steps == 20

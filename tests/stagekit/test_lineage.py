@@ -73,7 +73,7 @@ def test_a_wandb_failure_never_stops_training(tiny_args, tmp_path, monkeypatch, 
     import wandb
     from wandb.sdk.wandb_run import Run
 
-    from pretrain.train import main
+    from pretrain.__main__ import main
 
     def fail(*args, **kwargs):
         raise RuntimeError("W&B is down")
@@ -130,7 +130,7 @@ def test_a_base_model_from_elsewhere_is_a_reference(tmp_path, monkeypatch, caplo
 
 @pytest.mark.slow
 def test_log_model_checkpoint_logs_each_checkpoints_weights(tiny_args, tmp_path, monkeypatch):
-    from pretrain.train import main
+    from pretrain.__main__ import main
 
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     result = main(tiny_args("train.max_steps=2", "train.save_steps=1", "train.eval_steps=1", "train.cloze_sentences=0",

@@ -14,9 +14,9 @@ import torch
 from pretrain.config import PretrainConfig
 from siamese.config import SiameseConfig
 from stagekit import device as device_module
+from stagekit.callbacks import StopOnNonFiniteLoss, TrainingDiverged
 from stagekit.config import REPO_ROOT, load_config
-from stagekit.errors import ConfigError
-from stagekit.precision import (
+from stagekit.device import (
     MIN_LOSS_SCALE,
     DeviceInfo,
     choose_compile,
@@ -24,7 +24,8 @@ from stagekit.precision import (
     choose_tf32,
     skipped_by_loss_scaler,
 )
-from stagekit.training import StopOnNonFiniteLoss, TrainingDiverged, training_arguments
+from stagekit.errors import ConfigError
+from stagekit.training import training_arguments
 
 H200 = DeviceInfo("cuda", "NVIDIA H200", (9, 0))
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))
@@ -74,10 +75,10 @@ def test_precision_decision_table(device: DeviceInfo, asked: str, precision: str
 
 
 def test_fp16_on_mps_needs_torch_2_8_for_loss_scaling(monkeypatch):
-    monkeypatch.setattr("stagekit.precision.torch_version", lambda: (2, 7))
+    monkeypatch.setattr("stagekit.device.torch_version", lambda: (2, 7))
     with pytest.raises(ConfigError, match="torch >= 2.8"):
         choose_precision(MPS, "fp16")
-    monkeypatch.setattr("stagekit.precision.torch_version", lambda: (2, 13))
+    monkeypatch.setattr("stagekit.device.torch_version", lambda: (2, 13))
     assert choose_precision(MPS, "fp16").precision == "fp16"
 
 
@@ -271,9 +272,9 @@ def test_pretraining_arguments_on_a_t4_are_fp16_without_tf32(monkeypatch):
     refuses below compute capability 8.0 ("--tf32 requires Ampere or a newer GPU arch"): no T4 run could start."""
     from pretrain.train import pretrain_arguments
 
-    for where in ("stagekit.precision.device_info", "pretrain.train.device_info"):
+    for where in ("stagekit.device.device_info", "pretrain.train.device_info"):
         monkeypatch.setattr(where, lambda kind: T4 if kind == "cuda" else CPU)
-    monkeypatch.setattr("stagekit.precision._CHOSEN", {})
+    monkeypatch.setattr("stagekit.device._CHOSEN", {})
     cfg = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/bert-medium.yaml")
     args = pretrain_arguments(cfg, "cuda", [])
     assert (args.fp16, args.bf16, args.tf32) == (True, False, None)

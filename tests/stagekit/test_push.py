@@ -139,7 +139,7 @@ def test_without_a_token_the_push_says_how_to_get_one(folder, hub, monkeypatch, 
 
 @pytest.mark.parametrize("stage", ["pretrain", "siamese"])
 def test_a_stage_with_push_to_hub_offline_is_refused_before_any_work(stage, repo_root, tmp_path, capsys):
-    main = __import__(f"{stage}.train", fromlist=["main"]).main
+    main = __import__(f"{stage}.__main__", fromlist=["main"]).main
     argv = ["--config", str(repo_root / "configs" / stage / "debug.yaml"), f"output_dir={tmp_path}",
             "--push-to-hub", "me/model"]  # fmt: skip
     assert run_cli(main, argv) == 2
@@ -151,7 +151,7 @@ def test_a_stage_with_push_to_hub_offline_is_refused_before_any_work(stage, repo
 
 @pytest.mark.slow
 def test_a_stage_pushes_its_model_folder_after_training(hub, repo_root, tmp_path, data_dir, monkeypatch):
-    from pretrain.train import main
+    from pretrain.__main__ import main
 
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
     main(["--config", str(repo_root / "configs" / "pretrain" / "debug.yaml"), f"output_dir={tmp_path}",
@@ -183,7 +183,7 @@ def test_the_retry_command_after_an_offline_refusal_keeps_every_option(folder, o
 
 
 def test_a_stages_retry_command_keeps_hub_private(repo_root, tmp_path, capsys):
-    from pretrain.train import main
+    from pretrain.__main__ import main
 
     argv = ["--config", str(repo_root / "configs" / "pretrain" / "debug.yaml"), f"output_dir={tmp_path}",
             "--push-to-hub", "me/model", "--hub-private"]  # fmt: skip

@@ -70,11 +70,11 @@ def test_the_progress_bar_shows_the_steps_the_time_budget_leaves(monkeypatch):
     max_steps, so its remaining time is the time left to the cap."""
     from types import SimpleNamespace
 
-    from stagekit import training
-    from stagekit.training import TimeBudget, TimeCappedProgress
+    from stagekit import callbacks
+    from stagekit.callbacks import TimeBudget, TimeCappedProgress
 
     clock = [0.0]
-    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(callbacks.time, "monotonic", lambda: clock[0])
     budget = TimeBudget(minutes=13)
     bar = TimeCappedProgress(budget)
     state = SimpleNamespace(is_world_process_zero=True, max_steps=3000, global_step=0)

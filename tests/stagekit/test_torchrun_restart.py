@@ -1,4 +1,5 @@
-"""Which torchrun restart resumes by itself (stagekit/elastic.py through choose_checkpoint), and the failure line."""
+"""Which torchrun restart resumes by itself (stagekit/checkpoints.py through choose_checkpoint), and the failure line
+(stagekit/distributed.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import json
 
 import pytest
 
-from stagekit import elastic
-from stagekit.checkpoints import RUN_CONFIG, STATE, choose_checkpoint
+from stagekit import distributed
+from stagekit.checkpoints import MARKER, RUN_CONFIG, STATE, choose_checkpoint
 from stagekit.errors import UserError
 
 
@@ -59,15 +60,15 @@ def test_outside_torchrun_nothing_changes(tmp_path, monkeypatch):
     a_run_with_checkpoints(tmp_path)
     with pytest.raises(UserError):
         choose_checkpoint(tmp_path, resume=False)
-    assert not (tmp_path / elastic.MARKER).exists()
+    assert not (tmp_path / MARKER).exists()
 
 
 def test_the_failure_line_names_the_rank_and_the_cause(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
-    line = elastic.report_failure(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail"))
+    line = distributed.report_failure(RuntimeError("CUDA out of memory. Tried to allocate 2 GiB\nmore detail"))
     assert line.startswith("rank 3 of 4 (") and line.endswith(
         "): RuntimeError: CUDA out of memory. Tried to allocate 2 GiB"
     )
-    assert elastic.report_failure(UserError("config key 'x': bad")).endswith("): config key 'x': bad")
-    assert elastic.where() == "rank 3 of 4: "
+    assert distributed.report_failure(UserError("config key 'x': bad")).endswith("): config key 'x': bad")
+    assert distributed.where() == "rank 3 of 4: "
