@@ -24,10 +24,10 @@ from pathlib import Path
 from app.examples import DEFAULT_LIMIT, EXAMPLES_ENV, Example, example_sources, first_source
 from app.search import SENTENCES_ENV
 from siamese.encoder import LABELS
-from stagekit.atomic import atomic_dir
 from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT
 from stagekit.errors import UserError
+from stagekit.folders import atomic_dir
 from stagekit.model_card import CARD_FILE, hub_id, source_words
 
 ENTRY = "space_app.py"

@@ -18,9 +18,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from stagekit.checkpoints import newest_checkpoint  # noqa: E402
 from stagekit.cli import doc_summary
 from stagekit.errors import UserError  # noqa: E402
+from stagekit.resume import newest_checkpoint  # noqa: E402
 
 
 def bert15_curve(run: Path) -> list[tuple[int, float]]:

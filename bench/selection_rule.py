@@ -46,10 +46,10 @@ from siamese.encoder import RESOLVED_CONFIG, NLIEncoder
 from siamese.evaluate import DATA, eval_source, local_hint
 from siamese.nli_data import VALIDATION_HINT, held_out_pairs, read_pairs
 from siamese.trainer import NLIAccuracyEvaluator
-from stagekit.checkpoints import STATE, checkpoint_dirs
 from stagekit.cli import doc_summary, run_cli, setup_logging
 from stagekit.config import load_config
 from stagekit.errors import UserError
+from stagekit.resume import STATE, checkpoint_dirs
 from stagekit.sources import SourceConfig
 
 log = logging.getLogger(__name__)

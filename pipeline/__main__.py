@@ -18,12 +18,12 @@ from siamese.config import EvalConfig, SiameseConfig
 from siamese.evaluate import current_report, evaluate
 from siamese.train import SiameseStage
 from stagekit import distributed
-from stagekit.atomic import require_writable
 from stagekit.cli import doc_summary, run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError, UserError
+from stagekit.folders import require_writable
 from stagekit.stage import run_stage
-from stagekit.tracking import pipeline_group
+from stagekit.wandb_tracking import pipeline_group
 
 log = logging.getLogger("pipeline")
 SECTIONS = ("pretrain", "siamese", "eval")

@@ -7,7 +7,7 @@ so neither preparation nor training holds anything proportional to the corpus in
 
 The cache folder `<data.cache_dir>/<key>/` holds `tokenizer/`, `train.bin`, `validation.bin`,
 `token_counts.npy`, `stats.json` and `build_seconds.json` (where the preparation's time went). It is
-built as `.tmp-<key>-*` and renamed into place (stagekit/atomic.py): a folder named `<key>` is always
+built as `.tmp-<key>-*` and renamed into place (stagekit/folders.py): a folder named `<key>` is always
 complete, and a killed build leaves only a `.tmp-*` folder, which the next build of that key removes.
 
 The order training visits blocks in: every block once per epoch, shuffled, with no permutation in memory.
@@ -43,8 +43,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from pretrain.build import build_cache, raise_few_blocks, unigram_entropy
 from pretrain.config import PretrainConfig
-from stagekit.atomic import require_writable
 from stagekit.errors import DataError
+from stagekit.folders import require_writable
 from stagekit.sources import local_files
 
 try:

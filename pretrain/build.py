@@ -23,8 +23,8 @@ from pretrain.config import PretrainConfig
 from pretrain.corpus import SPLITS, document_chunks, training_sample
 from pretrain.packing import BlockWriter, ChunkEncoder, encode_in_order, worker_pool
 from pretrain.tokenizer import token_dtype, train_tokenizer
-from stagekit.atomic import atomic_dir
 from stagekit.errors import DataError
+from stagekit.folders import atomic_dir
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

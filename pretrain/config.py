@@ -11,8 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
 from stagekit.sources import SourceConfig
-from stagekit.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig
-from stagekit.tracking import WandbConfig
+from stagekit.stage_config import Scheduler, SharedImplConfig, SharedTrainConfig, WandbConfig
 
 LOCAL_CORPUS_HINT = "data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz (or configs/pretrain/cpu-small.yaml)"
 

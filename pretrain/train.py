@@ -27,8 +27,9 @@ from pretrain.trainer import MLMTrainer, ShortBlockWarmup
 from stagekit.callbacks import GridEarlyStopping
 from stagekit.device import choose_compile, choose_tf32, device_info, resolve_device
 from stagekit.errors import DataError
+from stagekit.schedule import plateau_settings
 from stagekit.stage import Stage, StageResult
-from stagekit.training import plateau_settings, training_arguments
+from stagekit.stage_config import training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ BERT_MASKING = (0.15, 0.8, 0.1)  # Devlin et al. 2019: the validation set every 
 
 
 def pretrain_arguments(cfg: PretrainConfig, device: str, report_to: list[str]) -> TrainingArguments:
-    """TrainingArguments from the config (stagekit/training.py `training_arguments`) plus MLM's own: epochs,
+    """TrainingArguments from the config (stagekit/stage_config.py `training_arguments`) plus MLM's own: epochs,
     early stopping on the validation loss, whole batches only, the blocks' columns, tf32 where it exists."""
     t = cfg.train
     return training_arguments(

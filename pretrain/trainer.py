@@ -24,7 +24,8 @@ from transformers import Trainer, TrainerCallback
 
 from pretrain.blocks import BlockOrder
 from pretrain.model import IGNORE_INDEX
-from stagekit.training import ScheduleMixin, ThroughputMixin
+from stagekit.callbacks import ThroughputMixin
+from stagekit.schedule import ScheduleMixin
 
 
 class ShortBlockWarmup(TrainerCallback):

@@ -31,10 +31,10 @@ from siamese.postprocess import (
     save_postprocessing,
 )
 from siamese.scores import read_stsb, stsb_scale
-from stagekit.atomic import atomic_dir, require_writable
 from stagekit.cli import doc_summary, run_cli
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import UserError
+from stagekit.folders import atomic_dir, require_writable
 from stagekit.sources import SourceConfig, looks_local
 
 log = logging.getLogger(__name__)

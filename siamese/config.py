@@ -13,8 +13,7 @@ from typing import Any, ClassVar, Literal
 
 from stagekit.config import RunConfig, key, require
 from stagekit.sources import SourceConfig
-from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
-from stagekit.tracking import WandbConfig
+from stagekit.stage_config import SharedImplConfig, SharedTrainConfig, WandbConfig
 
 
 @dataclass

@@ -63,11 +63,11 @@ from siamese.scores import (
     stsb_metrics,
     stsb_scale,
 )
-from stagekit.atomic import require_writable
 from stagekit.cli import config_parser, doc_summary, parse_config, run_cli
 from stagekit.config import to_dict
 from stagekit.errors import DataError, UserError
-from stagekit.finished import weights_sha256
+from stagekit.folders import require_writable
+from stagekit.resume import weights_sha256
 from stagekit.sources import SourceConfig, local_files, looks_local, require_hub
 from stagekit.variables import OUTSIDE, expand, portable
 
@@ -357,7 +357,7 @@ REPORT, EVALUATED = "report.json", "evaluated_with"
 
 
 def evaluated_with(model_dir: Path, cfg: EvalConfig) -> dict[str, Any]:
-    """What a report is a report of: the model's weights (stagekit/finished.py `weights_sha256`) and the
+    """What a report is a report of: the model's weights (stagekit/resume.py `weights_sha256`) and the
     evaluation settings as written (`${VAR}` kept)."""
     return {"model_sha256": weights_sha256(model_dir), "settings": to_dict(cfg)}
 

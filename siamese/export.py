@@ -37,9 +37,9 @@ from siamese.encoder import NLIEncoder
 from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
 from siamese.onnx_check import CHECK_SENTENCES, agreement
 from siamese.postprocess import POSTPROCESS_FILE
-from stagekit.atomic import atomic_dir
 from stagekit.cli import doc_summary
 from stagekit.errors import UserError
+from stagekit.folders import atomic_dir
 from stagekit.model_card import replaceable
 
 log = logging.getLogger(__name__)

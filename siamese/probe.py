@@ -8,7 +8,7 @@ chosen on the dev sets (no checkpoint, no early stop). Its accuracy sits beside 
 bi-encoder, which never lets the two sentences attend to each other.
 
 NLI rows come through siamese/nli_data.py, the project's one NLI reader; training runs on transformers' `Trainer`
-with the TrainingArguments both stages build (stagekit/training.py). Writes `<output_dir>/<run_name>/probe.json`
+with the TrainingArguments both stages build (stagekit/stage_config.py). Writes `<output_dir>/<run_name>/probe.json`
 (accuracies, confusion matrices, the run's counters) and `resolved_config.yaml` — the random-weights control
 (`model.random_init=true`) `probe-random-init.json` and `resolved_config-random-init.yaml` beside them, so the
 two sit side by side; the fine-tuned weights are not kept.
@@ -28,8 +28,7 @@ from typing import Any, ClassVar
 
 from stagekit.config import RunConfig, key, require, save_config, to_dict
 from stagekit.sources import SourceConfig
-from stagekit.stage_config import SharedImplConfig, SharedTrainConfig
-from stagekit.tracking import WandbConfig
+from stagekit.stage_config import SharedImplConfig, SharedTrainConfig, WandbConfig
 from stagekit.variables import portable
 
 log = logging.getLogger(__name__)
@@ -240,11 +239,13 @@ def run(cfg: ProbeConfig) -> dict[str, Any]:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from siamese.nli_data import RowCounts, open_pairs, source_name
-    from stagekit.atomic import require_writable
+    from stagekit.callbacks import add_stage_callbacks
     from stagekit.device import resolve_device
+    from stagekit.distributed import setup_process
+    from stagekit.folders import require_writable
     from stagekit.model_card import describe_hardware
-    from stagekit.tracking import finish_run, trainer_report_to
-    from stagekit.training import add_stage_callbacks, setup_process, training_arguments
+    from stagekit.stage_config import training_arguments
+    from stagekit.wandb_tracking import finish_run, trainer_report_to
 
     started = time.perf_counter()
     require_writable(cfg.run_dir, "set output_dir= to a writable folder")

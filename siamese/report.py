@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from siamese.labels import LABELS
-from stagekit.lineage import describe, log_files, use_model
-from stagekit.tracking import run_wandb_config, start_tracking
+from stagekit.wandb_tracking import describe, log_files, run_wandb_config, start_tracking, use_model
 
 
 def plot_confusion(matrix: list[list[int]], title: str, path: Path) -> None:
@@ -223,7 +222,7 @@ def _base_lines(report: dict[str, Any]) -> list[str]:
 def log_to_wandb(report: dict[str, Any], samples: list[dict[str, Any]], out_dir: Path) -> None:
     """Metrics, plots and sample predictions into W&B, with the settings of the run that trained the model (its
     project, mode and group); the model's artifact as the run's input, and report.json, report.md and the plots as
-    an artifact of type evaluation (stagekit/lineage.py)."""
+    an artifact of type evaluation (stagekit/wandb_tracking.py)."""
     flat = {f"{split}/{key}": value for split, section in report.items() if isinstance(section, dict)
             for key, value in section.items() if isinstance(value, (int, float)) and value is not None}  # fmt: skip
     for width, metrics in (report.get("retrieval") or {}).get("by_width", {}).items():

@@ -40,13 +40,14 @@ from siamese.nli_data import (
 from siamese.postprocess import save_postprocessing
 from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
 from stagekit.batch_fit import MiniBatches
-from stagekit.checkpoints import read_run_config
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, DataError, UserError
-from stagekit.lineage import use_model
+from stagekit.resume import read_run_config
+from stagekit.schedule import plateau_settings
 from stagekit.sources import reading
 from stagekit.stage import Stage
-from stagekit.training import plateau_settings, training_arguments
+from stagekit.stage_config import training_arguments
+from stagekit.wandb_tracking import use_model
 
 log = logging.getLogger(__name__)
 HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
@@ -59,7 +60,7 @@ def siamese_arguments(
     head_pattern: str | None = None,
     best_metric: str | None = None,
 ) -> SentenceTransformerTrainingArguments:
-    """SentenceTransformerTrainingArguments from the config (stagekit/training.py `training_arguments`).
+    """SentenceTransformerTrainingArguments from the config (stagekit/stage_config.py `training_arguments`).
     `head_pattern` (the NLI head's parameter names, `siamese.model.head_parameter_pattern`) gets
     `train.head_learning_rate` in its own parameter groups; `best_metric` is the eval metric
     `train.select_best` keeps the best checkpoint by (an accuracy is maximised, a loss minimised)."""

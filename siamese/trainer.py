@@ -1,7 +1,7 @@
 """What the Siamese stage adds to SentenceTransformerTrainer, on top of the stack both stages share
-(stagekit/training.py): the NLI head in every checkpoint and kept in step across ranks, NLI accuracy
-during training, a resume that refuses a checkpoint holding more than tensors in one line, and the same
-training pairs for any `impl.dataloader_num_workers`."""
+(stagekit/schedule.py `ScheduleMixin`, stagekit/callbacks.py `ThroughputMixin`): the NLI head in every
+checkpoint and kept in step across ranks, NLI accuracy during training, a resume that refuses a checkpoint
+holding more than tensors in one line, and the same training pairs for any `impl.dataloader_num_workers`."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from transformers import TrainerCallback
 
 from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
 from stagekit.batch_fit import longest_pairs
+from stagekit.callbacks import ThroughputMixin
 from stagekit.errors import UserError
+from stagekit.schedule import ScheduleMixin
 from stagekit.sources import reading
-from stagekit.training import ScheduleMixin, ThroughputMixin
 from stagekit.weights import check_weights, load_tensors
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,6 @@
-"""The callbacks every stage trains with, written once: the NaN/inf stop, the time budget and a progress bar
-that counts to where it ends, early stopping on the evaluation grid, and why a run stopped.
+"""The callbacks every stage trains with, written once and added by `add_stage_callbacks`: the NaN/inf stop,
+the time budget and a progress bar that counts to where it ends, early stopping on the evaluation grid, why a
+run stopped, and the step clock behind `ThroughputMixin`'s tokens/s or pairs/s.
 
 Every stop decision is the same on all ranks, so no process leaves the others waiting in an all-reduce: the
 NaN check reads the loss the Trainer has already averaged over all processes at a logging step, and the time
@@ -16,11 +17,12 @@ from typing import Any
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState, ProgressCallback
 
-from stagekit.checkpoints import newest_checkpoint
 from stagekit.device import skipped_by_loss_scaler
 from stagekit.distributed import any_rank
 from stagekit.errors import UserError
-from stagekit.schedule import on_eval_grid
+from stagekit.resume import SaveRunConfig, newest_checkpoint
+from stagekit.schedule import PlateauStep, on_eval_grid
+from stagekit.stage_config import SharedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +145,63 @@ def stop_reason(trainer: Trainer) -> str:
     if budget is not None and budget.stopped_training:
         return f"time budget train.max_train_minutes={budget.minutes:g}"
     return "early stop: validation loss stopped improving"
+
+
+class StepClock(TrainerCallback):
+    """Seconds spent on training steps (fetching batches included; evaluation and saving not)."""
+
+    def __init__(self) -> None:
+        self.mark, self.seconds, self.steps = time.perf_counter(), 0.0, 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        self.seconds, self.steps, self.mark = self.seconds + now - self.mark, self.steps + 1, now
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def on_save(self, args, state, control, **kwargs):
+        self.mark = time.perf_counter()
+
+    def take(self) -> tuple[int, float]:
+        steps, seconds = self.steps, self.seconds
+        self.steps, self.seconds = 0, 0.0
+        return steps, seconds
+
+
+class ThroughputMixin:
+    """Add `<unit>_per_s`, counted over all ranks, to every training log (tokens for pretraining, pairs for
+    fine-tuning): `units_per_step` is per optimizer step over all ranks."""
+
+    def __init__(self, *args: Any, units_per_step: float = 0.0, throughput_unit: str = "tokens", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.units_per_step, self.throughput_unit = units_per_step, throughput_unit
+        self.step_clock = StepClock()
+        self.add_callback(self.step_clock)  # type: ignore[attr-defined]
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self.units_per_step:
+            steps, seconds = self.step_clock.take()
+            if steps and seconds > 0:
+                logs = {**logs, f"{self.throughput_unit}_per_s": steps * self.units_per_step / seconds}
+        return super().log(logs, start_time)  # type: ignore[misc]
+
+
+def add_stage_callbacks(trainer: Trainer, t: SharedTrainConfig, record: dict[str, Any]) -> None:
+    """What every stage trains with, added to `trainer` (stagekit/stage.py `run_stage`): `record` written into
+    each checkpoint (`SaveRunConfig`), the NaN/inf stop, the plateau step, and the time budget with a progress
+    bar that counts to where the budget ends."""
+    trainer.add_callback(SaveRunConfig(record))
+    trainer.add_callback(StopOnNonFiniteLoss())
+    if t.plateau:
+        trainer.add_callback(PlateauStep())
+    if t.max_train_minutes:
+        budget = TimeBudget(t.max_train_minutes)
+        trainer.add_callback(budget)
+        bars = [c for c in trainer.callback_handler.callbacks if type(c) is ProgressCallback]
+        if bars:  # not in notebooks, whose bar is another class
+            trainer.remove_callback(bars[0])
+            trainer.add_callback(TimeCappedProgress(budget))

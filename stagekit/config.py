@@ -38,7 +38,7 @@ HELP, RESUMABLE = "help", "resumable"
 
 def key(default: Any = dataclasses.MISSING, help: str = "", *, resumable: bool = False, factory: Any = None) -> Any:
     """A config field with its help text and resume rule: `resumable` keys may change on `--resume`, and the
-    change applies from the resumed step on; any other change is refused (stagekit/checkpoints.py)."""
+    change applies from the resumed step on; any other change is refused (stagekit/resume.py)."""
     metadata = {HELP: help, RESUMABLE: resumable}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
@@ -151,7 +151,7 @@ def format_default(value: Any) -> str:
 
 
 def resumable_keys(schema: type) -> tuple[str, ...]:
-    """The dotted keys `--resume` may change (stagekit/checkpoints.py `check_resume_settings`)."""
+    """The dotted keys `--resume` may change (stagekit/resume.py `check_resume_settings`)."""
     return tuple(info.dotted for info in describe_keys(schema) if info.resumable)
 
 

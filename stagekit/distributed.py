@@ -1,11 +1,12 @@
-"""The process group both stages run in: whether this process is one of several, the few collectives both
-stages use, and what a run needs from torchrun's elastic agent on one machine or several.
+"""The process group both stages run in: joining it (`setup_process`, with torch's threads and the seed),
+whether this process is one of several, the few collectives both stages use, and what a run needs from
+torchrun's elastic agent on one machine or several.
 
 Every "more than one process?" question in the code goes through `distributed()`: a process group may be
 initialised with a single rank (torchrun --nproc_per_node=1), and then no collective is needed.
 
 From torchrun: a restarted group that forms, and a failing rank that stops every other rank at once (a
-restart resumes by itself: stagekit/checkpoints.py `resumes_after_restart`).
+restart resumes by itself: stagekit/resume.py `resumes_after_restart`).
 
 - **The group forms again after a restart.** torchrun's c10d rendezvous shares its own TCP store with the
   workers (`TORCHELASTIC_USE_AGENT_STORE=True`), and that store lives as long as torchrun, across restarts.
@@ -147,6 +148,27 @@ def join_process_group(device: str) -> None:
     def _stop_watching() -> None:
         stop.set()
         watcher.join(timeout=15)
+
+
+def setup_process(device: str, num_threads: int | None, seed: int):
+    """Join the process group torchrun / accelerate launch set up (if any); set torch's CPU threads (null:
+    torch's default) and the seed model initialisation draws from. Returns accelerate's PartialState.
+
+    `cpu=True` matters: without it accelerate treats CPU processes as unrelated single runs, and every rank
+    would think it is the main one (two cache builds, two final models). Under torchrun the group is joined on
+    this attempt's own store keys first (`join_process_group`: a restarted group forms again).
+    """
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    join_process_group(device)
+    state = PartialState(cpu=device == "cpu")
+    if not state.is_main_process:  # logs come from global rank 0; warnings and errors from every rank
+        logging.getLogger().setLevel(logging.WARNING)
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    set_seed(seed)
+    return state
 
 
 def _watch(store: dist.Store, index: int, stop: threading.Event) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult, ModelCardData
 
-from stagekit.atomic import atomic_write_text
+from stagekit.folders import atomic_write_text
 
 CARD_FILE = "README.md"
 PROJECT_TAG = "bert-sentence-encoder"  # in every card this project writes: a card without it is not ours to replace

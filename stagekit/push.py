@@ -26,9 +26,9 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from stagekit.atomic import atomic_write_text
 from stagekit.cli import doc_summary
 from stagekit.errors import UserError
+from stagekit.folders import atomic_write_text
 from stagekit.model_card import CARD_FILE, with_model_reference
 from stagekit.sources import hub_reachable
 

@@ -12,6 +12,9 @@ multiplied by `factor` whenever the validation loss has not improved (relative `
 A checkpoint stores the plateau state only (scale, best loss, evaluations without improvement), never
 a rate: resuming with a new `learning_rate`, `min_lr` or plateau setting applies it at once.
 transformers' own "reduce_lr_on_plateau" has no warmup (transformers' get_scheduler builds ReduceLROnPlateau without one); this combines the two.
+
+A stage's Trainer gets it through `ScheduleMixin` (its settings from the `train` keys: `plateau_settings`),
+which also keeps this run's configured rates on resume for transformers' own schedules.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
+
+from stagekit.stage_config import SharedTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +125,48 @@ class PlateauStep(TrainerCallback):
         if isinstance(lr_scheduler, WarmupPlateauSchedule) and metrics and self.metric in metrics:
             if lr_scheduler.observe(float(metrics[self.metric])):
                 log.info("validation loss stalled: learning rate lowered to %.2e", lr_scheduler.get_last_lr()[0])
+
+
+def plateau_settings(t: SharedTrainConfig) -> dict[str, Any] | None:
+    """WarmupPlateauSchedule's keyword arguments for train.lr_scheduler_type=reduce_lr_on_plateau, else None."""
+    if not t.plateau:
+        return None
+    return {
+        "warmup_steps": t.warmup_step_count(),
+        "factor": t.plateau_factor,
+        "patience": t.plateau_patience,
+        "threshold": t.plateau_threshold,
+        "min_lr": t.min_lr,
+    }
+
+
+class ScheduleMixin:
+    """The learning-rate schedule both stages share. Mix in before the Trainer class.
+
+    - With `plateau` set (WarmupPlateauSchedule's keyword arguments), that schedule replaces the Trainer's.
+    - On resume, the rates come from this run's config, not the checkpoint: the Trainer restores the
+      optimizer's and scheduler's saved rates, and a changed `learning_rate` would silently lose. The
+      warmup → plateau schedule re-derives its rates itself; transformers' own schedules (LambdaLR) get
+      their base rates put back here.
+    """
+
+    def __init__(self, *args: Any, plateau: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self.plateau = plateau
+        super().__init__(*args, **kwargs)
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None and self.plateau is not None:
+            self.lr_scheduler = WarmupPlateauSchedule(optimizer or self.optimizer, **self.plateau)
+            self._created_lr_scheduler = True
+        return Trainer.create_scheduler(self, num_training_steps, optimizer)  # type: ignore[arg-type]
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        schedule = self.lr_scheduler
+        configured = list(getattr(schedule, "base_lrs", []))
+        Trainer._load_optimizer_and_scheduler(self, checkpoint)  # type: ignore[arg-type]
+        if checkpoint and isinstance(schedule, torch.optim.lr_scheduler.LambdaLR):
+            schedule.base_lrs = configured
+            rates = [base * f(schedule.last_epoch) for f, base in zip(schedule.lr_lambdas, configured, strict=True)]
+            for group, lr in zip(schedule.optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr
+            schedule._last_lr = rates

@@ -29,36 +29,32 @@ import torch
 import transformers
 from transformers import Trainer
 
-from stagekit.atomic import atomic_dir
 from stagekit.batch_fit import BatchFit, MiniBatches, advise_on_out_of_memory, fit_trainer_batch
-from stagekit.callbacks import stop_reason
-from stagekit.checkpoints import (
-    BASE_MODEL,
-    STATE,
-    check_resume_settings,
-    check_world_size,
-    choose_checkpoint,
-    recorded_wandb_id,
-    resumes_after_restart,
-)
+from stagekit.callbacks import add_stage_callbacks, stop_reason
 from stagekit.cli import config_parser, parse_config, run_cli
 from stagekit.config import renamed_keys, resumable_keys, save_config, to_dict
 from stagekit.device import resolve_device, run_precision
-from stagekit.finished import (
+from stagekit.distributed import setup_process
+from stagekit.folders import atomic_dir, claim_run_folder
+from stagekit.model_card import describe_hardware
+from stagekit.push import pushed_when_done
+from stagekit.resume import (
+    BASE_MODEL,
+    STATE,
     FinishedModel,
+    check_resume_settings,
+    check_world_size,
+    choose_checkpoint,
     finished_model,
     keep_previous_model,
     model_identity,
+    recorded_wandb_id,
+    resumes_after_restart,
     set_aside_checkpoints,
     stale_checkpoint,
 )
-from stagekit.lineage import add_checkpoint_artifacts, describe, log_model
-from stagekit.model_card import describe_hardware
-from stagekit.push import pushed_when_done
-from stagekit.runlock import claim_run_folder
-from stagekit.tracking import finish_run, trainer_report_to
-from stagekit.training import add_stage_callbacks, setup_process
 from stagekit.variables import portable
+from stagekit.wandb_tracking import add_checkpoint_artifacts, describe, finish_run, log_model, trainer_report_to
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +65,7 @@ METRICS, RUN_INFO, RESOLVED_CONFIG = "metrics.json", "run_info.json", "resolved_
 class StageTrainer(Protocol):
     """What `run_stage` needs of the Trainer a stage builds, beyond transformers' `Trainer` it is: how much one
     optimizer step trains on, and the batch `impl.fit_batch` tries memory on (stagekit/batch_fit.py). Both stages'
-    trainers get the first two from stagekit/training.py `ThroughputMixin`."""
+    trainers get the first two from stagekit/callbacks.py `ThroughputMixin`."""
 
     units_per_step: float  # `throughput_unit`s per optimizer step over all ranks (tokens, pairs)
     throughput_unit: str  # what `<unit>_seen` and `<unit>_per_s` count
@@ -115,7 +111,7 @@ class Stage(ABC):
     def base_model(self) -> str | None:
         """The model this stage starts from (a folder or Hub id), or None when it starts from random weights. A
         base that changed since a checkpoint or the model was trained from it is trained from again
-        (stagekit/finished.py `model_identity`)."""
+        (stagekit/resume.py `model_identity`)."""
         return None
 
     def mini_batches(self, trainer: Trainer) -> MiniBatches | None:
@@ -153,7 +149,7 @@ def run_stage(stage: Stage, resume: bool = False) -> StageResult:
 
     Without `resume`, a run folder that holds a run already is refused. With it, the run continues from its
     newest complete checkpoint; a finished model (one whose recorded config asks for no fewer steps or minutes
-    than this one: stagekit/finished.py) is left as it is and returned without training. A model or checkpoint
+    than this one: stagekit/resume.py) is left as it is and returned without training. A model or checkpoint
     trained from another base model than the stage's now (`Stage.base_model`) is neither: the checkpoints move
     aside and training starts at step 0. A model that is trained on is replaced; the previous one moves aside
     with whatever was added to it (an evaluation).

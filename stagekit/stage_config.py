@@ -1,4 +1,5 @@
-"""The `train` and `impl` keys both stages share, under TrainingArguments' names.
+"""The `train` and `impl` keys both stages share, under TrainingArguments' names, the TrainingArguments built
+from them (`training_arguments`), and the `wandb` keys.
 
 Each stage's config subclasses these sections, adds its own keys and changes defaults where its recipe
 differs (a subclass that only changes a default keeps the key's help: stagekit/config.py `describe_keys`).
@@ -7,9 +8,10 @@ differs (a subclass that only changes a default keeps the key's help: stagekit/c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from stagekit.config import key, require
+from stagekit.variables import as_written
 
 # The old boolean impl.bf16: naming it is a one-line error (`SharedImplConfig.removed`).
 RETIRED_BF16 = (
@@ -149,3 +151,76 @@ class SharedImplConfig:
     def check(self) -> None:
         require(self.num_threads is None or self.num_threads >= 1, "num_threads", "must be >= 1 or null")
         require(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
+
+
+def training_arguments(
+    arguments_class: type, cfg: Any, device: str, report_to: list[str], **stage_arguments: Any
+) -> Any:
+    """`arguments_class` (TrainingArguments or SentenceTransformerTrainingArguments) from a stage config's
+    shared `train` / `impl` keys (above); `stage_arguments` add or replace the stage's own.
+
+    With train.lr_scheduler_type=reduce_lr_on_plateau the Trainer runs a constant schedule that
+    `ScheduleMixin` replaces by stagekit/schedule.py's warmup → plateau (`plateau_settings`).
+    """
+    from stagekit.device import run_precision  # torch: only where arguments are built, never to read a config
+
+    t, impl = cfg.train, cfg.impl
+    arguments: dict[str, Any] = {
+        "output_dir": str(cfg.run_dir / "checkpoints"),
+        "run_name": as_written(cfg.wandb.run_name or cfg.run_name),  # W&B's config logs it: `${VAR}`s as written
+        "max_steps": t.max_steps or -1,
+        "per_device_train_batch_size": t.per_device_train_batch_size,
+        "per_device_eval_batch_size": t.eval_batch_size(),
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "learning_rate": t.learning_rate,
+        "weight_decay": t.weight_decay,  # the Trainer exempts biases and LayerNorm weights
+        "adam_beta1": t.adam_beta1,
+        "adam_beta2": t.adam_beta2,
+        "adam_epsilon": t.adam_epsilon,
+        "max_grad_norm": t.max_grad_norm,
+        "optim": "adamw_torch_fused" if device == "cuda" else "adamw_torch",
+        "warmup_steps": 0 if t.plateau else t.warmup_step_count(),
+        "lr_scheduler_type": "constant" if t.plateau else t.lr_scheduler_type,
+        "logging_steps": t.logging_steps,
+        "eval_strategy": "steps",
+        "eval_steps": t.eval_steps,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "dataloader_num_workers": impl.dataloader_num_workers,
+        "dataloader_pin_memory": impl.dataloader_pin_memory and device == "cuda",
+        "seed": t.seed,
+        "use_cpu": device == "cpu",
+        **run_precision(device, impl.precision).trainer_flags(),
+        "report_to": report_to,
+        "logging_nan_inf_filter": False,  # StopOnNonFiniteLoss must see a NaN, not the running mean
+        "logging_first_step": True,
+        "ddp_find_unused_parameters": False,
+        "log_on_each_node": False,  # on several machines, the Trainer's logs too come from global rank 0 only
+        # Each rank reads its own rows; dispatching would concatenate batches padded to different lengths.
+        "accelerator_config": {"dispatch_batches": False},
+        "disable_tqdm": False,
+    }
+    return arguments_class(**(arguments | stage_arguments))
+
+
+@dataclass
+class WandbConfig:
+    """Tracking only: `--resume` may change any of it."""
+
+    resumable_section: ClassVar[bool] = True
+    project: str = key("bert-sentence-encoder", "the W&B project runs log to")
+    entity: str | None = key(None, "the W&B team or user; null: your default entity")
+    run_name: str | None = key(None, "the W&B run's name; null: the run folder's name")
+    mode: Literal["auto", "online", "offline", "disabled"] = key(
+        "auto", "auto: WANDB_MODE if set, else online with WANDB_API_KEY, else offline (`wandb sync` uploads later)"
+    )
+    tags: list[str] | None = key(None, "W&B tags of the run")
+    group: str | None = key(
+        None, "the W&B group the run joins; null: WANDB_RUN_GROUP if set (a pipeline names one for all its runs)"
+    )
+    log_model: Literal["end", "checkpoint", "never"] = key(
+        "end",
+        "a training stage logs its finished model folder as a W&B artifact of type model (checkpoint: also each "
+        "checkpoint's weights; offline runs stage it for `wandb sync`): stagekit/wandb_tracking.py",
+    )

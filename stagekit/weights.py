@@ -6,7 +6,7 @@ fully covered", "invalid header length") from deep inside transformers or senten
 name; a `torch.save` file cut short fails in torch's zip reader the same way. Both formats record sizes that a
 shorter file cannot meet, so opening a file's header (safetensors) or its zip directory, which sits at the end of
 a `torch.save` file, finds any cut without reading a tensor. Every loader of a model folder checks here first and
-says which file in one line (`check_weights`); a resume skips a checkpoint that fails (stagekit/checkpoints.py).
+says which file in one line (`check_weights`); a resume skips a checkpoint that fails (stagekit/resume.py).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from stagekit.checkpoints import newest_checkpoint
 from stagekit.config import REPO_ROOT
+from stagekit.resume import newest_checkpoint
 
 pytestmark = pytest.mark.slow
 

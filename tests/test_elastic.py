@@ -17,8 +17,8 @@ import psutil
 import pytest
 from safetensors.torch import load_file
 
-from stagekit.checkpoints import checkpoint_dirs, is_complete, newest_checkpoint
 from stagekit.config import REPO_ROOT
+from stagekit.resume import checkpoint_dirs, is_complete, newest_checkpoint
 from tests.test_distributed import (
     FINE_TUNING_CURVE_TOLERANCE,
     PRETRAIN_ARGV,

@@ -159,7 +159,7 @@ def test_model_loads_once_across_reruns_and_again_when_retrained(
     submit(at, "A man eats.", "Someone eats.")
     submit(at, "A dog runs.", "An animal moves.")
     assert not at.exception and len(calls) == 1
-    # a retrained run replaces the folder in one rename (stagekit.atomic.atomic_dir): the app must reload it
+    # a retrained run replaces the folder in one rename (stagekit.folders.atomic_dir): the app must reload it
     shutil.copytree(tiny_model_dir, tmp_path / "run" / "new")
     shutil.rmtree(model)
     os.replace(tmp_path / "run" / "new", model)

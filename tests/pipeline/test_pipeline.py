@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.__main__ import main
 from pretrain.model import MaskedOnlyHeadMixin
-from stagekit.checkpoints import newest_checkpoint
+from stagekit.resume import newest_checkpoint
 from tests.processes import kill_once_ready
 
 
@@ -61,7 +61,7 @@ def test_pipeline_runs_every_stage_then_skips_finished_ones(tmp_path, data_dir, 
     assert "report.json was made from this model with these settings; nothing to evaluate" in caplog.text
     assert (model_dir / "report.json").stat().st_mtime_ns == evaluated
 
-    from stagekit.finished import weights_sha256
+    from stagekit.resume import weights_sha256
 
     # Pretraining trains on: the fine-tuned model of its old output is not finished, and is trained again from
     # step 0 (its checkpoints never continued), so that the report describes one model.

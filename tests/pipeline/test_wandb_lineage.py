@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.__main__ import main
-from stagekit.lineage import REFERENCE_FILE
+from stagekit.wandb_tracking import REFERENCE_FILE
 from tests.pipeline.test_pipeline import pipeline_argv
 
 

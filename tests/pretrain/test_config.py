@@ -114,8 +114,8 @@ def test_the_source_keys_of_before_name_their_section(old, new):
 def test_a_checkpoint_recorded_with_the_flat_source_keys_resumes(tmp_path):
     import json
 
-    from stagekit.checkpoints import check_resume_settings
     from stagekit.config import renamed_keys, resumable_keys, to_dict
+    from stagekit.resume import check_resume_settings
 
     cfg = load_config(PretrainConfig, REPO_ROOT / "configs/pretrain/debug.yaml")
     old = to_dict(cfg)

@@ -150,11 +150,11 @@ def test_a_finished_run_asked_for_more_steps_trains_on_and_keeps_the_old_model_w
 # A ${VAR} in a config string was expanded before the config was saved: a secret in it was written in clear
 # into resolved_config.yaml, every checkpoint's run_config.json, the W&B config and run_info.json.
 def test_saved_configs_keep_variables_as_written_and_old_expanded_checkpoints_resume(tiny_args, tmp_path, monkeypatch):
-    from stagekit import tracking
+    from stagekit import wandb_tracking
 
     monkeypatch.setenv("RUN_SECRET", "s3cr3t-0123")
     tracked: list[dict] = []
-    monkeypatch.setattr(tracking, "start_run", lambda cfg, out, config, *args, **kwargs: tracked.append(config))
+    monkeypatch.setattr(wandb_tracking, "start_run", lambda cfg, out, config, *args, **kwargs: tracked.append(config))
     written = ("data.source=${BERT_DATA_DIR}/pretrain/imdb_100k.jsonl.gz", "wandb.run_name=bert-${RUN_SECRET}")
     settings = (*written, "wandb.mode=offline", "train.save_steps=2", "train.eval_steps=2")
     main(tiny_args("train.max_steps=2", *settings))

@@ -16,8 +16,8 @@ from pretrain.__main__ import main
 from pretrain.fill_mask import main as fill_mask_main
 from pretrain.model import MaskedOnlyHeadMixin
 from stagekit.callbacks import TrainingDiverged
-from stagekit.checkpoints import checkpoint_dirs, newest_checkpoint
 from stagekit.errors import ConfigError, UserError
+from stagekit.resume import checkpoint_dirs, newest_checkpoint
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
@@ -262,7 +262,7 @@ def test_resume_skips_a_checkpoint_whose_weights_were_cut_short(tiny_args, tmp_p
     (run / "model").rename(tmp_path / "straight")  # a run stopped after its last save leaves no model
     weights = run / "checkpoints" / "checkpoint-10" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    with caplog.at_level(logging.WARNING, logger="stagekit.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="stagekit.resume"):
         main([*args, "--resume"])
     (line,) = [r.getMessage() for r in caplog.records if "checkpoint-10" in r.getMessage()]
     assert "model.safetensors" in line and "cannot be opened" in line

@@ -134,7 +134,7 @@ def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data
 
 def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
     from siamese import report as report_module
-    from stagekit.tracking import Tracker
+    from stagekit.wandb_tracking import Tracker
 
     model_dir = tmp_path / "siamese-x" / "model"
     model_dir.mkdir(parents=True)

@@ -14,9 +14,9 @@ from sentence_transformers import SentenceTransformer
 
 from siamese.__main__ import main
 from siamese.encoder import HEAD_FILE, NLIEncoder
-from stagekit.checkpoints import newest_checkpoint
 from stagekit.cli import run_cli
 from stagekit.errors import ConfigError, UserError
+from stagekit.resume import newest_checkpoint
 from tests.processes import kill_once_ready
 
 pytestmark = pytest.mark.slow
@@ -139,7 +139,7 @@ def assert_same_final_model(a: Path, b: Path, atol: float) -> None:
 
 
 def has_complete_checkpoint(run: Path) -> bool:
-    """A checkpoint a resume would continue (stagekit/checkpoints.py `is_complete`: trainer_state.json and then
+    """A checkpoint a resume would continue (stagekit/resume.py `is_complete`: trainer_state.json and then
     run_config.json, both readable). Checking trainer_state.json alone let the kill land between the two, and
     the resumed run then started from step 0."""
     return newest_checkpoint(run / "checkpoints") is not None

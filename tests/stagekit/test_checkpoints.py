@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from stagekit.checkpoints import RUN_CONFIG, STATE, choose_checkpoint, newest_checkpoint
+from stagekit.resume import RUN_CONFIG, STATE, choose_checkpoint, newest_checkpoint
 
 
 def write_checkpoint(root, step: int):
@@ -27,7 +27,7 @@ def test_a_checkpoint_whose_files_cannot_be_opened_is_skipped_with_a_warning(tmp
     before, newest = write_checkpoint(tmp_path, 5), write_checkpoint(tmp_path, 10)
     (newest / name).write_bytes((newest / name).read_bytes()[:keep])  # a full disk, a partial copy
     assert newest_checkpoint(tmp_path / "checkpoints") == before
-    with caplog.at_level(logging.WARNING, logger="stagekit.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="stagekit.resume"):
         assert choose_checkpoint(tmp_path, resume=True) == str(before)
     (line,) = [r.getMessage() for r in caplog.records if "checkpoint-10" in r.getMessage()]
     assert name in line and "cannot be opened" in line and "checkpoint before it" in line

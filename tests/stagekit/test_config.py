@@ -8,9 +8,9 @@ from typing import Literal
 
 import pytest
 
-from stagekit.checkpoints import check_resume_settings
 from stagekit.config import load_config, require, save_config, to_dict
 from stagekit.errors import ConfigError
+from stagekit.resume import check_resume_settings
 
 
 @dataclass

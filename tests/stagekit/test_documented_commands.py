@@ -12,10 +12,10 @@ from pipeline import config_docs
 from pretrain.config import PretrainConfig
 from siamese import evaluate, probe
 from siamese.config import EvalConfig, SiameseConfig
-from stagekit.checkpoints import check_resume_settings
 from stagekit.cli import config_parser
 from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
 from stagekit.errors import ConfigError
+from stagekit.resume import check_resume_settings
 
 SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
 # every config class whose keys docs/configuration.md lists (evaluation and the probe take --model beside theirs)

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from stagekit.finished import asks_for_more, finished_model, keep_previous_model
+from stagekit.resume import asks_for_more, finished_model, keep_previous_model
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def base_folder(tmp_path, name, weights: bytes, step=30):
 def test_a_model_trained_from_another_base_is_not_finished(tmp_path, caplog):
     import logging
 
-    from stagekit.finished import model_identity
+    from stagekit.resume import model_identity
 
     base = base_folder(tmp_path, "pretrain", b"old weights")
     run_dir = tmp_path / "outputs" / "siamese"
@@ -100,7 +100,7 @@ def test_a_model_trained_from_another_base_is_not_finished(tmp_path, caplog):
 
 
 def test_the_same_weights_elsewhere_are_the_same_base_and_an_old_record_counts_as_unchanged(tmp_path):
-    from stagekit.finished import base_changed, model_identity
+    from stagekit.resume import base_changed, model_identity
 
     run_dir = tmp_path / "outputs" / "siamese"
     one = model_identity(str(base_folder(tmp_path, "a", b"w")), run_dir)
@@ -113,8 +113,7 @@ def test_the_same_weights_elsewhere_are_the_same_base_and_an_old_record_counts_a
 
 
 def test_a_checkpoint_of_another_base_is_named_and_set_aside(tmp_path):
-    from stagekit.checkpoints import RUN_CONFIG, STATE
-    from stagekit.finished import model_identity, set_aside_checkpoints, stale_checkpoint
+    from stagekit.resume import RUN_CONFIG, STATE, model_identity, set_aside_checkpoints, stale_checkpoint
 
     run_dir = tmp_path / "outputs" / "siamese"
     base = base_folder(tmp_path, "pretrain", b"old")

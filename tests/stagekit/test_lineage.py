@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from stagekit.lineage import REFERENCE_FILE, artifact_files, describe, redact_paths
-from stagekit.tracking import GROUP_FILE, WandbConfig, pipeline_group
+from stagekit.stage_config import WandbConfig
+from stagekit.wandb_tracking import GROUP_FILE, REFERENCE_FILE, artifact_files, describe, pipeline_group, redact_paths
 
 
 def test_absolute_paths_are_cut_to_their_last_two_parts(monkeypatch, tmp_path):
@@ -110,8 +110,7 @@ def offline_records(folder) -> list[dict]:
 
 
 def test_a_base_model_from_elsewhere_is_a_reference(tmp_path, monkeypatch, caplog):
-    from stagekit.lineage import use_model
-    from stagekit.tracking import finish_run, start_run
+    from stagekit.wandb_tracking import finish_run, start_run, use_model
 
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     folder = tmp_path / "someone-elses-model"

@@ -25,7 +25,7 @@ from stagekit.device import (
     skipped_by_loss_scaler,
 )
 from stagekit.errors import ConfigError
-from stagekit.training import training_arguments
+from stagekit.stage_config import training_arguments
 
 H200 = DeviceInfo("cuda", "NVIDIA H200", (9, 0))
 A100 = DeviceInfo("cuda", "NVIDIA A100-SXM4-40GB", (8, 0))

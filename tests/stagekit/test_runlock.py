@@ -12,12 +12,12 @@ import pytest
 
 from stagekit.config import REPO_ROOT
 from stagekit.errors import UserError
-from stagekit.runlock import claim_run_folder
+from stagekit.folders import claim_run_folder
 
 # Holds the folder, forks a child that outlives it (as a dataloader worker would), prints both pids.
 HOLDER = """
 import os, sys, time
-from stagekit.runlock import claim_run_folder
+from stagekit.folders import claim_run_folder
 with claim_run_folder(sys.argv[1]):
     child = os.fork()
     if child == 0:

@@ -1,4 +1,4 @@
-"""Which torchrun restart resumes by itself (stagekit/checkpoints.py through choose_checkpoint), and the failure line
+"""Which torchrun restart resumes by itself (stagekit/resume.py through choose_checkpoint), and the failure line
 (stagekit/distributed.py)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import pytest
 
 from stagekit import distributed
-from stagekit.checkpoints import MARKER, RUN_CONFIG, STATE, choose_checkpoint
 from stagekit.errors import UserError
+from stagekit.resume import MARKER, RUN_CONFIG, STATE, choose_checkpoint
 
 
 def a_run_with_checkpoints(run_dir, steps=(4, 8)):

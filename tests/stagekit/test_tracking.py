@@ -6,7 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from stagekit.tracking import WandbConfig, start_run
+from stagekit.stage_config import WandbConfig
+from stagekit.wandb_tracking import start_run
 
 
 @pytest.mark.parametrize("mode", ["online", "offline"])
