@@ -106,7 +106,7 @@ class LossConfig:
     matryoshka_dims: list[int] | None = key(
         None,
         "Matryoshka: smaller widths the ranking loss also trains at, besides the full one, e.g. [64, 32], so a "
-        "truncated embedding still ranks (mnrl or both; the NLI head reads the full width; siamese/ranking.py); "
+        "truncated embedding still ranks (mnrl or both; the NLI head reads the full width; siamese/losses.py); "
         "null: off",
     )
 
@@ -186,7 +186,7 @@ class ImplConfig(SharedImplConfig):
         None,
         "mnrl / both: embed each per-device batch in mini-batches of this many pairs and cache the loss's gradients "
         "(GradCache), so the ranking keeps every in-batch negative in one mini-batch's activation memory; "
-        "null: one pass (siamese/ranking.py)",
+        "null: one pass (siamese/losses.py)",
     )
 
     def check(self) -> None:

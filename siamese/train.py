@@ -19,6 +19,7 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
+from siamese import losses
 from siamese import model as siamese_model
 from siamese.calibrate import calibrate
 from siamese.card import write_model_card
@@ -63,7 +64,7 @@ def siamese_arguments(
     best_metric: str | None = None,
 ) -> SentenceTransformerTrainingArguments:
     """SentenceTransformerTrainingArguments from the config (stagekit/training.py `training_arguments`).
-    `head_pattern` (the NLI head's parameter names, `siamese.model.head_parameter_pattern`) gets
+    `head_pattern` (the NLI head's parameter names, `siamese.losses.head_parameter_pattern`) gets
     `train.head_learning_rate` in its own parameter groups; `best_metric` is the eval metric
     `train.select_best` keeps the best checkpoint by (an accuracy is maximised, a loss minimised)."""
     t = cfg.train
@@ -114,8 +115,8 @@ def build_trainer(
     """Model, objective, evaluator and the shared stops on SentenceTransformerTrainer."""
     device = resolve_device(cfg.impl.device)
     model = siamese_model.build_model(cfg.model, cfg.impl)
-    loss = siamese_model.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
-    classifier = siamese_model.loss_classifier(loss)
+    loss = losses.build_loss(model, cfg.loss, cfg.impl.merge_pair_forward, cfg.impl.mini_batch_size)
+    classifier = losses.loss_classifier(loss)
     log.info("model: %s; loss: %s", siamese_model.describe(model), cfg.loss.name)
     t = cfg.train
     evaluator = None
@@ -124,7 +125,7 @@ def build_trainer(
     best_metric = "eval_loss"  # never an STS score; the ranking loss's when there is no NLI head
     if evaluator is not None:
         best_metric = BEST_NLI_METRIC if t.select_metric == "accuracy" else f"eval_{EVAL_NAME}_loss"
-    head_pattern = siamese_model.head_parameter_pattern(loss)
+    head_pattern = losses.head_parameter_pattern(loss)
     args = siamese_arguments(cfg, device, report_to, head_pattern, best_metric)
     return SiameseTrainer(
         model=model,
@@ -261,13 +262,13 @@ class SiameseStage(Stage):
 
 
 def ranking_mini_batches(cfg: SiameseConfig, trainer: SiameseTrainer) -> MiniBatches | None:
-    """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py) instead
+    """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/losses.py) instead
     of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
     if cfg.loss.name == "softmax":
         return None
 
     def use(size: int) -> None:
-        loss = siamese_model.build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
+        loss = losses.build_loss(trainer.model, cfg.loss, cfg.impl.merge_pair_forward, size, trainer.classifier)
         trainer.loss = trainer.prepare_loss(loss, trainer.model)
 
     return MiniBatches(cfg.impl.mini_batch_size, use, "impl.mini_batch_size")

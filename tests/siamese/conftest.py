@@ -27,7 +27,8 @@ def untrained_model_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactor
     evaluation reads, without training."""
     from siamese.config import ImplConfig, LossConfig, ModelConfig
     from siamese.encoder import save_head
-    from siamese.model import build_loss, build_model
+    from siamese.losses import build_loss
+    from siamese.model import build_model
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(base_model=str(tiny_bert), max_seq_length=32), ImplConfig(device="cpu"))

@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression
 
 from siamese.config import DataConfig, ImplConfig, LossConfig, ModelConfig
 from siamese.head_init import accuracy, fit_linear_head, pair_features, warm_start_head
-from siamese.model import build_loss, build_model, head_parameter_pattern
+from siamese.losses import build_loss, head_parameter_pattern
+from siamese.model import build_model
 from siamese.nli_data import first_pairs, read_pairs
 from stagekit.sources import SourceConfig
 

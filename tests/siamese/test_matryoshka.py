@@ -24,7 +24,7 @@ TEXTS = ["A man is playing a guitar.", "Someone makes music.", "The cat sleeps o
 @pytest.fixture(scope="module")
 def nested_model(repo_root, tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("matryoshka")
-    # with cached mini-batches too: the two options train together (siamese/ranking.py)
+    # with cached mini-batches too: the two options train together (siamese/losses.py)
     extra = ["loss.name=both", "loss.matryoshka_dims=[32, 16]", "impl.mini_batch_size=4", "postprocess.method=whiten"]
     return main(debug_args(repo_root, tiny_bert, out, *extra)).model_dir
 

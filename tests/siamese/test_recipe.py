@@ -16,7 +16,8 @@ from sentence_transformers import SentenceTransformer
 from siamese.config import LossConfig
 from siamese.encoder import NLIEncoder
 from siamese.head_init import accuracy, pair_features
-from siamese.model import build_loss, resolve_base
+from siamese.losses import build_loss
+from siamese.model import resolve_base
 from siamese.nli_data import read_pairs
 from siamese.scores import read_stsb, stsb_metrics
 from siamese.train import main
