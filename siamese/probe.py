@@ -206,8 +206,15 @@ def build_model(cfg: ProbeConfig):
 def check_classes(source: SourceConfig) -> None:
     """The classes among the first CLASS_CHECK_PAIRS training pairs (logged), read before the model is loaded.
     Raises DataError (one line) for one class: the classifier would learn to answer it for every pair."""
-    from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
-    from siamese.nli_data import RowCounts, open_pairs, source_name
+    from siamese.nli_data import (
+        CLASS_CHECK_PAIRS,
+        RowCounts,
+        class_counts,
+        describe_classes,
+        open_pairs,
+        require_several_classes,
+        source_name,
+    )
     from stagekit.sources import reading
 
     where = f"training data ({source_name(source)})"

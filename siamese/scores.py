@@ -15,7 +15,7 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from siamese.encoder import LABELS, NLIEncoder
-from siamese.labels import class_counts
+from siamese.nli_data import class_counts
 from siamese.postprocess import cosine_rows, random_pair_cosines
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, load_source, reading

@@ -26,15 +26,18 @@ from siamese.card import write_model_card
 from siamese.config import SiameseConfig
 from siamese.encoder import save_head
 from siamese.head_init import WarmStart, warm_start_head
-from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
 from siamese.nli_data import (
+    CLASS_CHECK_PAIRS,
     VALIDATION_HINT,
     RowCounts,
+    class_counts,
+    describe_classes,
     first_pairs,
     held_out_pairs,
     mixed_pairs,
     preview_row,
     read_pairs,
+    require_several_classes,
     source_name,
     train_stream,
     triplets_of,
