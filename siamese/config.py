@@ -46,7 +46,7 @@ def _default_train_sources() -> list[SourceConfig]:
 
 def _default_eval_sources() -> list[SourceConfig]:
     # SNLI dev (Bowman et al. 2015), not MNLI dev: checkpoints are chosen on these pairs, and MNLI dev matched and
-    # mismatched are what evaluation reports (siamese/evaluate.py); GLUE's MNLI test split has no labels.
+    # mismatched are what evaluation reports (siamese/evaluation/evaluate.py); GLUE's MNLI test split has no labels.
     return [SourceConfig(path="stanfordnlp/snli", split="validation")]
 
 
@@ -139,7 +139,7 @@ class TrainConfig(SharedTrainConfig):
     )
     head_init_pairs: int = key(
         0,
-        "fit the NLI head on the frozen encoder's features of this many training pairs first (0: off; siamese/head_init.py)",
+        "fit the NLI head on the frozen encoder's features of this many training pairs first (0: off; siamese/warm_start.py)",
     )
     select_best: bool = key(
         False, "ship the checkpoint with the best select_metric on the validation pairs, never chosen on STS"
@@ -200,7 +200,7 @@ def _default_selection_source() -> SourceConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Post-processing fitted after training and saved in the model (siamese/postprocess.py); nothing in a
+    """Post-processing fitted after training and saved in the model (siamese/inference/postprocess.py); nothing in a
     checkpoint depends on it, so `--resume` may change any of it."""
 
     resumable_section: ClassVar[bool] = True
@@ -296,7 +296,7 @@ class SiameseConfig(RunConfig):
 
 @dataclass
 class EvalConfig:
-    """`python -m siamese.evaluate --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
+    """`python -m siamese.evaluation --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
     encoders are scored, on which sets, and where the report goes. An evaluation set left null is the shared
     local copy under ${BERT_DATA_DIR} when it is there, else the Hub dataset it was taken from."""
 
@@ -309,7 +309,7 @@ class EvalConfig:
         True, "also score the base model fine-tuning started from (run_info.json's base_model) on STS-B test"
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = key(
-        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8"
+        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.inference.export) in fp32 or int8"
     )
     out: str | None = key(None, "the folder report.json, report.md and the plots go to; null: the model folder")
     limit: int | None = key(None, "score only the first N pairs of each set (quick looks, tests); null: all")

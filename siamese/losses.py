@@ -50,8 +50,8 @@ from sentence_transformers.sentence_transformer.losses import (
 from sentence_transformers.util import all_gather_with_grad
 
 from siamese.config import LossConfig
-from siamese.encoder import head_features
-from siamese.labels import LABELS
+from siamese.inference.encoder import head_features
+from siamese.inference.labels import LABELS
 from stagekit.distributed import all_reduce, distributed, rank, world_size
 from stagekit.errors import UserError
 

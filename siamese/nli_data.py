@@ -21,7 +21,7 @@ import datasets
 from datasets import Features, IterableDataset, Json, Value
 
 from siamese.config import DataConfig
-from siamese.labels import LABELS
+from siamese.inference.labels import LABELS
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, json_value, load_source, local_files, reading
 from stagekit.text import has_visible_content, hashed_below
@@ -405,7 +405,6 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
 # The validation slice of the training sources (data.validation_fraction) is a fixed property of the text, the
 # same for every seed, run, rank and dataloader worker: a keyed blake2b, never Python's per-process salted hash().
 HOLDOUT_KEY = b"nli-validation"
-HOLDOUT_RULE = "blake2b of the premise, lower-cased, letters and digits only"
 
 
 def premise_key(premise: str) -> str:

@@ -1,7 +1,7 @@
 """Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (stagekit/stage.py):
 `python -m siamese --config ...`.
 
-Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → model files. The folder
+Reads top to bottom: streamed data → model + loss → trainer → metrics → post-processing fit → model files. The folder
 (`outputs/<run_name>/model/`) holds the SentenceTransformer, the NLI head and the post-processing, plus what
 `run_stage` writes for both stages (`resolved_config.yaml`, `run_info.json`, `metrics.json`), so evaluation
 and the app need nothing else.
@@ -21,11 +21,10 @@ from sentence_transformers import SentenceTransformerTrainingArguments
 
 from siamese import losses
 from siamese import model as siamese_model
-from siamese.calibrate import calibrate
-from siamese.card import write_model_card
 from siamese.config import SiameseConfig
-from siamese.encoder import save_head
-from siamese.head_init import WarmStart, warm_start_head
+from siamese.fit_postprocessing import fit_postprocessing, save_postprocessing
+from siamese.inference.card import BEST_NLI_METRIC, EVAL_NAME, write_model_card
+from siamese.inference.encoder import save_head
 from siamese.nli_data import (
     CLASS_CHECK_PAIRS,
     VALIDATION_HINT,
@@ -42,8 +41,8 @@ from siamese.nli_data import (
     train_stream,
     triplets_of,
 )
-from siamese.postprocess import save_postprocessing
-from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
+from siamese.trainer import NLIAccuracyEvaluator, SiameseTrainer
+from siamese.warm_start import WarmStart, warm_start_head
 from stagekit.batch_fit import MiniBatches
 from stagekit.checkpoints import read_run_config
 from stagekit.cli import config_parser, parse_config
@@ -56,7 +55,7 @@ from stagekit.stage import Stage, StageResult, run_stage
 from stagekit.training import plateau_settings, training_arguments
 
 log = logging.getLogger(__name__)
-HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
+WARM_START_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
 
 
 def siamese_arguments(
@@ -237,16 +236,20 @@ class SiameseStage(Stage):
     def metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
         metrics = final_metrics(trainer, trainer.evaluator)
         if self.warm_start is not None:
-            metrics["head_init"] = self.warm_start.as_dict()
+            metrics["head_init"] = self.warm_start.as_dict()  # the key named after train.head_init_pairs
         return metrics
 
     def save_model(self, trainer: SiameseTrainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Post-processing fitted (siamese/calibrate.py), then the SentenceTransformer, the NLI head and the
+        """Post-processing fitted (siamese/fit_postprocessing.py), then the SentenceTransformer, the NLI head and the
         post-processing files; run_info.json gets the base model, the loss and the rows read per training source (data_counts) and
         of the held-out validation pairs (validation_counts)."""
         cfg, started = self.cfg, time.time()
-        nested = bool(cfg.loss.matryoshka_dims)  # whitening that keeps the trained widths (siamese/postprocess.py)
-        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
+        nested = bool(
+            cfg.loss.matryoshka_dims
+        )  # whitening that keeps the trained widths (siamese/inference/postprocess.py)
+        model, decision, reference = fit_postprocessing(
+            trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested
+        )
         metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - started}
         model.save(str(folder))
         save_postprocessing(decision, reference, folder)
@@ -280,7 +283,7 @@ def ranking_mini_batches(cfg: SiameseConfig, trainer: SiameseTrainer) -> MiniBat
 def maybe_warm_start(
     cfg: SiameseConfig, trainer: SiameseTrainer, checkpoint: str | None, eval_pairs: dict[str, list] | None
 ) -> WarmStart | None:
-    """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/head_init.py).
+    """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/warm_start.py).
     On resume the checkpoint's head wins, so nothing is fitted."""
     if not cfg.train.head_init_pairs or trainer.classifier is None:
         return None
@@ -290,7 +293,7 @@ def maybe_warm_start(
     fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, shuffled=True)
     # A fixed batch for the features: padding changes their float rounding, which the fit amplifies, so a batch
     # following the per-device one would fit another head on 2 processes × 8 than on 1 × 16.
-    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, HEAD_INIT_BATCH)
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, WARM_START_BATCH)
 
 
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:

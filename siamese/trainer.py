@@ -19,7 +19,7 @@ from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
-from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
+from siamese.inference.encoder import HEAD_FILE, NLIEncoder, save_head
 from stagekit.batch_fit import longest_pairs
 from stagekit.errors import UserError
 from stagekit.sources import reading
@@ -153,12 +153,6 @@ def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
             f"{checkpoint}: a file there holds something that is not a plain tensor ({detail}); it was not "
             "unpickled, as that could run code. Remove this checkpoint to resume from an earlier one"
         ) from None
-
-
-# The evaluator's name during training; its accuracy is logged as eval_<name>_accuracy. Its pairs are validation
-# data (data.eval_sources: SNLI dev by default), never a set that siamese/evaluate.py reports.
-EVAL_NAME = "validation"
-BEST_NLI_METRIC = f"eval_{EVAL_NAME}_accuracy"
 
 
 class NLIAccuracyEvaluator(SentenceEvaluator):

@@ -96,7 +96,7 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="session")
 def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a whitening Dense module appended, in the layout siamese/calibrate.py writes: the
+    """The tiny model with a whitening Dense module appended, in the layout siamese/fit_postprocessing.py writes: the
     post-processing the ONNX export must keep as a torch module after the ONNX transformer."""
     import json
     import shutil
@@ -104,7 +104,8 @@ def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from siamese.postprocess import POSTPROCESS_FILE, Candidate, Decision, dense_module, fit_transform
+    from siamese.fit_postprocessing import Candidate, Decision, dense_module, fit_transform
+    from siamese.inference.postprocess import POSTPROCESS_FILE
 
     target = tmp_path_factory.mktemp("whitened") / "model"
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
@@ -121,8 +122,8 @@ def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def tiny_exported_dir(tiny_whitened_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny_whitened_dir` exported by siamese/export.py: torch weights plus onnx/ (fp32 and int8)."""
-    from siamese.export import export
+    """`tiny_whitened_dir` exported by siamese/inference/export.py: torch weights plus onnx/ (fp32 and int8)."""
+    from siamese.inference.export import export
 
     target = tmp_path_factory.mktemp("exported") / "model"
     export(tiny_whitened_dir, target)

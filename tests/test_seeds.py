@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from pretrain.train import main as pretrain
 from siamese.config import DataConfig
-from siamese.encoder import HEAD_FILE
+from siamese.inference.encoder import HEAD_FILE
 from siamese.nli_data import first_pairs
 from siamese.train import main as finetune
 from stagekit.config import REPO_ROOT

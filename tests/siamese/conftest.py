@@ -26,7 +26,7 @@ def untrained_model_dir(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactor
     """A SentenceTransformer folder of the tiny BERT with mean pooling and a random NLI head (seed 0): what
     evaluation reads, without training."""
     from siamese.config import ImplConfig, LossConfig, ModelConfig
-    from siamese.encoder import save_head
+    from siamese.inference.encoder import save_head
     from siamese.losses import build_loss
     from siamese.model import build_model
 

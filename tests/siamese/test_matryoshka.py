@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from siamese.encoder import NLIEncoder
-from siamese.evaluate import main as evaluate
+from siamese.evaluation.evaluate import main as evaluate
+from siamese.inference.encoder import NLIEncoder
 from siamese.train import main
 from stagekit.errors import UserError
 from tests.siamese.test_train import debug_args

@@ -131,7 +131,7 @@ def test_the_cpu_small_recipe_chooses_on_an_in_domain_held_out_slice_by_loss():
 def test_a_run_chooses_by_validation_loss_and_its_card_records_the_held_out_slice(repo_root, tiny_bert, tmp_path):
     import yaml
 
-    from siamese.card import write_model_card
+    from siamese.inference.card import write_model_card
     from siamese.train import main as train
 
     model_dir = train([

@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
-from siamese.encoder import NLIEncoder, head_features
+from siamese.inference.encoder import NLIEncoder, head_features
 
 log = logging.getLogger(__name__)
 
