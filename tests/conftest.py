@@ -41,6 +41,33 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A 2-layer, 64-wide BERT with a WordPiece vocabulary trained on MNLI lines (both stages' tests and the
+    probe's)."""
+    from tests.tiny_bert import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2(tmp_path_factory):
+    """A tiny GPT-2 folder (a byte-level BPE tokenizer without a padding token, as GPT-2's): a decoder that
+    fine-tuning and the probe refuse."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    out = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    texts = ["A man is playing a guitar on stage.", "Two dogs run through the snow.", "The children are laughing."]
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, show_progress=False, special_tokens=["<|eos|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|eos|>", eos_token="<|eos|>", unk_token="<|eos|>")
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    GPT2Model(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     from tests.tiny_bert import make_tiny_bert
 
