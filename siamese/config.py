@@ -200,7 +200,7 @@ def _default_selection_source() -> SourceConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Post-processing fitted after training and saved in the model (siamese/inference/postprocess.py); nothing in a
+    """Post-processing fitted after training (siamese/fit_postprocessing.py) and saved in the model; nothing in a
     checkpoint depends on it, so `--resume` may change any of it."""
 
     resumable_section: ClassVar[bool] = True

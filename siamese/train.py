@@ -244,9 +244,8 @@ class SiameseStage(Stage):
         post-processing files; run_info.json gets the base model, the loss and the rows read per training source (data_counts) and
         of the held-out validation pairs (validation_counts)."""
         cfg, started = self.cfg, time.time()
-        nested = bool(
-            cfg.loss.matryoshka_dims
-        )  # whitening that keeps the trained widths (siamese/inference/postprocess.py)
+        # whitening that keeps the trained widths (siamese/fit_postprocessing.py)
+        nested = bool(cfg.loss.matryoshka_dims)
         model, decision, reference = fit_postprocessing(
             trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested
         )
