@@ -294,7 +294,8 @@ def fit_postprocessing(
     )
 
 
-# Files of a fine-tuned model folder that stay true after fitting its post-processing (report.json does not: it is re-made).
+# Files of a fine-tuned model folder that stay true after its post-processing is fitted again (report.json does not:
+# it is re-made).
 KEPT_FILES = ("nli_head.safetensors", "nli_labels.json", "run_info.json", "resolved_config.yaml", "metrics.json")
 
 

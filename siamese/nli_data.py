@@ -404,6 +404,7 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
 
 # The validation slice of the training sources (data.validation_fraction) is a fixed property of the text, the
 # same for every seed, run, rank and dataloader worker: a keyed blake2b, never Python's per-process salted hash().
+# siamese/inference/card.py (HOLDOUT_RULE) says this rule in words on the model card.
 HOLDOUT_KEY = b"nli-validation"
 
 

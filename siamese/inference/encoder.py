@@ -50,6 +50,7 @@ _TOKENIZER_LOCKS_LOCK = threading.Lock()
 MOSTLY_UNKNOWN = 0.5
 
 
+# The baseline's names: loaded from the offline copy when installed (`resolve_base`); the card names its Hub id.
 MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
 
