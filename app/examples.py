@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import stagekit.config  # noqa: F401  (gives ${BERT_DATA_DIR} its default: ../shared/data beside the checkout)
-from siamese.encoder import LABELS
+from siamese.inference.encoder import LABELS
 from siamese.nli_data import RowCounts, open_pairs
 from stagekit.errors import UserError
 from stagekit.sources import SourceConfig, reading

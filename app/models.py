@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from siamese.encoder import HEAD_FILE
-from siamese.onnx_backend import BACKENDS
-from siamese.postprocess import POSTPROCESS_FILE
+from siamese.inference.encoder import HEAD_FILE
+from siamese.inference.onnx_backend import BACKENDS
+from siamese.inference.postprocess import read_postprocessing
 from stagekit.config import REPO_ROOT
 from stagekit.errors import UserError
 from stagekit.model_card import hub_id
@@ -31,7 +31,7 @@ BACKEND_ENV = "APP_BACKEND"
 # (which writes the report.json the model card reads).
 TRAIN_COMMAND = """python -m pretrain --config configs/pretrain/cpu-small.yaml
 python -m siamese --config configs/siamese/cpu-small.yaml
-python -m siamese.evaluate --model outputs/siamese-cpu-small/model
+python -m siamese.evaluation --model outputs/siamese-cpu-small/model
 # or, in seconds, a debug model: the same first two commands with configs/*/debug.yaml"""
 
 
@@ -189,5 +189,9 @@ def read_model_card(model_dir: Path) -> ModelCard:
     has_head = (model_dir / HEAD_FILE).is_file()
     if not has_head:
         notes.append(f"no NLI head ({HEAD_FILE}): only cosine similarity is available")
-    post = _read_json(model_dir / POSTPROCESS_FILE, []) if (model_dir / POSTPROCESS_FILE).is_file() else None
+    try:
+        post = read_postprocessing(model_dir)
+    except UserError as err:  # the encoder refuses such a folder with the same line
+        notes.append(str(err))
+        post = None
     return ModelCard(model_dir, has_head, str(base) if base is not None else None, report, notes, post)

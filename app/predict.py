@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
-from siamese.postprocess import SimilarityReference, random_pair_cosines
+from siamese.inference.encoder import MOSTLY_UNKNOWN, NLIEncoder
+from siamese.inference.postprocess import SimilarityReference, random_pair_cosines
 from stagekit.errors import UserError
 from stagekit.text import has_visible_content
 
@@ -109,7 +109,7 @@ class PairResult:
 
     @property
     def unreadable(self) -> tuple[str, ...]:
-        """The texts ("premise", "hypothesis") that are mostly [UNK] to the model (siamese.encoder.MOSTLY_UNKNOWN)."""
+        """The texts ("premise", "hypothesis") that are mostly [UNK] to the model (siamese.inference.encoder.MOSTLY_UNKNOWN)."""
         return tuple(
             name for name, share in zip(PAIR_FIELDS, self.unknown_share, strict=True) if share > MOSTLY_UNKNOWN
         )

@@ -19,7 +19,7 @@ import pandas as pd
 
 from app.examples import example_sources, load_examples
 from app.predict import MAX_CHARS_ENV, max_text_chars, too_long_message, unknown_message
-from siamese.encoder import MOSTLY_UNKNOWN, NLIEncoder
+from siamese.inference.encoder import MOSTLY_UNKNOWN, NLIEncoder
 from stagekit.errors import DataError, UserError
 from stagekit.text import has_visible_content
 
@@ -115,7 +115,7 @@ def default_sentences(env: Mapping[str, str] = os.environ) -> list[str]:
 class SearchIndex:
     """Sentences and their unit-length embeddings (n, d) float32, as the model outputs them (its first d
     dimensions after `truncate`); `left_out` counts the sentences not indexed because they are mostly [UNK] to the
-    model (siamese.encoder.MOSTLY_UNKNOWN)."""
+    model (siamese.inference.encoder.MOSTLY_UNKNOWN)."""
 
     sentences: list[str]
     embeddings: np.ndarray

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from app.examples import DEFAULT_LIMIT, EXAMPLES_ENV, Example, example_sources, first_source
 from app.search import SENTENCES_ENV
-from siamese.encoder import LABELS
+from siamese.inference.encoder import LABELS
 from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT
 from stagekit.errors import UserError

@@ -47,9 +47,9 @@ from app.search import (
     search_table,
     sentences_from_upload,
 )
-from siamese.encoder import NLIEncoder
-from siamese.onnx_backend import describe as describe_backend
-from siamese.postprocess import SimilarityReference
+from siamese.inference.encoder import NLIEncoder
+from siamese.inference.onnx_backend import describe as describe_backend
+from siamese.inference.postprocess import SimilarityReference
 from stagekit.errors import UserError
 from stagekit.text import csv_text
 
@@ -67,7 +67,7 @@ def load_encoder(path: str, stamp: str, backend: str = "torch") -> NLIEncoder:
 def load_baseline_encoder() -> NLIEncoder:
     import torch
 
-    from siamese.baseline import load_baseline
+    from siamese.evaluation.baseline import load_baseline
 
     torch.set_num_threads(cpu_threads())
     return load_baseline(BASELINE_NAME)

@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import torch
 
-    from siamese.encoder import NLIEncoder
+    from siamese.inference.encoder import NLIEncoder
 
     torch.set_num_threads(args.threads or cpu_threads())
 

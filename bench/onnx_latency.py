@@ -3,14 +3,14 @@
     python -m bench.onnx_latency --model outputs/siamese-cpu-small/model --model all-MiniLM-L6-v2
         [--sentences 1000] [--repeats 3] [--pairs 50] [--limit N] [--threads 1] [--json out.json] [--record]
 
-For each model: a folder exported by `python -m siamese.export` is used as it is; any other model is exported
+For each model: a folder exported by `python -m siamese.inference.export` is used as it is; any other model is exported
 first into a temporary folder (the export's time is reported). Then, per backend, measured one after another in
 the same process so that the ratios between them hold even on a busy machine: the file the backend loads (MB),
 the worst embedding cosine to torch on the export's check sentences (onnx/export.json),
 single-pair latency (median and p95 of `--pairs` MNLI dev matched pairs, each predicted alone as the app does),
 sentences/s embedding `--sentences` MNLI dev sentences in batches of 64 (median of `--repeats` passes), and quality: MNLI dev matched and
-mismatched accuracy (models with an NLI head) and STS-B test Spearman, through siamese/evaluate.py's readers and
-siamese/scores.py. `--limit N` scores the first N pairs of each set only. `--record` appends the table to
+mismatched accuracy (models with an NLI head) and STS-B test Spearman, through siamese/evaluation/evaluate.py's readers and
+siamese/evaluation/scores.py. `--limit N` scores the first N pairs of each set only. `--record` appends the table to
 docs/benchmarks.md.
 """
 
@@ -36,9 +36,9 @@ GOAL_POINTS = 1.0  # MNLI dev accuracy and STS-B Spearman within this many point
 
 def exported(model: str, scratch: Path) -> tuple[Path, float | None]:
     """The exported folder of `model` and the export's seconds (None when `model` already was one)."""
-    from siamese.export import export
-    from siamese.model import resolve_base
-    from siamese.onnx_backend import ONNX_FILES
+    from siamese.inference.encoder import resolve_base
+    from siamese.inference.export import export
+    from siamese.inference.onnx_backend import ONNX_FILES
 
     path = Path(resolve_base(model)).expanduser()
     if all((path / f).is_file() for f in ONNX_FILES.values()):
@@ -51,7 +51,7 @@ def exported(model: str, scratch: Path) -> tuple[Path, float | None]:
 
 def weights_mb(folder: Path, backend: str) -> float:
     """Size of what `backend` loads for the transformer: the safetensors weights, or the ONNX file."""
-    from siamese.onnx_backend import ONNX_FILES
+    from siamese.inference.onnx_backend import ONNX_FILES
 
     files = list(folder.glob("*.safetensors")) if backend == "torch" else [folder / ONNX_FILES[backend]]
     files = [f for f in files if f.name != "nli_head.safetensors"]
@@ -61,8 +61,8 @@ def weights_mb(folder: Path, backend: str) -> float:
 def measure(folder: Path, backend: str, texts: list[str], pairs: list[tuple[str, str]], data, repeats: int = 3) -> dict:
     """All figures of one backend on one exported folder (see the module docstring); sentences/s is the median
     of `repeats` passes over `texts`, so one pass slowed by another process on the machine does not decide it."""
-    from siamese.encoder import NLIEncoder
-    from siamese.scores import nli_metrics, stsb_metrics
+    from siamese.evaluation.scores import nli_metrics, stsb_metrics
+    from siamese.inference.encoder import NLIEncoder
 
     start = time.perf_counter()
     encoder = NLIEncoder.load(folder, device="cpu", backend=backend)
@@ -144,10 +144,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
     import torch
 
-    from siamese.evaluate import EVAL_SETS, check_sources, eval_source, read_eval_data
-    from siamese.export import EXPORT_FILE
-    from siamese.onnx_backend import BACKENDS
-    from siamese.scores import stsb_scale
+    from siamese.evaluation.evaluate import EVAL_SETS, check_sources, eval_source, read_eval_data
+    from siamese.evaluation.scores import stsb_scale
+    from siamese.inference.export import EXPORT_FILE
+    from siamese.inference.onnx_backend import BACKENDS
 
     torch.set_num_threads(args.threads)
     sources = {key: eval_source(key) for key in EVAL_SETS}

@@ -2,9 +2,9 @@
 
 For each ranking loss, one per-device batch B of MNLI pairs (`both`) or triplets (`mnrl`) is trained on three
 ways, each in its own process so that each peak is its own: the plain loss at B (the reference), the cached loss
-(GradCache, siamese/ranking.py) at B with each `--mini` mini-batch size, and the plain loss at B/k with k
+(GradCache, siamese/losses.py) at B with each `--mini` mini-batch size, and the plain loss at B/k with k
 accumulation steps (`--accumulation`, what a smaller batch would do: each pair then ranks against its micro-batch
-only). A step is a bare loop over the losses `python -m siamese` builds (siamese/model.py, build_loss): zero the
+only). A step is a bare loop over the losses `python -m siamese` builds (siamese/losses.py, build_loss): zero the
 gradients, loss and backward per (micro-)batch, AdamW. Per path: the in-batch negatives each ranked pair sees,
 the peak RSS above the loaded model (model, loss, optimizer and tokenized batch in memory; AdamW's moments and
 every activation above), and the median seconds (wall and CPU) per optimizer step after one warm-up step.
@@ -54,7 +54,8 @@ def child(spec: dict) -> None:
     import torch
 
     from siamese.config import ImplConfig, LossConfig, ModelConfig
-    from siamese.model import build_loss, build_model
+    from siamese.losses import build_loss
+    from siamese.model import build_model
 
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -114,7 +115,7 @@ def select(pairs: dict[str, list], loss: str, batch: int, how: str, seed: int) -
 
 
 def negatives(loss: str, labels: list[int], per_device: int) -> float:
-    """In-batch negatives per ranked pair, averaged over the ranked pairs (siamese/gather.py; sentence-transformers'
+    """In-batch negatives per ranked pair, averaged over the ranked pairs (siamese/losses.py; sentence-transformers'
     MultipleNegativesRankingLoss, query to document). `mnrl`: each anchor ranks against every positive and
     negative of its batch, 2B - 1. `both`: each entailment premise against the batch's entailment and
     contradiction hypotheses, E + C - 1; neutral pairs are not ranked."""

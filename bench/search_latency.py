@@ -27,7 +27,7 @@ import torch
 
 from app.search import SearchIndex
 from bench.harness import machine
-from siamese.encoder import NLIEncoder
+from siamese.inference.encoder import NLIEncoder
 from stagekit.cli import doc_summary, run_cli
 
 FILES = ("mnli/train.jsonl.gz", "mnli/validation_matched.jsonl.gz", "mnli/validation_mismatched.jsonl.gz",
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "all-MiniLM-L6-v2":
-        from siamese.baseline import load_baseline
+        from siamese.evaluation.baseline import load_baseline
 
         encoder = load_baseline(args.model)
     else:

@@ -5,7 +5,7 @@
 
 Each run folder is a finished `python -m siamese` run with `data.validation_fraction` set whose checkpoints were all
 kept (`train.save_total_limit` at least its number of saves). Every `checkpoints/checkpoint-N` is loaded by the one
-inference loader (`siamese.encoder.NLIEncoder.load`: the SentenceTransformer and the NLI head saved with it) and
+inference loader (`siamese.inference.encoder.NLIEncoder.load`: the SentenceTransformer and the NLI head saved with it) and
 scored by the evaluator training uses (`siamese.trainer.NLIAccuracyEvaluator`: accuracy and the head's mean
 cross-entropy) on:
 - SNLI dev, its first `--snli-pairs` labelled pairs: where the old rule chose (best accuracy);
@@ -42,8 +42,8 @@ import torch
 
 from bench.harness import machine
 from siamese.config import SiameseConfig
-from siamese.encoder import RESOLVED_CONFIG, NLIEncoder
-from siamese.evaluate import DATA, eval_source, local_hint
+from siamese.evaluation.evaluate import DATA, eval_source, local_hint
+from siamese.inference.encoder import RESOLVED_CONFIG, NLIEncoder
 from siamese.nli_data import VALIDATION_HINT, held_out_pairs, read_pairs
 from siamese.trainer import NLIAccuracyEvaluator
 from stagekit.cli import doc_summary, run_cli, setup_logging

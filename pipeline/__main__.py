@@ -15,7 +15,7 @@ from pathlib import Path
 from pretrain.config import PretrainConfig
 from pretrain.train import PretrainStage
 from siamese.config import EvalConfig, SiameseConfig
-from siamese.evaluate import current_report, evaluate
+from siamese.evaluation.evaluate import current_report, evaluate
 from siamese.train import SiameseStage
 from stagekit import distributed
 from stagekit.cli import doc_summary, run_cli
@@ -39,7 +39,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-app", action="store_true", help="stop after evaluation instead of starting the app")
     parser.add_argument("--port", type=int, default=8501, help="port for the Streamlit app")
     parser.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="e.g. pretrain.train.max_steps=500 "
-                        "eval.limit=200 (eval keys: python -m siamese.evaluate --help)")  # fmt: skip
+                        "eval.limit=200 (eval keys: python -m siamese.evaluation --help)")  # fmt: skip
     args = parser.parse_intermixed_args(argv)
     if args.nproc < 1 or (args.nproc > 1 and distributed.launched()):
         raise UserError("--nproc must be >= 1, and is left out under a launcher (it sets the processes)")

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Sequence
 
 from pretrain.config import PretrainConfig
+from pretrain.probe import ProbeConfig
 from siamese.config import EvalConfig, SiameseConfig
-from siamese.probe import ProbeConfig
 from stagekit.cli import doc_summary
 from stagekit.config import REPO_ROOT, describe_keys, format_default
 
@@ -21,7 +21,7 @@ TARGET = REPO_ROOT / "docs" / "configuration.md"
 INTRO = """# Configuration
 
 Written by `python -m pipeline.config_docs` from the config classes (`pretrain/config.py`, `siamese/config.py`,
-`siamese/probe.py`, the keys they share in `stagekit/stage_config.py`); each command's `--help` prints the same
+`pretrain/probe.py`, the keys they share in `stagekit/stage_config.py`); each command's `--help` prints the same
 list. A config is a YAML file of these keys (`configs/<stage>/*.yaml`); any key can be overridden on the command
 line as `section.key=value` (in `python -m pipeline`, prefixed by `pretrain.`, `siamese.` or `eval.`), and every
 key is checked before any work starts.
@@ -63,9 +63,9 @@ def render() -> str:
         INTRO,
         stage_table("Pretraining", "python -m pretrain", PretrainConfig),
         stage_table("Siamese fine-tuning", "python -m siamese", SiameseConfig),
-        stage_table("Evaluation", "python -m siamese.evaluate --model DIR", EvalConfig, resumable=False),
+        stage_table("Evaluation", "python -m siamese.evaluation --model DIR", EvalConfig, resumable=False),
         stage_table(
-            "Cross-encoder probe of a pretraining output", "python -m siamese.probe", ProbeConfig, PROBE_NOTE, False
+            "Cross-encoder probe of a pretraining output", "python -m pretrain.probe", ProbeConfig, PROBE_NOTE, False
         ),
     ]
     return "\n\n".join(parts) + "\n"

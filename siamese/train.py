@@ -1,7 +1,7 @@
 """Fine-tune a pretrained BERT as a Siamese sentence encoder on NLI, as a stage (stagekit/stage.py):
 `python -m siamese --config ...`.
 
-Reads top to bottom: streamed data → model + loss → trainer → metrics → calibration → model files. The folder
+Reads top to bottom: streamed data → model + loss → trainer → metrics → post-processing fit → model files. The folder
 (`outputs/<run_name>/model/`) holds the SentenceTransformer, the NLI head and the post-processing, plus what
 `run_stage` writes for both stages (`resolved_config.yaml`, `run_info.json`, `metrics.json`), so evaluation
 and the app need nothing else.
@@ -18,27 +18,30 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 from sentence_transformers import SentenceTransformerTrainingArguments
 
-from siamese.calibrate import calibrate
-from siamese.card import write_model_card
 from siamese.config import SiameseConfig
-from siamese.encoder import save_head
-from siamese.head_init import WarmStart, warm_start_head
-from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
-from siamese.model import base_model_info, build_loss, build_model, describe, head_parameter_pattern, loss_classifier
+from siamese.fit_postprocessing import fit_postprocessing, save_postprocessing
+from siamese.inference.card import BEST_NLI_METRIC, EVAL_NAME, write_model_card
+from siamese.inference.encoder import save_head
+from siamese.losses import build_loss, head_parameter_pattern, loss_classifier
+from siamese.model import base_model_info, build_model, describe
 from siamese.nli_data import (
+    CLASS_CHECK_PAIRS,
     VALIDATION_HINT,
     RowCounts,
+    class_counts,
+    describe_classes,
     first_pairs,
     held_out_pairs,
     mixed_pairs,
     preview_row,
     read_pairs,
+    require_several_classes,
     source_name,
     train_stream,
     triplets_of,
 )
-from siamese.postprocess import save_postprocessing
-from siamese.trainer import BEST_NLI_METRIC, EVAL_NAME, NLIAccuracyEvaluator, SiameseTrainer
+from siamese.trainer import NLIAccuracyEvaluator, SiameseTrainer
+from siamese.warm_start import WarmStart, warm_start_head
 from stagekit.batch_fit import MiniBatches
 from stagekit.device import resolve_device
 from stagekit.errors import ConfigError, DataError, UserError
@@ -50,7 +53,7 @@ from stagekit.stage_config import training_arguments
 from stagekit.wandb_tracking import use_model
 
 log = logging.getLogger(__name__)
-HEAD_INIT_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
+WARM_START_BATCH = 64  # pairs per forward pass while the NLI head's warm-start features are computed
 
 
 def siamese_arguments(
@@ -61,7 +64,7 @@ def siamese_arguments(
     best_metric: str | None = None,
 ) -> SentenceTransformerTrainingArguments:
     """SentenceTransformerTrainingArguments from the config (stagekit/stage_config.py `training_arguments`).
-    `head_pattern` (the NLI head's parameter names, `siamese.model.head_parameter_pattern`) gets
+    `head_pattern` (the NLI head's parameter names, `siamese.losses.head_parameter_pattern`) gets
     `train.head_learning_rate` in its own parameter groups; `best_metric` is the eval metric
     `train.select_best` keeps the best checkpoint by (an accuracy is maximised, a loss minimised)."""
     t = cfg.train
@@ -229,7 +232,7 @@ class SiameseStage(Stage):
         return trainer
 
     def mini_batches(self, trainer: SiameseTrainer) -> MiniBatches | None:
-        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/ranking.py)
+        """`mnrl` and `both` rank within the batch: `impl.fit_batch` fits their mini-batch (siamese/losses.py)
         instead of lowering the per-device batch, which would cut the in-batch negatives. None for `softmax`."""
         cfg = self.cfg
         if cfg.loss.name == "softmax":
@@ -244,16 +247,19 @@ class SiameseStage(Stage):
     def metrics(self, trainer: SiameseTrainer) -> dict[str, Any]:
         metrics = final_metrics(trainer, trainer.evaluator)
         if self.warm_start is not None:
-            metrics["head_init"] = self.warm_start.as_dict()
+            metrics["head_init"] = self.warm_start.as_dict()  # the key named after train.head_init_pairs
         return metrics
 
     def save_model(self, trainer: SiameseTrainer, folder: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-        """Post-processing fitted (siamese/calibrate.py), then the SentenceTransformer, the NLI head and the
+        """Post-processing fitted (siamese/fit_postprocessing.py), then the SentenceTransformer, the NLI head and the
         post-processing files; run_info.json gets the base model, the loss and the rows read per training source (data_counts) and
         of the held-out validation pairs (validation_counts)."""
         cfg, started = self.cfg, time.time()
-        nested = bool(cfg.loss.matryoshka_dims)  # whitening that keeps the trained widths (siamese/postprocess.py)
-        model, decision, reference = calibrate(trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
+        # whitening that keeps the trained widths (siamese/fit_postprocessing.py)
+        nested = bool(cfg.loss.matryoshka_dims)
+        model, decision, reference = fit_postprocessing(
+            trainer.model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested
+        )
         metrics |= {"postprocessing": decision.chosen.name, "calibration_s": time.time() - started}
         model.save(str(folder))
         save_postprocessing(decision, reference, folder)
@@ -274,7 +280,7 @@ class SiameseStage(Stage):
 def maybe_warm_start(
     cfg: SiameseConfig, trainer: SiameseTrainer, checkpoint: str | None, eval_pairs: dict[str, list] | None
 ) -> WarmStart | None:
-    """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/head_init.py).
+    """`train.head_init_pairs` > 0: fit the NLI head on the frozen encoder before training (siamese/warm_start.py).
     On resume the checkpoint's head wins, so nothing is fitted."""
     if not cfg.train.head_init_pairs or trainer.classifier is None:
         return None
@@ -284,7 +290,7 @@ def maybe_warm_start(
     fit_pairs = first_pairs(cfg.data, cfg.train.head_init_pairs, cfg.train.seed, shuffled=True)
     # A fixed batch for the features: padding changes their float rounding, which the fit amplifies, so a batch
     # following the per-device one would fit another head on 2 processes × 8 than on 1 × 16.
-    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, HEAD_INIT_BATCH)
+    return warm_start_head(trainer.model, trainer.classifier, fit_pairs, eval_pairs, WARM_START_BATCH)
 
 
 def check_head_groups(checkpoint: str, head_learning_rate: float | None) -> None:

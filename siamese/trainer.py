@@ -8,20 +8,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
 import torch
-import torch.distributed as dist
 from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from transformers import TrainerCallback
 
-from siamese.encoder import HEAD_FILE, NLIEncoder, save_head
-from stagekit.batch_fit import longest_pairs
+from siamese.inference.encoder import HEAD_FILE, NLIEncoder, save_head
 from stagekit.callbacks import ThroughputMixin
+from stagekit.distributed import all_reduce, distributed
 from stagekit.errors import UserError
 from stagekit.schedule import ScheduleMixin
 from stagekit.sources import reading
@@ -45,8 +45,8 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         with reading(self.data_name), refusing_unsafe_pickles(resume_from_checkpoint):
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
-    def probe_batch(self, n: int) -> dict:
-        """`n` training rows as long as `model.max_seq_length` allows, collated: `impl.fit_batch`'s memory probe."""
+    def worst_case_batch(self, n: int) -> dict:
+        """`n` training rows as long as `model.max_seq_length` allows, collated: `impl.fit_batch`'s memory trial."""
         return longest_pairs(self, self.model.max_seq_length)(n)
 
     def _build_dataloader(self, dataset, batch_size: int, dataset_kind: str):
@@ -95,6 +95,20 @@ class SiameseTrainer(ThroughputMixin, ScheduleMixin, SentenceTransformerTrainer)
         self.model.model_card_data.set_best_model_step(int(best.rsplit("-", 1)[-1]))
 
 
+def longest_pairs(trainer: Any, max_seq_length: int) -> Callable[[int], dict[str, Any]]:
+    """Inputs for stagekit/batch_fit.py's trial on a sentence-pair trainer: `batch` rows shaped like the first
+    training row, every text column long enough to reach `max_seq_length` tokens, collated by the trainer's own
+    collator."""
+
+    def make(batch: int) -> dict[str, Any]:
+        first = next(iter(trainer.train_dataset))
+        long_text = " ".join(["sentence"] * max_seq_length)
+        row = {k: long_text if isinstance(v, str) else v for k, v in first.items()}
+        return trainer.data_collator([dict(row) for _ in range(batch)])
+
+    return make
+
+
 class StreamInMainOrder(torch.utils.data.IterableDataset):
     """The training stream in the order the main process reads it, from dataloader worker 0 alone.
 
@@ -132,12 +146,11 @@ class AverageHeadGradients(TrainerCallback):
         self.classifier = classifier
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not distributed():
             return
         for param in self.classifier.parameters():
             if param.grad is not None:
-                dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-                param.grad /= dist.get_world_size()
+                all_reduce(param.grad, "mean")
 
 
 @contextlib.contextmanager
@@ -154,12 +167,6 @@ def refusing_unsafe_pickles(checkpoint: str | None) -> Iterator[None]:
             f"{checkpoint}: a file there holds something that is not a plain tensor ({detail}); it was not "
             "unpickled, as that could run code. Remove this checkpoint to resume from an earlier one"
         ) from None
-
-
-# The evaluator's name during training; its accuracy is logged as eval_<name>_accuracy. Its pairs are validation
-# data (data.eval_sources: SNLI dev by default), never a set that siamese/evaluate.py reports.
-EVAL_NAME = "validation"
-BEST_NLI_METRIC = f"eval_{EVAL_NAME}_accuracy"
 
 
 class NLIAccuracyEvaluator(SentenceEvaluator):

@@ -269,16 +269,3 @@ def _agree_on_mini_batch(fit: BatchFit, mini_batches: MiniBatches, device: torch
         )  # fmt: skip
     log.info("%s", fit.line)
     return fit
-
-
-def longest_pairs(trainer: Any, max_seq_length: int) -> Callable[[int], dict[str, Any]]:
-    """Inputs for `trainer_probe` on a sentence-pair trainer: `batch` rows shaped like the first training row,
-    every text column long enough to reach `max_seq_length` tokens, collated by the trainer's own collator."""
-
-    def make(batch: int) -> dict[str, Any]:
-        first = next(iter(trainer.train_dataset))
-        long_text = " ".join(["sentence"] * max_seq_length)
-        row = {k: long_text if isinstance(v, str) else v for k, v in first.items()}
-        return trainer.data_collator([dict(row) for _ in range(batch)])
-
-    return make

@@ -1,5 +1,5 @@
 """The model card both stages write into their model folder as README.md: Hub metadata front matter, then the
-stage's own sections (pretrain/card.py, siamese/card.py).
+stage's own sections (pretrain/card.py, siamese/inference/card.py).
 
 The front matter is `huggingface_hub.ModelCardData` (license, library_name, tags, datasets, base_model and a
 model-index of evaluation results), so the Hub reads it as it reads any card. The "How to load" snippets name
@@ -149,7 +149,7 @@ def replaceable(folder: str | Path, generated_by: str | None = None) -> bool:
 
 def with_model_reference(text: str, repo_id: str) -> str:
     """A card's text with its `model_id = "..."` line, and every other mention of the folder that line named (e.g.
-    `python -m siamese.evaluate --model DIR`), naming `repo_id`: the folder, absolute outside the working
+    `python -m siamese.evaluation --model DIR`), naming `repo_id`: the folder, absolute outside the working
     directory, is this machine's (unchanged if the card has no such line)."""
     match = MODEL_ID_LINE.search(text)
     if match is None:

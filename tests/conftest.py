@@ -41,6 +41,33 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A 2-layer, 64-wide BERT with a WordPiece vocabulary trained on MNLI lines (both stages' tests and the
+    probe's)."""
+    from tests.tiny_bert import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def gpt2(tmp_path_factory):
+    """A tiny GPT-2 folder (a byte-level BPE tokenizer without a padding token, as GPT-2's): a decoder that
+    fine-tuning and the probe refuse."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2Model, GPT2TokenizerFast
+
+    out = tmp_path_factory.mktemp("gpt2")
+    bpe = ByteLevelBPETokenizer()
+    texts = ["A man is playing a guitar on stage.", "Two dogs run through the snow.", "The children are laughing."]
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, show_progress=False, special_tokens=["<|eos|>"])
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|eos|>", eos_token="<|eos|>", unk_token="<|eos|>")
+    config = GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=64)
+    GPT2Model(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_for_distributed(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     from tests.tiny_bert import make_tiny_bert
 
@@ -96,7 +123,7 @@ def read_only(monkeypatch: pytest.MonkeyPatch):
 
 @pytest.fixture(scope="session")
 def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model with a whitening Dense module appended, in the layout siamese/calibrate.py writes: the
+    """The tiny model with a whitening Dense module appended, in the layout siamese/fit_postprocessing.py writes: the
     post-processing the ONNX export must keep as a torch module after the ONNX transformer."""
     import json
     import shutil
@@ -104,7 +131,8 @@ def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     import numpy as np
     from sentence_transformers import SentenceTransformer
 
-    from siamese.postprocess import POSTPROCESS_FILE, Candidate, Decision, dense_module, fit_transform
+    from siamese.fit_postprocessing import Candidate, Decision, dense_module, fit_transform
+    from siamese.inference.postprocess import POSTPROCESS_FILE
 
     target = tmp_path_factory.mktemp("whitened") / "model"
     model = SentenceTransformer(str(tiny_model_dir), device="cpu")
@@ -121,8 +149,8 @@ def tiny_whitened_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
 
 @pytest.fixture(scope="session")
 def tiny_exported_dir(tiny_whitened_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny_whitened_dir` exported by siamese/export.py: torch weights plus onnx/ (fp32 and int8)."""
-    from siamese.export import export
+    """`tiny_whitened_dir` exported by siamese/inference/export.py: torch weights plus onnx/ (fp32 and int8)."""
+    from siamese.inference.export import export
 
     target = tmp_path_factory.mktemp("exported") / "model"
     export(tiny_whitened_dir, target)

@@ -130,7 +130,7 @@ def test_fine_tuning_on_two_processes_matches_one(fine_tuning):
 
 def test_cached_ranking_on_two_processes_matches_one_plain_process(tmp_path, tiny_bert_for_distributed):
     # loss.name=both with GradCache mini-batches of 2 on each of two ranks: the ranking still runs over the global
-    # batch of 16 (siamese/gather.py inside the cached loss), the head averaged across ranks, the encoder through DDP.
+    # batch of 16 (siamese/losses.py inside the cached loss), the head averaged across ranks, the encoder through DDP.
     argv = [*SIAMESE_ARGV, f"model.base_model={tiny_bert_for_distributed}", "loss.name=both"]
     two = [*argv, f"output_dir={tmp_path / 'two'}", "train.per_device_train_batch_size=8", "impl.mini_batch_size=2"]
     launch("siamese", tmp_path / "two", two, 2)

@@ -17,7 +17,7 @@ from stagekit.config import REPO_ROOT
 MODULES = sorted(
     ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
     for folder in ("app", "bench", "pipeline", "pretrain", "siamese", "stagekit")
-    for path in (REPO_ROOT / folder).glob("*.py")
+    for path in (REPO_ROOT / folder).rglob("*.py")
     if path.name == "__main__.py" or 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
 )
 
@@ -36,7 +36,14 @@ def whole(text: str) -> bool:
 
 
 def test_the_entry_points_are_found():
-    assert {"pipeline.__main__", "stagekit.push", "app.space", "siamese.evaluate", "pretrain.__main__"} <= set(MODULES)
+    assert {
+        "pipeline.__main__",
+        "stagekit.push",
+        "app.space",
+        "siamese.evaluation.__main__",
+        "pretrain.probe",
+        "pretrain.__main__",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

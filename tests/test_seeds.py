@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from pretrain.__main__ import main as pretrain
 from siamese.__main__ import main as finetune
 from siamese.config import DataConfig
-from siamese.encoder import HEAD_FILE
+from siamese.inference.encoder import HEAD_FILE
 from siamese.nli_data import first_pairs
 from stagekit.config import REPO_ROOT
 from stagekit.sources import SourceConfig

@@ -117,7 +117,7 @@ step siamese "$(awk "BEGIN {print int($SIAMESE_MINUTES * 60 + 180)}")" python3 -
     "data.train_sources=[$DATA/mnli/train.jsonl.gz]" "data.eval_sources=[$DATA/mnli/validation_matched.jsonl.gz]" \
     postprocess.selection_source="$DATA/stsb/validation.jsonl.gz" \
     train.max_train_minutes="$SIAMESE_MINUTES" "${SIA_STEPS[@]}" ${SIAMESE_OVERRIDES:-}
-step evaluate 120 python3 -m siamese.evaluate --model "$SIA/model" "${EVALUATE_LIMIT[@]}" ${EVALUATE_ARGS:-}
+step evaluate 120 python3 -m siamese.evaluation --model "$SIA/model" "${EVALUATE_LIMIT[@]}" ${EVALUATE_ARGS:-}
 echo "== the check took $((SECONDS - START)) s" | tee -a "$CHECK/steps.txt"
 cat "$CHECK/steps.txt"
 pack

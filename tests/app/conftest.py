@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from siamese.encoder import HEAD_FILE, LABELS_FILE, NLIEncoder
+from siamese.inference.encoder import HEAD_FILE, LABELS_FILE, NLIEncoder
 
 APP = "app/streamlit_app.py"
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from siamese.encoder import LABELS
+from siamese.inference.encoder import LABELS
 from tests.app.browser import (
     browser_missing,
     chromium,

@@ -15,7 +15,7 @@ import pytest
 
 from app.predict import PairResult, predict_pair, predict_table
 from app.search import SearchIndex, search_table
-from siamese.encoder import NLIEncoder
+from siamese.inference.encoder import NLIEncoder
 from tests.app.tiny_model import MAX_SEQ_LENGTH
 
 LONG = "a very long premise about a man who walks his dog in the park " * 12  # far past MAX_SEQ_LENGTH tokens

@@ -91,7 +91,7 @@ def test_the_space_folder_holds_a_streamlit_space(space):
     assert f"sdk_version: {streamlit.__version__}" in readme
     assert 'os.environ.setdefault("APP_MODEL_DIR", "me/tiny-encoder")' in (space / ENTRY).read_text()
     # the packages the app imports are all there: they import from the Space folder alone
-    imports = "import app.models, app.predict, app.search, app.batch, app.examples, siamese.evaluate"
+    imports = "import app.models, app.predict, app.search, app.batch, app.examples, siamese.evaluation.evaluate"
     done = subprocess.run([sys.executable, "-c", f"{imports}; import app; print(app.__file__)"], cwd=space,
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -17,7 +17,7 @@ from app.batch import UploadLimits, check_columns, default_columns, read_csv_upl
 from app.examples import LOCAL_DEFAULT, Example, example_sources, first_available, load_examples
 from app.models import discover_models, model_choices, model_label, read_model_card, requested_model
 from app.predict import EmptyInput, PairResult, predict_pair, predict_table
-from siamese.encoder import HEAD_FILE, LABELS
+from siamese.inference.encoder import HEAD_FILE, LABELS
 from stagekit.errors import DataError, UserError
 
 
@@ -143,7 +143,7 @@ def test_predict_pair_and_table_agree(tiny_encoder):
 
 
 def test_predict_without_head_gives_cosine_only(headless_model_dir):
-    from siamese.encoder import NLIEncoder
+    from siamese.inference.encoder import NLIEncoder
 
     encoder = NLIEncoder.load(headless_model_dir, device="cpu")
     result = predict_pair(encoder, "A man is eating.", "Someone eats.")
@@ -268,7 +268,7 @@ def test_search_index_returns_the_top_k_best_first(tiny_encoder):
 
 def test_search_by_fewer_dimensions_ranks_by_the_embeddings_first_ones(tiny_encoder, tiny_model_dir):
     from app.search import SearchIndex, search_table
-    from siamese.encoder import NLIEncoder
+    from siamese.inference.encoder import NLIEncoder
 
     sentences = [f"sentence number {i} about {w}" for i, w in enumerate(["dogs", "cats", "rain", "music", "food"])]
     full = SearchIndex.build(tiny_encoder, sentences)
@@ -303,7 +303,7 @@ def test_the_verdict_in_words(probability, words):
 
 
 def test_a_pair_gets_its_percentile_among_random_pairs(tiny_encoder):
-    from siamese.postprocess import SimilarityReference
+    from siamese.inference.postprocess import SimilarityReference
 
     reference = SimilarityReference.from_cosines(np.linspace(-1.0, 1.0, 201), "uniform")
     result = predict_pair(tiny_encoder, "A man eats.", "Someone eats.", reference)

@@ -1,4 +1,4 @@
-"""The app on an exported model (siamese/export.py): `--backend` / $APP_BACKEND, and the model card says it."""
+"""The app on an exported model (siamese/inference/export.py): `--backend` / $APP_BACKEND, and the model card says it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.models import requested_backend
-from siamese.encoder import LABELS
+from siamese.inference.encoder import LABELS
 from tests.app.test_streamlit_app import APP, metrics, submit
 
 
@@ -33,7 +33,7 @@ def test_a_model_that_was_never_exported_is_one_line_error(app_env, monkeypatch,
     monkeypatch.setenv("APP_MODEL_DIR", str(tiny_model_dir))
     monkeypatch.setenv("APP_BACKEND", "onnx")
     at = AppTest.from_file(str(repo_root / APP), default_timeout=60).run()
-    assert not at.exception and "python -m siamese.export" in at.error[0].value
+    assert not at.exception and "python -m siamese.inference.export" in at.error[0].value
 
 
 def test_bert_app_passes_the_backend_to_streamlit(monkeypatch):

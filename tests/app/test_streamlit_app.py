@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.models import TRAIN_COMMAND
-from siamese.encoder import LABELS
+from siamese.inference.encoder import LABELS
 from tests.app.conftest import APP
 
 
@@ -144,7 +144,7 @@ def test_model_loads_once_across_reruns_and_again_when_retrained(
 
     import streamlit as st
 
-    from siamese.encoder import NLIEncoder
+    from siamese.inference.encoder import NLIEncoder
 
     model = tmp_path / "run" / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -230,7 +230,7 @@ def test_a_model_trained_for_truncation_searches_at_the_width_chosen(
     # the cosines of the embeddings' first 16 dimensions, not of all 64
     import torch
 
-    from siamese.encoder import NLIEncoder
+    from siamese.inference.encoder import NLIEncoder
 
     for dims in (16, 64):
         encoder = NLIEncoder.load(model, device="cpu", truncate_dim=dims)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import app.predict as predict
-from siamese.encoder import NLIEncoder
+from siamese.inference.encoder import NLIEncoder
 from tests.app.test_streamlit_app import metrics, paste_and_query, submit
 
 LIMIT = 10_000  # the default of $APP_MAX_CHARS

@@ -32,7 +32,7 @@ def test_the_prediction_carries_each_texts_unknown_token_share(tiny_encoder):
     np.testing.assert_allclose(pred.unknown_share, [[1.0, 1.0], [1 / 7, 1.0], [0.0, 0.0], [0.0, 0.0]])
     assert list(pred.mostly_unknown) == [True, True, False, False]
     assert list(pred.truncated) == [False, False, False, True]
-    from siamese.encoder import MOSTLY_UNKNOWN
+    from siamese.inference.encoder import MOSTLY_UNKNOWN
 
     assert MOSTLY_UNKNOWN == 0.5  # documented: more than half of what the model reads
     empty = tiny_encoder.predict([], [])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from siamese.encoder import LABELS, save_head
+from siamese.inference.encoder import LABELS, save_head
 from tests.tiny_bert import make_tiny_bert
 
 MAX_SEQ_LENGTH = 32  # short, so a long input shows the truncation notice

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from siamese.card import is_reported_set
 from siamese.config import SiameseConfig
+from siamese.inference.card import is_reported_set
 from stagekit.config import REPO_ROOT, load_config
 from stagekit.errors import ConfigError
 

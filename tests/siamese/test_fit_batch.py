@@ -45,7 +45,7 @@ def test_fit_batch_keeps_a_ranking_losss_in_batch_negatives_and_fits_its_mini_ba
 ):
     from sentence_transformers import SentenceTransformer
 
-    from siamese.ranking import CachedDistinctRankingLoss, SoftmaxRankingLoss
+    from siamese.losses import CachedDistinctRankingLoss, SoftmaxRankingLoss
 
     forward = SentenceTransformer.forward
 

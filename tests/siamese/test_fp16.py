@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
-from siamese.model import build_loss, build_model
+from siamese.losses import build_loss
+from siamese.model import build_model
 
 PAIRS = [
     ("A man is playing a guitar on a small stage in front of a crowd.", "A person makes music.", 0),

@@ -1,4 +1,4 @@
-"""The ranking losses on two gloo processes train the one-process objective of the global batch (siamese/gather.py;
+"""The ranking losses on two gloo processes train the one-process objective of the global batch (siamese/losses.py;
 for `mnrl` the same as sentence-transformers' `gather_across_devices`), and a twin of a row's positive is no negative
 on whichever rank it sits."""
 
@@ -14,8 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from siamese.gather import ranking_loss
-from siamese.ranking import column_ranking
+from siamese.losses import column_ranking, ranking_loss
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from siamese.__main__ import main
-from siamese.encoder import NLIEncoder
-from siamese.evaluate import main as evaluate
+from siamese.evaluation.evaluate import main as evaluate
+from siamese.inference.encoder import NLIEncoder
 from stagekit.errors import UserError
 from tests.siamese.test_train import debug_args
 
@@ -24,7 +24,7 @@ TEXTS = ["A man is playing a guitar.", "Someone makes music.", "The cat sleeps o
 @pytest.fixture(scope="module")
 def nested_model(repo_root, tiny_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("matryoshka")
-    # with cached mini-batches too: the two options train together (siamese/ranking.py)
+    # with cached mini-batches too: the two options train together (siamese/losses.py)
     extra = ["loss.name=both", "loss.matryoshka_dims=[32, 16]", "impl.mini_batch_size=4", "postprocess.method=whiten"]
     return main(debug_args(repo_root, tiny_bert, out, *extra)).model_dir
 

@@ -8,8 +8,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig
-from siamese.encoder import NLIEncoder, head_features, save_head
-from siamese.model import build_loss, build_model, loss_classifier
+from siamese.inference.encoder import NLIEncoder, head_features, save_head
+from siamese.losses import build_loss, loss_classifier
+from siamese.model import build_model
 from stagekit.errors import UserError
 
 PAIRS = [

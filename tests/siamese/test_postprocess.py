@@ -10,21 +10,23 @@ import pytest
 import torch
 from sentence_transformers import SentenceTransformer
 
-from siamese.calibrate import main as calibrate_main
-from siamese.encoder import HEAD_FILE, NLIEncoder
-from siamese.postprocess import (
-    POSTPROCESS_FILE,
-    REFERENCE_FILE,
+from siamese.fit_postprocessing import (
     Candidate,
-    SimilarityReference,
     apply_transform,
-    cosine_rows,
+    choose_postprocessing,
     dense_module,
-    fit_postprocessing,
     fit_transform,
-    random_pair_cosines,
     save_postprocessing,
     select,
+)
+from siamese.fit_postprocessing import main as fit_postprocessing_main
+from siamese.inference.encoder import HEAD_FILE, NLIEncoder
+from siamese.inference.postprocess import (
+    POSTPROCESS_FILE,
+    REFERENCE_FILE,
+    SimilarityReference,
+    cosine_rows,
+    random_pair_cosines,
 )
 
 
@@ -143,7 +145,7 @@ def test_an_unreadable_reference_is_none_with_a_warning(tmp_path, caplog):
 
 @pytest.fixture(scope="module")
 def stsb_validation(data_dir):
-    from siamese.scores import read_stsb
+    from siamese.evaluation.scores import read_stsb
     from stagekit.sources import SourceConfig
 
     return read_stsb(SourceConfig(path=str(data_dir / "stsb" / "validation.jsonl.gz"), config_name=None), 300, 5.0)
@@ -157,7 +159,7 @@ def fit_texts(data_dir, n=400) -> list[str]:
 
 
 @pytest.mark.parametrize("method", ["whiten", "auto"])
-def test_a_calibrated_folder_loads_as_a_sentence_transformer_and_keeps_the_head_exact(
+def test_a_post_processed_folder_loads_as_a_sentence_transformer_and_keeps_the_head_exact(
     tiny_model_dir, tmp_path, data_dir, stsb_validation, method
 ):
     premises = ["A man is playing a guitar.", "The stock market fell sharply today.", "Two dogs run in a park."]
@@ -167,7 +169,7 @@ def test_a_calibrated_folder_loads_as_a_sentence_transformer_and_keeps_the_head_
     shutil.copytree(tiny_model_dir, target)
     encoder = NLIEncoder.load(target, device="cpu")
     modules_before = len(encoder.model)
-    model, decision, reference = fit_postprocessing(
+    model, decision, reference = choose_postprocessing(
         encoder.model, fit_texts(data_dir), "MNLI train", method, None,
         stsb_validation if method == "auto" else None, "STS-B validation", 500, seed=0,
     )  # fmt: skip
@@ -196,14 +198,16 @@ def test_a_calibrated_folder_loads_as_a_sentence_transformer_and_keeps_the_head_
         assert np.allclose(prediction.cosine, cosine, atol=1e-5)
 
 
-def test_the_calibrate_command_keeps_the_head_and_refits_without_stacking(tiny_model_dir, tmp_path, repo_root):
+def test_the_fit_postprocessing_command_keeps_the_head_and_refits_without_stacking(tiny_model_dir, tmp_path, repo_root):
     config = str(repo_root / "configs" / "siamese" / "debug.yaml")
-    first = calibrate_main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "a"), "--config", config,
+    first = fit_postprocessing_main(["--model", str(tiny_model_dir), "--out", str(tmp_path / "a"), "--config", config,
                             "postprocess.method=whiten", "postprocess.fit_sentences=300"])  # fmt: skip
     assert (first / HEAD_FILE).is_file() and (first / POSTPROCESS_FILE).is_file() and (first / REFERENCE_FILE).is_file()
-    assert not (first / "report.json").exists()  # the old report described the model before calibration
-    # calibrating a calibrated model refits on its core: still one post-processing module, not two
-    second = calibrate_main(["--model", str(first), "--out", str(tmp_path / "b"), "--config", config,
+    assert not (
+        first / "report.json"
+    ).exists()  # the old report described the model before its post-processing was fitted
+    # fitting a post-processed model again refits on its core: still one post-processing module, not two
+    second = fit_postprocessing_main(["--model", str(first), "--out", str(tmp_path / "b"), "--config", config,
                              "postprocess.method=whiten", "postprocess.fit_sentences=300"])  # fmt: skip
     modules = json.loads((second / "modules.json").read_text())
     assert len(modules) == len(json.loads((first / "modules.json").read_text()))
@@ -211,8 +215,8 @@ def test_the_calibrate_command_keeps_the_head_and_refits_without_stacking(tiny_m
     assert ref is not None and abs(ref.mean) < 0.2  # whitened: random pairs near orthogonal
 
 
-def test_the_calibrate_command_takes_a_pretraining_output(tiny_bert_for_distributed, tmp_path, repo_root):
-    out = calibrate_main(["--model", str(tiny_bert_for_distributed), "--out", str(tmp_path / "c"), "--config",
+def test_the_fit_postprocessing_command_takes_a_pretraining_output(tiny_bert_for_distributed, tmp_path, repo_root):
+    out = fit_postprocessing_main(["--model", str(tiny_bert_for_distributed), "--out", str(tmp_path / "c"), "--config",
                           str(repo_root / "configs" / "siamese" / "debug.yaml")])  # fmt: skip
     decision = json.loads((out / POSTPROCESS_FILE).read_text())
     assert decision["selected_on"].startswith("STS-B validation") and decision["fit_sentences"] == 256

@@ -13,8 +13,8 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 
 from siamese.config import ImplConfig, LossConfig, ModelConfig, SiameseConfig
-from siamese.gather import ranking_loss
-from siamese.model import build_loss, build_model
+from siamese.losses import build_loss, ranking_loss
+from siamese.model import build_model
 from stagekit.config import load_config
 from stagekit.errors import ConfigError, UserError
 from tests.siamese.test_model import PAIRS
@@ -137,7 +137,7 @@ def test_a_merged_pair_forward_is_ignored_with_mini_batches_and_says_so(model, c
 @pytest.mark.parametrize("name", ["mnrl", "both"])
 def test_the_configured_mini_batch_is_what_training_uses(repo_root, tiny_bert, tmp_path, monkeypatch, name):
     from siamese.__main__ import main
-    from siamese.ranking import CachedDistinctRankingLoss, SoftmaxRankingLoss
+    from siamese.losses import CachedDistinctRankingLoss, SoftmaxRankingLoss
     from tests.siamese.test_train import debug_args
 
     cached = CachedDistinctRankingLoss if name == "mnrl" else SoftmaxRankingLoss
@@ -211,7 +211,7 @@ def test_mnrl_is_sentence_transformers_loss_when_no_text_repeats(model):
 
 
 def test_one_text_has_one_key_however_its_batch_pads_it():
-    from siamese.gather import input_keys, pad_keys
+    from siamese.losses import input_keys, pad_keys
 
     right = input_keys({"input_ids": torch.tensor([[5, 6, 0, 0]]), "attention_mask": torch.tensor([[1, 1, 0, 0]])})
     left = input_keys({"input_ids": torch.tensor([[0, 5, 6]]), "attention_mask": torch.tensor([[0, 1, 1]])})

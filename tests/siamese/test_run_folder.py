@@ -62,7 +62,7 @@ def test_a_resumed_run_continues_its_wandb_run(repo_root, tiny_bert, tmp_path, m
 def test_resume_never_deletes_an_evaluation(repo_root, tiny_bert, tmp_path):
     import json
 
-    from siamese.evaluate import main as evaluate
+    from siamese.evaluation.evaluate import main as evaluate
     from tests.pretrain.test_run_folder import snapshot
 
     main(debug_args(repo_root, tiny_bert, tmp_path))

@@ -10,9 +10,8 @@ import pytest
 import yaml
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from siamese.card import is_reported_set
 from siamese.config import SiameseConfig
-from siamese.trainer import BEST_NLI_METRIC
+from siamese.inference.card import BEST_NLI_METRIC, is_reported_set
 from stagekit.cli import config_parser, parse_config
 from stagekit.config import REPO_ROOT, to_dict
 

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from sentence_transformers import SentenceTransformer
 
 from siamese.__main__ import main
-from siamese.encoder import HEAD_FILE, NLIEncoder
+from siamese.inference.encoder import HEAD_FILE, NLIEncoder
 from stagekit.cli import run_cli
 from stagekit.errors import ConfigError, UserError
 from stagekit.resume import newest_checkpoint
@@ -54,7 +54,7 @@ def test_debug_run_writes_a_folder_both_loaders_read(trained, tiny_bert):
     metrics = json.loads((model_dir / "metrics.json").read_text())
     assert metrics["step"] == 4 and "eval_validation_accuracy" in metrics
     assert (model_dir / "resolved_config.yaml").is_file()
-    # the stage calibrated the model (configs/siamese/debug.yaml: method auto on STS-B validation)
+    # the stage fitted the model's post-processing (configs/siamese/debug.yaml: method auto on STS-B validation)
     decision = json.loads((model_dir / "postprocessing.json").read_text())
     assert metrics["postprocessing"] == decision["chosen"]["method"] and decision["selected_on"].startswith("STS-B")
     assert encoder.reference is not None and encoder.postprocessing == decision["modules"]

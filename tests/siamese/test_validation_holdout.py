@@ -132,7 +132,7 @@ def test_a_run_chooses_by_validation_loss_and_its_card_records_the_held_out_slic
     import yaml
 
     from siamese.__main__ import main as train
-    from siamese.card import write_model_card
+    from siamese.inference.card import write_model_card
 
     model_dir = train([
         "--config", str(repo_root / "configs" / "siamese" / "debug.yaml"), f"model.base_model={tiny_bert}",

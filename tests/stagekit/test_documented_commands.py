@@ -9,9 +9,10 @@ import shlex
 import pytest
 
 from pipeline import config_docs
+from pretrain import probe
 from pretrain.config import PretrainConfig
-from siamese import evaluate, probe
 from siamese.config import EvalConfig, SiameseConfig
+from siamese.evaluation import evaluate
 from stagekit.cli import config_parser
 from stagekit.config import REPO_ROOT, describe_keys, load_config, renamed_keys, resumable_keys, to_dict
 from stagekit.errors import ConfigError
@@ -19,13 +20,13 @@ from stagekit.resume import check_resume_settings
 
 SCHEMAS = {"pretrain": PretrainConfig, "siamese": SiameseConfig}
 # every config class whose keys docs/configuration.md lists (evaluation and the probe take --model beside theirs)
-DOCUMENTED = SCHEMAS | {"siamese.evaluate": EvalConfig, "siamese.probe": probe.ProbeConfig}
-PARSERS = {"siamese.evaluate": evaluate.parser, "siamese.probe": probe.parser}
+DOCUMENTED = SCHEMAS | {"siamese.evaluation": EvalConfig, "pretrain.probe": probe.ProbeConfig}
+PARSERS = {"siamese.evaluation": evaluate.parser, "pretrain.probe": probe.parser}
 DOCUMENTS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
-# `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...`, `python -m siamese.evaluate ...`
+# `python -m pretrain ...`, `torchrun ... -m siamese ...`, `python -m pipeline ...`, `python -m siamese.evaluation ...`
 # up to a comment or the line's end
 COMMAND = re.compile(
-    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain|siamese\.evaluate|siamese\.probe|siamese|pipeline)(?=[ \t\n`]|$)"
+    r"(?:python -m|torchrun [^`|#]*?-m) (pretrain\.probe|siamese\.evaluation|pretrain|siamese|pipeline)(?=[ \t\n`]|$)"
     r"([^`|#\n]*)"
 )
 
@@ -51,7 +52,7 @@ def test_help_lists_every_key_and_its_examples_load(stage):
     assert all(info.dotted in text for info in describe_keys(schema))
     assert schema.examples
     for example in schema.examples:
-        words = shlex.split(example) + (["--model", "DIR"] if stage == "siamese.evaluate" else [])
+        words = shlex.split(example) + (["--model", "DIR"] if stage == "siamese.evaluation" else [])
         args = parser.parse_intermixed_args(words)
         load_config(schema, getattr(args, "config", None), args.overrides)
 
@@ -67,7 +68,7 @@ def documented_commands() -> list[tuple[str, str, str]]:
 
 def test_the_documents_show_commands():
     stages = {stage for _, stage, _ in documented_commands()}
-    assert stages == {"pretrain", "siamese", "pipeline", "siamese.evaluate", "siamese.probe"}
+    assert stages == {"pretrain", "siamese", "pipeline", "siamese.evaluation", "pretrain.probe"}
 
 
 @pytest.mark.parametrize(("document", "stage", "rest"), documented_commands())
@@ -84,7 +85,7 @@ def test_every_documented_command_parses_and_its_config_loads(document, stage, r
     schema = DOCUMENTED[stage]
     if "--config" in words and words.index("--config") == len(words) - 1:
         return  # prose: "python -m pretrain --config" followed by a file named in the sentence
-    if stage == "siamese.evaluate" and "--model" not in words:
+    if stage == "siamese.evaluation" and "--model" not in words:
         return  # prose: the command named, not shown
     parsed = parser_of(stage).parse_intermixed_args(words)
     overrides = [o.replace("$CORPUS", str(REPO_ROOT / "README.md")) for o in parsed.overrides]

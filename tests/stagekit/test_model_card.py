@@ -60,7 +60,7 @@ def test_durations_read_as_minutes_and_seconds():
 def test_a_pushed_card_names_the_repo_wherever_it_named_the_folder(tmp_path):
     folder = str(tmp_path / "outputs" / "run" / "model")
     card = (
-        f'```python\nmodel_id = "{folder}"\n```\n\nNot evaluated yet: `python -m siamese.evaluate --model {folder}`; '
+        f'```python\nmodel_id = "{folder}"\n```\n\nNot evaluated yet: `python -m siamese.evaluation --model {folder}`; '
         f"{folder}-step-3 and {folder}s are other folders.\n"
     )
     pushed = with_model_reference(card, "me/encoder")

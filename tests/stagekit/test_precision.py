@@ -248,7 +248,7 @@ def test_the_mps_fallback_line():
     assert "will fail" in device_module.mps_fallback_line(True, "0")
 
 
-@pytest.mark.parametrize("module", ["pretrain.__main__", "siamese.evaluate", "app.models"])
+@pytest.mark.parametrize("module", ["pretrain.__main__", "siamese.evaluation.evaluate", "app.models"])
 def test_entry_points_set_the_mps_fallback_before_torch_is_imported(module):
     code = (
         "import sys, os\n"

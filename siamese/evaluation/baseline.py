@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from siamese.encoder import NLIEncoder
-from siamese.model import hub_model_kwargs, resolve_base
+from siamese.inference.encoder import NLIEncoder, resolve_base
+from siamese.model import hub_model_kwargs
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.sources import looks_local
@@ -20,7 +20,7 @@ def load_baseline(name: str, setting: str = "baseline") -> NLIEncoder:
     """The encoder `name` names, without an NLI head. `setting` is what the user set it with (for messages).
 
     Raises UserError (one line, within seconds) for a missing folder, a weights file that cannot be opened (named
-    for a folder: siamese/encoder.py `NLIEncoder.load`), or a Hub id while the Hub is unreachable and nothing is
+    for a folder: siamese/inference/encoder.py `NLIEncoder.load`), or a Hub id while the Hub is unreachable and nothing is
     cached.
     """
     path = resolve_base(name)  # the Hub id → the offline copy when installed

@@ -10,8 +10,8 @@ import torch
 
 from pretrain.export import save_model_files
 from pretrain.model import build_model
-from siamese.probe import PUBLISHED, ProbeConfig, load
-from siamese.probe import main as probe
+from pretrain.probe import PUBLISHED, ProbeConfig, load
+from pretrain.probe import main as probe
 from stagekit.cli import run_cli
 from stagekit.config import REPO_ROOT, load_config
 
@@ -64,7 +64,7 @@ def test_every_pretraining_architecture_becomes_a_classifier(architecture, tiny_
 
 
 def test_the_random_init_control_keeps_the_shape_and_tokenizer_but_not_the_weights(pretrained_debug):
-    from siamese.probe import build_model as probe_model
+    from pretrain.probe import build_model as probe_model
 
     pretrained, _ = probe_model(load(["--config", DEBUG, "--model", str(pretrained_debug)]))
     control, tokenizer = probe_model(

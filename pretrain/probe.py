@@ -1,4 +1,4 @@
-"""A cross-encoder probe of a pretraining output: `python -m siamese.probe --model DIR [--config FILE] [key=value]`.
+"""A cross-encoder probe of a pretraining output: `python -m pretrain.probe --model DIR [--config FILE] [key=value]`.
 
 The pretrained encoder is fine-tuned GLUE-style on MNLI — both sentences in one input, `[CLS] premise [SEP]
 hypothesis [SEP]`, a classifier on the pooled `[CLS]` (`AutoModelForSequenceClassification`: BERT, NomicBERT and
@@ -112,7 +112,7 @@ class ProbeConfig(RunConfig):
 def parser() -> argparse.ArgumentParser:
     from stagekit.cli import config_parser, doc_summary
 
-    built = config_parser("python -m siamese.probe", doc_summary(__doc__), ProbeConfig, resume=False, push=False)
+    built = config_parser("python -m pretrain.probe", doc_summary(__doc__), ProbeConfig, resume=False, push=False)
     built.add_argument("--model", help="the pretraining output to probe (sets model.base_model)")
     return built
 
@@ -166,7 +166,7 @@ def build_model(cfg: ProbeConfig):
     model that is not an encoder (siamese/model.py `check_encoder`)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from siamese.labels import LABELS
+    from siamese.inference.labels import LABELS
     from siamese.model import check_encoder
     from stagekit.errors import UserError
     from stagekit.load_report import REPORTING_LOGGER, quiet_unused_weight_reports
@@ -205,8 +205,15 @@ def build_model(cfg: ProbeConfig):
 def check_classes(source: SourceConfig) -> None:
     """The classes among the first CLASS_CHECK_PAIRS training pairs (logged), read before the model is loaded.
     Raises DataError (one line) for one class: the classifier would learn to answer it for every pair."""
-    from siamese.labels import CLASS_CHECK_PAIRS, class_counts, describe_classes, require_several_classes
-    from siamese.nli_data import RowCounts, open_pairs, source_name
+    from siamese.nli_data import (
+        CLASS_CHECK_PAIRS,
+        RowCounts,
+        class_counts,
+        describe_classes,
+        open_pairs,
+        require_several_classes,
+        source_name,
+    )
     from stagekit.sources import reading
 
     where = f"training data ({source_name(source)})"
@@ -217,12 +224,12 @@ def check_classes(source: SourceConfig) -> None:
 
 
 def accuracy_on(trainer, name: str, source: SourceConfig, cfg: ProbeConfig, tokenizer, keep) -> dict[str, Any]:
-    """Accuracy, confusion matrix and per-class scores (siamese/scores.py) on the first `data.eval_limit` pairs of
+    """Accuracy, confusion matrix and per-class scores (siamese/evaluation/scores.py) on the first `data.eval_limit` pairs of
     set `name`; with "warning" (also logged) when they are all of one class."""
     from datasets import Dataset
 
+    from siamese.evaluation.scores import nli_metrics, one_class_warning
     from siamese.nli_data import read_pairs
-    from siamese.scores import nli_metrics, one_class_warning
 
     pairs = read_pairs(source, cfg.data.eval_limit, local_hint="${BERT_DATA_DIR}/mnli/" + source.split + ".jsonl.gz")
     data = tokenized(Dataset.from_dict(pairs), tokenizer, cfg.model.max_seq_length, keep)

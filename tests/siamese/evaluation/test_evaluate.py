@@ -11,10 +11,10 @@ import pytest
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from siamese.encoder import NLIEncoder
-from siamese.evaluate import eval_source, main
-from siamese.report import stsb_drop_warning
-from siamese.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from siamese.evaluation.evaluate import eval_source, main
+from siamese.evaluation.report import stsb_drop_warning
+from siamese.evaluation.scores import cosine_by_class, nli_metrics, read_stsb, stsb_metrics, stsb_scale
+from siamese.inference.encoder import NLIEncoder
 from stagekit.errors import DataError, UserError
 from stagekit.sources import SourceConfig
 
@@ -133,7 +133,7 @@ def test_a_hub_id_given_on_the_command_line_is_read_at_its_evaluation_split(data
 
 
 def test_evaluation_logs_to_the_runs_wandb_project(tmp_path, monkeypatch):
-    from siamese import report as report_module
+    from siamese.evaluation import report as report_module
     from stagekit.wandb_tracking import Tracker
 
     model_dir = tmp_path / "siamese-x" / "model"
@@ -267,9 +267,9 @@ def test_an_unreachable_hub_base_fails_in_seconds_before_any_evaluation(untraine
 def test_the_report_shows_random_pairs_and_the_model_before_and_after_post_processing(
     untrained_model_dir, tmp_path, repo_root
 ):
-    from siamese.calibrate import main as calibrate_main
+    from siamese.fit_postprocessing import main as fit_postprocessing_main
 
-    whitened = calibrate_main(["--model", str(untrained_model_dir), "--out", str(tmp_path / "whitened"), "--config",
+    whitened = fit_postprocessing_main(["--model", str(untrained_model_dir), "--out", str(tmp_path / "whitened"), "--config",
                                str(repo_root / "configs" / "siamese" / "debug.yaml"), "postprocess.method=whiten"])  # fmt: skip
     plain = main(["--model", str(untrained_model_dir), "limit=40", f"out={tmp_path / 'plain'}", "baseline=null"])
     report = main(["--model", str(whitened), "limit=40", f"out={tmp_path / 'report'}", "baseline=null"])
@@ -296,7 +296,7 @@ def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
 ):
     import logging
 
-    from siamese import evaluate as evaluate_module
+    from siamese.evaluation import evaluate as evaluate_module
 
     model = tmp_path / "model"
     shutil.copytree(untrained_model_dir, model)
@@ -307,7 +307,7 @@ def test_a_model_in_a_read_only_folder_needs_out_and_the_report_goes_there(
         main(["--model", str(model), "limit=4", "baseline=null"])
     assert "\n" not in str(err.value) and not reads  # refused before any set was read or scored
     out = tmp_path / "report"
-    with caplog.at_level(logging.INFO, logger="siamese.evaluate"):
+    with caplog.at_level(logging.INFO, logger="siamese.evaluation.evaluate"):
         main(["--model", str(model), "limit=4", f"out={out}", "baseline=null"])
     assert (out / "report.json").is_file() and not (model / "report.json").exists()
     assert f"go to {out}, not the model folder" in caplog.text
@@ -418,7 +418,7 @@ def test_a_damaged_base_model_is_one_line_naming_its_file(untrained_model_dir, t
 # The pipeline evaluated an unchanged model again on every re-run (minutes on cpu-small).
 def test_a_report_is_current_for_the_same_weights_and_settings_only(untrained_model_dir, tmp_path):
     from siamese.config import EvalConfig
-    from siamese.evaluate import current_report
+    from siamese.evaluation.evaluate import current_report
     from stagekit.config import load_config
 
     model_dir = tmp_path / "run" / "model"

@@ -1,19 +1,19 @@
-"""Export a sentence encoder for serving: `python -m siamese.export --model DIR --out DIR [--no-int8] [--truncate-dim K]`.
+"""Export a sentence encoder for serving: `python -m siamese.inference.export --model DIR --out DIR [--no-int8] [--truncate-dim K]`.
 
 The new folder is a copy of the model folder (torch weights, tokenizer, post-processing, NLI head, report) plus
 `onnx/model.onnx` (the transformer in fp32) and `onnx/model_qint8_avx2.onnx` (its MatMul weights dynamically
 quantized to int8; activations are quantized per batch at run time, so no calibration data are needed), and
 `onnx/export.json`: the files, their sizes and how closely each variant agrees with torch. Only the transformer
-is exported: tokenization, pooling and a post-processing Dense module (siamese/postprocess.py) stay what they
-were, and so does the NLI head, which reads the pooled embedding (siamese/encoder.py). Load it with
-`NLIEncoder.load(out, backend="onnx" | "onnx-int8")`, `python -m siamese.evaluate --model out backend=onnx-int8`
+is exported: tokenization, pooling and a post-processing Dense module (siamese/inference/postprocess.py) stay what they
+were, and so does the NLI head, which reads the pooled embedding (siamese/inference/encoder.py). Load it with
+`NLIEncoder.load(out, backend="onnx" | "onnx-int8")`, `python -m siamese.evaluation --model out backend=onnx-int8`
 or the app's `--backend`. Works for any SentenceTransformer folder whose first module is a Transformer (ours,
 all-MiniLM-L6-v2: `--model all-MiniLM-L6-v2` is the offline copy).
 
 `--truncate-dim K` makes the exported embeddings the first K dimensions (what a model trained with
 `loss.matryoshka_dims` is trained for): a `Dense` module holding the first K rows of the identity is appended as one
 more post-processing module, so `SentenceTransformer(out).encode` returns K dimensions with no code of ours, and the
-NLI head still reads the full embedding. This project's model card is kept, rewritten with the width (siamese/card.py);
+NLI head still reads the full embedding. This project's model card is kept, rewritten with the width (siamese/inference/card.py);
 another card (e.g. all-MiniLM-L6-v2's) is copied as it is.
 
 Before the folder is written the agreement check runs on a fixed set of sentences; an fp32 export whose
@@ -32,11 +32,11 @@ from pathlib import Path
 
 import torch
 
-from siamese.card import write_model_card
-from siamese.encoder import NLIEncoder
-from siamese.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
-from siamese.onnx_check import CHECK_SENTENCES, agreement
-from siamese.postprocess import POSTPROCESS_FILE
+from siamese.inference.card import write_model_card
+from siamese.inference.encoder import NLIEncoder, resolve_base
+from siamese.inference.onnx_backend import INPUT_NAMES, ONNX_DIR, ONNX_FILES, OUTPUT_NAME
+from siamese.inference.onnx_check import CHECK_SENTENCES, agreement
+from siamese.inference.postprocess import POSTPROCESS_FILE, read_postprocessing
 from stagekit.cli import doc_summary
 from stagekit.errors import UserError
 from stagekit.folders import atomic_dir
@@ -132,10 +132,9 @@ def append_truncation(encoder: NLIEncoder, folder: Path, dims: int, final: Path 
     keep = Dense(full, dims, bias=False, activation_function=None, init_weight=torch.eye(full)[:dims].clone())
     # The copied card stays (sentence-transformers would write its generic one); ours is rewritten below.
     SentenceTransformer(modules=[*encoder.model, keep], device="cpu").save(str(folder), create_model_card=False)
-    path = folder / POSTPROCESS_FILE
-    decision = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"modules": 0}
+    decision = read_postprocessing(folder) or {"modules": 0}
     decision |= {"modules": decision["modules"] + 1, "truncate_dim": dims}
-    path.write_text(json.dumps(decision, indent=2), encoding="utf-8")
+    (folder / POSTPROCESS_FILE).write_text(json.dumps(decision, indent=2), encoding="utf-8")
     # A folder of the siamese stage (run_info.json) with its card, or the generic one of a folder from before cards:
     # this project's card, now giving the width; any other card stays as copied.
     if (folder / "run_info.json").is_file() and replaceable(folder, generated_by="sentence-transformers"):
@@ -179,9 +178,7 @@ def export(model_dir: Path, out: Path, int8: bool = True, truncate_dim: int | No
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
-    from siamese.model import resolve_base
-
-    parser = argparse.ArgumentParser(prog="python -m siamese.export", description=doc_summary(__doc__))
+    parser = argparse.ArgumentParser(prog="python -m siamese.inference.export", description=doc_summary(__doc__))
     parser.add_argument("--model", required=True, help="a SentenceTransformer folder, or all-MiniLM-L6-v2")
     parser.add_argument("--out", required=True, help="the exported folder to write (replaced atomically)")
     parser.add_argument("--no-int8", action="store_true", help="write the fp32 ONNX file only")

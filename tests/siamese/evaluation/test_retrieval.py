@@ -12,11 +12,17 @@ import pytest
 import torch
 
 from siamese.config import SourceConfig
-from siamese.encoder import NLIEncoder
-from siamese.evaluate import main
+from siamese.evaluation.evaluate import main
+from siamese.evaluation.retrieval import (
+    METRICS,
+    nanobeir_metrics,
+    nli_retrieval_set,
+    retrieval_metrics,
+    widths_to_score,
+)
+from siamese.evaluation.scores import read_stsb, stsb_by_width, stsb_metrics
+from siamese.inference.encoder import NLIEncoder
 from siamese.nli_data import read_pairs
-from siamese.retrieval import METRICS, nanobeir_metrics, nli_retrieval_set, retrieval_metrics, widths_to_score
-from siamese.scores import read_stsb, stsb_by_width, stsb_metrics
 from stagekit.errors import UserError
 
 PAIRS = {  # GLUE labels: 0 entailment, 1 neutral, 2 contradiction
@@ -62,7 +68,7 @@ def test_perfect_retrieval_scores_one_and_a_second_place_scores_a_half(caplog):
         perfect = retrieval_metrics(TableEncoder(one_hot), nli_retrieval_set(pairs, "toy"), [3])
     assert perfect["by_width"][3] == {key: 1.0 for key in METRICS}
     # one line per width, not the evaluator's twenty
-    assert [r.name for r in caplog.records] == ["siamese.retrieval"] and "mrr@10 1.0000" in caplog.text
+    assert [r.name for r in caplog.records] == ["siamese.evaluation.retrieval"] and "mrr@10 1.0000" in caplog.text
     # h0 is closer to p1 (cosine 0.8) than to p0 (0.6), which entails it: its relevant document comes second
     table = {"p0": [1.0, 0.0], "p1": [0.0, 1.0], "h0": [0.6, 0.8], "h1": [0.0, 1.0]}
     pairs = {"premise": ["p0", "p1"], "hypothesis": ["h0", "h1"], "label": [0, 0]}

@@ -1,6 +1,6 @@
 """What an evaluation writes and shows: the confusion-matrix and cosine-distribution PNGs, `report.md`, the
 `base` section of `report.json` with the warning line when fine-tuning lowered the base's STS-B Spearman, and
-the W&B run. The numbers come from `siamese/scores.py`; `siamese/evaluate.py` decides what goes where.
+the W&B run. The numbers come from `siamese/evaluation/scores.py`; `siamese/evaluation/evaluate.py` decides what goes where.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from siamese.labels import LABELS
+from siamese.inference.labels import LABELS
 from stagekit.wandb_tracking import describe, log_files, run_wandb_config, start_tracking, use_model
 
 
@@ -91,7 +91,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
     models = [("model", report)] + ([("baseline", report["baseline"])] if report.get("baseline") else [])
     lines = [f"# Evaluation of `{report['model']}`", ""]
     lines += [line for warning in report.get("warnings") or [] for line in (f"**Warning: {warning}.**", "")]
-    if report.get("backend", "torch") != "torch":  # an ONNX export (siamese/export.py) run by ONNX Runtime
+    if report.get("backend", "torch") != "torch":  # an ONNX export (siamese/inference/export.py) run by ONNX Runtime
         lines += [f"Backend: {report['backend']} (the model's ONNX export, run by ONNX Runtime).", ""]
     if report.get("baseline"):
         lines += [f"Baseline: `{report['baseline']['model']}` (no NLI head: STS-B and cosine statistics only).", ""]
@@ -171,7 +171,7 @@ def _postprocessing_lines(report: dict[str, Any]) -> list[str]:
     decision = report.get("postprocessing")
     if not decision:
         return []
-    truncated = decision.get("truncate_dim")  # siamese/export.py --truncate-dim
+    truncated = decision.get("truncate_dim")  # siamese/inference/export.py --truncate-dim
     cut = [f"Embeddings are the first {truncated} dimensions (exported with --truncate-dim {truncated})."]
     if "chosen" not in decision:  # a truncation alone, on a model without fitted post-processing
         return ["", "## Post-processing", "", *cut] if truncated else []

@@ -1,28 +1,33 @@
-"""Post-processing saved as part of the model: centring or whitening of the sentence embeddings, chosen per
-model on STS-B *validation*, and the reference distribution of random-pair cosines the app reads a cosine by.
+"""Fit a sentence encoder's post-processing (siamese/inference/postprocess.py holds what is saved) and its
+random-pair reference, on training sentences; `method: auto` selects on STS-B validation, never test.
 
 Whitening is Su et al. 2021, "Whitening Sentence Representations for Better Semantics and Faster Retrieval"
 (arXiv:2103.15316): y = (x − μ) W with W = U Λ^(-1/2) from the SVD Σ = U Λ Uᵀ of the embeddings' covariance,
-optionally keeping the first k columns of W. Both μ and Σ are fitted on training sentences only. It spreads an
-anisotropic space (every cosine ~0.9) but can hurt an encoder that is already isotropic (all-MiniLM-L6-v2), so
-`method: auto` keeps whichever of none / centring / whitening scores the best STS-B validation Spearman, and
-"none" wins a tie. The transform is a sentence-transformers `Dense` module (identity activation) appended to the
-model, so `SentenceTransformer(path).encode` returns the post-processed embedding with no code of ours.
-
-The NLI head keeps reading the embedding *before* post-processing (the one it was trained on), so its
-probabilities are exactly those of training; `postprocessing.json` says how many trailing modules to skip for it.
+optionally keeping the first k columns of W. Both μ and Σ are fitted on training sentences only (MNLI train). It
+spreads an anisotropic space (every cosine ~0.9) but can hurt an encoder that is already isotropic
+(all-MiniLM-L6-v2), so `method: auto` keeps whichever of none / centring / whitening scores the best STS-B
+validation Spearman, and "none" wins a tie. The transform is a sentence-transformers `Dense` module (identity
+activation) appended to the model.
 
 A model trained to be truncated (`loss.matryoshka_dims`) is whitened in its own order instead (`nested`): with
 Σ = L Lᵀ (Cholesky), W = L^(-T) is upper triangular, so the first k outputs depend on the first k inputs only and
 are the whitening of that prefix; truncating the whitened embedding then keeps the widths the model was trained
 for, where PCA's order would keep the k directions of largest variance instead. Any two whitenings differ by a
 rotation, so at the full width both give the same cosines.
+
+The siamese stage calls `fit_postprocessing` on the trained model before writing its folder, its last step; the
+command does the same for any model folder — a pretraining output, a fine-tuned model, all-MiniLM-L6-v2 or a Hub id:
+
+    python -m siamese.fit_postprocessing --model outputs/pretrain-cpu-small/model --out outputs/pretrain-cpu-small-whitened
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
+import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,10 +37,26 @@ from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Dense
 
+from siamese.config import DataConfig, ImplConfig, ModelConfig, PostprocessConfig, SiameseConfig
+from siamese.evaluation.scores import read_stsb, stsb_scale
+from siamese.inference.encoder import NLIEncoder, resolve_base, trained_dims
+from siamese.inference.postprocess import (
+    POSTPROCESS_FILE,
+    REFERENCE_FILE,
+    SimilarityReference,
+    cosine_rows,
+    random_pair_cosines,
+)
+from siamese.model import build_model
+from siamese.nli_data import first_pairs, source_name
+from stagekit.cli import doc_summary, run_cli
+from stagekit.config import REPO_ROOT, load_config
+from stagekit.errors import UserError
+from stagekit.folders import atomic_dir, require_writable
+from stagekit.sources import SourceConfig, looks_local
+
 log = logging.getLogger(__name__)
 
-POSTPROCESS_FILE = "postprocessing.json"
-REFERENCE_FILE = "similarity_reference.json"
 # Eigenvalues below this fraction of the largest are floored, so a direction the training sentences never
 # vary in (a rank-deficient covariance) is not blown up by 1/sqrt(0).
 EIGEN_FLOOR = 1e-6
@@ -106,13 +127,6 @@ def apply_transform(x: np.ndarray, mean: np.ndarray, matrix: np.ndarray) -> np.n
     return (np.asarray(x, dtype=np.float64) - mean) @ matrix
 
 
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise cosine similarity of two (n, d) arrays, (n,)."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return (a * b).sum(axis=1)
-
-
 def dense_module(mean: np.ndarray, matrix: np.ndarray) -> Dense:
     """The transform as a sentence-transformers Dense layer: weight = matrixᵀ (k, d), bias = −mean @ matrix."""
     d, k = matrix.shape
@@ -156,86 +170,6 @@ def select(
     return best
 
 
-@dataclass
-class SimilarityReference:
-    """Where a cosine falls among cosines of random sentence pairs: `quantiles[i]` is the i-th percentile."""
-
-    quantiles: list[float]  # 101 values: percentiles 0, 1, ..., 100 of the random-pair cosines
-    pairs: int
-    source: str
-    mean: float
-    std: float
-
-    def percentile(self, cosine: float) -> float:
-        """The share of random pairs (0-100) whose cosine is below `cosine`, interpolated between percentiles."""
-        q = np.asarray(self.quantiles)
-        if cosine <= q[0]:
-            return 0.0
-        if cosine >= q[-1]:
-            return 100.0
-        # Percentiles of a sample can repeat (ties): interpolate over the distinct values only.
-        values, first = np.unique(q, return_index=True)
-        return float(np.interp(cosine, values, first.astype(float)))
-
-    @classmethod
-    def from_cosines(cls, cosines: np.ndarray, source: str) -> SimilarityReference:
-        cosines = np.asarray(cosines, dtype=np.float64)
-        return cls(
-            quantiles=[float(v) for v in np.percentile(cosines, np.arange(101))],
-            pairs=int(len(cosines)),
-            source=source,
-            mean=float(cosines.mean()),
-            std=float(cosines.std()),
-        )
-
-    def save(self, model_dir: Path) -> None:
-        (Path(model_dir) / REFERENCE_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
-
-    @classmethod
-    def load(cls, model_dir: Path) -> SimilarityReference | None:
-        """The model folder's reference, or None when it has none (or an unreadable one: logged)."""
-        path = Path(model_dir) / REFERENCE_FILE
-        if not path.is_file():
-            return None
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            reference = cls(**data)
-            if len(reference.quantiles) != 101:
-                raise ValueError(f"{len(reference.quantiles)} quantiles, expected 101")
-            return reference
-        except (OSError, ValueError, TypeError) as err:
-            log.warning("%s could not be read (%s): no random-pair reference", path, str(err).splitlines()[0])
-            return None
-
-
-def random_pair_cosines(embeddings: np.ndarray, n_pairs: int, seed: int) -> np.ndarray:
-    """Cosines of `n_pairs` random pairs of distinct rows of (n, d) `embeddings`, (n_pairs,); seeded."""
-    rng = np.random.default_rng(seed)
-    n = len(embeddings)
-    if n < 2:
-        raise ValueError("random pairs need at least two sentences")
-    first = rng.integers(0, n, size=n_pairs)
-    second = (first + rng.integers(1, n, size=n_pairs)) % n  # never the same row
-    return cosine_rows(embeddings[first], embeddings[second])
-
-
-def postprocessing_modules(model_dir: Path) -> int:
-    """How many trailing modules of the model folder are post-processing (0 for a folder without it)."""
-    path = Path(model_dir) / POSTPROCESS_FILE
-    if not path.is_file():
-        return 0
-    return int(json.loads(path.read_text(encoding="utf-8")).get("modules", 0))
-
-
-def without_postprocessing(model: SentenceTransformer, modules: int) -> SentenceTransformer:
-    """A view of `model` without its last `modules` modules (the same module objects, no copy)."""
-    if modules == 0:
-        return model
-    if modules >= len(model):
-        raise ValueError(f"cannot drop {modules} of the model's {len(model)} modules")
-    return SentenceTransformer(modules=[model[i] for i in range(len(model) - modules)], device=str(model.device))
-
-
 def encode(model: SentenceTransformer, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
     """(n, d) float32 embeddings in eval mode without gradients; the model's training mode is restored."""
     was_training = model.training
@@ -248,7 +182,7 @@ def encode(model: SentenceTransformer, texts: list[str], batch_size: int, progre
     return np.asarray(out, dtype=np.float32)
 
 
-def fit_postprocessing(
+def choose_postprocessing(
     model: SentenceTransformer,
     fit_texts: list[str],
     fit_source: str,
@@ -285,7 +219,7 @@ def fit_postprocessing(
     if chosen.method != "none":
         mean, matrix = fit_transform(fit, chosen.method, chosen.dims, nested)
         # A new SentenceTransformer over the same modules plus the transform: the trained model itself stays
-        # as it was (under several processes only the main process calibrates, and the ranks must agree).
+        # as it was (under several processes only the main process fits it, and the ranks must agree).
         dense = dense_module(mean, matrix).to(model.device)
         model = SentenceTransformer(modules=[*(model[i] for i in range(len(model))), dense], device=str(model.device))
         final = apply_transform(fit, mean, matrix)
@@ -312,3 +246,108 @@ def fit_postprocessing(
 def save_postprocessing(decision: Decision, reference: SimilarityReference, model_dir: Path) -> None:
     (Path(model_dir) / POSTPROCESS_FILE).write_text(json.dumps(decision.as_dict(), indent=2), encoding="utf-8")
     reference.save(model_dir)
+
+
+def fit_sentences(data: DataConfig, n: int, seed: int) -> list[str]:
+    """Up to `n` distinct sentences (premises and hypotheses, in stream order) of the first training pairs."""
+    rows = first_pairs(data, n, seed)
+    seen: dict[str, None] = {}
+    for premise, hypothesis in zip(rows["premise"], rows["hypothesis"], strict=True):
+        seen.setdefault(premise)
+        seen.setdefault(hypothesis)
+        if len(seen) >= n:
+            break
+    return list(seen)[:n]
+
+
+def short_name(source: SourceConfig) -> str:
+    """A source as a person reads it: a local file by its last two path parts (mnli/train.jsonl.gz)."""
+    name = source_name(source)
+    return "/".join(Path(name).parts[-2:]) if looks_local(source.path) else name
+
+
+def fit_postprocessing(
+    model: SentenceTransformer,
+    cfg: PostprocessConfig,
+    data: DataConfig,
+    seed: int,
+    batch_size: int = 64,
+    nested: bool = False,
+) -> tuple[SentenceTransformer, Decision, SimilarityReference]:
+    """Fit and attach the post-processing `cfg` asks for; see `choose_postprocessing` (`nested`:
+    whitening that keeps the widths of a model trained with loss.matryoshka_dims).
+
+    Raises DataError (one line) when the training or selection data cannot be read.
+    """
+    texts = fit_sentences(data, cfg.fit_sentences, seed)
+    source = "training sentences of " + ", ".join(short_name(s) for s in data.train_sources)
+    selection, name = None, None
+    if cfg.method == "auto":
+        where = cfg.selection_source
+        selection = read_stsb(
+            where, None, stsb_scale(where.path), local_hint="${BERT_DATA_DIR}/stsb/validation.jsonl.gz"
+        )
+        name = f"STS-B validation ({len(selection[2]):,} pairs of {short_name(where)})"
+    log.info("fitting post-processing on %d %s", len(texts), source)
+    return choose_postprocessing(
+        model, texts, source, cfg.method, cfg.dims, selection, name, cfg.reference_pairs, seed, batch_size, nested
+    )
+
+
+# Files of a fine-tuned model folder that stay true after its post-processing is fitted again (report.json does not:
+# it is re-made).
+KEPT_FILES = ("nli_head.safetensors", "nli_labels.json", "run_info.json", "resolved_config.yaml", "metrics.json")
+
+
+def load_core(name: str) -> tuple[SentenceTransformer, Path | None]:
+    """The encoder without any post-processing, and its folder when it is one of ours (to keep its head)."""
+    path = Path(resolve_base(name)).expanduser()
+    if path.is_dir() and (path / "modules.json").is_file():
+        return NLIEncoder.load(path).core, path
+    return build_model(ModelConfig(base_model=name), ImplConfig()), None
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m siamese.fit_postprocessing", description=doc_summary(__doc__))
+    parser.add_argument(
+        "--model", required=True, help="a model folder (pretraining output, SentenceTransformer) or Hub id"
+    )
+    parser.add_argument("--out", required=True, help="the post-processed model folder to write (replaced atomically)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="a siamese config whose `postprocess` and `data.train_sources` to use (default: configs/siamese/cpu-small.yaml)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="key=value overrides of that config, e.g. postprocess.method=whiten"
+    )
+    args = parser.parse_args(argv)
+    cfg = load_config(
+        SiameseConfig, args.config or REPO_ROOT / "configs" / "siamese" / "cpu-small.yaml", args.overrides
+    )
+    out = Path(args.out)
+    if out.resolve() == Path(args.model).expanduser().resolve():
+        raise UserError("--out must differ from --model: the post-processed model is a new folder")
+    require_writable(out.parent, "pass --out in a writable folder")  # before minutes of encoding
+    model, folder = load_core(args.model)
+    nested = folder is not None and bool(trained_dims(folder))  # trained for truncation: keep its widths
+    model, decision, reference = fit_postprocessing(model, cfg.postprocess, cfg.data, cfg.train.seed, nested=nested)
+    with atomic_dir(out) as tmp:
+        model.save(str(tmp))
+        for name in KEPT_FILES if folder is not None else ():
+            if (folder / name).is_file():
+                shutil.copy2(folder / name, tmp / name)
+        save_postprocessing(decision, reference, tmp)
+    log.info("post-processed model: %s (%s, %s; %s)", out, decision.chosen.name, POSTPROCESS_FILE, REFERENCE_FILE)
+    print(out)
+    return out
+
+
+def cli() -> None:
+    import sys
+
+    sys.exit(run_cli(main))
+
+
+if __name__ == "__main__":
+    cli()

@@ -12,9 +12,9 @@ import pytest
 from huggingface_hub import ModelCard
 
 from siamese.__main__ import main as train
-from siamese.card import refresh_model_card, write_model_card
-from siamese.encoder import NLIEncoder
-from siamese.evaluate import main as evaluate
+from siamese.evaluation.evaluate import main as evaluate
+from siamese.inference.card import refresh_model_card, write_model_card
+from siamese.inference.encoder import NLIEncoder
 from stagekit.model_card import PROJECT_TAG
 
 pytestmark = pytest.mark.slow
@@ -46,7 +46,7 @@ def test_training_writes_our_card_in_place_of_the_generic_one(model_dir):
     assert "model-index" not in data  # not evaluated yet
     metrics = json.loads((model_dir / "metrics.json").read_text())
     text = card.text
-    assert "Not evaluated yet" in text and f"python -m siamese.evaluate --model {model_dir}" in text
+    assert "Not evaluated yet" in text and f"python -m siamese.evaluation --model {model_dir}" in text
     assert f"{metrics['eval_validation_accuracy']:.1%}" in text  # the held-out accuracy of training
     assert "4 of 4 (max_steps)" in text and "learning rate 0.001" in text and "-core " in text
     assert "nli_head.safetensors" in text and "postprocessing.json" in text

@@ -1,7 +1,7 @@
 """The fine-tuned encoder's model card (README.md), in place of the generic one `SentenceTransformer.save` writes.
 
 Rendered from the folder alone (resolved_config.yaml, run_info.json, metrics.json, postprocessing.json and, once
-`python -m siamese.evaluate` has run, report.json), so training writes it (siamese/train.py `save_final`) and
+`python -m siamese.evaluation` has run, report.json), so training writes it (siamese/train.py `save_final`) and
 evaluation refreshes it with its figures (`refresh_model_card`). The layout and the Hub front matter are
 stagekit/model_card.py's.
 """
@@ -15,11 +15,8 @@ from typing import Any
 import yaml
 from huggingface_hub import EvalResult
 
-from siamese.encoder import HEAD_FILE
-from siamese.model import MINILM_NAMES
-from siamese.nli_data import HOLDOUT_RULE
-from siamese.postprocess import POSTPROCESS_FILE
-from siamese.trainer import BEST_NLI_METRIC
+from siamese.inference.encoder import HEAD_FILE, MINILM_NAMES
+from siamese.inference.postprocess import POSTPROCESS_FILE, read_postprocessing
 from stagekit.model_card import (
     PROJECT_TAG,
     Card,
@@ -40,6 +37,13 @@ from stagekit.model_card import (
 )
 
 log = logging.getLogger(__name__)
+# The evaluator's name during training (siamese/trainer.py); its accuracy is logged, and kept in metrics.json, as
+# eval_<name>_accuracy. Its pairs are validation data (data.eval_sources: SNLI dev by default), never a set that
+# siamese/evaluation/evaluate.py reports.
+EVAL_NAME = "validation"
+BEST_NLI_METRIC = f"eval_{EVAL_NAME}_accuracy"
+# How siamese/nli_data.py `premise_key` splits the validation premises from the training ones, in words.
+HOLDOUT_RULE = "blake2b of the premise, lower-cased, letters and digits only"
 # The full evaluation sets (GLUE's MNLI validation splits, STS-B test): only a report over all of them goes into
 # the card's model-index, under the Hub ids the shared copies were taken from.
 FULL_SETS = {
@@ -56,7 +60,7 @@ def write_model_card(folder: str | Path, final: str | Path | None = None) -> Pat
 
 
 def refresh_model_card(model_dir: str | Path, report_dir: str | Path) -> Path | None:
-    """After `python -m siamese.evaluate`: the card again, now with report.json's figures — when the report went
+    """After `python -m siamese.evaluation`: the card again, now with report.json's figures — when the report went
     into the model folder, and the folder's card is this project's (a SentenceTransformer folder from elsewhere,
     e.g. all-MiniLM-L6-v2's, keeps its own card). Returns the card written, or None."""
     model_dir = Path(model_dir)
@@ -79,7 +83,7 @@ def _ours(folder: Path) -> bool:
 def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
     resolved = read_mapping(folder / "resolved_config.yaml")
     info, metrics = read_mapping(folder / "run_info.json"), read_mapping(folder / "metrics.json")
-    report, post = read_mapping(folder / "report.json"), read_mapping(folder / POSTPROCESS_FILE)
+    report, post = read_mapping(folder / "report.json"), read_postprocessing(folder) or {}
     model, data, loss, train = (resolved.get(k, {}) for k in ("model", "data", "loss", "train"))
     run_name = resolved.get("run_name") or folder.parent.name
     base = model.get("base_model") or info.get("base_model") or "unknown"
@@ -100,7 +104,7 @@ def siamese_card(folder: Path, final: str | Path | None = None) -> Card:
     )  # fmt: skip
     width = post.get("truncate_dim") or dim  # an export with --truncate-dim K gives the first K dimensions
     kept = (
-        f": the first {width} of {dim}, kept by `python -m siamese.export --truncate-dim {width}`"
+        f": the first {width} of {dim}, kept by `python -m siamese.inference.export --truncate-dim {width}`"
         if width != dim
         else ""
     )
@@ -237,7 +241,7 @@ def _time_table(info: dict, metrics: dict) -> str:
     rate = metrics.get("pairs_per_s")
     return table([
         ("hardware", hardware),
-        ("wall time (calibration included)", duration(metrics.get("wall_time_s"))),
+        ("wall time (post-processing fit included)", duration(metrics.get("wall_time_s"))),
         ("throughput", f"{rate:,.1f} pairs/s" if isinstance(rate, (int, float)) and rate == rate else None),
     ])  # fmt: skip
 
@@ -259,7 +263,7 @@ def _evaluation(report: dict, metrics: dict, train: dict, data: dict, info: dict
         line = f"Held-out NLI accuracy during training: {percent(held_out)}. " if held_out is not None else ""
         return line + (
             "Not evaluated yet: this card was written when training ended (a stage's `--push-to-hub` publishes it "
-            f"then). `python -m siamese.evaluate --model {model_id}` fills this section on MNLI dev and STS-B test; "
+            f"then). `python -m siamese.evaluation --model {model_id}` fills this section on MNLI dev and STS-B test; "
             f"push the folder again afterwards (`python -m stagekit.push {model_id} OWNER/NAME`) to publish it."
         )
     baseline = report.get("baseline") or {}
@@ -288,7 +292,7 @@ def _evaluation(report: dict, metrics: dict, train: dict, data: dict, info: dict
     )
     return (
         table(rows)
-        + f"\n\nFrom `report.json` (`python -m siamese.evaluate`{backend}{note}: {sizes} pairs); `report.md` has the "
+        + f"\n\nFrom `report.json` (`python -m siamese.evaluation`{backend}{note}: {sizes} pairs); `report.md` has the "
         f"confusion matrices and cosine distributions. Chance on MNLI is 33.3 %.{chosen}"
     )
 
@@ -303,7 +307,7 @@ print(model.similarity(embeddings[:1], embeddings[1:]))
 ```"""
 HEAD = """The NLI head (`{head}`, a linear layer over (u, v, |u−v|)) reads the embedding *before* post-processing: skip
 the last `modules` modules that `{post}` names. With this project installed:
-`NLIEncoder.load(folder).predict(premises, hypotheses)` (`siamese.encoder`). Without it:
+`NLIEncoder.load(folder).predict(premises, hypotheses)` (`siamese.inference.encoder`). Without it:
 
 ```python
 import json

@@ -22,9 +22,9 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from sentence_transformers.util import cos_sim
 
 from siamese.config import SourceConfig
-from siamese.encoder import NLIEncoder
+from siamese.evaluation.scores import FromEmbeddingTable, embedding_table, quiet_evaluators
+from siamese.inference.encoder import NLIEncoder
 from siamese.nli_data import read_pairs
-from siamese.scores import FromEmbeddingTable, embedding_table, quiet_evaluators
 from stagekit.errors import DataError
 from stagekit.sources import local_files, require_hub
 
@@ -108,7 +108,7 @@ def _evaluator(rset: RetrievalSet, cls: type = TableIREvaluator) -> InformationR
 def retrieval_metrics(encoder: NLIEncoder, rset: RetrievalSet, widths: Sequence[int]) -> dict[str, Any]:
     """The set's description and, for each width k in `widths`, the metrics of the embeddings' first k dimensions:
     {"name", "queries", "corpus", "by_width": {k: {metric: value}}}. Corpus and queries are embedded once.
-    A set without a query cannot be scored: `siamese/evaluate.py` skips it before any scoring."""
+    A set without a query cannot be scored: `siamese/evaluation/evaluate.py` skips it before any scoring."""
     evaluator = _evaluator(rset)
     evaluator.table = embedding_table(encoder, [*rset.corpus.values(), *rset.queries.values()])
 

@@ -1,6 +1,6 @@
 """The numbers of an evaluation: NLI accuracy, confusion matrix and classification report, cosine statistics by
 gold class and of random sentence pairs, and STS-B Spearman / Pearson of cosine similarity (read at a declared score scale, scored by
-sentence-transformers' evaluator). `siamese/evaluate.py` decides what is scored; this file only computes.
+sentence-transformers' evaluator). `siamese/evaluation/evaluate.py` decides what is scored; this file only computes.
 """
 
 from __future__ import annotations
@@ -14,15 +14,17 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from siamese.encoder import LABELS, NLIEncoder
-from siamese.labels import class_counts
-from siamese.postprocess import cosine_rows, random_pair_cosines
+from siamese.inference.encoder import LABELS, NLIEncoder
+from siamese.inference.postprocess import cosine_rows, random_pair_cosines
+from siamese.nli_data import class_counts
 from stagekit.errors import DataError
 from stagekit.sources import SourceConfig, load_source, reading
 from stagekit.text import has_visible_content
 
 HUB_STSB = "sentence-transformers/stsb"
-STSB_HINT = "${BERT_DATA_DIR}/stsb/test.jsonl.gz"  # the shared copy, as `siamese/evaluate.py`'s EVAL_SETS names it
+STSB_HINT = (
+    "${BERT_DATA_DIR}/stsb/test.jsonl.gz"  # the shared copy, as `siamese/evaluation/evaluate.py`'s EVAL_SETS names it
+)
 
 
 def stsb_scale(path: str, declared: float | None = None) -> float:
@@ -77,7 +79,7 @@ def cosine_sections(
     embeddings: tuple[np.ndarray, np.ndarray], gold: Sequence[int], seed: int = 0
 ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Cosine statistics of one embedding space on an NLI set: by gold class, and of as many random pairs of
-    its sentences (premises and hypotheses mixed; `siamese.postprocess.random_pair_cosines`, seeded).
+    its sentences (premises and hypotheses mixed; `siamese.inference.postprocess.random_pair_cosines`, seeded).
 
     Returns the report section ({"cosine_by_class", "random_pair_cosine"}), the pairs' cosines and the random
     pairs' cosines, both (n,).

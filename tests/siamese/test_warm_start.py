@@ -1,4 +1,4 @@
-"""The NLI head's warm start (siamese/head_init.py), its pairs, and the head's own parameter groups' names."""
+"""The NLI head's warm start (siamese/warm_start.py), its pairs, and the head's own parameter groups' names."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from siamese.config import DataConfig, ImplConfig, LossConfig, ModelConfig
-from siamese.head_init import accuracy, fit_linear_head, pair_features, warm_start_head
-from siamese.model import build_loss, build_model, head_parameter_pattern
+from siamese.losses import build_loss, head_parameter_pattern
+from siamese.model import build_model
 from siamese.nli_data import first_pairs, read_pairs
+from siamese.warm_start import accuracy, fit_linear_head, pair_features, warm_start_head
 from stagekit.sources import SourceConfig
 
 

@@ -1,13 +1,13 @@
-"""Evaluate a trained encoder honestly: `python -m siamese.evaluate --model <dir> [key=value ...]`.
+"""Evaluate a trained encoder honestly: `python -m siamese.evaluation --model <dir> [key=value ...]`.
 
 The command: which sets are evaluated from where (the shared local copies under ${BERT_DATA_DIR}, else the Hub),
 the encoders to evaluate, and the order of the work; its settings are `siamese.config.EvalConfig` (the
 pipeline's `eval.key=value`). MNLI dev matched / mismatched through the shared `NLIEncoder` (the app's path) and
-STS-B test, scored by `siamese/scores.py`; `report.json`, `report.md` and the plots, written by
-`siamese/report.py` (into the model folder unless `out=` says otherwise), with the baseline (all-MiniLM-L6-v2 by
+STS-B test, scored by `siamese/evaluation/scores.py`; `report.json`, `report.md` and the plots, written by
+`siamese/evaluation/report.py` (into the model folder unless `out=` says otherwise), with the baseline (all-MiniLM-L6-v2 by
 default) side by side, and the STS-B Spearman of the base model the fine-tuning started from (named in
 run_info.json) beside the fine-tuned model's, with one warning line when fine-tuning lowered it.
-Retrieval (`siamese/retrieval.py`: MRR@10, NDCG@10, Recall@k on a set built from MNLI dev matched, another NLI
+Retrieval (`siamese/evaluation/retrieval.py`: MRR@10, NDCG@10, Recall@k on a set built from MNLI dev matched, another NLI
 file, or NanoBEIR) and STS-B are also scored at narrower embedding widths (Matryoshka truncation).
 
 Sets too small to score are found before any scoring: STS-B with fewer than 2 pairs (or one score value) is
@@ -30,14 +30,9 @@ from typing import Any
 
 import yaml
 
-from siamese.baseline import load_baseline
-from siamese.card import refresh_model_card
 from siamese.config import EvalConfig, ImplConfig, ModelConfig
-from siamese.encoder import LABELS, NLIEncoder
-from siamese.model import build_model
-from siamese.nli_data import read_pairs
-from siamese.postprocess import POSTPROCESS_FILE
-from siamese.report import (
+from siamese.evaluation.baseline import load_baseline
+from siamese.evaluation.report import (
     base_section,
     format_metric,
     log_to_wandb,
@@ -46,14 +41,14 @@ from siamese.report import (
     stsb_drop_warning,
     write_markdown,
 )
-from siamese.retrieval import (
+from siamese.evaluation.retrieval import (
     RetrievalSet,
     check_retrieval,
     read_retrieval_set,
     retrieval_section,
     widths_to_score,
 )
-from siamese.scores import (
+from siamese.evaluation.scores import (
     HUB_STSB,
     cosine_sections,
     nli_metrics,
@@ -63,6 +58,11 @@ from siamese.scores import (
     stsb_metrics,
     stsb_scale,
 )
+from siamese.inference.card import refresh_model_card
+from siamese.inference.encoder import LABELS, NLIEncoder
+from siamese.inference.postprocess import read_postprocessing
+from siamese.model import build_model
+from siamese.nli_data import read_pairs
 from stagekit.cli import config_parser, doc_summary, parse_config, run_cli
 from stagekit.config import to_dict
 from stagekit.errors import DataError, UserError
@@ -194,7 +194,7 @@ def evaluate_encoder(
     """All metrics for one encoder; returns the report section and a few sample predictions. STS-B and retrieval
     are also scored at each of `widths` (default: `widths_to_score` of the encoder's own widths).
 
-    A model with post-processing (siamese/postprocess.py) is also scored without it, from the same forward
+    A model with post-processing (siamese/inference/postprocess.py) is also scored without it, from the same forward
     passes: `before_postprocessing` in each NLI split and `stsb_test_before_postprocessing`.
     """
     report: dict[str, Any] = {}
@@ -287,7 +287,7 @@ def _resolved_config(model_dir: Path) -> dict[str, Any]:
 
 def parser() -> argparse.ArgumentParser:
     built = config_parser(
-        "python -m siamese.evaluate", doc_summary(__doc__), EvalConfig, resume=False, leading="--model DIR"
+        "python -m siamese.evaluation", doc_summary(__doc__), EvalConfig, resume=False, leading="--model DIR"
     )
     built.add_argument("--model", required=True, help="a trained model folder (SentenceTransformer + NLI head)")
     return built
@@ -373,14 +373,6 @@ def current_report(model_dir: Path, cfg: EvalConfig) -> Path | None:
         return None
     now = json.loads(json.dumps(portable(evaluated_with(model_dir, cfg), model_dir.resolve().parent)))  # as written
     return path if recorded == now and now["model_sha256"] else None
-
-
-def read_postprocessing(model_dir: Path) -> dict[str, Any] | None:
-    """The model's postprocessing.json (what was chosen, on what, with every candidate's score), or None."""
-    try:
-        return json.loads((model_dir / POSTPROCESS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def cli() -> None:

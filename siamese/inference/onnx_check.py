@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from siamese.encoder import NLIEncoder
-from siamese.postprocess import cosine_rows
+from siamese.inference.encoder import NLIEncoder
+from siamese.inference.postprocess import cosine_rows
 
 # Short and long, plain and odd (digits, punctuation, a word piece salad, a repeated word), so padding,
 # truncation at max_seq_length and rare tokens are all exercised.

@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 
-from siamese.encoder import NLIEncoder, head_features
+from siamese.inference.encoder import NLIEncoder, head_features
+from stagekit.distributed import broadcast
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,8 @@ def accuracy(classifier: torch.nn.Linear, features: torch.Tensor, labels: torch.
 
 def broadcast_head(classifier: torch.nn.Linear) -> None:
     """Rank 0's head on every rank: the fits agree up to float noise; training must start from one head."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        for param in classifier.parameters():
-            dist.broadcast(param.data, src=0)
+    for param in classifier.parameters():
+        broadcast(param.data, src=0)
 
 
 def warm_start_head(

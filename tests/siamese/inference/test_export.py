@@ -1,4 +1,4 @@
-"""The ONNX export (siamese/export.py) and the ONNX backend of NLIEncoder (siamese/onnx_backend.py)."""
+"""The ONNX export (siamese/inference/export.py) and the ONNX backend of NLIEncoder (siamese/inference/onnx_backend.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from siamese.encoder import HEAD_FILE, NLIEncoder
-from siamese.export import EXPORT_FILE, main
-from siamese.onnx_backend import ONNX_FILES, OnnxTransformerModel
-from siamese.onnx_check import CHECK_SENTENCES, agreement
-from siamese.postprocess import cosine_rows
+from siamese.inference.encoder import HEAD_FILE, NLIEncoder
+from siamese.inference.export import EXPORT_FILE, main
+from siamese.inference.onnx_backend import ONNX_FILES, OnnxTransformerModel
+from siamese.inference.onnx_check import CHECK_SENTENCES, agreement
+from siamese.inference.postprocess import cosine_rows
 from stagekit.cli import run_cli
 from stagekit.errors import UserError
 
@@ -67,7 +67,7 @@ def test_a_pair_batch_gives_the_same_prediction_as_torch(torch_encoder, tiny_exp
 
 
 def test_a_folder_without_the_onnx_file_says_how_to_export(tiny_model_dir):
-    with pytest.raises(UserError, match="python -m siamese.export"):
+    with pytest.raises(UserError, match="python -m siamese.inference.export"):
         NLIEncoder.load(tiny_model_dir, backend="onnx-int8")
 
 
@@ -89,12 +89,12 @@ def test_a_damaged_onnx_file_is_one_line_error(tiny_exported_dir, tmp_path):
 def test_an_export_that_disagrees_with_torch_is_refused_and_writes_nothing(
     tiny_whitened_dir, tmp_path, monkeypatch, capsys
 ):
-    import siamese.export
+    import siamese.inference.export
 
     def bad(reference, candidate, sentences):
         return {"cosine_min": 0.5, "cosine_mean": 0.7, "core_cosine_min": 0.5}
 
-    monkeypatch.setattr(siamese.export, "agreement", bad)
+    monkeypatch.setattr(siamese.inference.export, "agreement", bad)
     out = tmp_path / "exported"
     assert run_cli(main, ["--model", str(tiny_whitened_dir), "--out", str(out), "--no-int8"]) == 2
     assert "disagrees with torch" in capsys.readouterr().err
@@ -109,7 +109,7 @@ def test_the_command_refuses_to_export_over_or_into_its_source(tiny_whitened_dir
 
 
 def test_evaluation_runs_on_the_int8_export(tiny_exported_dir, tmp_path):
-    from siamese.evaluate import main as evaluate
+    from siamese.evaluation.evaluate import main as evaluate
 
     report = evaluate(["--model", str(tiny_exported_dir), "backend=onnx-int8", "limit=8", f"out={tmp_path}",
                        "base_stsb=false", "baseline=null"])  # fmt: skip

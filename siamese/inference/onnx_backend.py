@@ -1,11 +1,11 @@
 """Run the transformer of a sentence encoder with ONNX Runtime: fp32 or dynamically quantized int8.
 
-`python -m siamese.export` (siamese/export.py) writes the files in sentence-transformers' own layout,
+`python -m siamese.inference.export` (siamese/inference/export.py) writes the files in sentence-transformers' own layout,
 `onnx/model.onnx` and `onnx/model_qint8_avx2.onnx` beside the torch weights. sentence-transformers reads that
 layout through optimum-onnx, whose latest release (0.1.0) requires transformers < 4.58 and fails to import with the
 transformers 5 this project uses; so this module does what its ONNX backend does: an ONNX Runtime session stands
 in for the transformers model inside the `Transformer` module, and tokenization, pooling and any post-processing
-module (siamese/postprocess.py) stay as they are. Everything except the transformer itself is unchanged, so the
+module (siamese/inference/postprocess.py) stay as they are. Everything except the transformer itself is unchanged, so the
 NLI head reads the embedding at the same point as with torch (before post-processing).
 """
 
@@ -51,7 +51,7 @@ def onnx_file(model_dir: Path, backend: str) -> Path:
     if not path.is_file():
         raise UserError(
             f"{model_dir} has no {ONNX_FILES[backend]} for backend {backend}: "
-            f"export it first with python -m siamese.export --model {model_dir} --out DIR"
+            f"export it first with python -m siamese.inference.export --model {model_dir} --out DIR"
         )
     return path
 
@@ -63,7 +63,7 @@ class OnnxTransformerModel(torch.nn.Module):
     `["last_hidden_state"]`; this returns that as a (batch, tokens, hidden) float32 CPU tensor. It has no
     parameters: the weights live in the ONNX file. Several threads may run it at once (the app's sessions share one
     encoder): ONNX Runtime allows concurrent `run` calls on one session, and this keeps no state between calls; the
-    tokenization before it is serialized by `NLIEncoder` (siamese/encoder.py).
+    tokenization before it is serialized by `NLIEncoder` (siamese/inference/encoder.py).
     """
 
     def __init__(self, path: Path, config: Any, threads: int | None = None) -> None:

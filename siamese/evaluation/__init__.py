@@ -1,0 +1,1 @@
+"""Evaluation of a trained encoder: `python -m siamese.evaluation` (siamese/evaluation/evaluate.py)."""
