@@ -5,7 +5,7 @@ always the token next door, so a model that forms a local attention head reaches
 that does not stays at ln(vocab). docs/cpu-recipe-experiments.md uses it to show that the CPU recipe's
 plateau is an optimisation saddle of small-initialised attention, not a lack of signal in the corpus.
 
-    python -m bench.neighbour_probe --layers 2 --positions 16 --init 0.05
+    python -m bench.neighbour_task --layers 2 --positions 16 --init 0.05
 """
 
 from __future__ import annotations
