@@ -58,6 +58,15 @@ def pipeline_command(args: argparse.Namespace, seed: int, out: Path) -> list[str
     return command
 
 
+def shown(arg: str) -> str:
+    """A command-line word as the record may show it: an absolute path inside the checkout relative to it, any other
+    absolute path by its last part (`…/runs`), so the recorded command names no folder of this machine."""
+    path = Path(arg)
+    if not path.is_absolute():
+        return arg
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else f"…/{path.name}"
+
+
 def figures_of(model_dir: Path) -> dict[str, float]:
     """The measures of one finished seed, from its model folder's report.json and metrics.json."""
     report = json.loads((model_dir / "report.json").read_text())
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seeds needs at least two different seeds (the spread is taken over them)")
     if any(list(args.out.glob(f"seed-{s}/*")) for s in args.seeds):
         parser.error(f"{args.out} already holds runs of these seeds: give another --out or remove them")
-    command = "python -m bench.recipe_check " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.recipe_check " + " ".join(shown(a) for a in (sys.argv[1:] if argv is None else argv))
 
     per_seed, seconds = [], []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each seed is its own process; threads only wait
@@ -147,13 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "limit": args.limit,
         "command": command,
-        "machine": machine(),
+        "machine": f"{machine()}; each seed on one torch thread, {args.jobs} side by side",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "jobs": args.jobs,
         "minutes_per_seed": round(statistics.fmean(seconds) / 60, 1),
         "figures": now,
     }
-    print(f"{machine()}; {record['minutes_per_seed']} min per seed")
+    print(f"{record['machine']}; {record['minutes_per_seed']} min per seed")
     if args.record:
         args.figures.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(f"recorded in {args.figures}")

@@ -18,7 +18,7 @@ def test_one_as_shipped_figure_set_the_readmes():
     (date,) = re.findall(r"\d{4}-\d{2}-\d{2}", headings[0])
     section = PAGE.split(headings[0], 1)[1].split("\n## ", 1)[0]
     assert "python -m pipeline" in section and "2-core" in section and date in section
-    for figure in ("55.5 % / 56.1 %", "59.7", "0.636"):  # the README's figures, from the same run
+    for figure in ("55.2 ± 1.1", "56.0 ± 0.6", "59.8 ± 2.3", "0.625 ± 0.011"):  # the README's figures, same runs
         assert figure in section and figure in README.replace("**", ""), figure
     assert date in README
 

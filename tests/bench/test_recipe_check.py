@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.recipe_check import MEASURES, compare, main, pipeline_command, summary
+from bench.recipe_check import MEASURES, compare, main, pipeline_command, shown, summary
+from stagekit.config import REPO_ROOT
 
 
 def recorded(mean: float, spread: float) -> dict[str, dict]:
@@ -43,3 +44,9 @@ def test_fewer_than_two_seeds_are_refused(capsys):
     with pytest.raises(SystemExit):
         main(["--seeds", "0"])
     assert "at least two different seeds" in capsys.readouterr().err
+
+
+def test_the_recorded_command_names_no_folder_of_this_machine(tmp_path):
+    assert shown(str(REPO_ROOT / "bench" / "recipe_figures.json")) == "bench/recipe_figures.json"
+    assert shown(str(tmp_path / "runs")) == "…/runs"
+    assert shown("--seeds") == "--seeds" and shown("outputs/x") == "outputs/x"
