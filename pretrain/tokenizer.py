@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 from tokenizers import BertWordPieceTokenizer
+from tokenizers.models import WordPiece
 from transformers import BertTokenizerFast
 
 from pretrain.config import TokenizerConfig
@@ -41,6 +42,7 @@ def train_tokenizer(
         wordpieces_prefix="##",
         show_progress=False,  # the caller's progress bar counts the documents
     )
+    canonical_ids(wordpiece)
     # Without model_max_length the saved tokenizer claims 1e30 and never truncates (tests/pretrain/test_data.py checks the saved value).
     tokenizer = BertTokenizerFast(
         tokenizer_object=wordpiece._tokenizer, do_lower_case=cfg.lowercase, model_max_length=model_max_length
@@ -62,6 +64,23 @@ def train_tokenizer(
         )
     log.info("tokenizer: %d WordPiece tokens, lowercase=%s", len(tokenizer), cfg.lowercase)
     return tokenizer
+
+
+def canonical_ids(wordpiece: BertWordPieceTokenizer) -> None:
+    """Renumber a trained WordPiece vocabulary: the special tokens first, in SPECIAL_TOKENS order, then every other
+    token in code-point order. The trainer numbers its ##pieces in hash-map order, which changes from one process to
+    the next, so the same corpus gave other token ids on every build; a WordPiece model's ids play no part in how it
+    splits a word (longest match over the vocabulary), so only the numbering changes."""
+    model = wordpiece._tokenizer.model
+    vocab = wordpiece._tokenizer.get_vocab(with_added_tokens=False)
+    specials = [t for t in SPECIAL_TOKENS if t in vocab]
+    tokens = specials + sorted(set(vocab) - set(specials))
+    wordpiece._tokenizer.model = WordPiece(
+        {token: i for i, token in enumerate(tokens)},
+        unk_token=model.unk_token,
+        max_input_chars_per_word=model.max_input_chars_per_word,
+        continuing_subword_prefix=model.continuing_subword_prefix,
+    )
 
 
 def token_dtype(vocabulary: int) -> np.dtype:
