@@ -43,6 +43,7 @@ def test_two_ranks_agree_on_every_collective():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     results = mp.Manager().dict()
-    mp.spawn(_worker, args=(port, results), nprocs=2, join=True)
+    # fork, not spawn: spawn re-runs the parent's __main__, which after the app's tests is the Streamlit script
+    mp.start_processes(_worker, args=(port, results), nprocs=2, join=True, start_method="fork")
     assert results[0] == (True, 2, 0, 2.0, 3, 10, True, 101)
     assert results[1] == (True, 2, 1, 2.0, 3, 10, True, 101)
