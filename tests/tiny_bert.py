@@ -31,6 +31,8 @@ def make_tiny_bert(
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
+    from pretrain.tokenizer import canonical_ids
+
     texts = []
     with gzip.open(data_dir / "mnli" / "train.jsonl.gz", "rt", encoding="utf-8") as fh:
         for i, line in enumerate(fh):
@@ -40,6 +42,7 @@ def make_tiny_bert(
             texts += [row["premise"], row["hypothesis"]]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    canonical_ids(wordpiece)  # the same ids in every session (the trainer's own numbering changes per process)
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=max_length)
     torch.manual_seed(seed)
     config = BertConfig(
