@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 
 from siamese.inference.encoder import HEAD_FILE, NLIEncoder, save_head
 from stagekit.callbacks import ThroughputMixin
-from stagekit.distributed import all_reduce, distributed
+from stagekit.distributed import all_reduce
 from stagekit.errors import UserError
 from stagekit.schedule import ScheduleMixin
 from stagekit.sources import reading
@@ -146,9 +146,7 @@ class AverageHeadGradients(TrainerCallback):
         self.classifier = classifier
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        if not distributed():
-            return
-        for param in self.classifier.parameters():
+        for param in self.classifier.parameters():  # all_reduce leaves a single process's gradients as they are
             if param.grad is not None:
                 all_reduce(param.grad, "mean")
 
