@@ -180,6 +180,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         return _coerce_union(value, tp, key)
     if origin is Literal:
+        if value is None and "none" in get_args(tp):  # `key=none` on the command line arrives as None
+            return "none"
         if value not in get_args(tp):
             raise ConfigError(f"config key '{key}': {value!r} is not one of {list(get_args(tp))}")
         return value

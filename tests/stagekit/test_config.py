@@ -30,6 +30,7 @@ class Train:
     steps: int = 10
     name: str | None = None
     kind: Literal["a", "b"] = "a"
+    method: Literal["auto", "none"] = "auto"
     tags: list[str] = field(default_factory=list)
 
     def check(self) -> None:
@@ -49,6 +50,13 @@ def test_yaml_and_overrides(tmp_path):
     cfg = load_config(Root, path, ["train.steps=7", "flag=true", "train.tags=[x, y]", "train.name=run1"])
     assert cfg.model.hidden_size == 128 and cfg.train.lr == pytest.approx(3e-4)
     assert cfg.train.steps == 7 and cfg.flag is True and cfg.train.tags == ["x", "y"] and cfg.train.name == "run1"
+
+
+def test_a_choice_named_none_is_that_choice_on_the_command_line_and_null_is_null():
+    # `none` on the command line also means null for keys that may be null: a key whose choices include "none"
+    # takes it as that choice (siamese/config.py postprocess.method=none was refused as None).
+    assert load_config(Root, None, ["train.method=none"]).train.method == "none"
+    assert load_config(Root, None, ["train.name=none"]).train.name is None
 
 
 @pytest.mark.parametrize(
