@@ -12,6 +12,12 @@ matched, the widest embedding), and the NLI head's validation loss and accuracy 
 as mean and spread (sample standard deviation over the seeds) beside the recorded ones; a figure whose mean is worse
 than the recorded mean by more than `--tolerance` × the recorded spread is flagged, and the command exits with
 status 1. `--record` writes this run's figures, command, machine and date to `--figures` instead of comparing.
+
+A candidate recipe is measured the same way: config overrides after the options go to every seed's pipeline
+(`python -m bench.recipe_check --seeds 0 1 2 siamese.train.learning_rate=3e-4`), and `--pretrained DIR` starts
+each seed from the finished pretraining of an earlier check in DIR (DIR/seed-N/pretrain-*, hard-linked), so a
+fine-tuning candidate costs fine-tuning and evaluation only. Choose between candidates on the validation figures;
+the reported sets are for reporting.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -30,6 +37,7 @@ from pathlib import Path
 from bench.harness import machine
 from stagekit.config import REPO_ROOT
 
+STAGES = ("pretrain", "siamese", "eval")  # the prefixes `python -m pipeline` takes overrides with
 FIGURES = REPO_ROOT / "bench" / "recipe_figures.json"
 # figure → whether higher is better; accuracies and Spearman ×100, as the docs quote them
 MEASURES = {
@@ -51,7 +59,7 @@ def pipeline_command(args: argparse.Namespace, seed: int, out: Path) -> list[str
         "--siamese-config", str(REPO_ROOT / "configs" / "siamese" / f"{args.recipe}.yaml"),
         f"pretrain.train.max_steps={args.pretrain_steps}", f"siamese.train.max_steps={args.siamese_steps}",
         *(f"{stage}.{k}" for stage in ("pretrain", "siamese") for k in stage_keys),
-        "eval.baseline=null", "eval.base_stsb=false",
+        "eval.baseline=null", "eval.base_stsb=false", *args.overrides,
     ]  # fmt: skip
     if args.limit:
         command.append(f"eval.limit={args.limit}")
@@ -87,10 +95,25 @@ def summary(values: list[float]) -> dict[str, float | list[float]]:
     return {"mean": statistics.fmean(values), "spread": spread, "values": values}
 
 
+def reuse_pretraining(pretrained: Path, seed: int, out: Path) -> None:
+    """Hard-link seed `seed`'s finished pretraining folder of an earlier check into `out`; the pipeline then leaves
+    that stage as it is (it is finished at the same settings) and fine-tunes from it.
+
+    Raises SystemExit when `pretrained` holds no finished pretraining for that seed."""
+    found = [
+        d for d in (pretrained / f"seed-{seed}").glob("pretrain-*") if (d / "model" / "model.safetensors").is_file()
+    ]
+    if len(found) != 1:
+        sys.exit(f"{pretrained / f'seed-{seed}'}: no finished pretraining (pretrain-*/model) to start seed {seed} from")
+    shutil.copytree(found[0], out / found[0].name, copy_function=os.link)
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, float], float]:
     """Train and evaluate one seed in `--out`/seed-N (its log beside it); its figures and wall-clock seconds."""
     out = args.out / f"seed-{seed}"
     out.mkdir(parents=True, exist_ok=True)
+    if args.pretrained:
+        reuse_pretraining(args.pretrained, seed, out)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     started = time.perf_counter()
     with (out / "pipeline.log").open("w", encoding="utf-8") as log:
@@ -122,7 +145,9 @@ def compare(now: dict[str, dict], recorded: dict[str, dict], tolerance: float) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], usage="%(prog)s [options] [STAGE.KEY=VALUE ...] (a candidate's overrides)"
+    )
     parser.add_argument(
         "--recipe", default="cpu-small", help="configs/{pretrain,siamese}/<recipe>.yaml (debug: seconds)"
     )
@@ -135,12 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", type=Path, default=FIGURES, help="the recorded figures (JSON)")
     parser.add_argument("--tolerance", type=float, default=1.0, help="flag a drop beyond this many recorded spreads")
     parser.add_argument("--record", action="store_true", help="write this run's figures to --figures")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--pretrained", type=Path, help="start each seed from the finished pretraining in DIR/seed-N (fine-tuning only)"
+    )
+    words = sys.argv[1:] if argv is None else argv
+    # KEY=VALUE (or STAGE.KEY) words are the candidate's overrides wherever they stand, after --seeds 0 1 2 included
+    overrides = [w for w in words if not w.startswith("-") and ("=" in w or w.split(".")[0] in STAGES)]
+    args = parser.parse_args([w for w in words if w not in overrides])
+    args.overrides = overrides
+    if bad := [o for o in args.overrides if "=" not in o or o.split(".")[0] not in STAGES]:
+        parser.error(f"{bad[0]}: an override is STAGE.KEY=VALUE with STAGE pretrain, siamese or eval")
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds needs at least two different seeds (the spread is taken over them)")
     if any(list(args.out.glob(f"seed-{s}/*")) for s in args.seeds):
         parser.error(f"{args.out} already holds runs of these seeds: give another --out or remove them")
-    command = "python -m bench.recipe_check " + " ".join(shown(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python -m bench.recipe_check " + " ".join(shown(a) for a in words)
 
     per_seed, seconds = [], []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each seed is its own process; threads only wait
@@ -155,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         "siamese_steps": args.siamese_steps,
         "seeds": args.seeds,
         "limit": args.limit,
+        "overrides": args.overrides,
         "command": command,
         "machine": f"{machine()}; each seed on one torch thread, {args.jobs} side by side",
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

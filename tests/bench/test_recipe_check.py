@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.recipe_check import MEASURES, compare, main, pipeline_command, shown, summary
+from bench.recipe_check import MEASURES, compare, main, pipeline_command, reuse_pretraining, shown, summary
 from stagekit.config import REPO_ROOT
 
 
@@ -16,7 +16,7 @@ def recorded(mean: float, spread: float) -> dict[str, dict]:
 
 
 def test_a_seed_runs_the_recipe_at_fixed_steps_with_time_caps_off_on_one_thread():
-    args = argparse.Namespace(recipe="cpu-small", pretrain_steps=1000, siamese_steps=2000, limit=None)
+    args = argparse.Namespace(recipe="cpu-small", pretrain_steps=1000, siamese_steps=2000, limit=None, overrides=[])
     command = pipeline_command(args, 2, Path("out"))
     assert command[1:4] == ["-m", "pipeline", "--no-app"]
     for stage in ("pretrain", "siamese"):
@@ -50,3 +50,30 @@ def test_the_recorded_command_names_no_folder_of_this_machine(tmp_path):
     assert shown(str(REPO_ROOT / "bench" / "recipe_figures.json")) == "bench/recipe_figures.json"
     assert shown(str(tmp_path / "runs")) == "…/runs"
     assert shown("--seeds") == "--seeds" and shown("outputs/x") == "outputs/x"
+
+
+def test_a_candidate_s_overrides_go_to_every_seed_after_the_recipe_s_own_keys():
+    args = argparse.Namespace(
+        recipe="cpu-small", pretrain_steps=1000, siamese_steps=2000, limit=None,
+        overrides=["siamese.train.learning_rate=3e-4", "siamese.loss.name=both"],
+    )  # fmt: skip
+    command = pipeline_command(args, 0, Path("out"))
+    assert command[-2:] == args.overrides  # last, so they win over the recipe's fixed keys
+
+
+def test_an_override_without_a_stage_or_a_value_is_refused(capsys):
+    for bad in ("train.learning_rate=3e-4", "siamese.train.learning_rate"):
+        with pytest.raises(SystemExit):
+            main(["--seeds", "0", "1", bad])
+        assert "an override is STAGE.KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_seed_starts_from_the_finished_pretraining_of_an_earlier_check(tmp_path):
+    model = tmp_path / "before" / "seed-1" / "pretrain-cpu-small" / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    reuse_pretraining(tmp_path / "before", 1, tmp_path / "now")
+    linked = tmp_path / "now" / "pretrain-cpu-small" / "model" / "model.safetensors"
+    assert linked.read_bytes() == b"weights" and linked.stat().st_ino == (model / "model.safetensors").stat().st_ino
+    with pytest.raises(SystemExit, match="no finished pretraining"):
+        reuse_pretraining(tmp_path / "before", 2, tmp_path / "elsewhere")
