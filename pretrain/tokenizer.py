@@ -68,9 +68,10 @@ def train_tokenizer(
 
 def canonical_ids(wordpiece: BertWordPieceTokenizer) -> None:
     """Renumber a trained WordPiece vocabulary: the special tokens first, in SPECIAL_TOKENS order, then every other
-    token in code-point order. The trainer numbers its ##pieces in hash-map order, which changes from one process to
-    the next, so the same corpus gave other token ids on every build; a WordPiece model's ids play no part in how it
-    splits a word (longest match over the vocabulary), so only the numbering changes."""
+    token in code-point order, so the ids depend on the learned tokens alone. The trainer numbers its ##pieces in
+    hash-map order, which changes from one build to the next; a WordPiece model's ids play no part in how it splits a
+    word (longest match over the vocabulary), so only the numbering changes. Where merge counts tie, the trainer may
+    also learn a few other tokens from one build to the next, which no renumbering undoes (docs/training.md)."""
     model = wordpiece._tokenizer.model
     vocab = wordpiece._tokenizer.get_vocab(with_added_tokens=False)
     specials = [t for t in SPECIAL_TOKENS if t in vocab]

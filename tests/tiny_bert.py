@@ -42,7 +42,7 @@ def make_tiny_bert(
             texts += [row["premise"], row["hypothesis"]]
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
-    canonical_ids(wordpiece)  # the same ids in every session (the trainer's own numbering changes per process)
+    canonical_ids(wordpiece)  # ids that depend on the learned tokens alone (the trainer's numbering changes per build)
     tokenizer = BertTokenizerFast(tokenizer_object=wordpiece, model_max_length=max_length)
     torch.manual_seed(seed)
     config = BertConfig(
