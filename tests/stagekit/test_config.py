@@ -54,7 +54,7 @@ def test_yaml_and_overrides(tmp_path):
 
 def test_a_choice_named_none_is_that_choice_on_the_command_line_and_null_is_null():
     # `none` on the command line also means null for keys that may be null: a key whose choices include "none"
-    # takes it as that choice (siamese/config.py postprocess.method=none was refused as None).
+    # takes it as that choice (siamese/config.py postprocess.method).
     assert load_config(Root, None, ["train.method=none"]).train.method == "none"
     assert load_config(Root, None, ["train.name=none"]).train.name is None
 
