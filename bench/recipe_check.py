@@ -35,9 +35,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.harness import machine
+from pipeline import SECTIONS
 from stagekit.config import REPO_ROOT
 
-STAGES = ("pretrain", "siamese", "eval")  # the prefixes `python -m pipeline` takes overrides with
 FIGURES = REPO_ROOT / "bench" / "recipe_figures.json"
 # figure → whether higher is better; accuracies and Spearman ×100, as the docs quote them
 MEASURES = {
@@ -165,10 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     words = sys.argv[1:] if argv is None else argv
     # KEY=VALUE (or STAGE.KEY) words are the candidate's overrides wherever they stand, after --seeds 0 1 2 included
-    overrides = [w for w in words if not w.startswith("-") and ("=" in w or w.split(".")[0] in STAGES)]
+    overrides = [w for w in words if not w.startswith("-") and ("=" in w or w.split(".")[0] in SECTIONS)]
     args = parser.parse_args([w for w in words if w not in overrides])
     args.overrides = overrides
-    if bad := [o for o in args.overrides if "=" not in o or o.split(".")[0] not in STAGES]:
+    if bad := [o for o in args.overrides if "=" not in o or o.split(".")[0] not in SECTIONS]:
         parser.error(f"{bad[0]}: an override is STAGE.KEY=VALUE with STAGE pretrain, siamese or eval")
     if len(args.seeds) < 2 or len(set(args.seeds)) != len(args.seeds):
         parser.error("--seeds needs at least two different seeds (the spread is taken over them)")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pipeline import SECTIONS
 from pretrain.config import PretrainConfig
 from pretrain.train import PretrainStage
 from siamese.config import EvalConfig, SiameseConfig
@@ -26,7 +27,6 @@ from stagekit.stage import run_stage
 from stagekit.wandb_tracking import pipeline_group
 
 log = logging.getLogger("pipeline")
-SECTIONS = ("pretrain", "siamese", "eval")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
